@@ -1,0 +1,35 @@
+//! Unitas storage: one [`Store`] over SQLite (embedded default) or PostgreSQL (for scale).
+//!
+//! Map:
+//! - [`Store`] (`store.rs`): `Store::connect(url, options)`, migrations, readiness, SQLite WAL
+//!   checkpoints. The backend is chosen by the URL scheme at run time.
+//! - `migrate.rs`: the schema, one migration list per backend (DDL differs, queries do not).
+//! - `repos/`: one repository trait per aggregate ([`Territories`], [`Accounts`], [`Devices`],
+//!   [`AccessTokens`], [`SigningKeys`], [`RemoteServerKeys`]), implemented by [`Store`].
+//! - [`testing`] (feature `testing`): throwaway databases on both backends for test suites.
+//!
+//! Invariants callers keep and this crate relies on:
+//! - Queries are written once, in SQL both backends accept (`$1` placeholders, `ON CONFLICT`,
+//!   `RETURNING`); only the DDL differs per backend. A query that cannot be shared is written
+//!   twice, side by side, inside the same method.
+//! - Every row that belongs to a territory carries its `territory` code.
+//! - Timestamps are integer milliseconds since the Unix epoch.
+//! - Secrets (access tokens) are stored only as digests computed by the caller.
+
+mod error;
+mod migrate;
+mod repos;
+mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use error::StorageError;
+pub use repos::{
+    AccessToken, AccessTokens, Account, Accounts, Device, Devices, NewAccessToken, NewAccount,
+    NewDevice, RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys, Territories,
+    TerritoryRow,
+};
+pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
+
+/// Result of every storage operation.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;

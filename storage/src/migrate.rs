@@ -1,0 +1,81 @@
+//! The schema, as one ordered migration list per backend, embedded in the binary.
+//!
+//! Both lists must have the same versions with the same meaning; only the DDL dialect differs.
+//! A test checks that the two lists name the same versions.
+
+use std::borrow::Cow;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+
+/// One migration: version, description, SQL.
+type Step = (i64, &'static str, &'static str);
+
+pub(crate) const SQLITE: &[Step] = &[(
+    1,
+    "foundation",
+    include_str!("../migrations/sqlite/0001_foundation.sql"),
+)];
+
+pub(crate) const POSTGRES: &[Step] = &[(
+    1,
+    "foundation",
+    include_str!("../migrations/postgres/0001_foundation.sql"),
+)];
+
+/// A migration source over an embedded list (sqlx's `migrate!` macro would pull in the whole
+/// compile-time macro machinery for both drivers; this is the same data without it).
+#[derive(Debug)]
+struct Embedded(&'static [Step]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> std::pin::Pin<
+        Box<dyn Future<Output = Result<Vec<Migration>, sqlx::error::BoxDynError>> + Send + 's>,
+    > {
+        let list = self
+            .0
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(*sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(list) })
+    }
+}
+
+/// The migrator for one backend's list.
+pub(crate) async fn migrator(
+    steps: &'static [Step],
+) -> Result<Migrator, sqlx::migrate::MigrateError> {
+    Migrator::new(Embedded(steps)).await
+}
+
+/// The newest version in a list.
+pub(crate) fn latest(steps: &'static [Step]) -> i64 {
+    steps.iter().map(|(v, _, _)| *v).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_backends_have_the_same_versions() {
+        let versions = |steps: &[Step]| steps.iter().map(|(v, d, _)| (*v, *d)).collect::<Vec<_>>();
+        assert_eq!(versions(SQLITE), versions(POSTGRES));
+    }
+
+    #[test]
+    fn versions_strictly_increase() {
+        for steps in [SQLITE, POSTGRES] {
+            assert!(steps.windows(2).all(|w| w[0].0 < w[1].0));
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Repository traits, one per aggregate, all implemented on [`crate::Store`].
+//!
+//! Methods are verb-first (`create_`, `get_`, `list_`, `set_`, `delete_`). `get_` returns
+//! `Ok(None)` when the row is absent; `set_` returns [`crate::StorageError::NotFound`].
+
+mod accounts;
+mod devices;
+mod keys;
+mod territories;
+
+pub use accounts::{Account, Accounts, NewAccount};
+pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
+pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
+pub use territories::{Territories, TerritoryRow};

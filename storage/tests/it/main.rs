@@ -1,0 +1,65 @@
+//! The storage conformance suite: every test runs on SQLite and on PostgreSQL.
+//!
+//! Each case is an `async fn(Store)` in a module below; `both_backends!` turns it into one test
+//! per backend (`sqlite::name`, `postgres::name`), each on a fresh, migrated database.
+
+mod accounts;
+mod devices;
+mod keys;
+mod sqlite_wal;
+mod store;
+mod territories;
+
+use unitas_storage::{Store, Territories};
+
+/// A territory most cases need; accounts and keys refer to it.
+pub async fn with_territory(store: &Store, code: &str, server_name: &str) {
+    store
+        .ensure_territory(code, server_name, 1)
+        .await
+        .expect("store territory");
+}
+
+macro_rules! both_backends {
+    ($($module:ident :: $case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = unitas_storage::testing::sqlite().await;
+                    crate::$module::$case(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = unitas_storage::testing::postgres().await else { return };
+                    crate::$module::$case(db.store.clone()).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    store::migrations_make_the_store_ready,
+    store::migrating_twice_is_a_no_op,
+    territories::ensure_is_idempotent,
+    territories::server_name_is_fixed_once_stored,
+    territories::server_name_belongs_to_one_territory,
+    accounts::create_get_and_conflict,
+    accounts::account_needs_a_known_territory,
+    accounts::password_and_deactivation,
+    accounts::count_per_territory,
+    devices::create_list_rename_delete,
+    devices::device_needs_an_account,
+    devices::tokens_find_and_delete,
+    devices::deleting_a_device_deletes_its_tokens,
+    devices::token_needs_a_device,
+    keys::current_key_retires_the_previous_one,
+    keys::key_id_cannot_change_material,
+    keys::remote_keys_keep_the_longest_validity,
+);

@@ -1,0 +1,80 @@
+//! SQLite only: WAL mode, durability setting, and a WAL that never grows without bound.
+
+use unitas_storage::{SqliteSynchronous, Store, StoreOptions, Territories};
+
+async fn pragma(store: &Store, name: &str) -> String {
+    store.sqlite_pragma(name).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn opens_in_wal_mode_with_the_configured_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    for (setting, expected) in [
+        (SqliteSynchronous::Normal, "1"),
+        (SqliteSynchronous::Full, "2"),
+    ] {
+        let url = format!("sqlite://{}/{expected}.db", dir.path().display());
+        let options = StoreOptions {
+            sqlite_synchronous: setting,
+            ..Default::default()
+        };
+        let store = Store::connect(&url, &options).await.unwrap();
+        assert_eq!(pragma(&store, "journal_mode").await, "wal");
+        assert_eq!(pragma(&store, "synchronous").await, expected);
+        assert_eq!(pragma(&store, "busy_timeout").await, "5000");
+        assert_eq!(pragma(&store, "foreign_keys").await, "1");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn checkpoint_truncates_the_wal() {
+    let db = unitas_storage::testing::sqlite().await;
+    let store = &db.store;
+    for i in 0..2_000 {
+        store
+            .ensure_territory(&format!("T{i}"), &format!("t{i}.example"), i)
+            .await
+            .unwrap();
+    }
+    assert!(store.wal_size().unwrap() > 0, "writes went to the WAL");
+    let stats = store.checkpoint().await.unwrap().unwrap();
+    assert!(!stats.busy);
+    assert_eq!(store.wal_size(), Some(0));
+    // Every row survived the checkpoint.
+    assert_eq!(store.list_territories().await.unwrap().len(), 2_000);
+}
+
+#[tokio::test]
+async fn wal_stays_under_the_size_limit_without_explicit_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/bounded.db", dir.path().display());
+    let limit = 256 * 1024;
+    let options = StoreOptions {
+        sqlite_wal_size_limit: limit,
+        ..Default::default()
+    };
+    let store = Store::connect(&url, &options).await.unwrap();
+    store.migrate().await.unwrap();
+    // ~8k single-row commits (~3 pages each): far more than one auto-checkpoint's worth (1,000 pages).
+    for i in 0..8_000 {
+        store
+            .ensure_territory(&format!("T{i}"), &format!("t{i}.example"), i)
+            .await
+            .unwrap();
+    }
+    // SQLite's auto-checkpoint restarts the WAL and journal_size_limit trims it: the file is
+    // bounded by one checkpoint interval of pages, not by the number of commits.
+    let wal = store.wal_size().unwrap();
+    assert!(wal < 8 * 1024 * 1024, "WAL grew to {wal} bytes");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn postgres_has_no_wal_to_manage() {
+    let Some(db) = unitas_storage::testing::postgres().await else {
+        return;
+    };
+    assert_eq!(db.store.checkpoint().await.unwrap(), None);
+    assert_eq!(db.store.wal_size(), None);
+}
