@@ -1,1 +1,18 @@
-//! placeholder
+//! Unitas federation: everything a node needs to be a Matrix server among servers.
+//!
+//! Map (grows with the federation and rooms issues):
+//! - [`keys`]: a territory's ed25519 signing key — generated on first start, stored in Synapse's
+//!   key-file format (`ed25519 <version> <base64 seed>`, mode 0600), and signing of JSON.
+//! - [`server_keys`]: the signed `/_matrix/key/v2/server` document of a territory.
+//!
+//! No axum here: the HTTP edge lives in the `unitas` crate and calls into this one.
+//!
+//! Invariants:
+//! - A key ID (`ed25519:<version>`) names one key for ever; a new key gets a new version.
+//! - Private key material never leaves [`keys::SigningKey`] except through
+//!   [`keys::SigningKey::to_key_file`] (for the key file and territory export).
+
+pub mod keys;
+pub mod server_keys;
+
+pub use keys::{KeyError, SigningKey};
