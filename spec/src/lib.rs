@@ -1,1 +1,23 @@
-//! placeholder
+//! Unitas protocol definitions: the leaf crate every other crate may use.
+//!
+//! Map (grows with each feature issue):
+//! - [`prefixes`]: where Unitas' own APIs live and how its own event types are named.
+//!
+//! Unitas' own endpoints are declared here once, ruma-style (one module per endpoint, with
+//! method, path and a link to the doc), together with their JSON Schema; the node and the tests
+//! use these declarations instead of repeating paths.
+
+/// Path prefixes of Unitas' own APIs and the namespace of its event types.
+pub mod prefixes {
+    /// Unitas client API (courses, communities, territory routing).
+    pub const CLIENT_V1: &str = "/_unitas/client/v1";
+    /// Unitas server-to-server API between Unitas nodes.
+    pub const FEDERATION_V1: &str = "/_unitas/federation/v1";
+    /// Unitas admin API.
+    pub const ADMIN_V1: &str = "/_unitas/admin/v1";
+    /// Namespace of Unitas event types (`org.unitas.community`, `org.unitas.course.lesson`).
+    pub const EVENT_NAMESPACE: &str = "org.unitas";
+}
+
+/// The software name reported to peers (`/_matrix/federation/v1/version`) and clients.
+pub const SOFTWARE_NAME: &str = "Unitas";
