@@ -1,1 +1,5 @@
-fn main() {}
+//! The `unitas` binary: see `unitas --help`.
+
+fn main() -> std::process::ExitCode {
+    unitas::cli::main()
+}

@@ -1,0 +1,126 @@
+//! The HTTP edge: routers, middleware, extractors, errors. The only place that knows axum.
+//!
+//! Request path: listener -> [`crate::serve`] (TLS, connection info) -> CORS -> trace span
+//! `http.request` -> body limit -> territory routing (Host header) -> route -> `<endpoint>_route`
+//! handler -> storage / federation crates. Errors leave as one [`ApiError`].
+//!
+//! The route lists in [`client_router`] and [`federation_router`] are the index of the API.
+
+mod error;
+mod federation;
+mod health;
+mod json;
+mod territory;
+mod versions;
+mod well_known;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
+use tracing::Span;
+
+pub use error::ApiError;
+pub use json::MatrixJson;
+pub use territory::Territory;
+
+use crate::state::AppState;
+
+/// The client-server API listener's routes.
+pub fn client_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/_matrix/client/versions", get(versions::get_versions_route));
+    finish(routes, state, territory::Fallback::DefaultTerritory)
+}
+
+/// The federation listener's routes (served over TLS).
+pub fn federation_router(state: AppState) -> Router {
+    let routes = Router::new()
+        .route("/_matrix/key/v2/server", get(federation::get_server_keys_route))
+        .route("/_matrix/key/v2/server/{key_id}", get(federation::get_server_keys_by_id_route))
+        .route("/_matrix/federation/v1/version", get(federation::get_server_version_route));
+    finish(routes, state, territory::Fallback::None)
+}
+
+/// Routes and layers both listeners share.
+fn finish(routes: Router<AppState>, state: AppState, fallback: territory::Fallback) -> Router {
+    let limit = state.config.server.max_request_body_bytes;
+    routes
+        .route("/health", get(health::get_health_route))
+        .route("/live", get(health::get_live_route))
+        .route("/ready", get(health::get_ready_route))
+        .route("/.well-known/matrix/server", get(well_known::get_well_known_server_route))
+        .route("/.well-known/matrix/client", get(well_known::get_well_known_client_route))
+        .fallback(|| async { ApiError::unrecognized() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(state.clone(), move |s, r, n| {
+            territory::route_territory(s, fallback, r, n)
+        }))
+        .layer(middleware::from_fn(move |r, n| limit_body(limit, r, n)))
+        .layer(DefaultBodyLimit::max(usize::try_from(limit).unwrap_or(usize::MAX)))
+        .layer(middleware::from_fn(answer_options))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    // The path only: query strings may carry access tokens.
+                    tracing::info_span!(
+                        "http.request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        territory = tracing::field::Empty,
+                        status = tracing::field::Empty,
+                    )
+                })
+                .on_request(())
+                .on_response(|response: &Response, latency: Duration, span: &Span| {
+                    span.record("status", response.status().as_u16());
+                    tracing::debug!(latency_ms = latency.as_secs_f64() * 1e3, "response");
+                })
+                .on_failure(()),
+        )
+        .layer(cors())
+        .with_state(state)
+}
+
+/// CORS as the spec asks of every endpoint: any origin, the Matrix methods and headers.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::any())
+        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            HeaderName::from_static("x-requested-with"),
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+        ])
+        .max_age(Duration::from_secs(86_400))
+}
+
+/// Browsers' preflights are answered by the CORS layer; any other `OPTIONS` request also gets an
+/// empty 200 (with CORS headers), as the spec allows for every path.
+async fn answer_options(req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS {
+        return (axum::http::StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], "{}")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it; bodies
+/// without a length are cut at the limit by `DefaultBodyLimit` when read.
+async fn limit_body(limit: u64, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return ApiError::too_large(limit).into_response();
+    }
+    next.run(req).await
+}

@@ -1,0 +1,270 @@
+//! The `unitas` command line: `run`, `init`, `config check`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::example::{self, InitValues};
+use crate::config::{Config, LogFormat, Overrides};
+use crate::node::Node;
+
+/// Unitas: a Matrix homeserver for a federated network of territories.
+#[derive(Debug, Parser)]
+#[command(name = "unitas", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node. With no config file and no flags: one territory `localhost:8448`, SQLite under
+    /// ./data, client API on http://127.0.0.1:8008, federation on https://127.0.0.1:8448.
+    Run(Settings),
+    /// Write a fully commented config file and generate the signing key and TLS certificate.
+    Init(InitArgs),
+    /// Inspect configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate a config (file < environment < flags) and print the effective settings, with
+    /// secrets redacted. Exits non-zero when it is invalid.
+    Check {
+        /// Config file (default: --config, $UNITAS_CONFIG, or ./unitas.toml if present).
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+/// Where settings come from: the file and the flags that override it.
+#[derive(Debug, Args)]
+struct Settings {
+    /// Config file (TOML). Default: $UNITAS_CONFIG, else ./unitas.toml if it exists, else none.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory: SQLite database, keys, TLS certificate, media [server.data_dir].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://USER@HOST/DB [storage.database].
+    #[arg(long, value_name = "URL")]
+    database: Option<String>,
+    /// Client API listen address [server.listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<SocketAddr>,
+    /// Federation (HTTPS) listen address [server.federation_listen].
+    #[arg(long, value_name = "ADDR:PORT")]
+    federation_listen: Option<SocketAddr>,
+    /// Server name of the territory (only with zero or one configured territory)
+    /// [server.server_name].
+    #[arg(long, value_name = "NAME")]
+    server_name: Option<String>,
+    /// PEM certificate chain for the federation listener [server.tls_cert_file].
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert [server.tls_key_file].
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Log format [log.format].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormatArg>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Where to write the config file.
+    #[arg(long, value_name = "FILE", default_value = "unitas.toml")]
+    config: PathBuf,
+    /// Data directory for keys and data.
+    #[arg(long, value_name = "DIR", default_value = "./data")]
+    data_dir: PathBuf,
+    /// Server name of the first territory.
+    #[arg(long, value_name = "NAME", default_value = crate::config::DEFAULT_SERVER_NAME)]
+    server_name: String,
+    /// Code of the first territory (ISO 3166-1 alpha-2 like DK, or a region like eu).
+    #[arg(long, value_name = "CODE", default_value = crate::config::DEFAULT_TERRITORY_CODE)]
+    code: String,
+    /// Overwrite an existing config file (keys are never overwritten).
+    #[arg(long)]
+    force: bool,
+}
+
+impl Settings {
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            data_dir: self.data_dir.clone(),
+            database: self.database.clone(),
+            listen: self.listen,
+            federation_listen: self.federation_listen,
+            server_name: self.server_name.clone(),
+            tls_cert_file: self.tls_cert.clone(),
+            tls_key_file: self.tls_key.clone(),
+            log_format: self.log_format.map(|f| match f {
+                LogFormatArg::Human => LogFormat::Human,
+                LogFormatArg::Json => LogFormat::Json,
+            }),
+        }
+    }
+
+    /// The config file to read: the flag, `$UNITAS_CONFIG`, or `./unitas.toml` when present.
+    fn config_file(&self, explicit: Option<&Path>) -> Option<PathBuf> {
+        explicit
+            .map(Path::to_owned)
+            .or_else(|| self.config.clone())
+            .or_else(|| std::env::var_os("UNITAS_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.is_file()))
+    }
+
+    fn load(&self, explicit: Option<&Path>) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+        Config::load(self.config_file(explicit).as_deref(), std::env::vars(), &self.overrides())
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(settings) => run(&settings),
+        Command::Init(args) => init(&args),
+        Command::Config(ConfigCommand::Check { file, settings }) => check(file.as_deref(), &settings),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("unitas: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error with its chain of causes on one line.
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn run(settings: &Settings) -> Result<(), String> {
+    let loaded = settings.load(None).map_err(|e| describe(&e))?;
+    crate::telemetry::init(&loaded.config.log);
+    if let Some(file) = &loaded.file {
+        tracing::info!(file = %file.display(), "configuration loaded");
+    }
+    for key in &loaded.unknown_keys {
+        tracing::warn!(key = %key, "unknown configuration key ignored");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let node = Node::start(loaded.config).await.map_err(|e| describe(&e))?;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "Unitas {} is running.", env!("CARGO_PKG_VERSION"));
+        let _ = writeln!(out, "  Matrix client URL:  {}", node.client_url());
+        let _ = writeln!(out, "  Federation (HTTPS): https://{}", node.federation_addr);
+        for t in node.state.territories.all() {
+            let _ = writeln!(out, "  Territory {}: server name {}", t.config.code, t.config.server_name);
+        }
+        let _ = writeln!(out, "  Database: {}", node.state.store.display_url());
+        let _ = out.flush();
+        drop(out);
+        wait_for_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        node.shutdown().await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init(args: &InitArgs) -> Result<(), String> {
+    if args.config.exists() && !args.force {
+        return Err(format!("{} exists; use --force to overwrite it", args.config.display()));
+    }
+    let code = unitas_territory::TerritoryCode::parse(&args.code).map_err(|e| e.to_string())?;
+    let key_file = args.data_dir.join("keys").join(format!("{code}.signing.key"));
+    let text = example::render(&InitValues {
+        data_dir: Some(args.data_dir.display().to_string()),
+        territory: Some((code.to_string(), args.server_name.clone(), key_file.display().to_string())),
+    });
+    // Validate what would be written before writing anything.
+    let mut config: Config = toml::from_str(&text).map_err(|e| format!("generated config: {e}"))?;
+    config.validate().map_err(|e| describe(&e))?;
+    config.server.data_dir = args.data_dir.clone();
+
+    let (key, generated) = unitas_federation::SigningKey::load_or_generate(&key_file)
+        .map_err(|e| describe(&e))?;
+    let hosts = vec![args.server_name.split(':').next().unwrap_or(&args.server_name).to_owned()];
+    crate::tls::ensure_self_signed(&args.data_dir, &hosts).map_err(|e| describe(&e))?;
+    std::fs::write(&args.config, text).map_err(|e| format!("{}: {e}", args.config.display()))?;
+
+    println!("Wrote {}", args.config.display());
+    println!(
+        "Signing key {} for territory {code} ({}): {}{}",
+        key.key_id(),
+        args.server_name,
+        key_file.display(),
+        if generated { "" } else { " (existing key kept)" }
+    );
+    let (cert, _) = crate::tls::self_signed_paths(&args.data_dir);
+    println!("Federation TLS certificate: {}", cert.display());
+    println!("Start the node with: unitas run --config {}", args.config.display());
+    Ok(())
+}
+
+fn check(file: Option<&Path>, settings: &Settings) -> Result<(), String> {
+    let loaded = settings.load(file).map_err(|e| describe(&e))?;
+    match &loaded.file {
+        Some(path) => println!("# {}: valid", path.display()),
+        None => println!("# no config file: defaults, environment and flags are valid"),
+    }
+    for key in &loaded.unknown_keys {
+        println!("# warning: unknown key `{key}` is ignored");
+    }
+    println!("# Effective settings (secrets redacted):\n");
+    print!("{}", loaded.config.to_redacted_toml());
+    Ok(())
+}

@@ -1,0 +1,254 @@
+//! Starting and stopping a node.
+//!
+//! Start order (each step fails with one clear [`StartError`], before the next touches anything):
+//! 1. bind both listeners (a port in use fails here, before any file is written);
+//! 2. open the database and apply migrations;
+//! 3. load or generate each territory's signing key, and the TLS certificate;
+//! 4. record the territories and their current keys in the database;
+//! 5. serve; spawn upkeep (SQLite WAL checkpoints).
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use unitas_federation::{KeyError, SigningKey};
+use unitas_storage::{SigningKeys, StorageError, Store, Territories};
+
+use crate::api;
+use crate::config::{Config, ConfigError};
+use crate::serve::serve;
+use crate::state::{AppState, HostedTerritories, HostedTerritory};
+use crate::tls::{self, TlsError};
+
+/// Why a node could not start. Each message names the cause and, where there is one, the
+/// config key or flag to change.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// Invalid configuration or an unreadable secret file.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} for the {what}: {source}")]
+    Bind {
+        /// Which listener, with its config key.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Cause (e.g. address in use).
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database could not be opened, reached or migrated.
+    #[error("database: {0}")]
+    Storage(#[from] StorageError),
+    /// A territory's signing key could not be loaded or made.
+    #[error("territory {territory}: {source}")]
+    Key {
+        /// Territory code.
+        territory: String,
+        /// Cause.
+        #[source]
+        source: KeyError,
+    },
+    /// The federation TLS certificate could not be loaded or made.
+    #[error("federation TLS: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+#[derive(Debug)]
+pub struct Node {
+    /// Where the client API listens.
+    pub client_addr: SocketAddr,
+    /// Where the federation API listens (HTTPS).
+    pub federation_addr: SocketAddr,
+    /// Shared state (for tests and admin commands).
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Resolves when `rx` says shutdown (or its sender is gone).
+async fn shutdown_signalled(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+impl Node {
+    /// Starts a node from a validated config (see the module doc for the order of steps).
+    pub async fn start(config: Config) -> Result<Node, StartError> {
+        config.validate()?;
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let client_listener = bind("client API (server.listen / --listen)", config.server.listen).await?;
+        let federation_listener = bind(
+            "federation API (server.federation_listen / --federation-listen)",
+            config.server.federation_listen,
+        )
+        .await?;
+        let local_addr = |l: &TcpListener, what, addr| {
+            l.local_addr().map_err(|source| StartError::Bind { what, addr, source })
+        };
+        let client_addr = local_addr(&client_listener, "client API", config.server.listen)?;
+        let federation_addr =
+            local_addr(&federation_listener, "federation API", config.server.federation_listen)?;
+
+        let store = Store::connect(&config.database_url(), &config.store_options()?).await?;
+        store.migrate().await?;
+
+        let territories = load_territories(&config, &store).await?;
+        let tls_config = match (&config.server.tls_cert_file, &config.server.tls_key_file) {
+            (Some(cert), Some(key)) => tls::server_config(cert, key)?,
+            _ => {
+                let hosts: Vec<String> = territories
+                    .all()
+                    .iter()
+                    .flat_map(|t| [t.config.server_name.clone(), t.config.federation_host.clone()])
+                    .map(|name| host_of(&name))
+                    .collect();
+                if tls::ensure_self_signed(&config.server.data_dir, &hosts)? {
+                    tracing::info!("generated a self-signed TLS certificate for federation");
+                }
+                let (cert, key) = tls::self_signed_paths(&config.server.data_dir);
+                tls::server_config(&cert, &key)?
+            }
+        };
+
+        let grace = Duration::from_secs(config.server.shutdown_grace_secs);
+        let checkpoint_every = Duration::from_secs(config.storage.sqlite_checkpoint_interval_secs);
+        let state = AppState { config: config.into(), store: store.clone(), territories };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(serve(
+            client_listener,
+            None,
+            api::client_router(state.clone()),
+            shutdown_signalled(shutdown_rx.clone()),
+            grace,
+        ));
+        tasks.spawn(serve(
+            federation_listener,
+            Some(tls_config),
+            api::federation_router(state.clone()),
+            shutdown_signalled(shutdown_rx.clone()),
+            grace,
+        ));
+        if store.sqlite_path().is_some() && !checkpoint_every.is_zero() {
+            tasks.spawn(checkpoint_loop(store, checkpoint_every, shutdown_signalled(shutdown_rx)));
+        }
+        Ok(Node { client_addr, federation_addr, state, shutdown, tasks })
+    }
+
+    /// The URL Matrix clients use (the configured public URL, else the bound address).
+    pub fn client_url(&self) -> String {
+        match &self.state.config.server.public_baseurl {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => {
+                let mut config = (*self.state.config).clone();
+                config.server.listen = self.client_addr;
+                config.client_base_url()
+            }
+        }
+    }
+
+    /// Asks the node to stop: listeners close at once, in-flight requests may finish.
+    pub fn trigger_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// A future that resolves once every task of the node has ended (after a shutdown).
+    pub async fn wait(mut self) {
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(err) = result {
+                tracing::error!(error = %err, "node task failed");
+            }
+        }
+        self.state.store.close().await;
+    }
+
+    /// Stops the node and waits for it.
+    pub async fn shutdown(self) {
+        self.trigger_shutdown();
+        self.wait().await;
+    }
+}
+
+/// Loads (or generates) each territory's key and records territory and key in the database.
+async fn load_territories(config: &Config, store: &Store) -> Result<HostedTerritories, StartError> {
+    let now = now_ms();
+    let mut hosted = Vec::new();
+    for resolved in config.resolved_territories() {
+        let code = resolved.code.as_str().to_owned();
+        let key_error = |source| StartError::Key { territory: code.clone(), source };
+        store.ensure_territory(&code, &resolved.server_name, now).await?;
+        let (key, generated) =
+            SigningKey::load_or_generate(&resolved.signing_key_file).map_err(key_error)?;
+        if generated {
+            tracing::info!(
+                territory = %code,
+                key_id = %key.key_id(),
+                file = %resolved.signing_key_file.display(),
+                "generated a signing key"
+            );
+        }
+        store.record_current_signing_key(&code, &key.key_id(), &key.public_key_base64(), now).await?;
+        hosted.push(HostedTerritory { config: resolved, key });
+    }
+    Ok(HostedTerritories::new(hosted))
+}
+
+/// The host part of a server name (`a.example:8448` -> `a.example`, `[::1]:8448` -> `::1`).
+fn host_of(server_name: &str) -> String {
+    if let Some(rest) = server_name.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_owned();
+    }
+    match server_name.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_owned(),
+        _ => server_name.to_owned(),
+    }
+}
+
+/// Truncates the SQLite WAL every `every`, so it never grows without bound even when readers
+/// keep SQLite's own automatic checkpoints from finishing.
+async fn checkpoint_loop(store: Store, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = &mut shutdown => return,
+        }
+        match store.checkpoint().await {
+            Ok(Some(stats)) if stats.busy => {
+                tracing::debug!(wal_frames = stats.wal_frames, "WAL checkpoint postponed by readers");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying next interval"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn host_of_server_names() {
+        assert_eq!(host_of("a.example:8448"), "a.example");
+        assert_eq!(host_of("a.example"), "a.example");
+        assert_eq!(host_of("[::1]:8448"), "::1");
+        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
+    }
+}

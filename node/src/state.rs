@@ -1,0 +1,112 @@
+//! Shared state of the HTTP handlers, built once at start.
+
+use std::sync::Arc;
+
+use unitas_federation::SigningKey;
+use unitas_storage::Store;
+
+use crate::config::{Config, ResolvedTerritory};
+
+/// One territory this node serves, with its signing key loaded.
+#[derive(Debug)]
+pub struct HostedTerritory {
+    /// Code, server name, URLs.
+    pub config: ResolvedTerritory,
+    /// The territory's current signing key.
+    pub key: SigningKey,
+}
+
+impl HostedTerritory {
+    /// The territory's server name.
+    pub fn server_name(&self) -> &str {
+        &self.config.server_name
+    }
+
+    /// Host names (with and without port) requests for this territory may be addressed to.
+    fn names(&self) -> impl Iterator<Item = String> + '_ {
+        let client_host = url::Url::parse(&self.config.client_base_url).ok().and_then(|u| {
+            let host = u.host_str()?.to_owned();
+            Some(match u.port() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        });
+        [Some(self.config.server_name.clone()), Some(self.config.federation_host.clone()), client_host]
+            .into_iter()
+            .flatten()
+            .map(|n| n.to_ascii_lowercase())
+    }
+}
+
+/// The territories of this node; the first is the default.
+#[derive(Debug, Clone)]
+pub struct HostedTerritories {
+    list: Vec<Arc<HostedTerritory>>,
+}
+
+impl HostedTerritories {
+    /// Wraps the loaded territories (at least one).
+    pub fn new(list: Vec<HostedTerritory>) -> HostedTerritories {
+        HostedTerritories { list: list.into_iter().map(Arc::new).collect() }
+    }
+
+    /// All territories.
+    pub fn all(&self) -> &[Arc<HostedTerritory>] {
+        &self.list
+    }
+
+    /// The default territory (the first configured).
+    pub fn default_territory(&self) -> Option<&Arc<HostedTerritory>> {
+        self.list.first()
+    }
+
+    /// The territory a request addressed to `host` (a Host header, `name[:port]`) is for:
+    /// exact match on a name with port first, then on the host name alone. With one
+    /// territory, that one whatever the host.
+    pub fn by_host(&self, host: &str) -> Option<&Arc<HostedTerritory>> {
+        if self.list.len() == 1 {
+            return self.list.first();
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(t) = self.list.iter().find(|t| t.names().any(|n| n == host)) {
+            return Some(t);
+        }
+        let bare = strip_port(&host);
+        self.list.iter().find(|t| t.names().any(|n| strip_port(&n) == bare))
+    }
+}
+
+/// `name:port` -> `name`, `[v6]:port` -> `[v6]`.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Effective configuration.
+    pub config: Arc<Config>,
+    /// The database.
+    pub store: Store,
+    /// Hosted territories.
+    pub territories: HostedTerritories,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_port;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.example:8448"), "a.example");
+        assert_eq!(strip_port("a.example"), "a.example");
+        assert_eq!(strip_port("[::1]:8448"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
