@@ -1,0 +1,83 @@
+//! Test nodes on port 0 and an HTTP client for them.
+
+use std::path::Path;
+
+use ruma::CanonicalJsonObject;
+use ruma::serde::Base64;
+use ruma::signatures::{PublicKeyMap, PublicKeySet, verify_json};
+use serde_json::Value;
+use unitas::{Config, Node};
+
+/// A config for a test node: ports 0, data under `dir`, SQLite unless `database` is given.
+pub fn test_config(dir: &Path, database: Option<String>) -> Config {
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.to_owned();
+    config.server.shutdown_grace_secs = 5;
+    config.storage.database = database;
+    config
+}
+
+/// A running in-process node and its data directory.
+pub struct TestNode {
+    pub node: Node,
+    /// Kept so the data directory lives as long as the node.
+    pub _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start() -> TestNode {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path(), None);
+        adjust(&mut config);
+        let node = Node::start(config).await.expect("test node starts");
+        TestNode { node, _dir: dir }
+    }
+
+    pub fn client(&self, path: &str) -> String {
+        format!("http://{}{path}", self.node.client_addr)
+    }
+
+    pub fn federation(&self, path: &str) -> String {
+        format!("https://{}{path}", self.node.federation_addr)
+    }
+}
+
+/// An HTTP client that accepts the nodes' self-signed certificates.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// GET `url` (optionally with a Host header) -> (status, JSON body).
+pub async fn get_json(url: &str, host: Option<&str>) -> (u16, Value) {
+    let mut request = http().get(url);
+    if let Some(host) = host {
+        request = request.header("host", host);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Checks a key server document's signature with its own current key, as a peer would.
+pub fn verify_server_keys(doc: &Value) {
+    let server_name = doc["server_name"].as_str().unwrap();
+    let mut set = PublicKeySet::new();
+    for (key_id, key) in doc["verify_keys"].as_object().unwrap() {
+        let bytes = unitas_federation::keys::decode_base64(key["key"].as_str().unwrap()).unwrap();
+        set.insert(key_id.clone(), Base64::new(bytes));
+    }
+    let mut map = PublicKeyMap::new();
+    map.insert(server_name.to_owned(), set);
+    let object: CanonicalJsonObject = serde_json::from_value(doc.clone()).unwrap();
+    verify_json(&map, &object).expect("key server document verifies");
+}
