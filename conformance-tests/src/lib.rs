@@ -1,1 +1,45 @@
-//! placeholder
+//! Black-box conformance tests: a Unitas node checked by implementations nobody here wrote
+//! (Python `signedjson`/`canonicaljson`, `jsonschema` over the Matrix spec's own OpenAPI data;
+//! later Synapse, matrix-nio and matrix-js-sdk). The tests live in `tests/it/`; this library
+//! finds the tools they need.
+//!
+//! Environment (set by `scripts/test`):
+//! - `UNITAS_TEST_PYTHON`: the virtualenv's python with `requirements.txt` installed;
+//! - `UNITAS_MATRIX_SPEC_DIR`: the folder with `client-server.json` and `server-server.json`.
+//!
+//! Under CI (`CI` set) a missing tool fails the test; elsewhere the test says SKIPPED loudly.
+
+use std::path::PathBuf;
+
+fn missing(what: &str, var: &str) -> Option<PathBuf> {
+    if std::env::var_os("CI").is_some() {
+        panic!("{what} is missing under CI: {var} is not set or wrong (run scripts/test)");
+    }
+    eprintln!("SKIPPED: {what} is missing ({var} not set); run the suite through scripts/test");
+    None
+}
+
+/// The virtualenv's python interpreter.
+pub fn python() -> Option<PathBuf> {
+    match std::env::var_os("UNITAS_TEST_PYTHON").map(PathBuf::from) {
+        Some(path) if path.exists() => Some(path),
+        _ => missing("the test virtualenv's python", "UNITAS_TEST_PYTHON"),
+    }
+}
+
+/// The Matrix spec's OpenAPI folder (`../shared/spec/matrix` by default).
+pub fn spec_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("UNITAS_MATRIX_SPEC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/matrix"));
+    if dir.join("client-server.json").is_file() && dir.join("server-server.json").is_file() {
+        Some(dir)
+    } else {
+        missing("the Matrix spec's OpenAPI data", "UNITAS_MATRIX_SPEC_DIR")
+    }
+}
+
+/// A script in `conformance-tests/python/`.
+pub fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+}

@@ -96,7 +96,9 @@ fn assert_fails_cleanly(output: &Output, needle: &str) {
     assert_eq!(stderr.lines().filter(|l| l.starts_with("unitas: error:")).count(), 1, "{stderr}");
 }
 
-#[tokio::test]
+// Multi-threaded: the blocking wait in `stop` must not starve the client's connection tasks,
+// which close their HTTP/2 connections when the node says GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_defaults_serves_a_working_node_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // Only the ports differ from a bare `unitas run`: tests never use fixed ports.
@@ -129,7 +131,9 @@ async fn run_with_defaults_serves_a_working_node_and_stops_on_sigterm() {
     assert!(stderr.contains("stopped"), "{stderr}");
 }
 
-#[tokio::test]
+// Multi-threaded: the blocking wait in `stop` must not starve the client's connection tasks,
+// which close their HTTP/2 connections when the node says GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_postgres() {
     let Some(url) = unitas_storage::testing::postgres_database().await else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +176,11 @@ fn an_unreachable_postgres_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     // Port 1 on loopback: nothing listens there.
     let args = ["run", "--listen", "127.0.0.1:0", "--federation-listen", "127.0.0.1:0", "--database", "postgres://unitas:pw@127.0.0.1:1/unitas"];
-    let output = run_to_end(dir.path(), &args);
+    // sqlx retries refused connections until the connect timeout: keep it short here.
+    let output = unitas(dir.path(), &args)
+        .env("UNITAS__STORAGE__CONNECT_TIMEOUT_SECS", "1")
+        .output()
+        .unwrap();
     assert_fails_cleanly(&output, "cannot connect to the PostgreSQL database at postgres://unitas:***@127.0.0.1:1/unitas");
     assert!(!String::from_utf8_lossy(&output.stderr).contains(":pw@"), "password not shown");
     assert!(!dir.path().join("data").exists(), "nothing written");
@@ -190,7 +198,9 @@ fn a_port_in_use_fails_clearly() {
     assert!(!dir.path().join("data").exists(), "nothing written");
 }
 
-#[tokio::test]
+// Multi-threaded: the blocking wait in `stop` must not starve the client's connection tasks,
+// which close their HTTP/2 connections when the node says GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_writes_a_config_that_check_and_run_accept() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_to_end(dir.path(), &["init", "--server-name", "dk.test", "--code", "DK"]);

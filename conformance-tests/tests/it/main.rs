@@ -1,0 +1,3 @@
+//! Conformance of a running node, judged by independent implementations.
+
+mod foundation;
