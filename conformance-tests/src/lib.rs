@@ -31,7 +31,9 @@ pub fn python() -> Option<PathBuf> {
 pub fn spec_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("UNITAS_MATRIX_SPEC_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/matrix"));
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/matrix")
+        });
     if dir.join("client-server.json").is_file() && dir.join("server-server.json").is_file() {
         Some(dir)
     } else {
@@ -41,5 +43,7 @@ pub fn spec_dir() -> Option<PathBuf> {
 
 /// A script in `conformance-tests/python/`.
 pub fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
 }

@@ -127,8 +127,15 @@ impl Settings {
             .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.is_file()))
     }
 
-    fn load(&self, explicit: Option<&Path>) -> Result<crate::config::Loaded, crate::config::ConfigError> {
-        Config::load(self.config_file(explicit).as_deref(), std::env::vars(), &self.overrides())
+    fn load(
+        &self,
+        explicit: Option<&Path>,
+    ) -> Result<crate::config::Loaded, crate::config::ConfigError> {
+        Config::load(
+            self.config_file(explicit).as_deref(),
+            std::env::vars(),
+            &self.overrides(),
+        )
     }
 }
 
@@ -138,7 +145,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(settings) => run(&settings),
         Command::Init(args) => init(&args),
-        Command::Config(ConfigCommand::Check { file, settings }) => check(file.as_deref(), &settings),
+        Command::Config(ConfigCommand::Check { file, settings }) => {
+            check(file.as_deref(), &settings)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -182,9 +191,17 @@ fn run(settings: &Settings) -> Result<(), String> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "Unitas {} is running.", env!("CARGO_PKG_VERSION"));
         let _ = writeln!(out, "  Matrix client URL:  {}", node.client_url());
-        let _ = writeln!(out, "  Federation (HTTPS): https://{}", node.federation_addr);
+        let _ = writeln!(
+            out,
+            "  Federation (HTTPS): https://{}",
+            node.federation_addr
+        );
         for t in node.state.territories.all() {
-            let _ = writeln!(out, "  Territory {}: server name {}", t.config.code, t.config.server_name);
+            let _ = writeln!(
+                out,
+                "  Territory {}: server name {}",
+                t.config.code, t.config.server_name
+            );
         }
         let _ = writeln!(out, "  Database: {}", node.state.store.display_url());
         let _ = out.flush();
@@ -222,22 +239,38 @@ async fn wait_for_signal() {
 
 fn init(args: &InitArgs) -> Result<(), String> {
     if args.config.exists() && !args.force {
-        return Err(format!("{} exists; use --force to overwrite it", args.config.display()));
+        return Err(format!(
+            "{} exists; use --force to overwrite it",
+            args.config.display()
+        ));
     }
     let code = unitas_territory::TerritoryCode::parse(&args.code).map_err(|e| e.to_string())?;
-    let key_file = args.data_dir.join("keys").join(format!("{code}.signing.key"));
+    let key_file = args
+        .data_dir
+        .join("keys")
+        .join(format!("{code}.signing.key"));
     let text = example::render(&InitValues {
         data_dir: Some(args.data_dir.display().to_string()),
-        territory: Some((code.to_string(), args.server_name.clone(), key_file.display().to_string())),
+        territory: Some((
+            code.to_string(),
+            args.server_name.clone(),
+            key_file.display().to_string(),
+        )),
     });
     // Validate what would be written before writing anything.
     let mut config: Config = toml::from_str(&text).map_err(|e| format!("generated config: {e}"))?;
     config.validate().map_err(|e| describe(&e))?;
     config.server.data_dir = args.data_dir.clone();
 
-    let (key, generated) = unitas_federation::SigningKey::load_or_generate(&key_file)
-        .map_err(|e| describe(&e))?;
-    let hosts = vec![args.server_name.split(':').next().unwrap_or(&args.server_name).to_owned()];
+    let (key, generated) =
+        unitas_federation::SigningKey::load_or_generate(&key_file).map_err(|e| describe(&e))?;
+    let hosts = vec![
+        args.server_name
+            .split(':')
+            .next()
+            .unwrap_or(&args.server_name)
+            .to_owned(),
+    ];
     crate::tls::ensure_self_signed(&args.data_dir, &hosts).map_err(|e| describe(&e))?;
     std::fs::write(&args.config, text).map_err(|e| format!("{}: {e}", args.config.display()))?;
 
@@ -247,11 +280,18 @@ fn init(args: &InitArgs) -> Result<(), String> {
         key.key_id(),
         args.server_name,
         key_file.display(),
-        if generated { "" } else { " (existing key kept)" }
+        if generated {
+            ""
+        } else {
+            " (existing key kept)"
+        }
     );
     let (cert, _) = crate::tls::self_signed_paths(&args.data_dir);
     println!("Federation TLS certificate: {}", cert.display());
-    println!("Start the node with: unitas run --config {}", args.config.display());
+    println!(
+        "Start the node with: unitas run --config {}",
+        args.config.display()
+    );
     Ok(())
 }
 

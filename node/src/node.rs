@@ -89,20 +89,30 @@ impl Node {
     pub async fn start(config: Config) -> Result<Node, StartError> {
         config.validate()?;
         let bind = |what, addr| async move {
-            TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
-        let client_listener = bind("client API (server.listen / --listen)", config.server.listen).await?;
+        let client_listener = bind(
+            "client API (server.listen / --listen)",
+            config.server.listen,
+        )
+        .await?;
         let federation_listener = bind(
             "federation API (server.federation_listen / --federation-listen)",
             config.server.federation_listen,
         )
         .await?;
         let local_addr = |l: &TcpListener, what, addr| {
-            l.local_addr().map_err(|source| StartError::Bind { what, addr, source })
+            l.local_addr()
+                .map_err(|source| StartError::Bind { what, addr, source })
         };
         let client_addr = local_addr(&client_listener, "client API", config.server.listen)?;
-        let federation_addr =
-            local_addr(&federation_listener, "federation API", config.server.federation_listen)?;
+        let federation_addr = local_addr(
+            &federation_listener,
+            "federation API",
+            config.server.federation_listen,
+        )?;
 
         let store = Store::connect(&config.database_url(), &config.store_options()?).await?;
         store.migrate().await?;
@@ -114,7 +124,12 @@ impl Node {
                 let hosts: Vec<String> = territories
                     .all()
                     .iter()
-                    .flat_map(|t| [t.config.server_name.clone(), t.config.federation_host.clone()])
+                    .flat_map(|t| {
+                        [
+                            t.config.server_name.clone(),
+                            t.config.federation_host.clone(),
+                        ]
+                    })
                     .map(|name| host_of(&name))
                     .collect();
                 if tls::ensure_self_signed(&config.server.data_dir, &hosts)? {
@@ -127,7 +142,11 @@ impl Node {
 
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let checkpoint_every = Duration::from_secs(config.storage.sqlite_checkpoint_interval_secs);
-        let state = AppState { config: config.into(), store: store.clone(), territories };
+        let state = AppState {
+            config: config.into(),
+            store: store.clone(),
+            territories,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(
@@ -145,9 +164,19 @@ impl Node {
             grace,
         ));
         if store.sqlite_path().is_some() && !checkpoint_every.is_zero() {
-            tasks.spawn(checkpoint_loop(store, checkpoint_every, shutdown_signalled(shutdown_rx)));
+            tasks.spawn(checkpoint_loop(
+                store,
+                checkpoint_every,
+                shutdown_signalled(shutdown_rx),
+            ));
         }
-        Ok(Node { client_addr, federation_addr, state, shutdown, tasks })
+        Ok(Node {
+            client_addr,
+            federation_addr,
+            state,
+            shutdown,
+            tasks,
+        })
     }
 
     /// The URL Matrix clients use (the configured public URL, else the bound address).
@@ -190,8 +219,13 @@ async fn load_territories(config: &Config, store: &Store) -> Result<HostedTerrit
     let mut hosted = Vec::new();
     for resolved in config.resolved_territories() {
         let code = resolved.code.as_str().to_owned();
-        let key_error = |source| StartError::Key { territory: code.clone(), source };
-        store.ensure_territory(&code, &resolved.server_name, now).await?;
+        let key_error = |source| StartError::Key {
+            territory: code.clone(),
+            source,
+        };
+        store
+            .ensure_territory(&code, &resolved.server_name, now)
+            .await?;
         let (key, generated) =
             SigningKey::load_or_generate(&resolved.signing_key_file).map_err(key_error)?;
         if generated {
@@ -202,8 +236,13 @@ async fn load_territories(config: &Config, store: &Store) -> Result<HostedTerrit
                 "generated a signing key"
             );
         }
-        store.record_current_signing_key(&code, &key.key_id(), &key.public_key_base64(), now).await?;
-        hosted.push(HostedTerritory { config: resolved, key });
+        store
+            .record_current_signing_key(&code, &key.key_id(), &key.public_key_base64(), now)
+            .await?;
+        hosted.push(HostedTerritory {
+            config: resolved,
+            key,
+        });
     }
     Ok(HostedTerritories::new(hosted))
 }
@@ -221,7 +260,11 @@ fn host_of(server_name: &str) -> String {
 
 /// Truncates the SQLite WAL every `every`, so it never grows without bound even when readers
 /// keep SQLite's own automatic checkpoints from finishing.
-async fn checkpoint_loop(store: Store, every: Duration, shutdown: impl std::future::Future<Output = ()>) {
+async fn checkpoint_loop(
+    store: Store,
+    every: Duration,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(every);
     ticker.tick().await;
@@ -232,10 +275,15 @@ async fn checkpoint_loop(store: Store, every: Duration, shutdown: impl std::futu
         }
         match store.checkpoint().await {
             Ok(Some(stats)) if stats.busy => {
-                tracing::debug!(wal_frames = stats.wal_frames, "WAL checkpoint postponed by readers");
+                tracing::debug!(
+                    wal_frames = stats.wal_frames,
+                    "WAL checkpoint postponed by readers"
+                );
             }
             Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "WAL checkpoint failed; retrying next interval"),
+            Err(err) => {
+                tracing::warn!(error = %err, "WAL checkpoint failed; retrying next interval")
+            }
         }
     }
 }

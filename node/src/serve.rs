@@ -68,15 +68,21 @@ pub async fn serve(
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    let info = ConnectionInfo { remote_addr, sni: None };
+                    let info = ConnectionInfo {
+                        remote_addr,
+                        sni: None,
+                    };
                     let service = TowerToHyperService::new(with_info(router, info));
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    let conn =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                     if let Err(err) = watcher.watch(conn.into_owned()).await {
                         tracing::debug!(error = %err, %remote_addr, "connection ended with an error");
                     }
                 }
                 Some(acceptor) => {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(err)) => {
                             tracing::debug!(error = %err, %remote_addr, "TLS handshake failed");

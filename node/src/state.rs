@@ -24,17 +24,23 @@ impl HostedTerritory {
 
     /// Host names (with and without port) requests for this territory may be addressed to.
     fn names(&self) -> impl Iterator<Item = String> + '_ {
-        let client_host = url::Url::parse(&self.config.client_base_url).ok().and_then(|u| {
-            let host = u.host_str()?.to_owned();
-            Some(match u.port() {
-                Some(port) => format!("{host}:{port}"),
-                None => host,
-            })
-        });
-        [Some(self.config.server_name.clone()), Some(self.config.federation_host.clone()), client_host]
-            .into_iter()
-            .flatten()
-            .map(|n| n.to_ascii_lowercase())
+        let client_host = url::Url::parse(&self.config.client_base_url)
+            .ok()
+            .and_then(|u| {
+                let host = u.host_str()?.to_owned();
+                Some(match u.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host,
+                })
+            });
+        [
+            Some(self.config.server_name.clone()),
+            Some(self.config.federation_host.clone()),
+            client_host,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|n| n.to_ascii_lowercase())
     }
 }
 
@@ -47,7 +53,9 @@ pub struct HostedTerritories {
 impl HostedTerritories {
     /// Wraps the loaded territories (at least one).
     pub fn new(list: Vec<HostedTerritory>) -> HostedTerritories {
-        HostedTerritories { list: list.into_iter().map(Arc::new).collect() }
+        HostedTerritories {
+            list: list.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// All territories.
@@ -72,7 +80,9 @@ impl HostedTerritories {
             return Some(t);
         }
         let bare = strip_port(&host);
-        self.list.iter().find(|t| t.names().any(|n| strip_port(&n) == bare))
+        self.list
+            .iter()
+            .find(|t| t.names().any(|n| strip_port(&n) == bare))
     }
 }
 

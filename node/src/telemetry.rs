@@ -19,6 +19,10 @@ pub fn init(config: &LogConfig) {
         .with_writer(std::io::stderr);
     let _ = match config.format {
         LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
     };
 }

@@ -63,7 +63,8 @@ pub fn ensure_self_signed(data_dir: &Path, hosts: &[String]) -> Result<bool, Tls
     };
     let dir = cert_path.parent().unwrap_or(data_dir);
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    write_private(&key_path, generated.key_pair.serialize_pem().as_bytes()).map_err(io(&key_path))?;
+    write_private(&key_path, generated.key_pair.serialize_pem().as_bytes())
+        .map_err(io(&key_path))?;
     std::fs::write(&cert_path, generated.cert.pem()).map_err(io(&cert_path))?;
     Ok(true)
 }
@@ -80,13 +81,19 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A rustls server config (HTTP/2 and HTTP/1.1) from PEM files.
-pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+pub fn server_config(
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| pem_error(cert_path, e))?
         .collect::<Result<_, _>>()
         .map_err(|e| pem_error(cert_path, e))?;
     if certs.is_empty() {
-        return Err(TlsError::Pem { path: cert_path.to_owned(), reason: "no certificate in file".into() });
+        return Err(TlsError::Pem {
+            path: cert_path.to_owned(),
+            reason: "no certificate in file".into(),
+        });
     }
     let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| pem_error(key_path, e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -100,7 +107,13 @@ pub fn server_config(cert_path: &Path, key_path: &Path) -> Result<Arc<rustls::Se
 
 fn pem_error(path: &Path, err: rustls::pki_types::pem::Error) -> TlsError {
     match err {
-        rustls::pki_types::pem::Error::Io(source) => TlsError::Io { path: path.to_owned(), source },
-        other => TlsError::Pem { path: path.to_owned(), reason: other.to_string() },
+        rustls::pki_types::pem::Error::Io(source) => TlsError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        other => TlsError::Pem {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
     }
 }

@@ -30,7 +30,10 @@ fn key(i: usize) -> RemoteServerKey {
 async fn measure(label: &str, store: Store) {
     let start = Instant::now();
     for i in 0..SEQUENTIAL {
-        store.store_remote_server_key(&key(i)).await.expect("commit");
+        store
+            .store_remote_server_key(&key(i))
+            .await
+            .expect("commit");
     }
     let sequential = SEQUENTIAL as f64 / start.elapsed().as_secs_f64();
 
@@ -40,7 +43,10 @@ async fn measure(label: &str, store: Store) {
         let store = store.clone();
         tasks.spawn(async move {
             for i in 0..PER_TASK {
-                store.store_remote_server_key(&key(100_000 + t * PER_TASK + i)).await.expect("commit");
+                store
+                    .store_remote_server_key(&key(100_000 + t * PER_TASK + i))
+                    .await
+                    .expect("commit");
             }
         });
     }
@@ -57,9 +63,15 @@ async fn measure(label: &str, store: Store) {
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut results = Vec::new();
-    for (label, sync) in [("sqlite synchronous=normal", SqliteSynchronous::Normal), ("sqlite synchronous=full", SqliteSynchronous::Full)] {
+    for (label, sync) in [
+        ("sqlite synchronous=normal", SqliteSynchronous::Normal),
+        ("sqlite synchronous=full", SqliteSynchronous::Full),
+    ] {
         let url = format!("sqlite://{}/{}.db", dir.path().display(), label.len());
-        let options = StoreOptions { sqlite_synchronous: sync, ..Default::default() };
+        let options = StoreOptions {
+            sqlite_synchronous: sync,
+            ..Default::default()
+        };
         let store = Store::connect(&url, &options).await.expect("open SQLite");
         store.migrate().await.expect("migrate");
         results.push((label, store));
@@ -69,8 +81,12 @@ async fn main() {
     }
     match std::env::var("UNITAS_TEST_POSTGRES_URL") {
         Ok(_) => {
-            let url = unitas_storage::testing::postgres_database().await.expect("test database");
-            let store = Store::connect(&url, &StoreOptions::default()).await.expect("open PostgreSQL");
+            let url = unitas_storage::testing::postgres_database()
+                .await
+                .expect("test database");
+            let store = Store::connect(&url, &StoreOptions::default())
+                .await
+                .expect("open PostgreSQL");
             store.migrate().await.expect("migrate");
             measure("postgresql", store).await;
         }

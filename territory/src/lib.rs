@@ -28,7 +28,9 @@ impl TerritoryCode {
         let country = code.len() == 2 && code.chars().all(|c| c.is_ascii_uppercase());
         let region = (2..=16).contains(&code.len())
             && code.starts_with(|c: char| c.is_ascii_lowercase())
-            && code.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && code
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if country || region {
             Ok(TerritoryCode(code.to_owned()))
         } else {
@@ -71,7 +73,17 @@ mod tests {
         }
         assert!(TerritoryCode::parse("DK").unwrap().is_country());
         assert!(!TerritoryCode::parse("eu").unwrap().is_country());
-        for bad in ["", "D", "Dk", "DNK", "e", "1eu", "eu_x", "a-very-long-region-code", "dk.example"] {
+        for bad in [
+            "",
+            "D",
+            "Dk",
+            "DNK",
+            "e",
+            "1eu",
+            "eu_x",
+            "a-very-long-region-code",
+            "dk.example",
+        ] {
             assert!(TerritoryCode::parse(bad).is_err(), "{bad}");
         }
     }

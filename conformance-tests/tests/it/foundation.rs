@@ -20,7 +20,10 @@ fn config(dir: &std::path::Path) -> Config {
 async fn run_python(args: Vec<String>) -> (bool, String, String) {
     let python = python().expect("checked by the caller");
     tokio::task::spawn_blocking(move || {
-        let output = Command::new(python).args(&args).output().expect("run python");
+        let output = Command::new(python)
+            .args(&args)
+            .output()
+            .expect("run python");
         (
             output.status.success(),
             String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -51,12 +54,23 @@ async fn signedjson_verifies_every_territory_key_server() {
     let node = Node::start(config).await.unwrap();
     let base = format!("https://{}", node.federation_addr);
     for host in ["dk.test", "no.test:8448"] {
-        let args = vec![script("check_key_server.py").display().to_string(), base.clone(), host.into()];
+        let args = vec![
+            script("check_key_server.py").display().to_string(),
+            base.clone(),
+            host.into(),
+        ];
         let (ok, stdout, stderr) = run_python(args).await;
         assert!(ok, "signedjson rejected {host}: {stdout}{stderr}");
         let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
         assert_eq!(facts["server_name"], host);
-        let key = &node.state.territories.all().iter().find(|t| t.server_name() == host).unwrap().key;
+        let key = &node
+            .state
+            .territories
+            .all()
+            .iter()
+            .find(|t| t.server_name() == host)
+            .unwrap()
+            .key;
         assert_eq!(facts["verified"], json!([key.key_id()]));
     }
     node.shutdown().await;
@@ -64,7 +78,9 @@ async fn signedjson_verifies_every_territory_key_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_match_the_spec_openapi_schemas() {
-    let (Some(_), Some(spec)) = (python(), spec_dir()) else { return };
+    let (Some(_), Some(spec)) = (python(), spec_dir()) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     // An old key too, so old_verify_keys is not empty.
     let first = Node::start(config(dir.path())).await.unwrap();
@@ -74,14 +90,28 @@ async fn responses_match_the_spec_openapi_schemas() {
 
     let client = format!("http://{}", node.client_addr);
     let federation = format!("https://{}", node.federation_addr);
-    let case = |api: &str, path: &str, url: String| {
-        json!({"api": api, "path": path, "method": "get", "status": 200, "url": url})
-    };
+    let case = |api: &str, path: &str, url: String| json!({"api": api, "path": path, "method": "get", "status": 200, "url": url});
     let cases = json!([
-        case("client-server", "/_matrix/client/versions", format!("{client}/_matrix/client/versions")),
-        case("server-server", "/_matrix/key/v2/server", format!("{federation}/_matrix/key/v2/server")),
-        case("server-server", "/_matrix/federation/v1/version", format!("{federation}/_matrix/federation/v1/version")),
-        case("server-server", "/.well-known/matrix/server", format!("{federation}/.well-known/matrix/server")),
+        case(
+            "client-server",
+            "/_matrix/client/versions",
+            format!("{client}/_matrix/client/versions")
+        ),
+        case(
+            "server-server",
+            "/_matrix/key/v2/server",
+            format!("{federation}/_matrix/key/v2/server")
+        ),
+        case(
+            "server-server",
+            "/_matrix/federation/v1/version",
+            format!("{federation}/_matrix/federation/v1/version")
+        ),
+        case(
+            "server-server",
+            "/.well-known/matrix/server",
+            format!("{federation}/.well-known/matrix/server")
+        ),
     ]);
     let args = vec![
         script("validate_responses.py").display().to_string(),
@@ -90,6 +120,10 @@ async fn responses_match_the_spec_openapi_schemas() {
     ];
     let (ok, stdout, stderr) = run_python(args).await;
     assert!(ok, "spec schema mismatches:\n{stderr}\n{stdout}");
-    assert_eq!(stdout.lines().filter(|l| l.starts_with("valid:")).count(), 4, "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("valid:")).count(),
+        4,
+        "{stdout}"
+    );
     node.shutdown().await;
 }

@@ -23,17 +23,29 @@ pub struct ApiError {
 impl ApiError {
     /// Any error code with a status and message.
     pub fn new(status: StatusCode, errcode: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, errcode, message: message.into() }
+        ApiError {
+            status,
+            errcode,
+            message: message.into(),
+        }
     }
 
     /// `404 M_UNRECOGNIZED`: no such endpoint.
     pub fn unrecognized() -> Self {
-        Self::new(StatusCode::NOT_FOUND, "M_UNRECOGNIZED", "Unrecognized request")
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "M_UNRECOGNIZED",
+            "Unrecognized request",
+        )
     }
 
     /// `405 M_UNRECOGNIZED`: the endpoint exists, not with this method.
     pub fn method_not_allowed() -> Self {
-        Self::new(StatusCode::METHOD_NOT_ALLOWED, "M_UNRECOGNIZED", "Method not allowed for this endpoint")
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "M_UNRECOGNIZED",
+            "Method not allowed for this endpoint",
+        )
     }
 
     /// `404 M_NOT_FOUND`.
@@ -63,13 +75,21 @@ impl ApiError {
     /// `500 M_UNKNOWN`; `cause` is logged, not sent.
     pub fn internal(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "M_UNKNOWN", "Internal server error")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "M_UNKNOWN",
+            "Internal server error",
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"errcode": self.errcode, "error": self.message}))).into_response()
+        (
+            self.status,
+            Json(json!({"errcode": self.errcode, "error": self.message})),
+        )
+            .into_response()
     }
 }
 

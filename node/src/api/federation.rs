@@ -23,11 +23,17 @@ pub async fn get_server_keys_route(
         .await?
         .into_iter()
         .filter_map(|k| {
-            Some(OldVerifyKey { key_id: k.key_id, public_key: k.public_key, expired_ts: k.expired_ts? })
+            Some(OldVerifyKey {
+                key_id: k.key_id,
+                public_key: k.public_key,
+                expired_ts: k.expired_ts?,
+            })
         })
         .collect();
     let validity = Duration::from_secs(state.config.federation.key_validity_secs);
-    let valid_until = SystemTime::now().checked_add(validity).unwrap_or(SystemTime::now());
+    let valid_until = SystemTime::now()
+        .checked_add(validity)
+        .unwrap_or(SystemTime::now());
     let valid_until_ts = valid_until
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
@@ -48,5 +54,7 @@ pub async fn get_server_keys_by_id_route(
 
 /// `GET /_matrix/federation/v1/version`.
 pub async fn get_server_version_route() -> Json<Value> {
-    Json(json!({"server": {"name": unitas_spec::SOFTWARE_NAME, "version": env!("CARGO_PKG_VERSION")}}))
+    Json(
+        json!({"server": {"name": unitas_spec::SOFTWARE_NAME, "version": env!("CARGO_PKG_VERSION")}}),
+    )
 }

@@ -21,7 +21,8 @@ pub async fn get_live_route() -> Json<serde_json::Value> {
 /// `GET /ready`: the database answers and every migration is applied; 503 otherwise.
 pub async fn get_ready_route(State(state): State<AppState>) -> Response {
     match state.store.is_ready().await {
-        Ok(true) => Json(json!({"status": "ready", "database": "ok", "migrations": "applied"})).into_response(),
+        Ok(true) => Json(json!({"status": "ready", "database": "ok", "migrations": "applied"}))
+            .into_response(),
         Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not_ready", "database": "ok", "migrations": "pending"})),

@@ -21,14 +21,24 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", rejection.body_text())
-            } else {
-                ApiError::new(rejection.status(), "M_UNKNOWN", rejection.body_text())
-            }
-        })?;
-        let bytes = if bytes.is_empty() { axum::body::Bytes::from_static(b"{}") } else { bytes };
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "M_TOO_LARGE",
+                        rejection.body_text(),
+                    )
+                } else {
+                    ApiError::new(rejection.status(), "M_UNKNOWN", rejection.body_text())
+                }
+            })?;
+        let bytes = if bytes.is_empty() {
+            axum::body::Bytes::from_static(b"{}")
+        } else {
+            bytes
+        };
         match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(MatrixJson(value)),
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_json(e.body_text())),
@@ -57,26 +67,49 @@ mod tests {
 
     async fn call(body: &'static str) -> (u16, serde_json::Value) {
         let app = Router::new()
-            .route("/t", post(|MatrixJson(_b): MatrixJson<Body1>| async { "ok" }))
+            .route(
+                "/t",
+                post(|MatrixJson(_b): MatrixJson<Body1>| async { "ok" }),
+            )
             .layer(axum::extract::DefaultBodyLimit::max(64));
-        let response =
-            app.oneshot(Request::post("/t").body(Body::from(body)).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(Request::post("/t").body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
         let status = response.status().as_u16();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
     }
 
     #[tokio::test]
     async fn matrix_errors_for_bad_bodies() {
         assert_eq!(call(r#"{"name": "x"}"#).await.0, 200);
         let (status, body) = call("{not json").await;
-        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_NOT_JSON")));
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_NOT_JSON"))
+        );
         let (status, body) = call(r#"{"name": 5}"#).await;
-        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_BAD_JSON"))
+        );
         // An empty body is `{}`: here a missing field, so the shape is wrong.
         let (status, body) = call("").await;
-        assert_eq!((status, body["errcode"].as_str()), (400, Some("M_BAD_JSON")));
-        let (status, body) = call(r#"{"name": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#).await;
-        assert_eq!((status, body["errcode"].as_str()), (413, Some("M_TOO_LARGE")));
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (400, Some("M_BAD_JSON"))
+        );
+        let (status, body) = call(
+            r#"{"name": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, body["errcode"].as_str()),
+            (413, Some("M_TOO_LARGE"))
+        );
     }
 }

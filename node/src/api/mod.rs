@@ -34,17 +34,28 @@ use crate::state::AppState;
 
 /// The client-server API listener's routes.
 pub fn client_router(state: AppState) -> Router {
-    let routes = Router::new()
-        .route("/_matrix/client/versions", get(versions::get_versions_route));
+    let routes = Router::new().route(
+        "/_matrix/client/versions",
+        get(versions::get_versions_route),
+    );
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 
 /// The federation listener's routes (served over TLS).
 pub fn federation_router(state: AppState) -> Router {
     let routes = Router::new()
-        .route("/_matrix/key/v2/server", get(federation::get_server_keys_route))
-        .route("/_matrix/key/v2/server/{key_id}", get(federation::get_server_keys_by_id_route))
-        .route("/_matrix/federation/v1/version", get(federation::get_server_version_route));
+        .route(
+            "/_matrix/key/v2/server",
+            get(federation::get_server_keys_route),
+        )
+        .route(
+            "/_matrix/key/v2/server/{key_id}",
+            get(federation::get_server_keys_by_id_route),
+        )
+        .route(
+            "/_matrix/federation/v1/version",
+            get(federation::get_server_version_route),
+        );
     finish(routes, state, territory::Fallback::None)
 }
 
@@ -55,15 +66,24 @@ fn finish(routes: Router<AppState>, state: AppState, fallback: territory::Fallba
         .route("/health", get(health::get_health_route))
         .route("/live", get(health::get_live_route))
         .route("/ready", get(health::get_ready_route))
-        .route("/.well-known/matrix/server", get(well_known::get_well_known_server_route))
-        .route("/.well-known/matrix/client", get(well_known::get_well_known_client_route))
+        .route(
+            "/.well-known/matrix/server",
+            get(well_known::get_well_known_server_route),
+        )
+        .route(
+            "/.well-known/matrix/client",
+            get(well_known::get_well_known_client_route),
+        )
         .fallback(|| async { ApiError::unrecognized() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .layer(middleware::from_fn_with_state(state.clone(), move |s, r, n| {
-            territory::route_territory(s, fallback, r, n)
-        }))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |s, r, n| territory::route_territory(s, fallback, r, n),
+        ))
         .layer(middleware::from_fn(move |r, n| limit_body(limit, r, n)))
-        .layer(DefaultBodyLimit::max(usize::try_from(limit).unwrap_or(usize::MAX)))
+        .layer(DefaultBodyLimit::max(
+            usize::try_from(limit).unwrap_or(usize::MAX),
+        ))
         .layer(middleware::from_fn(answer_options))
         .layer(
             TraceLayer::new_for_http()
@@ -92,7 +112,14 @@ fn finish(routes: Router<AppState>, state: AppState, fallback: territory::Fallba
 fn cors() -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::any())
-        .allow_methods([Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+        ])
         .allow_headers([
             HeaderName::from_static("x-requested-with"),
             header::CONTENT_TYPE,
@@ -105,7 +132,14 @@ fn cors() -> CorsLayer {
 /// empty 200 (with CORS headers), as the spec allows for every path.
 async fn answer_options(req: Request, next: Next) -> Response {
     if req.method() == Method::OPTIONS {
-        return (axum::http::StatusCode::OK, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], "{}")
+        return (
+            axum::http::StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            "{}",
+        )
             .into_response();
     }
     next.run(req).await

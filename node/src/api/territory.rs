@@ -34,7 +34,11 @@ fn requested_host(req: &Request) -> Option<String> {
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.to_string()))
-        .or_else(|| req.extensions().get::<ConnectionInfo>().and_then(|c| c.sni.clone()))
+        .or_else(|| {
+            req.extensions()
+                .get::<ConnectionInfo>()
+                .and_then(|c| c.sni.clone())
+        })
 }
 
 /// Middleware: resolves the territory and records it on the request span.
@@ -60,7 +64,8 @@ pub async fn route_territory(
             req.extensions_mut().insert(Territory(territory.clone()));
         }
         None => {
-            req.extensions_mut().insert(UnknownHost(host.unwrap_or_default()));
+            req.extensions_mut()
+                .insert(UnknownHost(host.unwrap_or_default()));
         }
     }
     next.run(req).await
@@ -76,8 +81,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Territory {
         if let Some(t) = parts.extensions.get::<Territory>() {
             return Ok(t.clone());
         }
-        let host = parts.extensions.get::<UnknownHost>().map(|h| h.0.clone()).unwrap_or_default();
-        Err(ApiError::not_found(format!("This node hosts no territory with the server name {host:?}"))
-            .into_response())
+        let host = parts
+            .extensions
+            .get::<UnknownHost>()
+            .map(|h| h.0.clone())
+            .unwrap_or_default();
+        Err(ApiError::not_found(format!(
+            "This node hosts no territory with the server name {host:?}"
+        ))
+        .into_response())
     }
 }

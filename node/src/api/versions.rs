@@ -7,8 +7,10 @@ use serde_json::{Value, json};
 /// decide which endpoints to call, so it only grows when the endpoints exist; each feature issue
 /// that completes a spec version's requirements extends it. `unstable_features` lists only
 /// features that are implemented (none yet).
-pub const SUPPORTED_VERSIONS: &[&str] =
-    &["v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12"];
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11",
+    "v1.12",
+];
 
 /// `GET /_matrix/client/versions`: no authentication.
 pub async fn get_versions_route() -> Json<Value> {

@@ -9,8 +9,15 @@ use serde_json::Value;
 use super::Config;
 
 /// Sections in the order an operator reads them; any section not listed follows in schema order.
-const SECTION_ORDER: &[&str] =
-    &["server", "storage", "federation", "registration", "rooms", "rate_limits", "log"];
+const SECTION_ORDER: &[&str] = &[
+    "server",
+    "storage",
+    "federation",
+    "registration",
+    "rooms",
+    "rate_limits",
+    "log",
+];
 
 /// What `unitas init` fills in; `None` renders the generic example.
 #[derive(Debug, Clone, Default)]
@@ -46,11 +53,15 @@ pub fn render(values: &InitValues) -> String {
         }
     }
     for section in sections {
-        let Some(section_schema) = resolve(&schema, &top[section]) else { continue };
+        let Some(section_schema) = resolve(&schema, &top[section]) else {
+            continue;
+        };
         out.push('\n');
         comment(&mut out, describe(&top[section]).unwrap_or(section), "");
         out.push_str(&format!("[{section}]\n"));
-        let Some(props) = section_schema["properties"].as_object() else { continue };
+        let Some(props) = section_schema["properties"].as_object() else {
+            continue;
+        };
         for (key, prop) in props {
             out.push('\n');
             if let Some(doc) = describe(prop) {
@@ -78,14 +89,21 @@ pub fn render(values: &InitValues) -> String {
     match &values.territory {
         Some((code, server_name, key_file)) => {
             out.push_str("[[territory]]\n");
-            let set = [("code", code), ("server_name", server_name), ("signing_key_file", key_file)];
+            let set = [
+                ("code", code),
+                ("server_name", server_name),
+                ("signing_key_file", key_file),
+            ];
             for (key, prop) in fields.into_iter().flatten() {
                 if let Some(doc) = describe(prop) {
                     comment(&mut out, doc, "");
                 }
                 match set.iter().find(|(k, _)| k == key) {
                     Some((_, value)) => {
-                        out.push_str(&format!("{key} = {}\n", toml_value(&Value::from(value.as_str()))));
+                        out.push_str(&format!(
+                            "{key} = {}\n",
+                            toml_value(&Value::from(value.as_str()))
+                        ));
                     }
                     None => out.push_str(&format!("#{key} =\n")),
                 }
@@ -93,7 +111,11 @@ pub fn render(values: &InitValues) -> String {
         }
         None => {
             out.push_str("#[[territory]]\n");
-            let example = [("code", "\"DK\""), ("server_name", "\"dk.unitas.example\""), ("name", "\"Denmark\"")];
+            let example = [
+                ("code", "\"DK\""),
+                ("server_name", "\"dk.unitas.example\""),
+                ("name", "\"Denmark\""),
+            ];
             for (key, prop) in fields.into_iter().flatten() {
                 if let Some(doc) = describe(prop) {
                     comment(&mut out, doc, "");
@@ -156,8 +178,10 @@ fn toml_value(value: &Value) -> String {
             format!("[{}]", inner.join(", "))
         }
         Value::Object(map) => {
-            let inner: Vec<String> =
-                map.iter().map(|(k, v)| format!("{k} = {}", toml_value(v))).collect();
+            let inner: Vec<String> = map
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", toml_value(v)))
+                .collect();
             format!("{{ {} }}", inner.join(", "))
         }
     }

@@ -177,10 +177,28 @@ pub struct FederationConfig {
 impl Default for FederationConfig {
     fn default() -> Self {
         const DENIED: &[&str] = &[
-            "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
-            "192.0.0.0/24", "169.254.0.0/16", "192.88.99.0/24", "198.18.0.0/15", "192.0.2.0/24",
-            "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "0.0.0.0/8", "255.255.255.255/32",
-            "::1/128", "fe80::/10", "fc00::/7", "2001:db8::/32", "ff00::/8", "fec0::/10", "::/128",
+            "127.0.0.0/8",
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "192.0.0.0/24",
+            "169.254.0.0/16",
+            "192.88.99.0/24",
+            "198.18.0.0/15",
+            "192.0.2.0/24",
+            "198.51.100.0/24",
+            "203.0.113.0/24",
+            "224.0.0.0/4",
+            "0.0.0.0/8",
+            "255.255.255.255/32",
+            "::1/128",
+            "fe80::/10",
+            "fc00::/7",
+            "2001:db8::/32",
+            "ff00::/8",
+            "fec0::/10",
+            "::/128",
         ];
         FederationConfig {
             verify_tls: true,
@@ -216,7 +234,9 @@ pub struct RoomsConfig {
 
 impl Default for RoomsConfig {
     fn default() -> Self {
-        RoomsConfig { default_version: "12".to_owned() }
+        RoomsConfig {
+            default_version: "12".to_owned(),
+        }
     }
 }
 
@@ -246,7 +266,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Human, level: "info".to_owned() }
+        LogConfig {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
     }
 }
 
@@ -333,7 +356,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
 }
 
 /// Flags given on the command line; each overrides the file and the environment.
@@ -378,8 +404,10 @@ impl Config {
     ) -> Result<Loaded, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
             // Parse here, so a syntax error is reported with the file's name.
             toml::from_str::<toml::Table>(&text)
                 .map_err(|e| ConfigError::Parse(format!("{}: {e}", path.display())))?;
@@ -388,7 +416,9 @@ impl Config {
         figment = figment.merge(EnvVars::from_vars(vars));
         figment = figment.merge(Flags(overrides_dict(overrides)));
 
-        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
         let mut unknown_keys = Vec::new();
         if let Ok(value) = figment.extract::<figment::value::Value>() {
             let _: Result<Config, _> = serde_ignored::deserialize(&value, |path| {
@@ -408,7 +438,11 @@ impl Config {
             }
         }
         config.validate()?;
-        Ok(Loaded { config, file: file.map(Path::to_owned), unknown_keys })
+        Ok(Loaded {
+            config,
+            file: file.map(Path::to_owned),
+            unknown_keys,
+        })
     }
 
     /// Checks every value that parsing alone cannot, naming the key of the first bad one.
@@ -420,34 +454,60 @@ impl Config {
             check_http_url("server.public_baseurl", url)?;
         }
         match (&self.server.tls_cert_file, &self.server.tls_key_file) {
-            (Some(_), None) => return Err(invalid("server.tls_key_file", "must be set with tls_cert_file")),
-            (None, Some(_)) => return Err(invalid("server.tls_cert_file", "must be set with tls_key_file")),
+            (Some(_), None) => {
+                return Err(invalid(
+                    "server.tls_key_file",
+                    "must be set with tls_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "server.tls_cert_file",
+                    "must be set with tls_key_file",
+                ));
+            }
             _ => {}
         }
         if self.server.max_request_body_bytes < 1024 {
-            return Err(invalid("server.max_request_body_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "server.max_request_body_bytes",
+                "must be at least 1024",
+            ));
         }
         let database = self.database_url();
         let scheme = database.split_once(':').map(|(s, _)| s).unwrap_or("");
         if !matches!(scheme, "sqlite" | "postgres" | "postgresql") {
             return Err(invalid(
                 "storage.database",
-                format!("unknown database scheme `{scheme}`: use sqlite://<path> or postgres://..."),
+                format!(
+                    "unknown database scheme `{scheme}`: use sqlite://<path> or postgres://..."
+                ),
             ));
         }
         if self.storage.max_connections == 0 {
             return Err(invalid("storage.max_connections", "must be at least 1"));
         }
         if self.federation.key_validity_secs < 60 {
-            return Err(invalid("federation.key_validity_secs", "must be at least 60"));
+            return Err(invalid(
+                "federation.key_validity_secs",
+                "must be at least 60",
+            ));
         }
-        if self.registration.shared_secret.is_some() && self.registration.shared_secret_file.is_some() {
-            return Err(invalid("registration.shared_secret", "set either shared_secret or shared_secret_file"));
+        if self.registration.shared_secret.is_some()
+            && self.registration.shared_secret_file.is_some()
+        {
+            return Err(invalid(
+                "registration.shared_secret",
+                "set either shared_secret or shared_secret_file",
+            ));
         }
         if !matches!(self.rooms.default_version.as_str(), "10" | "11" | "12") {
             return Err(invalid(
                 "rooms.default_version",
-                format!("unsupported room version {:?}: use 10, 11 or 12", self.rooms.default_version),
+                format!(
+                    "unsupported room version {:?}: use 10, 11 or 12",
+                    self.rooms.default_version
+                ),
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
@@ -459,10 +519,16 @@ impl Config {
             let key = |field: &str| format!("territory[{i}].{field}");
             check_server_name(&key("server_name"), &t.server_name)?;
             if !codes.insert(t.code.as_str()) {
-                return Err(invalid(key("code"), format!("territory {} is listed twice", t.code)));
+                return Err(invalid(
+                    key("code"),
+                    format!("territory {} is listed twice", t.code),
+                ));
             }
             if !names.insert(t.server_name.to_ascii_lowercase()) {
-                return Err(invalid(key("server_name"), format!("{} is used twice", t.server_name)));
+                return Err(invalid(
+                    key("server_name"),
+                    format!("{} is used twice", t.server_name),
+                ));
             }
             if let Some(url) = &t.client_base_url {
                 check_http_url(&key("client_base_url"), url)?;
@@ -478,7 +544,10 @@ impl Config {
     pub fn database_url(&self) -> String {
         match &self.storage.database {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", self.server.data_dir.join("unitas.db").display()),
+            None => format!(
+                "sqlite://{}",
+                self.server.data_dir.join("unitas.db").display()
+            ),
         }
     }
 
@@ -511,12 +580,19 @@ impl Config {
                 .signing_key_file
                 .clone()
                 .unwrap_or_else(|| keys_dir.join(format!("{}.signing.key", t.code))),
-            client_base_url: t.client_base_url.clone().unwrap_or_else(|| self.client_base_url()),
-            federation_host: t.federation_host.clone().unwrap_or_else(|| t.server_name.clone()),
+            client_base_url: t
+                .client_base_url
+                .clone()
+                .unwrap_or_else(|| self.client_base_url()),
+            federation_host: t
+                .federation_host
+                .clone()
+                .unwrap_or_else(|| t.server_name.clone()),
         };
         if self.territories.is_empty() {
             let default = TerritoryConfig {
-                code: TerritoryCode::parse(DEFAULT_TERRITORY_CODE).unwrap_or_else(|_| unreachable!()),
+                code: TerritoryCode::parse(DEFAULT_TERRITORY_CODE)
+                    .unwrap_or_else(|_| unreachable!()),
                 server_name: self.server.server_name.clone(),
                 name: None,
                 signing_key_file: None,
@@ -542,7 +618,11 @@ impl Config {
 
     /// The PostgreSQL password, when a password file is configured.
     pub fn database_password(&self) -> Result<Option<Secret>, ConfigError> {
-        self.storage.database_password_file.as_deref().map(read_secret).transpose()
+        self.storage
+            .database_password_file
+            .as_deref()
+            .map(read_secret)
+            .transpose()
     }
 
     /// The storage crate's options for this config.
@@ -569,21 +649,31 @@ impl Config {
 }
 
 fn read_secret(path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(Secret::new(text.trim_end_matches(['\r', '\n']).to_owned()))
 }
 
 fn check_server_name(key: &str, name: &str) -> Result<(), ConfigError> {
     <&ruma::ServerName>::try_from(name)
         .map(|_| ())
-        .map_err(|e| invalid(key, format!("{name:?} is not a valid server name (host[:port]): {e}")))
+        .map_err(|e| {
+            invalid(
+                key,
+                format!("{name:?} is not a valid server name (host[:port]): {e}"),
+            )
+        })
 }
 
 fn check_http_url(key: &str, text: &str) -> Result<(), ConfigError> {
     match url::Url::parse(text) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => Ok(()),
-        Ok(_) => Err(invalid(key, format!("{text:?} must be an http:// or https:// URL"))),
+        Ok(_) => Err(invalid(
+            key,
+            format!("{text:?} must be an http:// or https:// URL"),
+        )),
         Err(e) => Err(invalid(key, format!("{text:?} is not a URL: {e}"))),
     }
 }
@@ -597,7 +687,9 @@ impl EnvVars {
     fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> EnvVars {
         let mut root = Dict::new();
         for (name, raw) in vars {
-            let Some(rest) = name.strip_prefix(ENV_PREFIX) else { continue };
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             if path.iter().any(String::is_empty) {
                 continue;
@@ -616,7 +708,9 @@ fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
             dict.insert(last.clone(), value);
         }
         [first, rest @ ..] => {
-            let entry = dict.entry(first.clone()).or_insert_with(|| Value::from(Dict::new()));
+            let entry = dict
+                .entry(first.clone())
+                .or_insert_with(|| Value::from(Dict::new()));
             if entry.as_dict().is_none() {
                 *entry = Value::from(Dict::new());
             }
@@ -630,7 +724,11 @@ fn insert_path(dict: &mut Dict, path: &[String], value: Value) {
 impl Provider for EnvVars {
     fn metadata(&self) -> Metadata {
         Metadata::named("environment variable").interpolater(|_profile, keys| {
-            format!("{ENV_PREFIX}{} ({})", keys.join("__").to_ascii_uppercase(), keys.join("."))
+            format!(
+                "{ENV_PREFIX}{} ({})",
+                keys.join("__").to_ascii_uppercase(),
+                keys.join(".")
+            )
         })
     }
 
@@ -710,13 +808,19 @@ where
     }
     let items = match ListOrCsv::deserialize(deserializer)? {
         ListOrCsv::List(items) => items,
-        ListOrCsv::Csv(text) => {
-            text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect()
-        }
+        ListOrCsv::Csv(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
     };
     items
         .iter()
-        .map(|item| item.parse().map_err(|e| serde::de::Error::custom(format!("{item:?}: {e}"))))
+        .map(|item| {
+            item.parse()
+                .map_err(|e| serde::de::Error::custom(format!("{item:?}: {e}")))
+        })
         .collect()
 }
 

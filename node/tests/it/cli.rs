@@ -26,7 +26,10 @@ fn unitas(dir: &Path, args: &[&str]) -> Command {
 }
 
 fn run_to_end(dir: &Path, args: &[&str]) -> Output {
-    unitas(dir, args).stdin(Stdio::null()).output().expect("run unitas")
+    unitas(dir, args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unitas")
 }
 
 /// A running `unitas run`, with the URLs it printed.
@@ -74,7 +77,11 @@ fn start(dir: &Path, args: &[&str]) -> Running {
             }
         }
     }
-    Running { child, client_url: client_url.unwrap(), federation_url: federation_url.unwrap() }
+    Running {
+        child,
+        client_url: client_url.unwrap(),
+        federation_url: federation_url.unwrap(),
+    }
 }
 
 impl Running {
@@ -84,7 +91,10 @@ impl Running {
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
         let output = self.child.wait_with_output().unwrap();
-        (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 }
 
@@ -93,7 +103,14 @@ fn assert_fails_cleanly(output: &Output, needle: &str) {
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains(needle), "expected {needle:?} in: {stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(stderr.lines().filter(|l| l.starts_with("unitas: error:")).count(), 1, "{stderr}");
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("unitas: error:"))
+            .count(),
+        1,
+        "{stderr}"
+    );
 }
 
 // Multi-threaded: the blocking wait in `stop` must not starve the client's connection tasks,
@@ -102,15 +119,36 @@ fn assert_fails_cleanly(output: &Output, needle: &str) {
 async fn run_with_defaults_serves_a_working_node_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // Only the ports differ from a bare `unitas run`: tests never use fixed ports.
-    let node = start(dir.path(), &["run", "--listen", "127.0.0.1:0", "--federation-listen", "127.0.0.1:0"]);
-    assert!(node.client_url.starts_with("http://127.0.0.1:"), "{}", node.client_url);
+    let node = start(
+        dir.path(),
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--federation-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert!(
+        node.client_url.starts_with("http://127.0.0.1:"),
+        "{}",
+        node.client_url
+    );
 
-    let (status, versions) = get_json(&format!("{}/_matrix/client/versions", node.client_url), None).await;
+    let (status, versions) = get_json(
+        &format!("{}/_matrix/client/versions", node.client_url),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(!versions["versions"].as_array().unwrap().is_empty());
     let (status, ready) = get_json(&format!("{}/ready", node.client_url), None).await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
-    let (status, keys) = get_json(&format!("{}/_matrix/key/v2/server", node.federation_url), None).await;
+    let (status, keys) = get_json(
+        &format!("{}/_matrix/key/v2/server", node.federation_url),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(keys["server_name"], "localhost:8448");
     verify_server_keys(&keys);
@@ -122,7 +160,10 @@ async fn run_with_defaults_serves_a_working_node_and_stops_on_sigterm() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(data.join("keys/local.signing.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(data.join("keys/local.signing.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 
@@ -135,13 +176,27 @@ async fn run_with_defaults_serves_a_working_node_and_stops_on_sigterm() {
 // which close their HTTP/2 connections when the node says GOAWAY.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_on_postgres() {
-    let Some(url) = unitas_storage::testing::postgres_database().await else { return };
+    let Some(url) = unitas_storage::testing::postgres_database().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let args = ["run", "--listen", "127.0.0.1:0", "--federation-listen", "127.0.0.1:0", "--database", &url];
+    let args = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--federation-listen",
+        "127.0.0.1:0",
+        "--database",
+        &url,
+    ];
     let node = start(dir.path(), &args);
     let (status, ready) = get_json(&format!("{}/ready", node.client_url), None).await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
-    let (_, keys) = get_json(&format!("{}/_matrix/key/v2/server", node.federation_url), None).await;
+    let (_, keys) = get_json(
+        &format!("{}/_matrix/key/v2/server", node.federation_url),
+        None,
+    )
+    .await;
     verify_server_keys(&keys);
     assert!(!dir.path().join("data/unitas.db").exists());
     let (code, stderr) = node.stop();
@@ -175,14 +230,28 @@ fn an_unknown_database_scheme_fails_clearly() {
 fn an_unreachable_postgres_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     // Port 1 on loopback: nothing listens there.
-    let args = ["run", "--listen", "127.0.0.1:0", "--federation-listen", "127.0.0.1:0", "--database", "postgres://unitas:pw@127.0.0.1:1/unitas"];
+    let args = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--federation-listen",
+        "127.0.0.1:0",
+        "--database",
+        "postgres://unitas:pw@127.0.0.1:1/unitas",
+    ];
     // sqlx retries refused connections until the connect timeout: keep it short here.
     let output = unitas(dir.path(), &args)
         .env("UNITAS__STORAGE__CONNECT_TIMEOUT_SECS", "1")
         .output()
         .unwrap();
-    assert_fails_cleanly(&output, "cannot connect to the PostgreSQL database at postgres://unitas:***@127.0.0.1:1/unitas");
-    assert!(!String::from_utf8_lossy(&output.stderr).contains(":pw@"), "password not shown");
+    assert_fails_cleanly(
+        &output,
+        "cannot connect to the PostgreSQL database at postgres://unitas:***@127.0.0.1:1/unitas",
+    );
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains(":pw@"),
+        "password not shown"
+    );
     assert!(!dir.path().join("data").exists(), "nothing written");
 }
 
@@ -191,10 +260,34 @@ fn a_port_in_use_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = run_to_end(dir.path(), &["run", "--listen", &addr, "--federation-listen", "127.0.0.1:0"]);
-    assert_fails_cleanly(&output, &format!("cannot listen on {addr} for the client API"));
-    let output = run_to_end(dir.path(), &["run", "--listen", "127.0.0.1:0", "--federation-listen", &addr]);
-    assert_fails_cleanly(&output, &format!("cannot listen on {addr} for the federation API"));
+    let output = run_to_end(
+        dir.path(),
+        &[
+            "run",
+            "--listen",
+            &addr,
+            "--federation-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    assert_fails_cleanly(
+        &output,
+        &format!("cannot listen on {addr} for the client API"),
+    );
+    let output = run_to_end(
+        dir.path(),
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--federation-listen",
+            &addr,
+        ],
+    );
+    assert_fails_cleanly(
+        &output,
+        &format!("cannot listen on {addr} for the federation API"),
+    );
     assert!(!dir.path().join("data").exists(), "nothing written");
 }
 
@@ -203,10 +296,20 @@ fn a_port_in_use_fails_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn init_writes_a_config_that_check_and_run_accept() {
     let dir = tempfile::tempdir().unwrap();
-    let output = run_to_end(dir.path(), &["init", "--server-name", "dk.test", "--code", "DK"]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = run_to_end(
+        dir.path(),
+        &["init", "--server-name", "dk.test", "--code", "DK"],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = std::fs::read_to_string(dir.path().join("unitas.toml")).unwrap();
-    assert!(text.contains("server_name = \"dk.test\"") && text.contains("# Default"), "{text}");
+    assert!(
+        text.contains("server_name = \"dk.test\"") && text.contains("# Default"),
+        "{text}"
+    );
     let key_text = std::fs::read_to_string(dir.path().join("data/keys/DK.signing.key")).unwrap();
     assert!(key_text.starts_with("ed25519 a_"));
 
@@ -216,15 +319,40 @@ async fn init_writes_a_config_that_check_and_run_accept() {
 
     let check = run_to_end(dir.path(), &["config", "check"]);
     let stdout = String::from_utf8_lossy(&check.stdout);
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
-    assert!(stdout.contains("unitas.toml: valid") && stdout.contains("code = \"DK\""), "{stdout}");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(
+        stdout.contains("unitas.toml: valid") && stdout.contains("code = \"DK\""),
+        "{stdout}"
+    );
 
     // `run` picks up ./unitas.toml and serves the territory with the key init made.
-    let node = start(dir.path(), &["run", "--listen", "127.0.0.1:0", "--federation-listen", "127.0.0.1:0"]);
-    let (_, keys) = get_json(&format!("{}/_matrix/key/v2/server", node.federation_url), None).await;
+    let node = start(
+        dir.path(),
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--federation-listen",
+            "127.0.0.1:0",
+        ],
+    );
+    let (_, keys) = get_json(
+        &format!("{}/_matrix/key/v2/server", node.federation_url),
+        None,
+    )
+    .await;
     assert_eq!(keys["server_name"], "dk.test");
     let key_version = key_text.split_whitespace().nth(1).unwrap();
-    assert!(keys["verify_keys"].get(format!("ed25519:{key_version}")).is_some(), "{keys}");
+    assert!(
+        keys["verify_keys"]
+            .get(format!("ed25519:{key_version}"))
+            .is_some(),
+        "{keys}"
+    );
     verify_server_keys(&keys);
     let (code, stderr) = node.stop();
     assert_eq!(code, Some(0), "{stderr}");
@@ -233,20 +361,34 @@ async fn init_writes_a_config_that_check_and_run_accept() {
 #[test]
 fn config_check_names_the_bad_key_and_redacts_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.toml"), "[rooms]\ndefault_version = \"9\"\n").unwrap();
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[rooms]\ndefault_version = \"9\"\n",
+    )
+    .unwrap();
     let output = run_to_end(dir.path(), &["config", "check", "bad.toml"]);
     assert_fails_cleanly(&output, "rooms.default_version");
 
-    std::fs::write(dir.path().join("ok.toml"), "[registration]\nshared_secret = \"topsecret\"\n[server]\nmystery = 1\n").unwrap();
+    std::fs::write(
+        dir.path().join("ok.toml"),
+        "[registration]\nshared_secret = \"topsecret\"\n[server]\nmystery = 1\n",
+    )
+    .unwrap();
     let output = unitas(dir.path(), &["config", "check", "ok.toml"])
         .env("UNITAS__FEDERATION__VERIFY_TLS", "false")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success());
-    assert!(!stdout.contains("topsecret") && stdout.contains("<redacted>"), "{stdout}");
+    assert!(
+        !stdout.contains("topsecret") && stdout.contains("<redacted>"),
+        "{stdout}"
+    );
     assert!(stdout.contains("unknown key `server.mystery`"), "{stdout}");
-    assert!(stdout.contains("verify_tls = false"), "environment applied: {stdout}");
+    assert!(
+        stdout.contains("verify_tls = false"),
+        "environment applied: {stdout}"
+    );
 }
 
 #[test]
@@ -254,10 +396,22 @@ fn version_and_help_on_every_command() {
     let dir = tempfile::tempdir().unwrap();
     let output = run_to_end(dir.path(), &["--version"]);
     assert!(output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), format!("unitas {}", env!("CARGO_PKG_VERSION")));
-    for args in [&["--help"][..], &["run", "--help"], &["init", "--help"], &["config", "--help"], &["config", "check", "--help"]] {
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!("unitas {}", env!("CARGO_PKG_VERSION"))
+    );
+    for args in [
+        &["--help"][..],
+        &["run", "--help"],
+        &["init", "--help"],
+        &["config", "--help"],
+        &["config", "check", "--help"],
+    ] {
         let output = run_to_end(dir.path(), args);
         assert!(output.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&output.stdout).contains("Usage"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&output.stdout).contains("Usage"),
+            "{args:?}"
+        );
     }
 }

@@ -12,12 +12,22 @@ async fn versions_and_health() {
     let t = TestNode::start().await;
     let (status, body) = get_json(&t.client("/_matrix/client/versions"), None).await;
     assert_eq!(status, 200);
-    assert!(body["versions"].as_array().unwrap().iter().any(|v| v == "v1.12"));
+    assert!(
+        body["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "v1.12")
+    );
     assert_eq!(body["unstable_features"], json!({}));
 
     for path in ["/health", "/live"] {
         assert_eq!(get_json(&t.client(path), None).await.0, 200, "{path}");
-        assert_eq!(get_json(&t.federation(path), None).await.0, 200, "{path} on federation");
+        assert_eq!(
+            get_json(&t.federation(path), None).await.0,
+            200,
+            "{path} on federation"
+        );
     }
     let (status, body) = get_json(&t.client("/ready"), None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
@@ -29,7 +39,10 @@ async fn ready_reports_an_unreachable_database() {
     let t = TestNode::start().await;
     t.node.state.store.close().await;
     let (status, body) = get_json(&t.client("/ready"), None).await;
-    assert_eq!((status, body["database"].as_str()), (503, Some("unreachable")));
+    assert_eq!(
+        (status, body["database"].as_str()),
+        (503, Some("unreachable"))
+    );
     // Liveness does not depend on the database.
     assert_eq!(get_json(&t.client("/live"), None).await.0, 200);
     t.node.shutdown().await;
@@ -39,11 +52,21 @@ async fn ready_reports_an_unreachable_database() {
 async fn unknown_endpoints_and_methods_are_matrix_errors() {
     let t = TestNode::start().await;
     let (status, body) = get_json(&t.client("/_matrix/client/v3/nonexistent"), None).await;
-    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED"))
+    );
     let (status, body) = get_json(&t.federation("/_matrix/federation/v1/nonexistent"), None).await;
-    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_UNRECOGNIZED")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_UNRECOGNIZED"))
+    );
 
-    let response = http().delete(t.client("/_matrix/client/versions")).send().await.unwrap();
+    let response = http()
+        .delete(t.client("/_matrix/client/versions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status().as_u16(), 405);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["errcode"], "M_UNRECOGNIZED");
@@ -54,10 +77,16 @@ async fn unknown_endpoints_and_methods_are_matrix_errors() {
 async fn cors_on_every_path() {
     let t = TestNode::start().await;
     let preflight = http()
-        .request(reqwest::Method::OPTIONS, t.client("/_matrix/client/v3/login"))
+        .request(
+            reqwest::Method::OPTIONS,
+            t.client("/_matrix/client/v3/login"),
+        )
         .header("origin", "https://app.example")
         .header("access-control-request-method", "POST")
-        .header("access-control-request-headers", "authorization, content-type")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap();
@@ -68,7 +97,10 @@ async fn cors_on_every_path() {
     for m in ["GET", "POST", "PUT", "DELETE", "OPTIONS"] {
         assert!(methods.contains(m), "{methods}");
     }
-    let allowed = headers["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    let allowed = headers["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_ascii_lowercase();
     for h in ["x-requested-with", "content-type", "authorization"] {
         assert!(allowed.contains(h), "{allowed}");
     }
@@ -106,19 +138,32 @@ async fn key_server_document_is_signed_and_valid() {
     assert_eq!(status, 200);
     assert_eq!(doc["server_name"], "localhost:8448");
     let key = &t.node.state.territories.all()[0].key;
-    assert_eq!(doc["verify_keys"][key.key_id()]["key"], key.public_key_base64());
+    assert_eq!(
+        doc["verify_keys"][key.key_id()]["key"],
+        key.public_key_base64()
+    );
     let valid_until = doc["valid_until_ts"].as_i64().unwrap();
-    assert!(valid_until >= before + 86_400_000 - 1_000, "valid for a day: {valid_until}");
+    assert!(
+        valid_until >= before + 86_400_000 - 1_000,
+        "valid for a day: {valid_until}"
+    );
     assert_eq!(doc["old_verify_keys"], json!({}));
     verify_server_keys(&doc);
 
     // The deprecated form with a key ID answers the same document.
-    let (status, by_id) = get_json(&t.federation(&format!("/_matrix/key/v2/server/{}", key.key_id())), None).await;
+    let (status, by_id) = get_json(
+        &t.federation(&format!("/_matrix/key/v2/server/{}", key.key_id())),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(by_id["verify_keys"], doc["verify_keys"]);
 
     let (status, version) = get_json(&t.federation("/_matrix/federation/v1/version"), None).await;
-    assert_eq!((status, version["server"]["name"].as_str()), (200, Some("Unitas")));
+    assert_eq!(
+        (status, version["server"]["name"].as_str()),
+        (200, Some("Unitas"))
+    );
     t.node.shutdown().await;
 }
 
@@ -139,7 +184,12 @@ async fn a_rotated_key_is_published_as_old() {
     let (_, doc) = get_json(&url, None).await;
     assert!(doc["verify_keys"].get(&second).is_some());
     assert!(doc["verify_keys"].get(&first).is_none());
-    assert!(doc["old_verify_keys"][&first]["expired_ts"].as_i64().unwrap() > 0);
+    assert!(
+        doc["old_verify_keys"][&first]["expired_ts"]
+            .as_i64()
+            .unwrap()
+            > 0
+    );
     assert!(doc["old_verify_keys"][&first]["key"].is_string());
     verify_server_keys(&doc);
     node.shutdown().await;
@@ -178,25 +228,57 @@ async fn requests_are_routed_to_territories_by_host() {
 
     // Federation addressed to a name this node does not host finds no territory.
     let (status, body) = get_json(&t.federation(keys), Some("se.test")).await;
-    assert_eq!((status, body["errcode"].as_str()), (404, Some("M_NOT_FOUND")));
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
 
     // Well-known answers per territory, on both listeners.
     let (_, server) = get_json(&t.client("/.well-known/matrix/server"), Some("no.test")).await;
     assert_eq!(server, json!({"m.server": "no.test:8448"}));
     let (_, client) = get_json(&t.federation("/.well-known/matrix/client"), Some("dk.test")).await;
-    assert_eq!(client, json!({"m.homeserver": {"base_url": "https://matrix.dk.test"}}));
+    assert_eq!(
+        client,
+        json!({"m.homeserver": {"base_url": "https://matrix.dk.test"}})
+    );
     // The client host of a territory routes to it as well.
-    let (_, client) = get_json(&t.client("/.well-known/matrix/client"), Some("matrix.no.test")).await;
-    assert_eq!(client["m.homeserver"]["base_url"], "https://matrix.no.test:8448");
+    let (_, client) = get_json(
+        &t.client("/.well-known/matrix/client"),
+        Some("matrix.no.test"),
+    )
+    .await;
+    assert_eq!(
+        client["m.homeserver"]["base_url"],
+        "https://matrix.no.test:8448"
+    );
     // The client API falls back to the default territory for unknown hosts (IP addresses).
-    let (status, client) = get_json(&t.client("/.well-known/matrix/client"), Some("192.0.2.7:8008")).await;
-    assert_eq!((status, client["m.homeserver"]["base_url"].as_str()), (200, Some("https://matrix.dk.test")));
+    let (status, client) = get_json(
+        &t.client("/.well-known/matrix/client"),
+        Some("192.0.2.7:8008"),
+    )
+    .await;
+    assert_eq!(
+        (status, client["m.homeserver"]["base_url"].as_str()),
+        (200, Some("https://matrix.dk.test"))
+    );
 
     // Rows are kept per territory.
     use unitas_storage::{SigningKeys, Territories};
     let stored = t.node.state.store.list_territories().await.unwrap();
-    assert_eq!(stored.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(), ["DK", "NO"]);
-    assert_eq!(t.node.state.store.list_signing_keys("NO").await.unwrap().len(), 1);
+    assert_eq!(
+        stored.iter().map(|r| r.code.as_str()).collect::<Vec<_>>(),
+        ["DK", "NO"]
+    );
+    assert_eq!(
+        t.node
+            .state
+            .store
+            .list_signing_keys("NO")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     t.node.shutdown().await;
 }
 
@@ -208,20 +290,34 @@ async fn a_territory_cannot_change_its_server_name() {
     let mut config = test_config(dir.path(), None);
     config.server.server_name = "renamed.test".into();
     let err = Node::start(config).await.unwrap_err().to_string();
-    assert!(err.contains("localhost:8448") && err.contains("renamed.test"), "{err}");
+    assert!(
+        err.contains("localhost:8448") && err.contains("renamed.test"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
 async fn a_node_on_postgres() {
-    let Some(url) = unitas_storage::testing::postgres_database().await else { return };
+    let Some(url) = unitas_storage::testing::postgres_database().await else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(test_config(dir.path(), Some(url))).await.unwrap();
+    let node = Node::start(test_config(dir.path(), Some(url)))
+        .await
+        .unwrap();
     let (status, body) = get_json(&format!("http://{}/ready", node.client_addr), None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ready")));
-    let (status, doc) = get_json(&format!("https://{}/_matrix/key/v2/server", node.federation_addr), None).await;
+    let (status, doc) = get_json(
+        &format!("https://{}/_matrix/key/v2/server", node.federation_addr),
+        None,
+    )
+    .await;
     assert_eq!(status, 200);
     verify_server_keys(&doc);
-    assert!(!dir.path().join("unitas.db").exists(), "no SQLite file on a PostgreSQL node");
+    assert!(
+        !dir.path().join("unitas.db").exists(),
+        "no SQLite file on a PostgreSQL node"
+    );
     node.shutdown().await;
 }
 

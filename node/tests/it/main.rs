@@ -1,6 +1,9 @@
 //! The node's integration tests: in-process nodes on port 0 (`http`), and the `unitas` binary as
 //! an operator runs it (`cli`).
 
+// Test helpers panic on setup failures: that is how a test reports them.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod http;
 mod support;

@@ -3,6 +3,9 @@
 //! Each case is an `async fn(Store)` in a module below; `both_backends!` turns it into one test
 //! per backend (`sqlite::name`, `postgres::name`), each on a fresh, migrated database.
 
+// Test helpers panic on setup failures: that is how a test reports them.
+#![allow(clippy::unwrap_used)]
+
 mod accounts;
 mod devices;
 mod keys;
