@@ -40,7 +40,12 @@ struct Running {
 }
 
 fn start(dir: &Path, args: &[&str]) -> Running {
+    start_with_env(dir, args, &[])
+}
+
+fn start_with_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
     let mut child = unitas(dir, args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -414,4 +419,50 @@ fn version_and_help_on_every_command() {
             "{args:?}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_a_span_per_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--federation-listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+    ];
+    let node = start_with_env(
+        dir.path(),
+        &args,
+        &[("UNITAS__LOG__LEVEL", "info,unitas=debug,tower_http=debug")],
+    );
+    let (status, _) = get_json(
+        &format!("{}/ready?access_token=secret-token", node.client_url),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (code, stderr) = node.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
+    let request = lines
+        .iter()
+        .find(|l| l["span"]["name"] == "http.request" && l["span"]["path"] == "/ready")
+        .unwrap_or_else(|| panic!("no http.request span for /ready in:\n{stderr}"));
+    assert_eq!(request["span"]["method"], "GET");
+    assert_eq!(request["span"]["territory"], "local");
+    assert!(
+        !stderr.contains("secret-token"),
+        "query strings are never logged"
+    );
 }
