@@ -19,7 +19,7 @@ use unitas_storage::{SigningKeys, StorageError, Store, Territories};
 use crate::api;
 use crate::config::{Config, ConfigError};
 use crate::serve::serve;
-use crate::state::{AppState, HostedTerritories, HostedTerritory};
+use crate::state::{AppState, HostedTerritories, HostedTerritory, host_without_port};
 use crate::tls::{self, TlsError};
 
 /// Why a node could not start. Each message names the cause and, where there is one, the
@@ -130,7 +130,12 @@ impl Node {
                             t.config.federation_host.clone(),
                         ]
                     })
-                    .map(|name| host_of(&name))
+                    .map(|name| {
+                        host_without_port(&name)
+                            .trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_owned()
+                    })
                     .collect();
                 if tls::ensure_self_signed(&config.server.data_dir, &hosts)? {
                     tracing::info!("generated a self-signed TLS certificate for federation");
@@ -247,17 +252,6 @@ async fn load_territories(config: &Config, store: &Store) -> Result<HostedTerrit
     Ok(HostedTerritories::new(hosted))
 }
 
-/// The host part of a server name (`a.example:8448` -> `a.example`, `[::1]:8448` -> `::1`).
-fn host_of(server_name: &str) -> String {
-    if let Some(rest) = server_name.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest).to_owned();
-    }
-    match server_name.rsplit_once(':') {
-        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_owned(),
-        _ => server_name.to_owned(),
-    }
-}
-
 /// Truncates the SQLite WAL every `every`, so it never grows without bound even when readers
 /// keep SQLite's own automatic checkpoints from finishing.
 async fn checkpoint_loop(
@@ -285,18 +279,5 @@ async fn checkpoint_loop(
                 tracing::warn!(error = %err, "WAL checkpoint failed; retrying next interval")
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_of;
-
-    #[test]
-    fn host_of_server_names() {
-        assert_eq!(host_of("a.example:8448"), "a.example");
-        assert_eq!(host_of("a.example"), "a.example");
-        assert_eq!(host_of("[::1]:8448"), "::1");
-        assert_eq!(host_of("127.0.0.1:1"), "127.0.0.1");
     }
 }

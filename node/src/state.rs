@@ -79,15 +79,15 @@ impl HostedTerritories {
         if let Some(t) = self.list.iter().find(|t| t.names().any(|n| n == host)) {
             return Some(t);
         }
-        let bare = strip_port(&host);
+        let bare = host_without_port(&host);
         self.list
             .iter()
-            .find(|t| t.names().any(|n| strip_port(&n) == bare))
+            .find(|t| t.names().any(|n| host_without_port(&n) == bare))
     }
 }
 
-/// `name:port` -> `name`, `[v6]:port` -> `[v6]`.
-fn strip_port(host: &str) -> &str {
+/// The host of a server name or Host header: `name:port` -> `name`, `[v6]:port` -> `[v6]`.
+pub fn host_without_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split_inclusive(']').next().unwrap_or(host);
     }
@@ -110,13 +110,13 @@ pub struct AppState {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_port;
+    use super::host_without_port;
 
     #[test]
     fn ports_are_stripped() {
-        assert_eq!(strip_port("a.example:8448"), "a.example");
-        assert_eq!(strip_port("a.example"), "a.example");
-        assert_eq!(strip_port("[::1]:8448"), "[::1]");
-        assert_eq!(strip_port("[::1]"), "[::1]");
+        assert_eq!(host_without_port("a.example:8448"), "a.example");
+        assert_eq!(host_without_port("a.example"), "a.example");
+        assert_eq!(host_without_port("[::1]:8448"), "[::1]");
+        assert_eq!(host_without_port("[::1]"), "[::1]");
     }
 }

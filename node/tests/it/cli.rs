@@ -10,6 +10,19 @@ use std::time::Duration;
 use crate::support::{get_json, verify_server_keys};
 
 const BIN: &str = env!("CARGO_BIN_EXE_unitas");
+/// `run` on ports the OS picks: tests never use fixed ports.
+const RUN: &[&str] = &[
+    "run",
+    "--listen",
+    "127.0.0.1:0",
+    "--federation-listen",
+    "127.0.0.1:0",
+];
+
+/// [`RUN`] followed by `extra`.
+fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    RUN.iter().copied().chain(extra.iter().copied()).collect()
+}
 /// How long a node may take to print its URL (a cold debug binary under load included).
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -124,16 +137,7 @@ fn assert_fails_cleanly(output: &Output, needle: &str) {
 async fn run_with_defaults_serves_a_working_node_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     // Only the ports differ from a bare `unitas run`: tests never use fixed ports.
-    let node = start(
-        dir.path(),
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--federation-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let node = start(dir.path(), RUN);
     assert!(
         node.client_url.starts_with("http://127.0.0.1:"),
         "{}",
@@ -185,15 +189,7 @@ async fn run_on_postgres() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--federation-listen",
-        "127.0.0.1:0",
-        "--database",
-        &url,
-    ];
+    let args = run_args(&["--database", &url]);
     let node = start(dir.path(), &args);
     let (status, ready) = get_json(&format!("{}/ready", node.client_url), None).await;
     assert_eq!((status, ready["status"].as_str()), (200, Some("ready")));
@@ -235,15 +231,7 @@ fn an_unknown_database_scheme_fails_clearly() {
 fn an_unreachable_postgres_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     // Port 1 on loopback: nothing listens there.
-    let args = [
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--federation-listen",
-        "127.0.0.1:0",
-        "--database",
-        "postgres://unitas:pw@127.0.0.1:1/unitas",
-    ];
+    let args = run_args(&["--database", "postgres://unitas:pw@127.0.0.1:1/unitas"]);
     // sqlx retries refused connections until the connect timeout: keep it short here.
     let output = unitas(dir.path(), &args)
         .env("UNITAS__STORAGE__CONNECT_TIMEOUT_SECS", "1")
@@ -335,16 +323,7 @@ async fn init_writes_a_config_that_check_and_run_accept() {
     );
 
     // `run` picks up ./unitas.toml and serves the territory with the key init made.
-    let node = start(
-        dir.path(),
-        &[
-            "run",
-            "--listen",
-            "127.0.0.1:0",
-            "--federation-listen",
-            "127.0.0.1:0",
-        ],
-    );
+    let node = start(dir.path(), RUN);
     let (_, keys) = get_json(
         &format!("{}/_matrix/key/v2/server", node.federation_url),
         None,
@@ -424,15 +403,7 @@ fn version_and_help_on_every_command() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_a_span_per_request() {
     let dir = tempfile::tempdir().unwrap();
-    let args = [
-        "run",
-        "--listen",
-        "127.0.0.1:0",
-        "--federation-listen",
-        "127.0.0.1:0",
-        "--log-format",
-        "json",
-    ];
+    let args = run_args(&["--log-format", "json"]);
     let node = start_with_env(
         dir.path(),
         &args,
