@@ -232,6 +232,20 @@ impl SigningKey {
     }
 }
 
+impl SigningKey {
+    /// Adds the content hash to a PDU and signs its redacted form as `origin` (spec: server-server
+    /// API, "Signing events"), in place.
+    pub fn hash_and_sign_event(
+        &self,
+        origin: &str,
+        object: &mut CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RedactionRules,
+    ) -> Result<(), KeyError> {
+        ruma::signatures::hash_and_sign_event(origin, &self.pair, object, rules)
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
+}
+
 /// Creates a directory (and parents) that only its owner may enter, when it does not exist.
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     let mut builder = fs::DirBuilder::new();

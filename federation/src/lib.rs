@@ -13,6 +13,7 @@
 //!   [`keys::SigningKey::to_key_file`] (for the key file and territory export).
 
 pub mod keys;
+pub mod rooms;
 pub mod server_keys;
 
 pub use keys::{KeyError, SigningKey};

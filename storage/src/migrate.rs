@@ -10,17 +10,31 @@ use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 /// One migration: version, description, SQL.
 type Step = (i64, &'static str, &'static str);
 
-pub(crate) const SQLITE: &[Step] = &[(
-    1,
-    "foundation",
-    include_str!("../migrations/sqlite/0001_foundation.sql"),
-)];
+pub(crate) const SQLITE: &[Step] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../migrations/sqlite/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "rooms",
+        include_str!("../migrations/sqlite/0002_rooms.sql"),
+    ),
+];
 
-pub(crate) const POSTGRES: &[Step] = &[(
-    1,
-    "foundation",
-    include_str!("../migrations/postgres/0001_foundation.sql"),
-)];
+pub(crate) const POSTGRES: &[Step] = &[
+    (
+        1,
+        "foundation",
+        include_str!("../migrations/postgres/0001_foundation.sql"),
+    ),
+    (
+        2,
+        "rooms",
+        include_str!("../migrations/postgres/0002_rooms.sql"),
+    ),
+];
 
 /// A migration source over an embedded list (sqlx's `migrate!` macro would pull in the whole
 /// compile-time macro machinery for both drivers; this is the same data without it).

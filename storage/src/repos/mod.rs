@@ -6,9 +6,11 @@
 mod accounts;
 mod devices;
 mod keys;
+mod rooms;
 mod territories;
 
 pub use accounts::{Account, Accounts, NewAccount};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
+pub use rooms::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow};
 pub use territories::{Territories, TerritoryRow};

@@ -1,0 +1,1110 @@
+//! The one write path for room events.
+//!
+//! ```text
+//!  send_local / append_remote            (per-room lock: order and in-memory state)
+//!      |  1. format checks (Pdu)          2. auth against its auth_events
+//!      |  3. state before: current state when the parents are the forward extremities,
+//!      |     else the parents' states (resolved when there are several)
+//!      |  4. auth against the state before -> rejected: nothing stored, nothing changed
+//!      |  5. auth against the current state -> soft-failed: stored, not shown, not an extremity
+//!      |  6. state group for a state event (one delta row), stream position, extremities
+//!      v
+//!  writer task (group commit) <- batches of many appends share ONE transaction
+//!      |  7. durable -> reply
+//!      v
+//!  8. wake waiters (position watch)    9. hand to the outbound sink for the other servers
+//! ```
+//!
+//! State is kept as deltas ([`unitas_storage::NewStateGroup`]): a message writes no state rows at
+//! all, a state event one group and one delta row, whatever the size of the room.
+//!
+//! Positions and state group IDs are allocated here, in memory, from the database's maxima at
+//! start: one process writes a database (workers over PostgreSQL will allocate from sequences).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, watch};
+use unitas_storage::{
+    EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow, StorageError, Store,
+};
+
+use super::auth::{self, State};
+use super::build::{EventTemplate, Placement, build_pdu};
+use super::pdu::{EventError, Pdu};
+use super::version::RoomVersion;
+use crate::keys::SigningKey;
+
+/// Where appended events go for delivery to other servers (the durable federation queue).
+pub trait OutboundSink: Send + Sync + 'static {
+    /// `pdu` was appended and should reach `destinations` (never one of our own server names).
+    fn enqueue(&self, pdu: &Arc<Pdu>, destinations: &[String]);
+}
+
+/// An outbound sink that drops everything (a node without federation).
+#[derive(Debug, Default)]
+pub struct NoOutbound;
+
+impl OutboundSink for NoOutbound {
+    fn enqueue(&self, _pdu: &Arc<Pdu>, _destinations: &[String]) {}
+}
+
+/// Failures of the append path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    /// The event is bad; nothing was stored or changed.
+    #[error(transparent)]
+    Event(#[from] EventError),
+    /// The room is not known here.
+    #[error("unknown room {0}")]
+    UnknownRoom(OwnedRoomId),
+    /// The database failed; the room's cached state was dropped and will be reloaded.
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    /// The writer task is gone (the node is shutting down).
+    #[error("the event writer has stopped")]
+    WriterGone,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored in the timeline at this stream position.
+    Timeline(i64),
+    /// Stored but soft-failed: not shown, not a forward extremity.
+    SoftFailed,
+    /// Stored as an outlier: known, not in the timeline, no state.
+    Outlier,
+    /// Already stored: nothing done.
+    Duplicate,
+}
+
+/// The signing identity of a local territory.
+#[derive(Debug, Clone, Copy)]
+pub struct Signer<'a> {
+    /// The territory's server name.
+    pub server_name: &'a str,
+    /// Its key.
+    pub key: &'a SigningKey,
+}
+
+/// Settings of a new room.
+#[derive(Debug, Clone)]
+pub struct NewRoom {
+    /// Room version.
+    pub version: RoomVersion,
+    /// `public` or `invite`.
+    pub join_rule: String,
+    /// Extra state events after the defaults.
+    pub initial_state: Vec<EventTemplate>,
+}
+
+/// In-memory view of one room (derived from the database; dropped on write failures).
+#[derive(Debug)]
+struct RoomEntry {
+    version: RoomVersion,
+    created_ts: i64,
+    state: State,
+    state_group: Option<i64>,
+    extremities: Vec<OwnedEventId>,
+    max_depth: u64,
+    /// Joined members per server, for outbound destinations.
+    servers: HashMap<String, usize>,
+}
+
+type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
+
+struct WriteRequest {
+    batch: EventBatch,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+/// Events recently used, bounded (oldest dropped first).
+#[derive(Default)]
+struct EventCache {
+    map: HashMap<OwnedEventId, (Arc<Pdu>, Option<i64>)>,
+    order: VecDeque<OwnedEventId>,
+}
+
+const EVENT_CACHE_SIZE: usize = 200_000;
+/// Most appends one group commit carries.
+const MAX_BATCH_EVENTS: usize = 2_000;
+/// Most prev_events a new local event names.
+const MAX_PREV_EVENTS_LOCAL: usize = 10;
+
+impl EventCache {
+    fn get(&self, id: &EventId) -> Option<(Arc<Pdu>, Option<i64>)> {
+        self.map.get(id).cloned()
+    }
+
+    fn insert(&mut self, pdu: Arc<Pdu>, state_after: Option<i64>) {
+        if self
+            .map
+            .insert(pdu.event_id.clone(), (pdu.clone(), state_after))
+            .is_none()
+        {
+            self.order.push_back(pdu.event_id.clone());
+            while self.order.len() > EVENT_CACHE_SIZE {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    store: Store,
+    rooms: Mutex<HashMap<OwnedRoomId, RoomSlot>>,
+    events: Mutex<EventCache>,
+    next_stream: AtomicI64,
+    next_group: AtomicI64,
+    writer: mpsc::Sender<WriteRequest>,
+    position: watch::Sender<i64>,
+    outbound: Arc<dyn OutboundSink>,
+    local_servers: HashSet<String>,
+}
+
+/// The rooms service: the append path and room state. Cheap to clone.
+#[derive(Clone)]
+pub struct Rooms {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Rooms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rooms")
+            .field("position", &*self.inner.position.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The group-commit writer; run it with [`RoomWriter::run`].
+pub struct RoomWriter {
+    store: Store,
+    requests: mpsc::Receiver<WriteRequest>,
+}
+
+impl std::fmt::Debug for RoomWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomWriter").finish_non_exhaustive()
+    }
+}
+
+impl RoomWriter {
+    /// Writes batches until every [`Rooms`] handle is dropped. Requests that queued up while a
+    /// transaction was open are merged into the next one (group commit).
+    pub async fn run(mut self) {
+        while let Some(first) = self.requests.recv().await {
+            let mut batch = first.batch;
+            let mut waiters = vec![first.done];
+            while batch.events.len() < MAX_BATCH_EVENTS {
+                match self.requests.try_recv() {
+                    Ok(next) => {
+                        batch.extend(next.batch);
+                        waiters.push(next.done);
+                    }
+                    Err(_) => break,
+                }
+            }
+            let result = self.store.persist_events(&batch).await;
+            if let Err(err) = &result {
+                tracing::error!(error = %err, events = batch.events.len(), "event batch not written");
+            }
+            for waiter in waiters {
+                let _ = waiter.send(match &result {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(StorageError::Corrupt(format!("batch write failed: {err}"))),
+                });
+            }
+        }
+    }
+}
+
+fn now_ts() -> MilliSecondsSinceUnixEpoch {
+    MilliSecondsSinceUnixEpoch::now()
+}
+
+fn membership(pdu: &Pdu) -> Option<String> {
+    if pdu.kind.to_string() != "m.room.member" {
+        return None;
+    }
+    let content: serde_json::Value = serde_json::from_str(pdu.content.get()).ok()?;
+    content.get("membership")?.as_str().map(str::to_owned)
+}
+
+fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, server)| server)
+}
+
+impl Rooms {
+    /// Builds the service over `store`. `local_servers` are the hosted territories' server
+    /// names (never outbound destinations).
+    pub async fn new(
+        store: Store,
+        local_servers: impl IntoIterator<Item = String>,
+        outbound: Arc<dyn OutboundSink>,
+    ) -> Result<(Rooms, RoomWriter), StorageError> {
+        let (max_stream, max_group) = store.get_max_ids().await?;
+        let (writer, requests) = mpsc::channel(4 * MAX_BATCH_EVENTS);
+        let (position, _) = watch::channel(max_stream);
+        let inner = Inner {
+            store: store.clone(),
+            rooms: Mutex::new(HashMap::new()),
+            events: Mutex::new(EventCache::default()),
+            next_stream: AtomicI64::new(max_stream + 1),
+            next_group: AtomicI64::new(max_group + 1),
+            writer,
+            position,
+            outbound,
+            local_servers: local_servers.into_iter().collect(),
+        };
+        Ok((
+            Rooms {
+                inner: Arc::new(inner),
+            },
+            RoomWriter { store, requests },
+        ))
+    }
+
+    /// The durable stream position, for waiters (sync): changes after each group commit.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.inner.position.subscribe()
+    }
+
+    fn slot(&self, room_id: &RoomId) -> RoomSlot {
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.entry(room_id.to_owned()).or_default().clone()
+    }
+
+    fn cached(&self, id: &EventId) -> Option<(Arc<Pdu>, Option<i64>)> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+    }
+
+    fn remember(&self, pdu: Arc<Pdu>, state_after: Option<i64>) {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(pdu, state_after);
+    }
+
+    /// An event by ID (cache, then database), with the state group after it.
+    async fn load_event(
+        &self,
+        id: &EventId,
+        version: &RoomVersion,
+    ) -> Result<Option<(Arc<Pdu>, Option<i64>)>, AppendError> {
+        if let Some(hit) = self.cached(id) {
+            return Ok(Some(hit));
+        }
+        let Some(row) = self.inner.store.get_event(id.as_str()).await? else {
+            return Ok(None);
+        };
+        let pdu = Arc::new(Pdu::from_json(&row.json, version, None)?);
+        self.remember(pdu.clone(), row.state_group_after);
+        Ok(Some((pdu, row.state_group_after)))
+    }
+
+    /// Loads `ids` and, recursively, their auth events into `into`.
+    async fn load_with_auth_chain(
+        &self,
+        ids: impl IntoIterator<Item = OwnedEventId>,
+        version: &RoomVersion,
+        into: &mut HashMap<OwnedEventId, Arc<Pdu>>,
+    ) -> Result<(), AppendError> {
+        let mut todo: Vec<OwnedEventId> = ids.into_iter().collect();
+        while let Some(id) = todo.pop() {
+            if into.contains_key(&id) {
+                continue;
+            }
+            if let Some((pdu, _)) = self.load_event(&id, version).await? {
+                todo.extend(pdu.auth_events.iter().cloned());
+                into.insert(id, pdu);
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_state(&self, group: Option<i64>) -> Result<State, AppendError> {
+        let Some(group) = group else {
+            return Ok(State::new());
+        };
+        let mut state = State::new();
+        for (kind, key, id) in self.inner.store.load_state_group(group).await? {
+            let id = EventId::parse(&id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            state.insert((kind, key), id);
+        }
+        Ok(state)
+    }
+
+    /// Loads a room into memory from the database.
+    async fn load_room(&self, room_id: &RoomId) -> Result<Option<RoomEntry>, AppendError> {
+        let Some(row) = self.inner.store.get_room(room_id.as_str()).await? else {
+            return Ok(None);
+        };
+        let version = RoomVersion::parse(&row.room_version)
+            .ok_or_else(|| EventError::UnsupportedRoomVersion(row.room_version.clone()))?;
+        let extremities: Vec<OwnedEventId> = serde_json::from_str(&row.forward_extremities)
+            .map_err(|e| StorageError::Corrupt(format!("forward extremities of {room_id}: {e}")))?;
+        let state = self.load_state(row.current_state_group).await?;
+        let mut max_depth = 0;
+        for id in &extremities {
+            if let Some((pdu, _)) = self.load_event(id, &version).await? {
+                max_depth = max_depth.max(pdu.depth);
+            }
+        }
+        let mut servers = HashMap::new();
+        for ((kind, key), id) in &state {
+            if kind != "m.room.member" {
+                continue;
+            }
+            if let Some((pdu, _)) = self.load_event(id, &version).await?
+                && membership(&pdu).as_deref() == Some("join")
+                && let Some(server) = server_of(key)
+            {
+                *servers.entry(server.to_owned()).or_insert(0) += 1;
+            }
+        }
+        Ok(Some(RoomEntry {
+            version,
+            created_ts: row.created_ts,
+            state,
+            state_group: row.current_state_group,
+            extremities,
+            max_depth,
+            servers,
+        }))
+    }
+
+    /// The current state of a room (`None` for an unknown room).
+    pub async fn current_state(&self, room_id: &RoomId) -> Result<Option<State>, AppendError> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = self.load_room(room_id).await?;
+        }
+        Ok(guard.as_ref().map(|entry| entry.state.clone()))
+    }
+
+    /// The forward extremities of a room.
+    pub async fn forward_extremities(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Vec<OwnedEventId>, AppendError> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = self.load_room(room_id).await?;
+        }
+        Ok(guard
+            .as_ref()
+            .map(|e| e.extremities.clone())
+            .unwrap_or_default())
+    }
+
+    /// The state after an event (`None` when the event is unknown or an outlier).
+    pub async fn state_after(&self, event_id: &EventId) -> Result<Option<State>, AppendError> {
+        let Some(row) = self.inner.store.get_event(event_id.as_str()).await? else {
+            return Ok(None);
+        };
+        if row.outlier {
+            return Ok(None);
+        }
+        Ok(Some(self.load_state(row.state_group_after).await?))
+    }
+
+    /// The state before an event (`None` when the event is unknown or an outlier).
+    pub async fn state_before(&self, event_id: &EventId) -> Result<Option<State>, AppendError> {
+        let Some(row) = self.inner.store.get_event(event_id.as_str()).await? else {
+            return Ok(None);
+        };
+        if row.outlier {
+            return Ok(None);
+        }
+        Ok(Some(self.load_state(row.state_group_before).await?))
+    }
+
+    /// An event by ID.
+    pub async fn get_pdu(&self, event_id: &EventId) -> Result<Option<Arc<Pdu>>, AppendError> {
+        if let Some((pdu, _)) = self.cached(event_id) {
+            return Ok(Some(pdu));
+        }
+        let Some(row) = self.inner.store.get_event(event_id.as_str()).await? else {
+            return Ok(None);
+        };
+        let room_id =
+            RoomId::parse(&row.room_id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let version = match self.inner.store.get_room(room_id.as_str()).await? {
+            Some(room) => RoomVersion::parse(&room.room_version),
+            None => None,
+        }
+        .ok_or_else(|| AppendError::UnknownRoom(room_id.clone()))?;
+        Ok(Some(Arc::new(Pdu::from_json(&row.json, &version, None)?)))
+    }
+
+    /// Creates a room: `m.room.create`, the creator's join, power levels, join rules, history
+    /// visibility, then `initial_state`. Returns the room ID.
+    pub async fn create_room(
+        &self,
+        signer: Signer<'_>,
+        creator: &UserId,
+        room: NewRoom,
+    ) -> Result<OwnedRoomId, AppendError> {
+        let version = room.version.clone();
+        let mut create_content = json!({"room_version": version.id().as_str()});
+        if !version.rules().authorization.use_room_create_sender {
+            create_content["creator"] = json!(creator.as_str());
+        }
+        let create_template = EventTemplate::state("m.room.create", "", create_content);
+        let old_style_room_id = if version.room_id_from_create_event() {
+            None
+        } else {
+            Some(placeholder_room_id(signer.server_name)?)
+        };
+        let create = build_pdu(
+            &version,
+            &create_template,
+            Placement {
+                room_id: old_style_room_id.as_deref(),
+                sender: creator,
+                prev_events: vec![],
+                auth_events: vec![],
+                depth: 1,
+                origin_server_ts: now_ts(),
+                origin: signer.server_name,
+                key: signer.key,
+            },
+        )?;
+        let room_id = create.room_id.clone();
+        self.append_create(create, &version).await?;
+
+        // Creators of v12 rooms have implicit power and must not be listed.
+        let mut users = serde_json::Map::new();
+        if !version
+            .rules()
+            .authorization
+            .explicitly_privilege_room_creators
+        {
+            users.insert(creator.to_string(), json!(100));
+        }
+        let mut templates = vec![
+            EventTemplate::state(
+                "m.room.member",
+                creator.as_str(),
+                json!({"membership": "join"}),
+            ),
+            EventTemplate::state(
+                "m.room.power_levels",
+                "",
+                json!({"users": users, "users_default": 0, "events_default": 0, "state_default": 50,
+                       "ban": 50, "kick": 50, "redact": 50, "invite": 0}),
+            ),
+            EventTemplate::state(
+                "m.room.join_rules",
+                "",
+                json!({"join_rule": room.join_rule}),
+            ),
+            EventTemplate::state(
+                "m.room.history_visibility",
+                "",
+                json!({"history_visibility": "shared"}),
+            ),
+        ];
+        templates.extend(room.initial_state);
+        for template in templates {
+            self.send_local(&room_id, creator, &template, signer)
+                .await?;
+        }
+        Ok(room_id)
+    }
+
+    async fn append_create(&self, create: Pdu, version: &RoomVersion) -> Result<(), AppendError> {
+        let slot = self.slot(&create.room_id);
+        let mut guard = slot.lock().await;
+        if guard.is_some()
+            || self
+                .inner
+                .store
+                .get_room(create.room_id.as_str())
+                .await?
+                .is_some()
+        {
+            return Err(EventError::WrongRoom(format!("room {} exists", create.room_id)).into());
+        }
+        let fetch = |_: &EventId| None::<Arc<Pdu>>;
+        auth::check_against_auth_events(version, &create, &fetch)?;
+        *guard = Some(RoomEntry {
+            version: version.clone(),
+            created_ts: i64::from(create.origin_server_ts.0),
+            state: State::new(),
+            state_group: None,
+            extremities: vec![],
+            max_depth: 0,
+            servers: HashMap::new(),
+        });
+        let (rx, pdu) = match self.stage(guard.as_mut().map(|e| (e, true)), create, None) {
+            Ok(staged) => staged,
+            Err(err) => {
+                *guard = None;
+                return Err(err);
+            }
+        };
+        drop(guard);
+        self.finish(rx, pdu, &slot).await.map(|_| ())
+    }
+
+    /// Builds, signs and appends an event from a local user: prev_events are the room's forward
+    /// extremities, auth_events are chosen from the current state.
+    pub async fn send_local(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        signer: Signer<'_>,
+    ) -> Result<Arc<Pdu>, AppendError> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = self.load_room(room_id).await?;
+        }
+        let Some(entry) = guard.as_mut() else {
+            return Err(AppendError::UnknownRoom(room_id.to_owned()));
+        };
+        let mut content = template.content.clone();
+        if let (Some(redacts), true) = (
+            &template.redacts,
+            entry.version.rules().redaction.content_field_redacts,
+        ) {
+            content["redacts"] = json!(redacts.as_str());
+        }
+        let raw = serde_json::value::to_raw_value(&content)
+            .map_err(|e| EventError::Format(e.to_string()))?;
+        let auth_events = auth::auth_event_ids(
+            &entry.version,
+            &template.kind,
+            sender,
+            template.state_key.as_deref(),
+            &raw,
+            &entry.state,
+        )?;
+        let mut prev_events = entry.extremities.clone();
+        prev_events.sort();
+        prev_events.truncate(MAX_PREV_EVENTS_LOCAL);
+        let pdu = build_pdu(
+            &entry.version,
+            template,
+            Placement {
+                room_id: Some(room_id),
+                sender,
+                prev_events,
+                auth_events,
+                depth: entry.max_depth.saturating_add(1),
+                origin_server_ts: now_ts(),
+                origin: signer.server_name,
+                key: signer.key,
+            },
+        )?;
+        let version = entry.version.clone();
+        self.preload_for_auth(&pdu, entry, &version).await?;
+        let (rx, pdu) = self.stage(Some((entry, false)), pdu, None)?;
+        drop(guard);
+        let (pdu, _) = self.finish(rx, pdu, &slot).await?;
+        Ok(pdu)
+    }
+
+    /// Appends an event received from another server (its signatures already verified by the
+    /// caller). Parents must be known: fetching missing ones is the caller's job.
+    pub async fn append_remote(&self, pdu: Pdu) -> Result<Appended, AppendError> {
+        let slot = self.slot(&pdu.room_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = self.load_room(&pdu.room_id).await?;
+        }
+        let Some(entry) = guard.as_mut() else {
+            return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
+        };
+        if self.cached(&pdu.event_id).is_some()
+            || self
+                .inner
+                .store
+                .get_event(pdu.event_id.as_str())
+                .await?
+                .is_some()
+        {
+            return Ok(Appended::Duplicate);
+        }
+        let version = entry.version.clone();
+        self.preload_for_auth(&pdu, entry, &version).await?;
+        let fork = self.fork_state(&pdu, entry, &version).await?;
+        let (rx, pdu) = self.stage(Some((entry, false)), pdu, fork)?;
+        drop(guard);
+        let (_, outcome) = self.finish(rx, pdu, &slot).await?;
+        Ok(outcome)
+    }
+
+    /// Stores an event without its state (an outlier: auth events and state fetched from peers).
+    /// It is checked against its own auth events only and never enters the timeline.
+    pub async fn append_outlier(
+        &self,
+        pdu: Pdu,
+        version: &RoomVersion,
+    ) -> Result<Appended, AppendError> {
+        if self.cached(&pdu.event_id).is_some()
+            || self
+                .inner
+                .store
+                .get_event(pdu.event_id.as_str())
+                .await?
+                .is_some()
+        {
+            return Ok(Appended::Duplicate);
+        }
+        let mut known = HashMap::new();
+        self.load_with_auth_chain(pdu.auth_events.iter().cloned(), version, &mut known)
+            .await?;
+        let fetch = |id: &EventId| known.get(id).cloned();
+        auth::check_against_auth_events(version, &pdu, &fetch)?;
+        let row = event_row(&pdu, None, None, None, true, false);
+        let prev_events = pdu.prev_events.iter().map(|p| p.to_string()).collect();
+        let batch = EventBatch {
+            events: vec![NewEvent { row, prev_events }],
+            ..Default::default()
+        };
+        let (done, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriteRequest { batch, done })
+            .await
+            .map_err(|_| AppendError::WriterGone)?;
+        rx.await.map_err(|_| AppendError::WriterGone)??;
+        self.remember(Arc::new(pdu), None);
+        Ok(Appended::Outlier)
+    }
+
+    /// For an event whose parents are not exactly the forward extremities: the state before it
+    /// (its parent's state, or the resolution of its parents' states) and every event the checks
+    /// and resolutions need. `None` on the linear path.
+    async fn fork_state(
+        &self,
+        pdu: &Pdu,
+        entry: &RoomEntry,
+        version: &RoomVersion,
+    ) -> Result<Option<Fork>, AppendError> {
+        let mut parents: Vec<&OwnedEventId> = pdu.prev_events.iter().collect();
+        parents.sort();
+        let mut current: Vec<&OwnedEventId> = entry.extremities.iter().collect();
+        current.sort();
+        if parents == current {
+            return Ok(None);
+        }
+        let mut states = Vec::new();
+        for parent in &pdu.prev_events {
+            let Some((parent_pdu, group)) = self.load_event(parent, version).await? else {
+                return Err(EventError::Missing(format!("prev_event {parent}")).into());
+            };
+            if parent_pdu.room_id != pdu.room_id {
+                return Err(EventError::WrongRoom(format!(
+                    "prev_event {parent} is in another room"
+                ))
+                .into());
+            }
+            states.push((group, self.load_state(group).await?));
+        }
+        let mut known = HashMap::new();
+        let create = if version.room_id_from_create_event() {
+            Some(auth::create_event_id(&pdu.room_id)?)
+        } else {
+            None
+        };
+        let ids = states
+            .iter()
+            .flat_map(|(_, s)| s.values().cloned())
+            .chain(entry.state.values().cloned())
+            .chain(pdu.auth_events.iter().cloned())
+            .chain(create);
+        self.load_with_auth_chain(ids.collect::<Vec<_>>(), version, &mut known)
+            .await?;
+        if states.len() == 1 {
+            let (group, state) = states.remove(0);
+            return Ok(Some(Fork {
+                state,
+                group,
+                base: None,
+                known,
+            }));
+        }
+        let fetch = |id: &EventId| known.get(id).cloned();
+        let only_states: Vec<State> = states.iter().map(|(_, s)| s.clone()).collect();
+        let state = auth::resolve(version, &only_states, &fetch)?;
+        let base = states
+            .into_iter()
+            .find_map(|(group, state)| group.map(|g| (g, state)));
+        Ok(Some(Fork {
+            state,
+            group: None,
+            base,
+            known,
+        }))
+    }
+
+    /// Makes sure the events auth will look at are in the cache.
+    async fn preload_for_auth(
+        &self,
+        pdu: &Pdu,
+        entry: &RoomEntry,
+        version: &RoomVersion,
+    ) -> Result<(), AppendError> {
+        let mut ids: Vec<OwnedEventId> = pdu.auth_events.clone();
+        if version.room_id_from_create_event() {
+            ids.push(auth::create_event_id(&pdu.room_id)?);
+        }
+        for slot in [
+            ("m.room.create", ""),
+            ("m.room.power_levels", ""),
+            ("m.room.join_rules", ""),
+        ] {
+            if let Some(id) = entry.state.get(&(slot.0.to_owned(), slot.1.to_owned())) {
+                ids.push(id.clone());
+            }
+        }
+        for user in [Some(pdu.sender.as_str()), pdu.state_key.as_deref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(id) = entry
+                .state
+                .get(&("m.room.member".to_owned(), user.to_owned()))
+            {
+                ids.push(id.clone());
+            }
+        }
+        for id in ids {
+            self.load_event(&id, version).await?;
+        }
+        Ok(())
+    }
+
+    /// Steps 2-6 of the append path (see the module doc), under the room's lock. Changes the
+    /// in-memory room only when every check passed; returns the write to wait for.
+    fn stage(
+        &self,
+        entry: Option<(&mut RoomEntry, bool)>,
+        pdu: Pdu,
+        fork: Option<Fork>,
+    ) -> Result<(Staged, Arc<Pdu>), AppendError> {
+        let Some((entry, is_create)) = entry else {
+            return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
+        };
+        let version = entry.version.clone();
+        let pdu = Arc::new(pdu);
+        let known = fork.as_ref().map(|f| &f.known);
+        // State resolution may need the event itself.
+        let fetch = |id: &EventId| {
+            if id == pdu.event_id {
+                return Some(pdu.clone());
+            }
+            known
+                .and_then(|k| k.get(id).cloned())
+                .or_else(|| self.cached(id).map(|(pdu, _)| pdu))
+        };
+
+        // 2. Against its own auth events.
+        if !is_create {
+            auth::check_against_auth_events(&version, &pdu, &fetch)?;
+        }
+
+        // 3.-5. Against the state before (rejection), then the current state (soft failure).
+        let mut groups = Vec::new();
+        let mut soft_failed = false;
+        let (state_before, group_before): (Option<&State>, Option<i64>) = match &fork {
+            None => (None, entry.state_group),
+            Some(fork) => {
+                let group = match (&fork.group, &fork.base) {
+                    (Some(group), _) => Some(*group),
+                    (None, Some((base_group, base_state))) => {
+                        let id = self.inner.next_group.fetch_add(1, Ordering::Relaxed);
+                        groups.push(NewStateGroup {
+                            id,
+                            room_id: pdu.room_id.to_string(),
+                            prev_group: Some(*base_group),
+                            delta: state_delta(base_state, &fork.state),
+                        });
+                        Some(id)
+                    }
+                    (None, None) => None,
+                };
+                (Some(&fork.state), group)
+            }
+        };
+        if !is_create {
+            auth::check_against_state(
+                &version,
+                &pdu,
+                state_before.unwrap_or(&entry.state),
+                &fetch,
+            )?;
+            if state_before.is_some() {
+                soft_failed =
+                    auth::check_against_state(&version, &pdu, &entry.state, &fetch).is_err();
+            }
+        }
+
+        // 6. State group after, position, extremities.
+        let group_after = match pdu.state_slot() {
+            Some((kind, key)) => {
+                let id = self.inner.next_group.fetch_add(1, Ordering::Relaxed);
+                groups.push(NewStateGroup {
+                    id,
+                    room_id: pdu.room_id.to_string(),
+                    prev_group: group_before,
+                    delta: vec![(kind, key, Some(pdu.event_id.to_string()))],
+                });
+                Some(id)
+            }
+            None => group_before,
+        };
+        let stream = if soft_failed {
+            None
+        } else {
+            Some(self.inner.next_stream.fetch_add(1, Ordering::Relaxed))
+        };
+        let row = event_row(&pdu, stream, group_before, group_after, false, soft_failed);
+
+        if !soft_failed {
+            self.advance_room(entry, &pdu, fork.as_ref(), group_after, &mut groups, &fetch)?;
+        }
+        let destinations: Vec<String> = if soft_failed {
+            Vec::new()
+        } else {
+            entry
+                .servers
+                .iter()
+                .filter(|(server, count)| {
+                    **count > 0 && !self.inner.local_servers.contains(*server)
+                })
+                .map(|(server, _)| server.clone())
+                .collect()
+        };
+
+        let batch = EventBatch {
+            rooms: vec![RoomRow {
+                room_id: pdu.room_id.to_string(),
+                room_version: version.to_string(),
+                created_ts: entry.created_ts,
+                forward_extremities: serde_json::to_string(&entry.extremities)
+                    .map_err(|e| StorageError::Corrupt(e.to_string()))?,
+                current_state_group: entry.state_group,
+            }],
+            state_groups: groups,
+            events: vec![NewEvent {
+                row,
+                prev_events: pdu.prev_events.iter().map(|p| p.to_string()).collect(),
+            }],
+        };
+        self.remember(pdu.clone(), group_after);
+        let (done, rx) = oneshot::channel();
+        Ok((
+            Staged {
+                request: Some(WriteRequest { batch, done }),
+                rx,
+                stream,
+                destinations,
+            },
+            pdu,
+        ))
+    }
+
+    /// Moves the room's current state and forward extremities past an accepted event.
+    fn advance_room(
+        &self,
+        entry: &mut RoomEntry,
+        pdu: &Pdu,
+        fork: Option<&Fork>,
+        group_after: Option<i64>,
+        groups: &mut Vec<NewStateGroup>,
+        fetch: &impl Fn(&EventId) -> Option<Arc<Pdu>>,
+    ) -> Result<(), AppendError> {
+        let old_state = entry.state.clone_if(fork.is_some());
+        // The state after the event.
+        let mut after = match fork {
+            Some(fork) => fork.state.clone(),
+            None => std::mem::take(&mut entry.state),
+        };
+        if let Some(slot) = pdu.state_slot() {
+            if slot.0 == "m.room.member" {
+                let was_joined = after
+                    .get(&slot)
+                    .and_then(|id| fetch(id))
+                    .is_some_and(|old| membership(&old).as_deref() == Some("join"));
+                let now_joined = membership(pdu).as_deref() == Some("join");
+                if let Some(server) = server_of(&slot.1) {
+                    let count = entry.servers.entry(server.to_owned()).or_insert(0);
+                    match (was_joined, now_joined) {
+                        (false, true) => *count += 1,
+                        (true, false) => *count = count.saturating_sub(1),
+                        _ => {}
+                    }
+                }
+            }
+            after.insert(slot, pdu.event_id.clone());
+        }
+        entry.extremities.retain(|id| !pdu.prev_events.contains(id));
+        entry.extremities.push(pdu.event_id.clone());
+        entry.max_depth = entry.max_depth.max(pdu.depth);
+        match old_state {
+            // Linear, or the fork now the only extremity: the state after the event is current.
+            None => {
+                entry.state = after;
+                entry.state_group = group_after;
+            }
+            Some(old) if entry.extremities.len() == 1 => {
+                let _ = old;
+                entry.state = after;
+                entry.state_group = group_after;
+            }
+            // Several extremities: the current state resolves the old current state with this
+            // branch's.
+            Some(old) => {
+                let version = entry.version.clone();
+                let resolved = auth::resolve(&version, &[old.clone(), after], fetch)?;
+                let id = self.inner.next_group.fetch_add(1, Ordering::Relaxed);
+                groups.push(NewStateGroup {
+                    id,
+                    room_id: pdu.room_id.to_string(),
+                    prev_group: entry.state_group,
+                    delta: state_delta(&old, &resolved),
+                });
+                entry.state = resolved;
+                entry.state_group = Some(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Steps 7-9: hand the write to the group commit, wait until durable, wake waiters and
+    /// enqueue for other servers.
+    async fn finish(
+        &self,
+        mut staged: Staged,
+        pdu: Arc<Pdu>,
+        slot: &RoomSlot,
+    ) -> Result<(Arc<Pdu>, Appended), AppendError> {
+        let request = staged.request.take().ok_or(AppendError::WriterGone)?;
+        let sent = self.inner.writer.send(request).await;
+        let result = match sent {
+            Ok(()) => staged
+                .rx
+                .await
+                .map_err(|_| AppendError::WriterGone)
+                .and_then(|r| r.map_err(AppendError::from)),
+            Err(_) => Err(AppendError::WriterGone),
+        };
+        if let Err(err) = result {
+            // Memory ran ahead of the database: forget the room; it reloads from storage.
+            *slot.lock().await = None;
+            self.inner
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .map
+                .remove(&pdu.event_id);
+            return Err(err);
+        }
+        let Some(stream) = staged.stream else {
+            return Ok((pdu, Appended::SoftFailed));
+        };
+        self.inner.position.send_modify(|p| *p = (*p).max(stream));
+        if !staged.destinations.is_empty() {
+            self.inner.outbound.enqueue(&pdu, &staged.destinations);
+        }
+        Ok((pdu, Appended::Timeline(stream)))
+    }
+}
+
+/// The state before an event that does not extend the current forward extremities.
+struct Fork {
+    /// The (possibly resolved) state before the event.
+    state: State,
+    /// Its stored group, when it is one parent's state as stored.
+    group: Option<i64>,
+    /// A parent's group and state to store a resolved state as a delta against.
+    base: Option<(i64, State)>,
+    /// Every event the checks and resolutions may look at.
+    known: HashMap<OwnedEventId, Arc<Pdu>>,
+}
+
+struct Staged {
+    request: Option<WriteRequest>,
+    rx: oneshot::Receiver<Result<(), StorageError>>,
+    stream: Option<i64>,
+    destinations: Vec<String>,
+}
+
+trait CloneIf {
+    fn clone_if(&self, condition: bool) -> Option<Self>
+    where
+        Self: Sized;
+}
+
+impl CloneIf for State {
+    fn clone_if(&self, condition: bool) -> Option<State> {
+        condition.then(|| self.clone())
+    }
+}
+
+/// The changes that turn `from` into `to` (`None` removes a slot).
+fn state_delta(from: &State, to: &State) -> Vec<(String, String, Option<String>)> {
+    let mut delta: Vec<(String, String, Option<String>)> = to
+        .iter()
+        .filter(|(slot, id)| from.get(*slot) != Some(*id))
+        .map(|((kind, key), id)| (kind.clone(), key.clone(), Some(id.to_string())))
+        .collect();
+    delta.extend(
+        from.keys()
+            .filter(|slot| !to.contains_key(*slot))
+            .map(|(kind, key)| (kind.clone(), key.clone(), None)),
+    );
+    delta
+}
+
+fn event_row(
+    pdu: &Pdu,
+    stream: Option<i64>,
+    before: Option<i64>,
+    after: Option<i64>,
+    outlier: bool,
+    soft_failed: bool,
+) -> EventRow {
+    EventRow {
+        event_id: pdu.event_id.to_string(),
+        room_id: pdu.room_id.to_string(),
+        stream_ordering: stream,
+        event_type: pdu.kind.to_string(),
+        state_key: pdu.state_key.clone(),
+        sender: pdu.sender.to_string(),
+        depth: i64::try_from(pdu.depth).unwrap_or(i64::MAX),
+        origin_server_ts: i64::from(pdu.origin_server_ts.0),
+        json: pdu.json.to_string(),
+        state_group_before: before,
+        state_group_after: after,
+        outlier,
+        soft_failed,
+    }
+}
+
+/// A fresh random room ID for room versions before 12 (`!<random>:<server>`).
+fn placeholder_room_id(server_name: &str) -> Result<OwnedRoomId, EventError> {
+    let mut random = [0u8; 18];
+    getrandom::fill(&mut random).map_err(|e| EventError::Format(format!("no randomness: {e}")))?;
+    let local: String = random.iter().map(|b| (b'a' + b % 26) as char).collect();
+    RoomId::parse(format!("!{local}:{server_name}")).map_err(|e| EventError::Format(e.to_string()))
+}

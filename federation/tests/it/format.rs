@@ -1,0 +1,241 @@
+//! Format checks and signing, without storage: the spec's vectors, size limits, hostile input,
+//! redaction per room version.
+
+use base64::Engine as _;
+use ruma::{CanonicalJsonObject, MilliSecondsSinceUnixEpoch, RoomId, UserId};
+use serde_json::json;
+use unitas_federation::SigningKey;
+use unitas_federation::rooms::build::{Placement, build_pdu};
+use unitas_federation::rooms::pdu::MAX_PDU_BYTES;
+use unitas_federation::rooms::redact::redact_pdu;
+use unitas_federation::rooms::{EventError, EventTemplate, Pdu, RoomVersion};
+
+fn spec_key() -> SigningKey {
+    SigningKey::from_key_file(
+        "ed25519 1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1",
+        std::path::Path::new("spec"),
+    )
+    .unwrap()
+}
+
+/// The spec's event signing example (appendices, "Signing details": an event signed with the
+/// example key by `domain`): content hash and signature are fixed by the spec.
+#[test]
+fn spec_vector_event_hash_and_signature() {
+    let mut event: CanonicalJsonObject = serde_json::from_value(json!({
+        "room_id": "!x:domain", "sender": "@a:domain", "origin": "domain",
+        "origin_server_ts": 1000000, "signatures": {}, "hashes": {}, "type": "X", "content": {},
+        "prev_events": [], "auth_events": [], "depth": 3, "unsigned": {"age_ts": 1000000}
+    }))
+    .unwrap();
+    let rules = ruma::room_version_rules::RoomVersionRules::V1;
+    spec_key()
+        .hash_and_sign_event("domain", &mut event, &rules.redaction)
+        .unwrap();
+    let event = serde_json::to_value(&event).unwrap();
+    assert_eq!(
+        event["hashes"]["sha256"],
+        "5jM4wQpv6lnBo7CLIghJuHdW+s2CMBJPUOGOC89ncos"
+    );
+    assert_eq!(
+        event["signatures"]["domain"]["ed25519:1"],
+        "KxwGjPSDEtvnFgU00fwFz+l6d2pJM6XBIaMEn81SXPTRl16AqLAYqfIReFGZlHi5KLjAWbOoMszkwsQma+lYAg"
+    );
+}
+
+fn message_with_body(version: &RoomVersion, body: String) -> Result<Pdu, EventError> {
+    let key = spec_key();
+    let room = RoomId::parse("!room:a.test").unwrap();
+    let sender = UserId::parse("@alice:a.test").unwrap();
+    build_pdu(
+        version,
+        &EventTemplate::message("m.room.message", json!({"body": body})),
+        Placement {
+            room_id: Some(&room),
+            sender: &sender,
+            prev_events: vec![
+                ruma::EventId::parse("$prevprevprevprevprevprevprevprevprevprevpre").unwrap(),
+            ],
+            auth_events: vec![],
+            depth: 7,
+            origin_server_ts: MilliSecondsSinceUnixEpoch(1_700_000_000_000u64.try_into().unwrap()),
+            origin: "a.test",
+            key: &key,
+        },
+    )
+}
+
+#[test]
+fn exactly_65536_bytes_is_allowed_and_one_more_is_not() {
+    let version = RoomVersion::parse("12").unwrap();
+    let probe = message_with_body(&version, String::new()).unwrap();
+    let fill = MAX_PDU_BYTES - probe.json.len();
+    // Signatures and hashes are fixed-length, so the size moves one-for-one with the body.
+    let exact = message_with_body(&version, "x".repeat(fill)).unwrap();
+    assert_eq!(exact.json.len(), MAX_PDU_BYTES);
+    let err = message_with_body(&version, "x".repeat(fill + 1)).unwrap_err();
+    assert!(matches!(err, EventError::TooLarge(_)), "{err:?}");
+}
+
+#[test]
+fn hostile_json_is_refused_with_a_reason() {
+    let version = RoomVersion::parse("11").unwrap();
+    let good = message_with_body(&version, "hi".into()).unwrap();
+    let good_json: serde_json::Value = serde_json::from_str(&good.json).unwrap();
+    let room = RoomId::parse("!room:a.test").unwrap();
+    let with = |field: &str, value: serde_json::Value| {
+        let mut event = good_json.clone();
+        event[field] = value;
+        event.to_string()
+    };
+    let cases: Vec<(String, &str)> = vec![
+        // Canonical JSON has no integers beyond +-(2^53-1).
+        (
+            with("depth", json!(9007199254740992u64)),
+            "not canonical JSON",
+        ),
+        (
+            good.json
+                .replace("\"depth\":7", "\"depth\":-9007199254740992"),
+            "not canonical JSON",
+        ),
+        (with("depth", json!(-1)), "negative"),
+        (with("depth", json!("7")), "integer"),
+        (with("sender", json!("alice")), "sender"),
+        (with("room_id", json!("room-without-sigil")), "room_id"),
+        (with("prev_events", json!(["not-an-event-id"])), "event ID"),
+        (
+            with(
+                "prev_events",
+                json!((0..21).map(|i| format!("$e{i}")).collect::<Vec<_>>()),
+            ),
+            "at most 20",
+        ),
+        (
+            with(
+                "auth_events",
+                json!((0..11).map(|i| format!("$e{i}")).collect::<Vec<_>>()),
+            ),
+            "at most 10",
+        ),
+        (with("type", json!("t".repeat(256))), "at most 255"),
+        (with("content", json!("text")), "object"),
+        (with("origin_server_ts", json!(1.5)), "not canonical JSON"),
+        ("[]".into(), "not canonical JSON"),
+    ];
+    for (text, reason) in cases {
+        let err = Pdu::from_json(&text, &version, Some(&room)).unwrap_err();
+        assert!(err.to_string().contains(reason), "{reason:?} not in {err}");
+    }
+    // Signed for another room.
+    let other = RoomId::parse("!other:a.test").unwrap();
+    let err = Pdu::from_json(&good.json, &version, Some(&other)).unwrap_err();
+    assert!(matches!(err, EventError::WrongRoom(_)), "{err:?}");
+    // The same event parses back to the same ID.
+    assert_eq!(
+        Pdu::from_json(&good.json, &version, Some(&room))
+            .unwrap()
+            .event_id,
+        good.event_id
+    );
+}
+
+#[test]
+fn only_versions_10_to_12_are_spoken() {
+    for id in ["10", "11", "12"] {
+        assert!(RoomVersion::parse(id).is_some(), "{id}");
+    }
+    for id in ["1", "6", "9", "13", "org.example.custom", ""] {
+        assert!(RoomVersion::parse(id).is_none(), "{id}");
+    }
+}
+
+#[test]
+fn event_ids_are_url_safe_reference_hashes() {
+    let version = RoomVersion::parse("10").unwrap();
+    let pdu = message_with_body(&version, "id".into()).unwrap();
+    let hash = &pdu.event_id.as_str()[1..];
+    assert_eq!(hash.len(), 43);
+    assert!(
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(hash)
+            .is_ok()
+    );
+    assert!(
+        !pdu.json.contains("event_id"),
+        "room versions 3+ carry no event_id"
+    );
+}
+
+/// Redaction keeps what each room version keeps, and the event ID does not change.
+#[test]
+fn redaction_per_version() {
+    let key = spec_key();
+    let sender = UserId::parse("@alice:a.test").unwrap();
+    let room = RoomId::parse("!room:a.test").unwrap();
+    let build = |version: &RoomVersion, template: EventTemplate| {
+        build_pdu(
+            version,
+            &template,
+            Placement {
+                room_id: Some(&room),
+                sender: &sender,
+                prev_events: vec![
+                    ruma::EventId::parse("$prevprevprevprevprevprevprevprevprevprevpre").unwrap(),
+                ],
+                auth_events: vec![],
+                depth: 2,
+                origin_server_ts: MilliSecondsSinceUnixEpoch::now(),
+                origin: "a.test",
+                key: &key,
+            },
+        )
+        .unwrap()
+    };
+    for id in ["10", "11", "12"] {
+        let version = RoomVersion::parse(id).unwrap();
+        let message = build(
+            &version,
+            EventTemplate::message("m.room.message", json!({"body": "secret"})),
+        );
+        let redacted = redact_pdu(&message, &version).unwrap();
+        assert_eq!(
+            redacted.event_id, message.event_id,
+            "v{id}: the ID survives redaction"
+        );
+        assert_eq!(redacted.content.get(), "{}");
+
+        let levels = build(
+            &version,
+            EventTemplate::state(
+                "m.room.power_levels",
+                "",
+                json!({"ban": 50, "invite": 0, "users": {}, "extra": 1}),
+            ),
+        );
+        let content: serde_json::Value =
+            serde_json::from_str(redact_pdu(&levels, &version).unwrap().content.get()).unwrap();
+        assert_eq!(content.get("extra"), None);
+        assert_eq!(content["ban"], 50);
+        // `invite` survives only from v11 on.
+        assert_eq!(content.get("invite").is_some(), id != "10", "v{id}");
+
+        let redaction = EventTemplate {
+            kind: "m.room.redaction".into(),
+            state_key: None,
+            content: json!({"reason": "spam"}),
+            redacts: Some(message.event_id.clone()),
+        };
+        let redaction = build(&version, redaction);
+        assert_eq!(redaction.redacts.as_ref(), Some(&message.event_id));
+        let content: serde_json::Value =
+            serde_json::from_str(redact_pdu(&redaction, &version).unwrap().content.get()).unwrap();
+        // v11+ keep content.redacts; v10 keeps nothing of the content.
+        assert_eq!(
+            content.get("redacts").is_some(),
+            id != "10",
+            "v{id}: {content}"
+        );
+        assert_eq!(content.get("reason"), None);
+    }
+}

@@ -1,0 +1,48 @@
+//! The rooms crate's integration tests: the append path over real storage. Every case in
+//! `both_backends!` runs on SQLite and on PostgreSQL.
+
+// Test helpers panic on setup failures: that is how a test reports them.
+#![allow(clippy::unwrap_used, clippy::cloned_ref_to_slice_refs)]
+
+mod append;
+mod format;
+mod resolution;
+mod support;
+
+macro_rules! both_backends {
+    ($($module:ident :: $case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = unitas_storage::testing::sqlite().await;
+                    crate::$module::$case(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = unitas_storage::testing::postgres().await else { return };
+                    crate::$module::$case(db.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+both_backends!(
+    append::rooms_of_every_version,
+    append::a_message_writes_no_state_rows,
+    append::appending_twice_is_a_no_op,
+    append::a_sender_without_permission_is_rejected,
+    append::soft_failed_events_are_stored_not_shown,
+    append::outliers_stay_out_of_the_timeline,
+    append::state_is_answerable_at_any_event,
+    append::state_survives_a_restart,
+    append::bad_events_change_nothing,
+    resolution::concurrent_ban_and_join,
+    resolution::power_level_race,
+    resolution::join_rule_change_against_a_join,
+);

@@ -1,0 +1,334 @@
+use std::future::Future;
+
+use sqlx::QueryBuilder;
+
+use crate::store::on_pool;
+use crate::{Result, StorageError, Store};
+
+/// A room as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RoomRow {
+    /// Room ID.
+    pub room_id: String,
+    /// Room version (`"12"`).
+    pub room_version: String,
+    /// When this server first stored it.
+    pub created_ts: i64,
+    /// JSON array of the forward extremities' event IDs.
+    pub forward_extremities: String,
+    /// State group of the current state.
+    pub current_state_group: Option<i64>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct EventRow {
+    /// Event ID.
+    pub event_id: String,
+    /// Room ID.
+    pub room_id: String,
+    /// Stream position; `None` for outliers and soft-failed events.
+    pub stream_ordering: Option<i64>,
+    /// Event type.
+    pub event_type: String,
+    /// State key.
+    pub state_key: Option<String>,
+    /// Sender.
+    pub sender: String,
+    /// Depth.
+    pub depth: i64,
+    /// Sender's timestamp.
+    pub origin_server_ts: i64,
+    /// Canonical JSON.
+    pub json: String,
+    /// State before the event.
+    pub state_group_before: Option<i64>,
+    /// State after the event.
+    pub state_group_after: Option<i64>,
+    /// Known without its state.
+    pub outlier: bool,
+    /// Stored, but failed auth against the current state: never shown.
+    pub soft_failed: bool,
+}
+
+/// A new event for [`RoomEvents::persist_events`].
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The stored row.
+    pub row: EventRow,
+    /// Its `prev_events` (DAG edges).
+    pub prev_events: Vec<String>,
+}
+
+/// One change of a state group: `(type, state_key, event_id)`; `None` removes the slot.
+pub type StateDelta = (String, String, Option<String>);
+
+/// A new state group: `prev_group` plus `delta` (`event_id` `None` removes the slot).
+#[derive(Debug, Clone)]
+pub struct NewStateGroup {
+    /// Group ID (allocated by the caller).
+    pub id: i64,
+    /// Room.
+    pub room_id: String,
+    /// The group this one changes.
+    pub prev_group: Option<i64>,
+    /// `(type, state_key, event_id)` changes.
+    pub delta: Vec<StateDelta>,
+}
+
+/// Everything one group commit writes, in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct EventBatch {
+    /// New rooms and the new extremities/current state of existing ones (last one per room wins).
+    pub rooms: Vec<RoomRow>,
+    /// New state groups.
+    pub state_groups: Vec<NewStateGroup>,
+    /// New events; an event ID already stored is skipped (appending twice is a no-op).
+    pub events: Vec<NewEvent>,
+}
+
+impl EventBatch {
+    /// Appends another batch, keeping order.
+    pub fn extend(&mut self, other: EventBatch) {
+        self.rooms.extend(other.rooms);
+        self.state_groups.extend(other.state_groups);
+        self.events.extend(other.events);
+    }
+
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.rooms.is_empty() && self.state_groups.is_empty() && self.events.is_empty()
+    }
+}
+
+const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, state_key, sender, depth, \
+     origin_server_ts, json, state_group_before, state_group_after, outlier, soft_failed";
+/// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 13 columns each).
+const CHUNK: usize = 500;
+
+/// Rooms, events, DAG edges and state groups.
+pub trait RoomEvents {
+    /// Writes a batch in ONE transaction: rooms upserted, state groups, events (duplicates
+    /// skipped) and their edges.
+    fn persist_events(&self, batch: &EventBatch) -> impl Future<Output = Result<()>> + Send;
+    /// One room.
+    fn get_room(&self, room_id: &str) -> impl Future<Output = Result<Option<RoomRow>>> + Send;
+    /// Every room, by ID.
+    fn list_rooms(&self) -> impl Future<Output = Result<Vec<RoomRow>>> + Send;
+    /// One event.
+    fn get_event(&self, event_id: &str) -> impl Future<Output = Result<Option<EventRow>>> + Send;
+    /// The room's timeline after `since` (exclusive), oldest first, without soft-failed events or
+    /// outliers.
+    fn get_room_events_after(
+        &self,
+        room_id: &str,
+        since: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+    /// The full state of a group: `(type, state_key)` -> event ID.
+    fn load_state_group(
+        &self,
+        group: i64,
+    ) -> impl Future<Output = Result<Vec<(String, String, String)>>> + Send;
+    /// Highest stream position and state group ID in use (0 when none).
+    fn get_max_ids(&self) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// Number of rows in a table (for tests of what a write costs).
+    fn count_rows(&self, table: &str) -> impl Future<Output = Result<i64>> + Send;
+}
+
+impl RoomEvents for Store {
+    async fn persist_events(&self, batch: &EventBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Only the last update of each room matters.
+        let mut rooms: Vec<&RoomRow> = Vec::new();
+        for room in batch.rooms.iter().rev() {
+            if !rooms.iter().any(|r| r.room_id == room.room_id) {
+                rooms.push(room);
+            }
+        }
+        let deltas: Vec<(i64, &StateDelta)> = batch
+            .state_groups
+            .iter()
+            .flat_map(|g| g.delta.iter().map(move |d| (g.id, d)))
+            .collect();
+        let edges: Vec<(&str, &str, &str)> = batch
+            .events
+            .iter()
+            .flat_map(|e| {
+                e.prev_events
+                    .iter()
+                    .map(move |p| (e.row.event_id.as_str(), p.as_str(), e.row.room_id.as_str()))
+            })
+            .collect();
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for room in &rooms {
+                sqlx::query(
+                    "INSERT INTO rooms (room_id, room_version, created_ts, forward_extremities, current_state_group)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (room_id) DO UPDATE SET
+                       forward_extremities = excluded.forward_extremities,
+                       current_state_group = excluded.current_state_group",
+                )
+                .bind(&room.room_id)
+                .bind(&room.room_version)
+                .bind(room.created_ts)
+                .bind(&room.forward_extremities)
+                .bind(room.current_state_group)
+                .execute(&mut *tx)
+                .await?;
+            }
+            for chunk in batch.state_groups.chunks(CHUNK) {
+                let mut q = QueryBuilder::new("INSERT INTO state_groups (id, room_id, prev_group) ");
+                q.push_values(chunk, |mut b, g| {
+                    b.push_bind(g.id).push_bind(&g.room_id).push_bind(g.prev_group);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in deltas.chunks(CHUNK) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO state_group_deltas (state_group, event_type, state_key, event_id) ",
+                );
+                q.push_values(chunk, |mut b, (group, (kind, key, id))| {
+                    b.push_bind(*group).push_bind(kind).push_bind(key).push_bind(id);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in batch.events.chunks(CHUNK) {
+                let mut q = QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+                q.push_values(chunk, |mut b, e| {
+                    let r = &e.row;
+                    b.push_bind(&r.event_id)
+                        .push_bind(&r.room_id)
+                        .push_bind(r.stream_ordering)
+                        .push_bind(&r.event_type)
+                        .push_bind(&r.state_key)
+                        .push_bind(&r.sender)
+                        .push_bind(r.depth)
+                        .push_bind(r.origin_server_ts)
+                        .push_bind(&r.json)
+                        .push_bind(r.state_group_before)
+                        .push_bind(r.state_group_after)
+                        .push_bind(r.outlier)
+                        .push_bind(r.soft_failed);
+                });
+                q.push(" ON CONFLICT (event_id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in edges.chunks(CHUNK) {
+                let mut q = QueryBuilder::new("INSERT INTO event_edges (event_id, prev_event_id, room_id) ");
+                q.push_values(chunk, |mut b, (id, prev, room)| {
+                    b.push_bind(*id).push_bind(*prev).push_bind(*room);
+                });
+                q.push(" ON CONFLICT (event_id, prev_event_id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })
+        .map_err(|e| StorageError::from_sqlx(e, || "event batch".to_owned()))
+    }
+
+    async fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT room_id, room_version, created_ts, forward_extremities, current_state_group
+                 FROM rooms WHERE room_id = $1",
+            )
+            .bind(room_id)
+            .fetch_optional(pool)
+            .await
+        })?)
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<RoomRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT room_id, room_version, created_ts, forward_extremities, current_state_group
+                 FROM rooms ORDER BY room_id",
+            )
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    async fn get_event(&self, event_id: &str) -> Result<Option<EventRow>> {
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1");
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(event_id).fetch_optional(pool).await
+        })?)
+    }
+
+    async fn get_room_events_after(
+        &self,
+        room_id: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE room_id = $1 AND stream_ordering > $2 AND soft_failed = FALSE AND outlier = FALSE
+             ORDER BY stream_ordering LIMIT $3"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(room_id).bind(since).bind(limit).fetch_all(pool).await
+        })?)
+    }
+
+    async fn load_state_group(&self, group: i64) -> Result<Vec<(String, String, String)>> {
+        // Walk the delta chain to its root, then apply the deltas root first.
+        let rows: Vec<(String, String, Option<String>, i64)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "WITH RECURSIVE chain (id, prev, n) AS (
+                     SELECT id, prev_group, CAST(0 AS BIGINT) FROM state_groups WHERE id = $1
+                     UNION ALL
+                     SELECT g.id, g.prev_group, c.n + 1 FROM state_groups g JOIN chain c ON g.id = c.prev
+                 )
+                 SELECT d.event_type, d.state_key, d.event_id, c.n
+                 FROM state_group_deltas d JOIN chain c ON d.state_group = c.id
+                 ORDER BY c.n DESC",
+            )
+            .bind(group)
+            .fetch_all(pool)
+            .await
+        })?;
+        let mut state: std::collections::HashMap<(String, String), Option<String>> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for (kind, key, id, _) in rows {
+            state.insert((kind, key), id);
+        }
+        Ok(state
+            .into_iter()
+            .filter_map(|((k, s), id)| id.map(|id| (k, s, id)))
+            .collect())
+    }
+
+    async fn get_max_ids(&self) -> Result<(i64, i64)> {
+        let stream: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MAX(stream_ordering) FROM events").fetch_one(pool).await
+        })?;
+        let group: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MAX(id) FROM state_groups").fetch_one(pool).await
+        })?;
+        Ok((stream.unwrap_or(0), group.unwrap_or(0)))
+    }
+
+    async fn count_rows(&self, table: &str) -> Result<i64> {
+        const TABLES: &[&str] = &[
+            "rooms",
+            "events",
+            "event_edges",
+            "state_groups",
+            "state_group_deltas",
+        ];
+        if !TABLES.contains(&table) {
+            return Err(StorageError::NotFound {
+                what: format!("table {table}"),
+            });
+        }
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(pool).await
+        })?)
+    }
+}
