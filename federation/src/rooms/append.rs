@@ -551,7 +551,12 @@ impl Rooms {
             max_depth: 0,
             servers: HashMap::new(),
         });
-        let (rx, pdu) = match self.stage(guard.as_mut().map(|e| (e, true)), create, None) {
+        let (rx, pdu) = match self.stage(
+            guard.as_mut().map(|e| (e, true)),
+            create,
+            None,
+            Origin::Local,
+        ) {
             Ok(staged) => staged,
             Err(err) => {
                 *guard = None;
@@ -615,7 +620,7 @@ impl Rooms {
         )?;
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
-        let (rx, pdu) = self.stage(Some((entry, false)), pdu, None)?;
+        let (rx, pdu) = self.stage(Some((entry, false)), pdu, None, Origin::Local)?;
         drop(guard);
         let (pdu, _) = self.finish(rx, pdu, &slot).await?;
         Ok(pdu)
@@ -645,7 +650,7 @@ impl Rooms {
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
         let fork = self.fork_state(&pdu, entry, &version).await?;
-        let (rx, pdu) = self.stage(Some((entry, false)), pdu, fork)?;
+        let (rx, pdu) = self.stage(Some((entry, false)), pdu, fork, Origin::Remote)?;
         drop(guard);
         let (_, outcome) = self.finish(rx, pdu, &slot).await?;
         Ok(outcome)
@@ -800,6 +805,7 @@ impl Rooms {
         entry: Option<(&mut RoomEntry, bool)>,
         pdu: Pdu,
         fork: Option<Fork>,
+        origin: Origin,
     ) -> Result<(Staged, Arc<Pdu>), AppendError> {
         let Some((entry, is_create)) = entry else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
@@ -817,8 +823,9 @@ impl Rooms {
                 .or_else(|| self.cached(id).map(|(pdu, _)| pdu))
         };
 
-        // 2. Against its own auth events.
-        if !is_create {
+        // 2. Against its own auth events. Our own events' auth events were just selected from
+        //    the current state under this lock, which step 4 checks them against anyway.
+        if !is_create && origin == Origin::Remote {
             auth::check_against_auth_events(&version, &pdu, &fetch)?;
         }
 
@@ -1028,6 +1035,15 @@ impl Rooms {
         }
         Ok((pdu, Appended::Timeline(stream)))
     }
+}
+
+/// Who built the event being appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// This server, from its current state.
+    Local,
+    /// Another server.
+    Remote,
 }
 
 /// The state before an event that does not extend the current forward extremities.

@@ -17,7 +17,7 @@ CREATE TABLE events (
     event_id           TEXT PRIMARY KEY NOT NULL,
     room_id            TEXT NOT NULL,
     -- Position in this server's stream; NULL for outliers and soft-failed events.
-    stream_ordering    BIGINT UNIQUE,
+    stream_ordering    BIGINT,
     event_type         TEXT NOT NULL,
     state_key          TEXT,
     sender             TEXT NOT NULL,
@@ -39,7 +39,6 @@ CREATE TABLE event_edges (
     room_id       TEXT NOT NULL,
     PRIMARY KEY (event_id, prev_event_id)
 );
-CREATE INDEX event_edges_prev ON event_edges (prev_event_id);
 
 CREATE TABLE state_groups (
     id         BIGINT PRIMARY KEY NOT NULL,
