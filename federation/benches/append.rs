@@ -72,7 +72,7 @@ async fn measure(label: &str, store: Store) {
         let (rooms, writer) = Rooms::new(store.clone(), [SERVER.to_owned()], Arc::new(NoOutbound))
             .await
             .expect("rooms");
-        let writer = tokio::spawn(writer.run());
+        let writer = tokio::spawn(writer.run(std::future::pending()));
         let key = SigningKey::generate().expect("key");
         let setup = Instant::now();
         let room_id = room_with_members(&rooms, &key, members).await;

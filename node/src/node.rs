@@ -10,9 +10,12 @@
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use unitas_federation::rooms::{NoOutbound, Rooms};
 use unitas_federation::{KeyError, SigningKey};
 use unitas_storage::{SigningKeys, StorageError, Store, Territories};
 
@@ -147,27 +150,43 @@ impl Node {
 
         let grace = Duration::from_secs(config.server.shutdown_grace_secs);
         let checkpoint_every = Duration::from_secs(config.storage.sqlite_checkpoint_interval_secs);
+        let server_names: Vec<String> = territories
+            .all()
+            .iter()
+            .map(|t| t.config.server_name.clone())
+            .collect();
+        // Outbound federation is the federation issue's durable queue; until then events stay here.
+        let (rooms, room_writer) =
+            Rooms::new(store.clone(), server_names, Arc::new(NoOutbound)).await?;
         let state = AppState {
             config: config.into(),
             store: store.clone(),
             territories,
+            rooms,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve(
+        // The room writer stops after the listeners drained, writing what is queued first.
+        let (serving_done, serving_done_rx) = watch::channel(false);
+        tasks.spawn(room_writer.run(shutdown_signalled(serving_done_rx)));
+        let client = serve(
             client_listener,
             None,
             api::client_router(state.clone()),
             shutdown_signalled(shutdown_rx.clone()),
             grace,
-        ));
-        tasks.spawn(serve(
+        );
+        let federation = serve(
             federation_listener,
             Some(tls_config),
             api::federation_router(state.clone()),
             shutdown_signalled(shutdown_rx.clone()),
             grace,
-        ));
+        );
+        tasks.spawn(async move {
+            tokio::join!(client, federation);
+            let _ = serving_done.send(true);
+        });
         if store.sqlite_path().is_some() && !checkpoint_every.is_zero() {
             tasks.spawn(checkpoint_loop(
                 store,

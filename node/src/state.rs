@@ -106,6 +106,8 @@ pub struct AppState {
     pub store: Store,
     /// Hosted territories.
     pub territories: HostedTerritories,
+    /// Rooms: the one write path for room events.
+    pub rooms: unitas_federation::rooms::Rooms,
 }
 
 #[cfg(test)]

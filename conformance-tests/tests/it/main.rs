@@ -3,4 +3,5 @@
 // Test helpers panic on setup failures: that is how a test reports them.
 #![allow(clippy::unwrap_used)]
 
+mod events;
 mod foundation;

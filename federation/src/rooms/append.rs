@@ -196,31 +196,50 @@ impl std::fmt::Debug for RoomWriter {
 }
 
 impl RoomWriter {
-    /// Writes batches until every [`Rooms`] handle is dropped. Requests that queued up while a
+    /// Writes batches until every [`Rooms`] handle is dropped or `shutdown` completes; on
+    /// shutdown, what is already queued is still written. Requests that queued up while a
     /// transaction was open are merged into the next one (group commit).
-    pub async fn run(mut self) {
-        while let Some(first) = self.requests.recv().await {
-            let mut batch = first.batch;
-            let mut waiters = vec![first.done];
-            while batch.events.len() < MAX_BATCH_EVENTS {
-                match self.requests.try_recv() {
-                    Ok(next) => {
-                        batch.extend(next.batch);
-                        waiters.push(next.done);
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let first = tokio::select! {
+                request = self.requests.recv() => match request {
+                    Some(request) => request,
+                    None => return,
+                },
+                () = &mut shutdown => {
+                    while let Ok(request) = self.requests.try_recv() {
+                        self.write(request).await;
                     }
-                    Err(_) => break,
+                    return;
                 }
+            };
+            self.write(first).await;
+        }
+    }
+
+    /// Writes `first` and everything queued behind it, in one transaction.
+    async fn write(&mut self, first: WriteRequest) {
+        let mut batch = first.batch;
+        let mut waiters = vec![first.done];
+        while batch.events.len() < MAX_BATCH_EVENTS {
+            match self.requests.try_recv() {
+                Ok(next) => {
+                    batch.extend(next.batch);
+                    waiters.push(next.done);
+                }
+                Err(_) => break,
             }
-            let result = self.store.persist_events(&batch).await;
-            if let Err(err) = &result {
-                tracing::error!(error = %err, events = batch.events.len(), "event batch not written");
-            }
-            for waiter in waiters {
-                let _ = waiter.send(match &result {
-                    Ok(()) => Ok(()),
-                    Err(err) => Err(StorageError::Corrupt(format!("batch write failed: {err}"))),
-                });
-            }
+        }
+        let result = self.store.persist_events(&batch).await;
+        if let Err(err) = &result {
+            tracing::error!(error = %err, events = batch.events.len(), "event batch not written");
+        }
+        for waiter in waiters {
+            let _ = waiter.send(match &result {
+                Ok(()) => Ok(()),
+                Err(err) => Err(StorageError::Corrupt(format!("batch write failed: {err}"))),
+            });
         }
     }
 }

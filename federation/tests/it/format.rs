@@ -239,3 +239,32 @@ fn redaction_per_version() {
         assert_eq!(content.get("reason"), None);
     }
 }
+
+/// The spec's canonical JSON examples (appendices, "Canonical JSON"): our stored bytes are these.
+#[test]
+fn spec_vectors_canonical_json() {
+    let cases = [
+        (r#"{}"#, r#"{}"#),
+        (r#"{"one": 1, "two": "Two"}"#, r#"{"one":1,"two":"Two"}"#),
+        (r#"{"b": "2", "a": "1"}"#, r#"{"a":"1","b":"2"}"#),
+        (r#"{"b":"2","a":"1"}"#, r#"{"a":"1","b":"2"}"#),
+        (
+            r#"{"auth": {"success": true, "mxid": "@john.doe:example.com", "profile": {"display_name": "John Doe", "three_pids": [{"medium": "email", "address": "john.doe@example.org"}, {"medium": "msisdn", "address": "123456789"}]}}}"#,
+            r#"{"auth":{"mxid":"@john.doe:example.com","profile":{"display_name":"John Doe","three_pids":[{"address":"john.doe@example.org","medium":"email"},{"address":"123456789","medium":"msisdn"}]},"success":true}}"#,
+        ),
+        (r#"{"a": "日本語"}"#, r#"{"a":"日本語"}"#),
+        (r#"{"本": 2, "日": 1}"#, r#"{"日":1,"本":2}"#),
+        (r#"{"a": "\u65E5"}"#, r#"{"a":"日"}"#),
+        (r#"{"a": null}"#, r#"{"a":null}"#),
+    ];
+    for (input, expected) in cases {
+        let value: CanonicalJsonObject = match serde_json::from_str::<serde_json::Value>(input)
+            .ok()
+            .and_then(|v| ruma::CanonicalJsonValue::try_from(v).ok())
+        {
+            Some(ruma::CanonicalJsonValue::Object(object)) => object,
+            _ => panic!("not canonical JSON: {input}"),
+        };
+        assert_eq!(serde_json::to_string(&value).unwrap(), expected, "{input}");
+    }
+}

@@ -70,7 +70,7 @@ impl World {
         let (rooms, writer) = Rooms::new(store.clone(), ["a.test".to_owned()], outbound.clone())
             .await
             .unwrap();
-        tokio::spawn(writer.run());
+        tokio::spawn(writer.run(std::future::pending()));
         World {
             rooms,
             store,
@@ -89,7 +89,7 @@ impl World {
         )
         .await
         .unwrap();
-        tokio::spawn(writer.run());
+        tokio::spawn(writer.run(std::future::pending()));
         self.rooms = rooms;
     }
 

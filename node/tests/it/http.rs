@@ -329,3 +329,55 @@ async fn shutdown_closes_the_listeners() {
     t.node.shutdown().await;
     assert!(tokio::net::TcpStream::connect(client_addr).await.is_err());
 }
+
+#[tokio::test]
+async fn rooms_are_served_by_the_node_and_survive_a_restart() {
+    use unitas_federation::rooms::{EventTemplate, NewRoom, RoomVersion, Signer};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(test_config(dir.path(), None)).await.unwrap();
+    let territory = node.state.territories.all()[0].clone();
+    let signer = Signer {
+        server_name: territory.server_name(),
+        key: &territory.key,
+    };
+    let alice = ruma::UserId::parse("@alice:localhost:8448").unwrap();
+    let version = RoomVersion::parse(&node.state.config.rooms.default_version).unwrap();
+    let room = NewRoom {
+        version,
+        join_rule: "invite".into(),
+        initial_state: vec![],
+    };
+    let room_id = node
+        .state
+        .rooms
+        .create_room(signer, &alice, room)
+        .await
+        .unwrap();
+    let message = EventTemplate::message("m.room.message", json!({"body": "kept"}));
+    let sent = node
+        .state
+        .rooms
+        .send_local(&room_id, &alice, &message, signer)
+        .await
+        .unwrap();
+    node.shutdown().await;
+
+    let node = Node::start(test_config(dir.path(), None)).await.unwrap();
+    assert_eq!(
+        node.state
+            .rooms
+            .forward_extremities(&room_id)
+            .await
+            .unwrap(),
+        vec![sent.event_id.clone()]
+    );
+    let state = node
+        .state
+        .rooms
+        .current_state(&room_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.len(), 5);
+    node.shutdown().await;
+}
