@@ -67,14 +67,22 @@ async fn room_with_members(rooms: &Rooms, key: &SigningKey, members: usize) -> O
     room_id
 }
 
-async fn measure(label: &str, store: Store) {
+/// Every measurement starts from a fresh database holding the same number of joins (the
+/// measured room's plus a filler room's), so the figures differ by room size alone.
+const JOINS_IN_DATABASE: usize = 10_000;
+
+async fn measure(label: &str, open: impl AsyncFn() -> Store) {
     for members in [1usize, 100, 10_000] {
+        let store = open().await;
         let (rooms, writer) = Rooms::new(store.clone(), [SERVER.to_owned()], Arc::new(NoOutbound))
             .await
             .expect("rooms");
         let writer = tokio::spawn(writer.run(std::future::pending()));
         let key = SigningKey::generate().expect("key");
         let setup = Instant::now();
+        if members < JOINS_IN_DATABASE {
+            room_with_members(&rooms, &key, JOINS_IN_DATABASE - members + 1).await;
+        }
         let room_id = room_with_members(&rooms, &key, members).await;
         let setup = setup.elapsed();
 
@@ -118,6 +126,7 @@ async fn measure(label: &str, store: Store) {
         );
         drop(rooms);
         let _ = writer.await;
+        store.close().await;
     }
 }
 
@@ -127,28 +136,36 @@ async fn main() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
+    let counter = std::sync::atomic::AtomicUsize::new(0);
     for (label, sync) in [
         ("sqlite synchronous=normal", SqliteSynchronous::Normal),
         ("sqlite synchronous=full", SqliteSynchronous::Full),
     ] {
-        let url = format!("sqlite://{}/{}.db", dir.path().display(), label.len());
-        let options = StoreOptions {
-            sqlite_synchronous: sync,
-            ..Default::default()
+        let open = async || {
+            let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let url = format!("sqlite://{}/{n}.db", dir.path().display());
+            let options = StoreOptions {
+                sqlite_synchronous: sync,
+                ..Default::default()
+            };
+            let store = Store::connect(&url, &options).await.expect("open SQLite");
+            store.migrate().await.expect("migrate");
+            store
         };
-        let store = Store::connect(&url, &options).await.expect("open SQLite");
-        store.migrate().await.expect("migrate");
-        measure(label, store).await;
+        measure(label, open).await;
     }
     if std::env::var("UNITAS_TEST_POSTGRES_URL").is_ok() {
-        let url = unitas_storage::testing::postgres_database()
-            .await
-            .expect("test database");
-        let store = Store::connect(&url, &StoreOptions::default())
-            .await
-            .expect("open PostgreSQL");
-        store.migrate().await.expect("migrate");
-        measure("postgresql", store).await;
+        let open = async || {
+            let url = unitas_storage::testing::postgres_database()
+                .await
+                .expect("test database");
+            let store = Store::connect(&url, &StoreOptions::default())
+                .await
+                .expect("open PostgreSQL");
+            store.migrate().await.expect("migrate");
+            store
+        };
+        measure("postgresql", open).await;
     } else {
         println!("postgresql: skipped (UNITAS_TEST_POSTGRES_URL not set; scripts/bench sets it)");
     }

@@ -39,6 +39,8 @@ pub struct StoreOptions {
     pub sqlite_busy_timeout: Duration,
     /// After a checkpoint, SQLite truncates the WAL file down to at most this many bytes.
     pub sqlite_wal_size_limit: u64,
+    /// Page cache per SQLite connection, in KiB.
+    pub sqlite_cache_size_kib: u64,
 }
 
 impl Default for StoreOptions {
@@ -50,6 +52,7 @@ impl Default for StoreOptions {
             sqlite_synchronous: SqliteSynchronous::Normal,
             sqlite_busy_timeout: Duration::from_secs(5),
             sqlite_wal_size_limit: 64 * 1024 * 1024,
+            sqlite_cache_size_kib: 32 * 1024,
         }
     }
 }

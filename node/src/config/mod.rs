@@ -126,6 +126,8 @@ pub struct StorageConfig {
     pub sqlite_checkpoint_interval_secs: u64,
     /// After a checkpoint, the SQLite WAL file is cut down to at most this many bytes.
     pub sqlite_wal_size_limit_bytes: u64,
+    /// SQLite page cache per pooled connection, in KiB.
+    pub sqlite_cache_size_kib: u64,
 }
 
 impl Default for StorageConfig {
@@ -139,6 +141,7 @@ impl Default for StorageConfig {
             sqlite_busy_timeout_ms: 5_000,
             sqlite_checkpoint_interval_secs: 60,
             sqlite_wal_size_limit_bytes: 64 * 1024 * 1024,
+            sqlite_cache_size_kib: 32 * 1024,
         }
     }
 }
@@ -637,6 +640,7 @@ impl Config {
             },
             sqlite_busy_timeout: Duration::from_millis(self.storage.sqlite_busy_timeout_ms),
             sqlite_wal_size_limit: self.storage.sqlite_wal_size_limit_bytes,
+            sqlite_cache_size_kib: self.storage.sqlite_cache_size_kib,
         })
     }
 
