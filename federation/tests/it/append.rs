@@ -394,3 +394,57 @@ pub async fn bad_events_change_nothing(store: Store) {
         [last.event_id.clone()]
     );
 }
+
+pub async fn waiters_wake_and_other_servers_get_the_event(store: Store) {
+    let w = World::new(store).await;
+    let alice = w.a.user("alice");
+    let room = w.public_room("12").await;
+    let mut position = w.rooms.subscribe();
+    let before = *position.borrow_and_update();
+
+    // Only local members: nothing leaves the server.
+    let local = w.message(&room, &alice, "local only").await;
+    assert!(
+        position.has_changed().unwrap(),
+        "the commit woke the waiter"
+    );
+    let at = *position.borrow_and_update();
+    assert!(at > before);
+    let row = w
+        .store
+        .get_event(local.event_id.as_str())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.stream_ordering,
+        Some(at),
+        "the waiter sees the durable position of the event"
+    );
+    assert!(w.outbound.0.lock().unwrap().is_empty());
+
+    // A remote member joins: later events go to b.test, never to ourselves.
+    let bob = w.b.user("bob");
+    let last = w.rooms.forward_extremities(&room).await.unwrap()[0].clone();
+    let join = w
+        .build_on(&room, &last, &w.b, &bob, member(&bob, "join"))
+        .await;
+    w.rooms.append_remote(join).await.unwrap();
+    let message = w.message(&room, &alice, "to everyone").await;
+    let sent = w.outbound.0.lock().unwrap().clone();
+    assert!(
+        sent.contains(&(message.event_id.clone(), vec!["b.test".to_owned()])),
+        "{sent:?}"
+    );
+    // After bob leaves, nothing more goes to b.test.
+    w.send(&room, &alice, member(&bob, "ban")).await;
+    let after = w.message(&room, &alice, "alone again").await;
+    assert!(
+        !w.outbound
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(id, _)| id == &after.event_id)
+    );
+}
