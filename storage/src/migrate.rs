@@ -21,6 +21,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "rooms",
         include_str!("../migrations/sqlite/0002_rooms.sql"),
     ),
+    (
+        3,
+        "client",
+        include_str!("../migrations/sqlite/0003_client.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -33,6 +38,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         2,
         "rooms",
         include_str!("../migrations/postgres/0002_rooms.sql"),
+    ),
+    (
+        3,
+        "client",
+        include_str!("../migrations/postgres/0003_client.sql"),
     ),
 ];
 

@@ -9,10 +9,12 @@
 //!      |  5. auth against the current state -> soft-failed: stored, not shown, not an extremity
 //!      |  6. state group for a state event (one delta row), stream position, extremities
 //!      v
-//!  writer task (group commit) <- batches of many appends share ONE transaction
-//!      |  7. durable -> reply
+//!  writer task (group commit) <- batches of many appends share ONE transaction; the writer
+//!      |  assigns stream positions in commit order, so a position is published only when
+//!      |  every position below it is durable (a syncing client can never skip an event)
+//!      |  7. durable -> publish the position (wakes waiters) -> reply
 //!      v
-//!  8. wake waiters (position watch)    9. hand to the outbound sink for the other servers
+//!  8. hand to the outbound sink for the other servers
 //! ```
 //!
 //! State is kept as deltas ([`unitas_storage::NewStateGroup`]): a message writes no state rows at
@@ -103,6 +105,17 @@ pub struct NewRoom {
     pub initial_state: Vec<EventTemplate>,
 }
 
+/// Optional parts of a new room a client may ask for (spec: `/createRoom`).
+#[derive(Debug, Clone, Default)]
+pub struct RoomOptions {
+    /// Extra keys of the `m.room.create` content (`type`, `m.federate`...).
+    pub creation_content: serde_json::Map<String, serde_json::Value>,
+    /// Keys that replace the default power levels' keys.
+    pub power_levels_override: serde_json::Map<String, serde_json::Value>,
+    /// Users given power 100 (trusted private chats).
+    pub extra_admins: Vec<ruma::OwnedUserId>,
+}
+
 /// In-memory view of one room (derived from the database; dropped on write failures).
 #[derive(Debug)]
 struct RoomEntry {
@@ -120,8 +133,12 @@ type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
 
 struct WriteRequest {
     batch: EventBatch,
-    done: oneshot::Sender<Result<(), StorageError>>,
+    /// The stream positions the writer gave this request's timeline events, in order.
+    done: oneshot::Sender<Result<Vec<i64>, StorageError>>,
 }
+
+/// Marks a timeline event whose stream position the writer assigns at commit time.
+const POSITION_PENDING: i64 = -1;
 
 /// Events recently used, bounded (oldest dropped first).
 #[derive(Default)]
@@ -161,10 +178,9 @@ struct Inner {
     store: Store,
     rooms: Mutex<HashMap<OwnedRoomId, RoomSlot>>,
     events: Mutex<EventCache>,
-    next_stream: AtomicI64,
     next_group: AtomicI64,
     writer: mpsc::Sender<WriteRequest>,
-    position: watch::Sender<i64>,
+    position: Arc<watch::Sender<i64>>,
     outbound: Arc<dyn OutboundSink>,
     local_servers: HashSet<String>,
 }
@@ -187,6 +203,10 @@ impl std::fmt::Debug for Rooms {
 pub struct RoomWriter {
     store: Store,
     requests: mpsc::Receiver<WriteRequest>,
+    /// The next stream position to give out.
+    next_stream: i64,
+    /// Published after each commit.
+    position: Arc<watch::Sender<i64>>,
 }
 
 impl std::fmt::Debug for RoomWriter {
@@ -220,24 +240,44 @@ impl RoomWriter {
 
     /// Writes `first` and everything queued behind it, in one transaction.
     async fn write(&mut self, first: WriteRequest) {
+        let mut waiters = vec![(first.done, first.batch.events.len())];
         let mut batch = first.batch;
-        let mut waiters = vec![first.done];
         while batch.events.len() < MAX_BATCH_EVENTS {
             match self.requests.try_recv() {
                 Ok(next) => {
+                    waiters.push((next.done, next.batch.events.len()));
                     batch.extend(next.batch);
-                    waiters.push(next.done);
                 }
                 Err(_) => break,
             }
         }
-        let result = self.store.persist_events(&batch).await;
-        if let Err(err) = &result {
-            tracing::error!(error = %err, events = batch.events.len(), "event batch not written");
+        // Positions in commit order: everything below a published position is durable.
+        let first = self.next_stream;
+        for event in &mut batch.events {
+            if event.row.stream_ordering == Some(POSITION_PENDING) {
+                event.row.stream_ordering = Some(self.next_stream);
+                self.next_stream += 1;
+            }
         }
-        for waiter in waiters {
+        let result = self.store.persist_events(&batch).await;
+        match &result {
+            Ok(()) => {
+                let last = self.next_stream - 1;
+                if last >= first {
+                    self.position.send_modify(|p| *p = (*p).max(last));
+                }
+            }
+            Err(err) => {
+                // Nothing was written: the positions are given out again.
+                self.next_stream = first;
+                tracing::error!(error = %err, events = batch.events.len(), "event batch not written");
+            }
+        }
+        let mut streams = batch.events.iter().map(|e| e.row.stream_ordering);
+        for (waiter, count) in waiters {
+            let mine: Vec<i64> = streams.by_ref().take(count).flatten().collect();
             let _ = waiter.send(match &result {
-                Ok(()) => Ok(()),
+                Ok(()) => Ok(mine),
                 Err(err) => Err(StorageError::Corrupt(format!("batch write failed: {err}"))),
             });
         }
@@ -270,23 +310,28 @@ impl Rooms {
     ) -> Result<(Rooms, RoomWriter), StorageError> {
         let (max_stream, max_group) = store.get_max_ids().await?;
         let (writer, requests) = mpsc::channel(4 * MAX_BATCH_EVENTS);
-        let (position, _) = watch::channel(max_stream);
+        let position = Arc::new(watch::channel(max_stream).0);
         let inner = Inner {
             store: store.clone(),
             rooms: Mutex::new(HashMap::new()),
             events: Mutex::new(EventCache::default()),
-            next_stream: AtomicI64::new(max_stream + 1),
             next_group: AtomicI64::new(max_group + 1),
             writer,
-            position,
+            position: position.clone(),
             outbound,
             local_servers: local_servers.into_iter().collect(),
+        };
+        let writer = RoomWriter {
+            store,
+            requests,
+            next_stream: max_stream + 1,
+            position,
         };
         Ok((
             Rooms {
                 inner: Arc::new(inner),
             },
-            RoomWriter { store, requests },
+            writer,
         ))
     }
 
@@ -901,7 +946,7 @@ impl Rooms {
         let stream = if soft_failed {
             None
         } else {
-            Some(self.inner.next_stream.fetch_add(1, Ordering::Relaxed))
+            Some(POSITION_PENDING)
         };
         let row = event_row(&pdu, stream, group_before, group_after, false, soft_failed);
 
@@ -942,7 +987,6 @@ impl Rooms {
             Staged {
                 request: Some(WriteRequest { batch, done }),
                 rx,
-                stream,
                 destinations,
             },
             pdu,
@@ -1034,21 +1078,23 @@ impl Rooms {
                 .and_then(|r| r.map_err(AppendError::from)),
             Err(_) => Err(AppendError::WriterGone),
         };
-        if let Err(err) = result {
-            // Memory ran ahead of the database: forget the room; it reloads from storage.
-            *slot.lock().await = None;
-            self.inner
-                .events
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .map
-                .remove(&pdu.event_id);
-            return Err(err);
-        }
-        let Some(stream) = staged.stream else {
+        let streams = match result {
+            Ok(streams) => streams,
+            Err(err) => {
+                // Memory ran ahead of the database: forget the room; it reloads from storage.
+                *slot.lock().await = None;
+                self.inner
+                    .events
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .map
+                    .remove(&pdu.event_id);
+                return Err(err);
+            }
+        };
+        let Some(&stream) = streams.first() else {
             return Ok((pdu, Appended::SoftFailed));
         };
-        self.inner.position.send_modify(|p| *p = (*p).max(stream));
         if !staged.destinations.is_empty() {
             self.inner.outbound.enqueue(&pdu, &staged.destinations);
         }
@@ -1079,8 +1125,7 @@ struct Fork {
 
 struct Staged {
     request: Option<WriteRequest>,
-    rx: oneshot::Receiver<Result<(), StorageError>>,
-    stream: Option<i64>,
+    rx: oneshot::Receiver<Result<Vec<i64>, StorageError>>,
     destinations: Vec<String>,
 }
 

@@ -12,7 +12,8 @@ pub mod redact;
 pub mod version;
 
 pub use append::{
-    AppendError, Appended, NewRoom, NoOutbound, OutboundSink, RoomWriter, Rooms, Signer,
+    AppendError, Appended, NewRoom, NoOutbound, OutboundSink, RoomOptions, RoomWriter, Rooms,
+    Signer,
 };
 pub use build::EventTemplate;
 pub use pdu::{EventError, Pdu};

@@ -7,7 +7,6 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 
 /// A Matrix error response.
 #[derive(Debug)]
@@ -18,6 +17,8 @@ pub struct ApiError {
     pub errcode: &'static str,
     /// Human-readable message.
     pub message: String,
+    /// More fields of the error body (`retry_after_ms`, `soft_logout`, UIA flows...).
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -27,7 +28,24 @@ impl ApiError {
             status,
             errcode,
             message: message.into(),
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Adds a field to the error body.
+    pub fn with_extra(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
+    }
+
+    /// `403 M_FORBIDDEN`.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "M_FORBIDDEN", message)
+    }
+
+    /// `400 M_INVALID_PARAM`.
+    pub fn invalid_param(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", message)
     }
 
     /// `404 M_UNRECOGNIZED`: no such endpoint.
@@ -85,11 +103,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"errcode": self.errcode, "error": self.message})),
-        )
-            .into_response()
+        let mut body = self.extra;
+        body.insert("errcode".into(), self.errcode.into());
+        body.insert("error".into(), self.message.into());
+        (self.status, Json(serde_json::Value::Object(body))).into_response()
     }
 }
 

@@ -4,12 +4,14 @@
 //! `Ok(None)` when the row is absent; `set_` returns [`crate::StorageError::NotFound`].
 
 mod accounts;
+mod client;
 mod devices;
 mod keys;
 mod rooms;
 mod territories;
 
 pub use accounts::{Account, Accounts, NewAccount};
+pub use client::{ClientData, ProfileField, ProfileRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use rooms::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow};

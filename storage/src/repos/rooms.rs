@@ -125,6 +125,13 @@ pub trait RoomEvents {
         since: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+    /// The room's timeline before `before` (exclusive), newest first.
+    fn get_room_events_before(
+        &self,
+        room_id: &str,
+        before: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
     /// The full state of a group: `(type, state_key)` -> event ID.
     fn load_state_group(
         &self,
@@ -273,6 +280,22 @@ impl RoomEvents for Store {
         );
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql).bind(room_id).bind(since).bind(limit).fetch_all(pool).await
+        })?)
+    }
+
+    async fn get_room_events_before(
+        &self,
+        room_id: &str,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE room_id = $1 AND stream_ordering < $2 AND soft_failed = FALSE AND outlier = FALSE
+             ORDER BY stream_ordering DESC LIMIT $3"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(room_id).bind(before).bind(limit).fetch_all(pool).await
         })?)
     }
 
