@@ -22,6 +22,7 @@ pub mod serve;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod users;
 
 pub use config::Config;
 pub use node::{Node, StartError};

@@ -3,5 +3,6 @@
 // Test helpers panic on setup failures: that is how a test reports them.
 #![allow(clippy::unwrap_used)]
 
+mod clients;
 mod events;
 mod foundation;

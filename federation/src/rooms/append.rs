@@ -523,8 +523,25 @@ impl Rooms {
         creator: &UserId,
         room: NewRoom,
     ) -> Result<OwnedRoomId, AppendError> {
+        self.create_room_with(signer, creator, room, RoomOptions::default())
+            .await
+    }
+
+    /// [`Rooms::create_room`] with a client's options.
+    pub async fn create_room_with(
+        &self,
+        signer: Signer<'_>,
+        creator: &UserId,
+        room: NewRoom,
+        options: RoomOptions,
+    ) -> Result<OwnedRoomId, AppendError> {
         let version = room.version.clone();
         let mut create_content = json!({"room_version": version.id().as_str()});
+        for (key, value) in options.creation_content {
+            if key != "room_version" && key != "creator" {
+                create_content[key] = value;
+            }
+        }
         if !version.rules().authorization.use_room_create_sender {
             create_content["creator"] = json!(creator.as_str());
         }
@@ -560,18 +577,25 @@ impl Rooms {
         {
             users.insert(creator.to_string(), json!(100));
         }
+        for admin in &options.extra_admins {
+            users.insert(admin.to_string(), json!(100));
+        }
+        let mut levels = json!({"users": users, "users_default": 0, "events_default": 0,
+            "state_default": 50, "ban": 50, "kick": 50, "redact": 50, "invite": 0,
+            "events": {"m.room.name": 50, "m.room.power_levels": 100,
+                "m.room.history_visibility": 100, "m.room.canonical_alias": 50,
+                "m.room.avatar": 50, "m.room.tombstone": 100, "m.room.server_acl": 100,
+                "m.room.encryption": 100}});
+        for (key, value) in options.power_levels_override {
+            levels[key] = value;
+        }
         let mut templates = vec![
             EventTemplate::state(
                 "m.room.member",
                 creator.as_str(),
                 json!({"membership": "join"}),
             ),
-            EventTemplate::state(
-                "m.room.power_levels",
-                "",
-                json!({"users": users, "users_default": 0, "events_default": 0, "state_default": 50,
-                       "ban": 50, "kick": 50, "redact": 50, "invite": 0}),
-            ),
+            EventTemplate::state("m.room.power_levels", "", levels),
             EventTemplate::state(
                 "m.room.join_rules",
                 "",

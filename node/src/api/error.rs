@@ -104,8 +104,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.extra;
-        body.insert("errcode".into(), self.errcode.into());
-        body.insert("error".into(), self.message.into());
+        // User-interactive auth answers 401 with flows and no errcode until a stage failed.
+        if !self.errcode.is_empty() {
+            body.insert("errcode".into(), self.errcode.into());
+            body.insert("error".into(), self.message.into());
+        }
         (self.status, Json(serde_json::Value::Object(body))).into_response()
     }
 }

@@ -6,10 +6,12 @@
 //!
 //! The route lists in [`client_router`] and [`federation_router`] are the index of the API.
 
+mod client;
 mod error;
 mod federation;
 mod health;
 mod json;
+pub mod ruma;
 mod territory;
 mod versions;
 mod well_known;
@@ -34,10 +36,77 @@ use crate::state::AppState;
 
 /// The client-server API listener's routes.
 pub fn client_router(state: AppState) -> Router {
-    let routes = Router::new().route(
+    use ::ruma::api::client as c;
+    use client::{account as a, rooms as r, sync as s};
+    use ruma::route;
+    let mut routes = Router::new().route(
         "/_matrix/client/versions",
         get(versions::get_versions_route),
     );
+    routes =
+        route::<c::session::get_login_types::v3::Request, _, _>(routes, a::get_login_types_route);
+    routes = route::<c::session::login::v3::Request, _, _>(routes, a::login_route);
+    routes = route::<c::session::logout::v3::Request, _, _>(routes, a::logout_route);
+    routes = route::<c::session::logout_all::v3::Request, _, _>(routes, a::logout_all_route);
+    routes = route::<c::account::whoami::v3::Request, _, _>(routes, a::whoami_route);
+    routes = route::<c::account::register::v3::Request, _, _>(routes, a::register_route);
+    routes = route::<c::account::get_username_availability::v3::Request, _, _>(
+        routes,
+        a::get_username_availability_route,
+    );
+    routes = route::<c::device::get_devices::v3::Request, _, _>(routes, a::get_devices_route);
+    routes = route::<c::device::get_device::v3::Request, _, _>(routes, a::get_device_route);
+    routes = route::<c::device::update_device::v3::Request, _, _>(routes, a::update_device_route);
+    routes = route::<c::profile::get_profile::v3::Request, _, _>(routes, a::get_profile_route);
+    routes =
+        route::<c::profile::set_display_name::v3::Request, _, _>(routes, a::set_display_name_route);
+    routes =
+        route::<c::profile::set_avatar_url::v3::Request, _, _>(routes, a::set_avatar_url_route);
+    routes = route::<c::discovery::get_capabilities::v3::Request, _, _>(
+        routes,
+        a::get_capabilities_route,
+    );
+    routes = route::<c::filter::create_filter::v3::Request, _, _>(routes, a::create_filter_route);
+    routes = route::<c::filter::get_filter::v3::Request, _, _>(routes, a::get_filter_route);
+    routes = route::<c::room::create_room::v3::Request, _, _>(routes, r::create_room_route);
+    routes = route::<c::membership::join_room_by_id::v3::Request, _, _>(
+        routes,
+        r::join_room_by_id_route,
+    );
+    routes = route::<c::membership::join_room_by_id_or_alias::v3::Request, _, _>(
+        routes,
+        r::join_room_by_id_or_alias_route,
+    );
+    routes = route::<c::membership::invite_user::v3::Request, _, _>(routes, r::invite_user_route);
+    routes = route::<c::membership::leave_room::v3::Request, _, _>(routes, r::leave_room_route);
+    routes = route::<c::membership::kick_user::v3::Request, _, _>(routes, r::kick_user_route);
+    routes = route::<c::membership::ban_user::v3::Request, _, _>(routes, r::ban_user_route);
+    routes = route::<c::membership::unban_user::v3::Request, _, _>(routes, r::unban_user_route);
+    routes = route::<c::membership::joined_rooms::v3::Request, _, _>(routes, r::joined_rooms_route);
+    routes =
+        route::<c::membership::joined_members::v3::Request, _, _>(routes, r::joined_members_route);
+    routes = route::<c::membership::get_member_events::v3::Request, _, _>(
+        routes,
+        r::get_member_events_route,
+    );
+    routes = route::<c::message::send_message_event::v3::Request, _, _>(
+        routes,
+        r::send_message_event_route,
+    );
+    routes = route::<c::message::get_message_events::v3::Request, _, _>(
+        routes,
+        r::get_message_events_route,
+    );
+    routes =
+        route::<c::state::send_state_event::v3::Request, _, _>(routes, r::send_state_event_route);
+    routes = route::<c::state::get_state_event_for_key::v3::Request, _, _>(
+        routes,
+        r::get_state_event_for_key_route,
+    );
+    routes =
+        route::<c::state::get_state_events::v3::Request, _, _>(routes, r::get_state_events_route);
+    routes = route::<c::room::get_room_event::v3::Request, _, _>(routes, r::get_room_event_route);
+    routes = route::<c::sync::sync_events::v3::Request, _, _>(routes, s::sync_events_route);
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

@@ -271,7 +271,7 @@ impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             format: LogFormat::Human,
-            level: "info".to_owned(),
+            level: "info,ruma_state_res=warn".to_owned(),
         }
     }
 }

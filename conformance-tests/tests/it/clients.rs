@@ -1,0 +1,37 @@
+//! Real Matrix clients against a node: matrix-nio (and, to come, matrix-js-sdk).
+
+use std::process::Command;
+
+use unitas::{Config, Node};
+use unitas_conformance_tests::{python, script};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_registers_chats_and_reads_history() {
+    let Some(python) = python() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    config.registration.enabled = true;
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.client_addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script("nio_chat.py"))
+            .arg(base)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "matrix-nio failed:\n{stderr}\n{stdout}"
+    );
+    let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(facts["messages"], 101);
+    node.shutdown().await;
+}

@@ -1,0 +1,349 @@
+//! Registration, login, logout, whoami, devices, profiles, capabilities, filters (spec:
+//! client-server API, "Client Authentication", "Device Management", "Profiles", "Filtering").
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use ruma::api::client::account::{get_username_availability, register, whoami};
+use ruma::api::client::device::{get_device, get_devices, update_device};
+use ruma::api::client::discovery::get_capabilities;
+use ruma::api::client::filter::{create_filter, get_filter};
+use ruma::api::client::profile::{get_profile, set_avatar_url, set_display_name};
+use ruma::api::client::session::{get_login_types, login, logout, logout_all};
+use ruma::api::client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier};
+use ruma::{MilliSecondsSinceUnixEpoch, UInt, UserId};
+use unitas_storage::{AccessTokens, Accounts, ClientData, Devices, ProfileField};
+
+use crate::api::ApiError;
+use crate::api::ruma::{Ruma, RumaResponse};
+use crate::state::AppState;
+use crate::users::{self, NewUser};
+
+type Result<T> = std::result::Result<RumaResponse<T>, ApiError>;
+
+/// `GET /_matrix/client/v3/login`: password login only.
+pub async fn get_login_types_route(
+    _: Ruma<get_login_types::v3::Request>,
+) -> Result<get_login_types::v3::Response> {
+    use get_login_types::v3::{LoginType, PasswordLoginType};
+    Ok(
+        get_login_types::v3::Response::new(vec![LoginType::Password(PasswordLoginType::new())])
+            .into(),
+    )
+}
+
+/// `POST /_matrix/client/v3/login` with `m.login.password`.
+pub async fn login_route(
+    State(state): State<AppState>,
+    req: Ruma<login::v3::Request>,
+) -> Result<login::v3::Response> {
+    let territory = req.territory.clone();
+    let login::v3::LoginInfo::Password(password) = req.body.login_info else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Only m.login.password is supported",
+        ));
+    };
+    let localpart = match &password.identifier {
+        Some(UserIdentifier::Matrix(id)) => id.user.clone(),
+        _ => {
+            return Err(ApiError::forbidden(
+                "Log in with a user identifier (m.id.user)",
+            ));
+        }
+    };
+    let user_id = match UserId::parse(&localpart) {
+        Ok(full) => full,
+        Err(_) => users::user_id_for(&territory, &localpart.to_lowercase())?,
+    };
+    if user_id.server_name().as_str() != territory.server_name() {
+        return Err(ApiError::forbidden(format!(
+            "{user_id} is not a user of this territory"
+        )));
+    }
+    users::check_password(&state, &user_id, &password.password).await?;
+    let session = users::login(
+        &state,
+        &territory,
+        &user_id,
+        req.body.device_id,
+        req.body.initial_device_display_name.as_deref(),
+    )
+    .await?;
+    Ok(login::v3::Response::new(session.user_id, session.access_token, session.device_id).into())
+}
+
+/// `POST /_matrix/client/v3/logout`.
+pub async fn logout_route(
+    State(state): State<AppState>,
+    req: Ruma<logout::v3::Request>,
+) -> Result<logout::v3::Response> {
+    let user = req.user()?;
+    state.store.delete_access_token(&user.token_hash).await?;
+    Ok(logout::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/logout/all`.
+pub async fn logout_all_route(
+    State(state): State<AppState>,
+    req: Ruma<logout_all::v3::Request>,
+) -> Result<logout_all::v3::Response> {
+    let user = req.user()?;
+    state
+        .store
+        .delete_user_access_tokens(user.user_id.as_str(), None)
+        .await?;
+    Ok(logout_all::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/account/whoami`.
+pub async fn whoami_route(req: Ruma<whoami::v3::Request>) -> Result<whoami::v3::Response> {
+    let user = req.user()?;
+    let mut response = whoami::v3::Response::new(user.user_id.clone(), false);
+    response.device_id = Some(user.device_id.clone());
+    Ok(response.into())
+}
+
+/// `GET /_matrix/client/v3/register/available`.
+pub async fn get_username_availability_route(
+    State(state): State<AppState>,
+    req: Ruma<get_username_availability::v3::Request>,
+) -> Result<get_username_availability::v3::Response> {
+    let user_id = users::user_id_for(&req.territory, &req.body.username)?;
+    if state.store.get_account(user_id.as_str()).await?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_USER_IN_USE",
+            "User ID already taken",
+        ));
+    }
+    Ok(get_username_availability::v3::Response::new(true).into())
+}
+
+/// `POST /_matrix/client/v3/register`: open registration with `m.login.dummy` when enabled.
+pub async fn register_route(
+    State(state): State<AppState>,
+    req: Ruma<register::v3::Request>,
+) -> Result<register::v3::Response> {
+    if !state.config.registration.enabled {
+        return Err(ApiError::forbidden(
+            "Registration is disabled on this server",
+        ));
+    }
+    let body = req.body;
+    if body.kind == register::RegistrationKind::Guest {
+        return Err(ApiError::forbidden("Guest access is disabled"));
+    }
+    match &body.auth {
+        Some(AuthData::Dummy(_)) => {}
+        _ => {
+            // User-interactive auth: tell the client the one flow there is.
+            let mut info = UiaaInfo::new(vec![AuthFlow::new(vec![AuthType::Dummy])]);
+            info.session = Some(users::new_device_id()?.to_string());
+            let body = serde_json::to_value(&info).map_err(|e| ApiError::internal(&e))?;
+            let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "", "");
+            if let serde_json::Value::Object(map) = body {
+                error.extra = map;
+            }
+            return Err(error);
+        }
+    }
+    let localpart = match &body.username {
+        Some(name) => name.to_lowercase(),
+        None => users::new_device_id()?.as_str().to_lowercase(),
+    };
+    let (user_id, session) = users::register(
+        &state,
+        &req.territory,
+        NewUser {
+            localpart: &localpart,
+            password: body.password,
+            device_id: body.device_id,
+            display_name: None,
+            device_display_name: body.initial_device_display_name.as_deref(),
+            is_admin: false,
+            inhibit_login: body.inhibit_login,
+        },
+    )
+    .await?;
+    let mut response = register::v3::Response::new(user_id);
+    if let Some(session) = session {
+        response.access_token = Some(session.access_token);
+        response.device_id = Some(session.device_id);
+    }
+    Ok(response.into())
+}
+
+/// `GET /_matrix/client/v3/devices`.
+pub async fn get_devices_route(
+    State(state): State<AppState>,
+    req: Ruma<get_devices::v3::Request>,
+) -> Result<get_devices::v3::Response> {
+    let user = req.user()?;
+    let devices = state.store.list_devices(user.user_id.as_str()).await?;
+    Ok(get_devices::v3::Response::new(devices.into_iter().map(device_of).collect()).into())
+}
+
+fn device_of(d: unitas_storage::Device) -> ruma::api::client::device::Device {
+    let mut device = ruma::api::client::device::Device::new(d.device_id.into());
+    device.display_name = d.display_name;
+    device.last_seen_ip = d.last_seen_ip;
+    device.last_seen_ts = d
+        .last_seen_ts
+        .and_then(|ts| UInt::new(ts as u64))
+        .map(MilliSecondsSinceUnixEpoch);
+    device
+}
+
+/// `GET /_matrix/client/v3/devices/{deviceId}`.
+pub async fn get_device_route(
+    State(state): State<AppState>,
+    req: Ruma<get_device::v3::Request>,
+) -> Result<get_device::v3::Response> {
+    let user = req.user()?;
+    let device = state
+        .store
+        .get_device(user.user_id.as_str(), req.body.device_id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("No such device"))?;
+    Ok(get_device::v3::Response::new(device_of(device)).into())
+}
+
+/// `PUT /_matrix/client/v3/devices/{deviceId}`.
+pub async fn update_device_route(
+    State(state): State<AppState>,
+    req: Ruma<update_device::v3::Request>,
+) -> Result<update_device::v3::Response> {
+    let user = req.user()?;
+    state
+        .store
+        .set_device_display_name(
+            user.user_id.as_str(),
+            req.body.device_id.as_str(),
+            req.body.display_name.as_deref(),
+        )
+        .await?;
+    Ok(update_device::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/profile/{userId}`.
+pub async fn get_profile_route(
+    State(state): State<AppState>,
+    req: Ruma<get_profile::v3::Request>,
+) -> Result<get_profile::v3::Response> {
+    let user_id = &req.body.user_id;
+    if state.store.get_account(user_id.as_str()).await?.is_none() {
+        return Err(ApiError::not_found("Profile not found"));
+    }
+    let profile = state.store.get_profile(user_id.as_str()).await?;
+    let mut response = get_profile::v3::Response::new();
+    if let Some(name) = profile.displayname {
+        response.set("displayname".into(), name.into());
+    }
+    if let Some(url) = profile.avatar_url {
+        response.set("avatar_url".into(), url.into());
+    }
+    Ok(response.into())
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/displayname`.
+pub async fn set_display_name_route(
+    State(state): State<AppState>,
+    req: Ruma<set_display_name::v3::Request>,
+) -> Result<set_display_name::v3::Response> {
+    let user = req.user()?;
+    if req.body.user_id != user.user_id {
+        return Err(ApiError::forbidden(
+            "You can only set your own display name",
+        ));
+    }
+    state
+        .store
+        .set_profile_field(
+            user.user_id.as_str(),
+            ProfileField::DisplayName,
+            req.body.displayname.as_deref(),
+        )
+        .await?;
+    Ok(set_display_name::v3::Response::new().into())
+}
+
+/// `PUT /_matrix/client/v3/profile/{userId}/avatar_url`.
+pub async fn set_avatar_url_route(
+    State(state): State<AppState>,
+    req: Ruma<set_avatar_url::v3::Request>,
+) -> Result<set_avatar_url::v3::Response> {
+    let user = req.user()?;
+    if req.body.user_id != user.user_id {
+        return Err(ApiError::forbidden("You can only set your own avatar"));
+    }
+    let url = req.body.avatar_url.as_ref().map(|u| u.to_string());
+    state
+        .store
+        .set_profile_field(
+            user.user_id.as_str(),
+            ProfileField::AvatarUrl,
+            url.as_deref(),
+        )
+        .await?;
+    Ok(set_avatar_url::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/capabilities`.
+pub async fn get_capabilities_route(
+    State(state): State<AppState>,
+    req: Ruma<get_capabilities::v3::Request>,
+) -> Result<get_capabilities::v3::Response> {
+    req.user()?;
+    use get_capabilities::v3::{Capabilities, RoomVersionStability, RoomVersionsCapability};
+    let mut capabilities = Capabilities::new();
+    let available = unitas_federation::rooms::RoomVersion::SUPPORTED
+        .iter()
+        .filter_map(|v| ruma::RoomVersionId::try_from(*v).ok())
+        .map(|v| (v, RoomVersionStability::Stable))
+        .collect();
+    let default = ruma::RoomVersionId::try_from(state.config.rooms.default_version.as_str())
+        .map_err(|e| ApiError::internal(&e))?;
+    capabilities.room_versions = RoomVersionsCapability::new(default, available);
+    Ok(get_capabilities::v3::Response::new(capabilities).into())
+}
+
+/// `POST /_matrix/client/v3/user/{userId}/filter`.
+pub async fn create_filter_route(
+    State(state): State<AppState>,
+    req: Ruma<create_filter::v3::Request>,
+) -> Result<create_filter::v3::Response> {
+    let user = req.user()?;
+    if req.body.user_id != user.user_id {
+        return Err(ApiError::forbidden("You can only create your own filters"));
+    }
+    let json = serde_json::to_string(&req.body.filter).map_err(|e| ApiError::internal(&e))?;
+    let id = state
+        .store
+        .create_filter(user.user_id.as_str(), &json)
+        .await?;
+    Ok(create_filter::v3::Response::new(id.to_string()).into())
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/filter/{filterId}`.
+pub async fn get_filter_route(
+    State(state): State<AppState>,
+    req: Ruma<get_filter::v3::Request>,
+) -> Result<get_filter::v3::Response> {
+    let user = req.user()?;
+    if req.body.user_id != user.user_id {
+        return Err(ApiError::forbidden("You can only read your own filters"));
+    }
+    let id: i64 = req
+        .body
+        .filter_id
+        .parse()
+        .map_err(|_| ApiError::not_found("No such filter"))?;
+    let json = state
+        .store
+        .get_filter(user.user_id.as_str(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No such filter"))?;
+    let filter = serde_json::from_str(&json).map_err(|e| ApiError::internal(&e))?;
+    Ok(get_filter::v3::Response::new(filter).into())
+}

@@ -1,0 +1,5 @@
+//! Client-server API handlers, one module per area of the spec.
+
+pub mod account;
+pub mod rooms;
+pub mod sync;

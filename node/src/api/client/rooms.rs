@@ -1,0 +1,727 @@
+//! Rooms for clients: create, membership, send, state, history (spec: client-server API,
+//! "Rooms", "Room membership", "Sending events", "Getting events for a room").
+//!
+//! Every write goes through `Rooms::send_local`, the one append path.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use ruma::api::Direction;
+use ruma::api::client::membership::get_member_events;
+use ruma::api::client::membership::{
+    ban_user, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members, joined_rooms,
+    kick_user, leave_room, unban_user,
+};
+use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::room::{create_room, get_room_event};
+use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+use unitas_federation::rooms::{
+    AppendError, EventError, EventTemplate, NewRoom, Pdu, RoomOptions, RoomVersion, Signer,
+};
+use unitas_storage::{ClientData, RoomEvents};
+
+use crate::api::ApiError;
+use crate::api::ruma::{ClientUser, Ruma, RumaResponse};
+use crate::state::AppState;
+
+type Result<T> = std::result::Result<RumaResponse<T>, ApiError>;
+
+impl From<AppendError> for ApiError {
+    fn from(err: AppendError) -> Self {
+        match err {
+            AppendError::Event(EventError::Unauthorized(reason)) => ApiError::forbidden(reason),
+            AppendError::Event(EventError::TooLarge(reason)) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "M_TOO_LARGE", reason)
+            }
+            AppendError::Event(EventError::UnsupportedRoomVersion(v)) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "M_UNSUPPORTED_ROOM_VERSION",
+                format!("Room version {v} is not supported"),
+            ),
+            AppendError::Event(other) => ApiError::bad_json(other.to_string()),
+            AppendError::UnknownRoom(room) => ApiError::not_found(format!("Unknown room {room}")),
+            other => ApiError::internal(&other),
+        }
+    }
+}
+
+/// The event as clients see it (client-server event format).
+pub fn client_event(pdu: &Pdu) -> Value {
+    let content: Value =
+        serde_json::from_str(pdu.content.get()).unwrap_or(Value::Object(Default::default()));
+    let mut event = json!({
+        "event_id": pdu.event_id,
+        "type": pdu.kind.to_string(),
+        "sender": pdu.sender,
+        "origin_server_ts": u64::from(pdu.origin_server_ts.0),
+        "room_id": pdu.room_id,
+        "content": content,
+        "unsigned": {},
+    });
+    if let Some(key) = &pdu.state_key {
+        event["state_key"] = json!(key);
+    }
+    if let Some(redacts) = &pdu.redacts {
+        event["redacts"] = json!(redacts);
+    }
+    event
+}
+
+/// A JSON value as a ruma `Raw<T>`.
+pub fn raw<T>(value: &Value) -> std::result::Result<Raw<T>, ApiError> {
+    let json = serde_json::value::to_raw_value(value).map_err(|e| ApiError::internal(&e))?;
+    Ok(Raw::from_json(json))
+}
+
+fn signer(user: &ClientUser) -> Signer<'_> {
+    Signer {
+        server_name: user.territory.server_name(),
+        key: &user.territory.key,
+    }
+}
+
+/// The membership of `user` in the current state of `room_id`.
+pub async fn membership(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> std::result::Result<Option<String>, ApiError> {
+    let Some(current) = state.rooms.current_state(room_id).await? else {
+        return Ok(None);
+    };
+    let Some(id) = current.get(&("m.room.member".to_owned(), user.to_string())) else {
+        return Ok(None);
+    };
+    let Some(pdu) = state.rooms.get_pdu(id).await? else {
+        return Ok(None);
+    };
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+    Ok(content["membership"].as_str().map(str::to_owned))
+}
+
+async fn require_joined(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> std::result::Result<(), ApiError> {
+    match membership(state, room_id, user).await?.as_deref() {
+        Some("join") => Ok(()),
+        _ => Err(ApiError::forbidden(format!(
+            "{user} is not in room {room_id}"
+        ))),
+    }
+}
+
+async fn send(
+    state: &AppState,
+    user: &ClientUser,
+    room_id: &RoomId,
+    template: EventTemplate,
+) -> std::result::Result<Arc<Pdu>, ApiError> {
+    Ok(state
+        .rooms
+        .send_local(room_id, &user.user_id, &template, signer(user))
+        .await?)
+}
+
+/// Sets `target`'s membership with an optional reason.
+async fn set_membership(
+    state: &AppState,
+    user: &ClientUser,
+    room_id: &RoomId,
+    target: &UserId,
+    membership: &str,
+    reason: Option<&str>,
+    extra: Value,
+) -> std::result::Result<Arc<Pdu>, ApiError> {
+    let mut content = json!({"membership": membership});
+    if let Some(reason) = reason {
+        content["reason"] = json!(reason);
+    }
+    if let Value::Object(map) = extra {
+        for (k, v) in map {
+            content[k] = v;
+        }
+    }
+    if membership == "join" {
+        let profile = state.store.get_profile(target.as_str()).await?;
+        if let Some(name) = profile.displayname {
+            content["displayname"] = json!(name);
+        }
+        if let Some(url) = profile.avatar_url {
+            content["avatar_url"] = json!(url);
+        }
+    }
+    send(
+        state,
+        user,
+        room_id,
+        EventTemplate::state("m.room.member", target.as_str(), content),
+    )
+    .await
+}
+
+/// `POST /_matrix/client/v3/createRoom`.
+pub async fn create_room_route(
+    State(state): State<AppState>,
+    req: Ruma<create_room::v3::Request>,
+) -> Result<create_room::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    let version_id = body
+        .room_version
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| state.config.rooms.default_version.clone());
+    let version = RoomVersion::parse(&version_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNSUPPORTED_ROOM_VERSION",
+            format!("Room version {version_id} is not supported"),
+        )
+    })?;
+    use create_room::v3::RoomPreset;
+    let preset = body.preset.clone().unwrap_or(match body.visibility {
+        ruma::api::client::room::Visibility::Public => RoomPreset::PublicChat,
+        _ => RoomPreset::PrivateChat,
+    });
+    let join_rule = if preset == RoomPreset::PublicChat {
+        "public"
+    } else {
+        "invite"
+    };
+    let object = |raw: Option<&serde_json::value::RawValue>| -> std::result::Result<serde_json::Map<String, Value>, ApiError> {
+        match raw {
+            None => Ok(Default::default()),
+            Some(raw) => match serde_json::from_str(raw.get()) {
+                Ok(Value::Object(map)) => Ok(map),
+                _ => Err(ApiError::bad_json("expected a JSON object")),
+            },
+        }
+    };
+    let mut options = RoomOptions {
+        creation_content: object(body.creation_content.as_ref().map(|r| r.json()))?,
+        power_levels_override: object(
+            body.power_level_content_override.as_ref().map(|r| r.json()),
+        )?,
+        extra_admins: vec![],
+    };
+    if preset == RoomPreset::TrustedPrivateChat {
+        options.extra_admins = body.invite.clone();
+    }
+    let mut initial_state = Vec::new();
+    if preset != RoomPreset::PublicChat {
+        initial_state.push(EventTemplate::state(
+            "m.room.guest_access",
+            "",
+            json!({"guest_access": "can_join"}),
+        ));
+    }
+    for event in &body.initial_state {
+        let value: Value = serde_json::from_str(event.json().get())
+            .map_err(|e| ApiError::bad_json(e.to_string()))?;
+        let kind = value["type"]
+            .as_str()
+            .ok_or_else(|| ApiError::bad_json("initial_state event without type"))?;
+        let key = value["state_key"].as_str().unwrap_or("");
+        initial_state.push(EventTemplate::state(kind, key, value["content"].clone()));
+    }
+    if let Some(name) = &body.name {
+        initial_state.push(EventTemplate::state(
+            "m.room.name",
+            "",
+            json!({"name": name}),
+        ));
+    }
+    if let Some(topic) = &body.topic {
+        initial_state.push(EventTemplate::state(
+            "m.room.topic",
+            "",
+            json!({"topic": topic}),
+        ));
+    }
+    let room = NewRoom {
+        version,
+        join_rule: join_rule.into(),
+        initial_state,
+    };
+    let room_id = state
+        .rooms
+        .create_room_with(signer(&user), &user.user_id, room, options)
+        .await?;
+    for invitee in &body.invite {
+        let extra = if body.is_direct {
+            json!({"is_direct": true})
+        } else {
+            json!({})
+        };
+        set_membership(&state, &user, &room_id, invitee, "invite", None, extra).await?;
+    }
+    Ok(create_room::v3::Response::new(room_id).into())
+}
+
+async fn join(
+    state: &AppState,
+    user: &ClientUser,
+    room_id: &RoomId,
+) -> std::result::Result<(), ApiError> {
+    if state.rooms.current_state(room_id).await?.is_none() {
+        // Joining over federation comes with the federation issue.
+        return Err(ApiError::not_found(format!(
+            "Room {room_id} is not known to this server"
+        )));
+    }
+    if membership(state, room_id, &user.user_id).await?.as_deref() == Some("join") {
+        return Ok(());
+    }
+    set_membership(
+        state,
+        user,
+        room_id,
+        &user.user_id.clone(),
+        "join",
+        None,
+        json!({}),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/join`.
+pub async fn join_room_by_id_route(
+    State(state): State<AppState>,
+    req: Ruma<join_room_by_id::v3::Request>,
+) -> Result<join_room_by_id::v3::Response> {
+    let user = req.user()?.clone();
+    join(&state, &user, &req.body.room_id).await?;
+    Ok(join_room_by_id::v3::Response::new(req.body.room_id).into())
+}
+
+/// `POST /_matrix/client/v3/join/{roomIdOrAlias}` (room IDs; aliases come with the directory).
+pub async fn join_room_by_id_or_alias_route(
+    State(state): State<AppState>,
+    req: Ruma<join_room_by_id_or_alias::v3::Request>,
+) -> Result<join_room_by_id_or_alias::v3::Response> {
+    let user = req.user()?.clone();
+    let room_id = OwnedRoomId::try_from(req.body.room_id_or_alias.as_str())
+        .map_err(|_| ApiError::not_found("Room aliases are not supported yet"))?;
+    join(&state, &user, &room_id).await?;
+    Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/invite`.
+pub async fn invite_user_route(
+    State(state): State<AppState>,
+    req: Ruma<invite_user::v3::Request>,
+) -> Result<invite_user::v3::Response> {
+    let user = req.user()?.clone();
+    let invite_user::v3::InvitationRecipient::UserId(recipient) = &req.body.recipient else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNRECOGNIZED",
+            "Third-party invites are not supported",
+        ));
+    };
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
+    set_membership(
+        &state,
+        &user,
+        &req.body.room_id,
+        &recipient.user_id,
+        "invite",
+        None,
+        json!({}),
+    )
+    .await?;
+    Ok(invite_user::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/leave`.
+pub async fn leave_room_route(
+    State(state): State<AppState>,
+    req: Ruma<leave_room::v3::Request>,
+) -> Result<leave_room::v3::Response> {
+    let user = req.user()?.clone();
+    set_membership(
+        &state,
+        &user,
+        &req.body.room_id,
+        &user.user_id.clone(),
+        "leave",
+        req.body.reason.as_deref(),
+        json!({}),
+    )
+    .await?;
+    Ok(leave_room::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/kick`.
+pub async fn kick_user_route(
+    State(state): State<AppState>,
+    req: Ruma<kick_user::v3::Request>,
+) -> Result<kick_user::v3::Response> {
+    let user = req.user()?.clone();
+    set_membership(
+        &state,
+        &user,
+        &req.body.room_id,
+        &req.body.user_id,
+        "leave",
+        req.body.reason.as_deref(),
+        json!({}),
+    )
+    .await?;
+    Ok(kick_user::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/ban`.
+pub async fn ban_user_route(
+    State(state): State<AppState>,
+    req: Ruma<ban_user::v3::Request>,
+) -> Result<ban_user::v3::Response> {
+    let user = req.user()?.clone();
+    set_membership(
+        &state,
+        &user,
+        &req.body.room_id,
+        &req.body.user_id,
+        "ban",
+        req.body.reason.as_deref(),
+        json!({}),
+    )
+    .await?;
+    Ok(ban_user::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/unban`.
+pub async fn unban_user_route(
+    State(state): State<AppState>,
+    req: Ruma<unban_user::v3::Request>,
+) -> Result<unban_user::v3::Response> {
+    let user = req.user()?.clone();
+    set_membership(
+        &state,
+        &user,
+        &req.body.room_id,
+        &req.body.user_id,
+        "leave",
+        req.body.reason.as_deref(),
+        json!({}),
+    )
+    .await?;
+    Ok(unban_user::v3::Response::new().into())
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}`: idempotent per device and
+/// transaction ID.
+pub async fn send_message_event_route(
+    State(state): State<AppState>,
+    req: Ruma<send_message_event::v3::Request>,
+) -> Result<send_message_event::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    if let Some(event_id) = state
+        .store
+        .get_transaction(
+            user.user_id.as_str(),
+            user.device_id.as_str(),
+            body.txn_id.as_str(),
+        )
+        .await?
+    {
+        let event_id =
+            ruma::OwnedEventId::try_from(event_id).map_err(|e| ApiError::internal(&e))?;
+        return Ok(send_message_event::v3::Response::new(event_id).into());
+    }
+    require_joined(&state, &body.room_id, &user.user_id).await?;
+    let content: Value = serde_json::from_str(body.body.json().get())
+        .map_err(|e| ApiError::bad_json(e.to_string()))?;
+    if !content.is_object() {
+        return Err(ApiError::bad_json("content must be a JSON object"));
+    }
+    let pdu = send(
+        &state,
+        &user,
+        &body.room_id,
+        EventTemplate::message(&body.event_type.to_string(), content),
+    )
+    .await?;
+    state
+        .store
+        .set_transaction(
+            user.user_id.as_str(),
+            user.device_id.as_str(),
+            body.txn_id.as_str(),
+            pdu.event_id.as_str(),
+            crate::node::now_ms(),
+        )
+        .await?;
+    Ok(send_message_event::v3::Response::new(pdu.event_id.clone()).into())
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`.
+pub async fn send_state_event_route(
+    State(state): State<AppState>,
+    req: Ruma<send_state_event::v3::Request>,
+) -> Result<send_state_event::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    let content: Value = serde_json::from_str(body.body.json().get())
+        .map_err(|e| ApiError::bad_json(e.to_string()))?;
+    if !content.is_object() {
+        return Err(ApiError::bad_json("content must be a JSON object"));
+    }
+    let kind = body.event_type.to_string();
+    if kind == "m.room.member" {
+        return Err(ApiError::forbidden(
+            "Use the membership endpoints to change membership",
+        ));
+    }
+    let pdu = send(
+        &state,
+        &user,
+        &body.room_id,
+        EventTemplate::state(&kind, &body.state_key, content),
+    )
+    .await?;
+    Ok(send_state_event::v3::Response::new(pdu.event_id.clone()).into())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`.
+pub async fn get_state_event_for_key_route(
+    State(state): State<AppState>,
+    req: Ruma<get_state_event_for_key::v3::Request>,
+) -> Result<get_state_event_for_key::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    require_joined(&state, &body.room_id, &user.user_id).await?;
+    let current = state
+        .rooms
+        .current_state(&body.room_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    let id = current
+        .get(&(body.event_type.to_string(), body.state_key.clone()))
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let pdu = state
+        .rooms
+        .get_pdu(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let content = serde_json::value::to_raw_value(
+        &serde_json::from_str::<Value>(pdu.content.get()).unwrap_or_default(),
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    Ok(get_state_event_for_key::v3::Response::new(content).into())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/state`.
+pub async fn get_state_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_state_events::v3::Request>,
+) -> Result<get_state_events::v3::Response> {
+    let user = req.user()?.clone();
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
+    let events = current_state_events(&state, &req.body.room_id).await?;
+    let raw = events
+        .iter()
+        .map(|e| raw(&client_event(e)))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(get_state_events::v3::Response::new(raw).into())
+}
+
+/// Every event of the room's current state.
+pub async fn current_state_events(
+    state: &AppState,
+    room_id: &RoomId,
+) -> std::result::Result<Vec<Arc<Pdu>>, ApiError> {
+    let current = state
+        .rooms
+        .current_state(room_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    let mut events = Vec::with_capacity(current.len());
+    for id in current.values() {
+        if let Some(pdu) = state.rooms.get_pdu(id).await? {
+            events.push(pdu);
+        }
+    }
+    events.sort_by_key(|e| e.depth);
+    Ok(events)
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/event/{eventId}`.
+pub async fn get_room_event_route(
+    State(state): State<AppState>,
+    req: Ruma<get_room_event::v3::Request>,
+) -> Result<get_room_event::v3::Response> {
+    let user = req.user()?.clone();
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
+    let pdu = state
+        .rooms
+        .get_pdu(&req.body.event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    if pdu.room_id != req.body.room_id {
+        return Err(ApiError::not_found("Event not found"));
+    }
+    Ok(get_room_event::v3::Response::new(raw(&client_event(&pdu))?).into())
+}
+
+/// `GET /_matrix/client/v3/joined_rooms`.
+pub async fn joined_rooms_route(
+    State(state): State<AppState>,
+    req: Ruma<joined_rooms::v3::Request>,
+) -> Result<joined_rooms::v3::Response> {
+    let user = req.user()?.clone();
+    let mut joined = Vec::new();
+    for room in state
+        .store
+        .list_membership_rooms(user.user_id.as_str())
+        .await?
+    {
+        let Ok(room_id) = OwnedRoomId::try_from(room) else {
+            continue;
+        };
+        if membership(&state, &room_id, &user.user_id)
+            .await?
+            .as_deref()
+            == Some("join")
+        {
+            joined.push(room_id);
+        }
+    }
+    Ok(joined_rooms::v3::Response::new(joined).into())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`.
+pub async fn joined_members_route(
+    State(state): State<AppState>,
+    req: Ruma<joined_members::v3::Request>,
+) -> Result<joined_members::v3::Response> {
+    let user = req.user()?.clone();
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
+    let mut joined = std::collections::BTreeMap::new();
+    for pdu in current_state_events(&state, &req.body.room_id).await? {
+        if pdu.kind.to_string() != "m.room.member" {
+            continue;
+        }
+        let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+        if content["membership"] != "join" {
+            continue;
+        }
+        let Some(Ok(member)) = pdu.state_key.as_deref().map(ruma::OwnedUserId::try_from) else {
+            continue;
+        };
+        let mut room_member = joined_members::v3::RoomMember::new();
+        room_member.display_name = content["displayname"].as_str().map(str::to_owned);
+        room_member.avatar_url = content["avatar_url"].as_str().map(ruma::OwnedMxcUri::from);
+        joined.insert(member, room_member);
+    }
+    Ok(joined_members::v3::Response::new(joined).into())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/members`.
+pub async fn get_member_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_member_events::v3::Request>,
+) -> Result<get_member_events::v3::Response> {
+    let user = req.user()?.clone();
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
+    let mut chunk = Vec::new();
+    for pdu in current_state_events(&state, &req.body.room_id).await? {
+        if pdu.kind.to_string() == "m.room.member" {
+            chunk.push(raw(&client_event(&pdu))?);
+        }
+    }
+    Ok(get_member_events::v3::Response::new(chunk).into())
+}
+
+/// Parses a pagination token (`s<position>`).
+pub fn parse_token(token: &str) -> std::result::Result<i64, ApiError> {
+    token
+        .strip_prefix('s')
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| ApiError::invalid_param(format!("Invalid pagination token {token:?}")))
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/messages`. Tokens are stream positions: backwards
+/// from `s<n>` returns n and below, forwards from `s<n>` returns what follows n.
+pub async fn get_message_events_route(
+    State(state): State<AppState>,
+    req: Ruma<get_message_events::v3::Request>,
+) -> Result<get_message_events::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    require_joined(&state, &body.room_id, &user.user_id).await?;
+    let limit = i64::try_from(u64::from(body.limit))
+        .unwrap_or(10)
+        .clamp(1, 1000);
+    let now = *state.rooms.subscribe().borrow();
+    let to = body.to.as_deref().map(parse_token).transpose()?;
+    let (rows, start) = match body.dir {
+        Direction::Backward => {
+            let from = body
+                .from
+                .as_deref()
+                .map(parse_token)
+                .transpose()?
+                .unwrap_or(now);
+            let rows = state
+                .store
+                .get_room_events_before(body.room_id.as_str(), from + 1, limit)
+                .await?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| to.is_none_or(|to| r.stream_ordering.unwrap_or(0) > to))
+                .collect();
+            (rows, from)
+        }
+        Direction::Forward => {
+            let from = body
+                .from
+                .as_deref()
+                .map(parse_token)
+                .transpose()?
+                .unwrap_or(0);
+            let rows = state
+                .store
+                .get_room_events_after(body.room_id.as_str(), from, limit)
+                .await?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|r| to.is_none_or(|to| r.stream_ordering.unwrap_or(0) <= to))
+                .collect();
+            (rows, from)
+        }
+    };
+    let mut chunk = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Ok(event_id) = ruma::OwnedEventId::try_from(row.event_id.as_str()) else {
+            continue;
+        };
+        if let Some(pdu) = state.rooms.get_pdu(&event_id).await? {
+            chunk.push(raw(&client_event(&pdu))?);
+        }
+    }
+    let mut response = get_message_events::v3::Response::new();
+    response.start = format!("s{start}");
+    // Tokens name a position: backwards from `s<n>` includes n, forwards from it starts after n.
+    let backward = matches!(body.dir, Direction::Backward);
+    response.end = (rows.len() as i64 == limit)
+        .then(|| rows.last().and_then(|r| r.stream_ordering))
+        .flatten()
+        .map(|s| {
+            if backward {
+                format!("s{}", s - 1)
+            } else {
+                format!("s{s}")
+            }
+        });
+    response.chunk = chunk;
+    Ok(response.into())
+}
