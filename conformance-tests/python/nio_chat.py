@@ -20,8 +20,12 @@ from nio import (
     RoomCreateResponse,
     RoomMessagesResponse,
     RoomMessageText,
+    ReceiptEvent,
+    RoomReadMarkersResponse,
     RoomSendResponse,
+    RoomTypingResponse,
     SyncResponse,
+    TypingNoticeEvent,
 )
 
 
@@ -79,7 +83,23 @@ async def main(base):
         later = await bob.sync(timeout=5000, since=since)
         bodies = [e.body for e in later.rooms.join[room_id].timeline.events if isinstance(e, RoomMessageText)]
         check(bodies == ["after"], f"incremental sync: {bodies}")
-        print(json.dumps({"room_id": room_id, "messages": 101, "pages": pages}))
+        # Typing and receipts reach the other client through sync.
+        since = later.next_batch
+        typed = await alice.room_typing(room_id, typing_state=True, timeout=30000)
+        check(isinstance(typed, RoomTypingResponse), f"typing: {typed}")
+        seen = await bob.sync(timeout=5000, since=since)
+        typing = [e for e in seen.rooms.join[room_id].ephemeral if isinstance(e, TypingNoticeEvent)]
+        check(typing and alice.user_id in typing[-1].users, f"bob sees no typing: {seen.rooms.join[room_id].ephemeral}")
+        last_event = later.rooms.join[room_id].timeline.events[-1].event_id
+        since = seen.next_batch
+        marked = await bob.room_read_markers(room_id, fully_read_event=last_event, read_event=last_event)
+        check(isinstance(marked, RoomReadMarkersResponse), f"read markers: {marked}")
+        seen = await alice.sync(timeout=0, full_state=True)
+        receipts = [
+            r for e in seen.rooms.join[room_id].ephemeral if isinstance(e, ReceiptEvent) for r in e.receipts
+        ]
+        check(any(r.user_id == bob.user_id and r.event_id == last_event for r in receipts), f"alice sees no receipt: {receipts}")
+        print(json.dumps({"room_id": room_id, "messages": 101, "pages": pages, "typing": True, "receipts": True}))
     finally:
         await alice.close()
         await bob.close()

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod ephemeral;
 pub mod node;
 pub mod serve;
 pub mod state;

@@ -158,11 +158,15 @@ impl Node {
         // Outbound federation is the federation issue's durable queue; until then events stay here.
         let (rooms, room_writer) =
             Rooms::new(store.clone(), server_names, Arc::new(NoOutbound)).await?;
+        let ephemeral = Arc::new(crate::ephemeral::Ephemeral::new(
+            unitas_storage::ClientExtras::get_max_aux_position(&store).await?,
+        ));
         let state = AppState {
             config: config.into(),
             store: store.clone(),
             territories,
             rooms,
+            ephemeral,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

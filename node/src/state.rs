@@ -108,6 +108,8 @@ pub struct AppState {
     pub territories: HostedTerritories,
     /// Rooms: the one write path for room events.
     pub rooms: unitas_federation::rooms::Rooms,
+    /// Account data, receipts and typing positions.
+    pub ephemeral: Arc<crate::ephemeral::Ephemeral>,
 }
 
 #[cfg(test)]

@@ -29,7 +29,9 @@ pub use repos::{
     NewDevice, RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys, Territories,
     TerritoryRow,
 };
-pub use repos::{ClientData, ProfileField, ProfileRow};
+pub use repos::{
+    ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,
+};
 pub use repos::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow};
 pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
 

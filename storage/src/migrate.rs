@@ -26,6 +26,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "client",
         include_str!("../migrations/sqlite/0003_client.sql"),
     ),
+    (
+        4,
+        "client_more",
+        include_str!("../migrations/sqlite/0004_client_more.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -43,6 +48,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         3,
         "client",
         include_str!("../migrations/postgres/0003_client.sql"),
+    ),
+    (
+        4,
+        "client_more",
+        include_str!("../migrations/postgres/0004_client_more.sql"),
     ),
 ];
 

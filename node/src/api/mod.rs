@@ -37,7 +37,7 @@ use crate::state::AppState;
 /// The client-server API listener's routes.
 pub fn client_router(state: AppState) -> Router {
     use ::ruma::api::client as c;
-    use client::{account as a, rooms as r, sync as s};
+    use client::{account as a, ephemeral as e, rooms as r, sync as s};
     use ruma::route;
     let mut routes = Router::new().route(
         "/_matrix/client/versions",
@@ -107,6 +107,35 @@ pub fn client_router(state: AppState) -> Router {
         route::<c::state::get_state_events::v3::Request, _, _>(routes, r::get_state_events_route);
     routes = route::<c::room::get_room_event::v3::Request, _, _>(routes, r::get_room_event_route);
     routes = route::<c::sync::sync_events::v3::Request, _, _>(routes, s::sync_events_route);
+    routes = route::<c::typing::create_typing_event::v3::Request, _, _>(
+        routes,
+        e::create_typing_event_route,
+    );
+    routes =
+        route::<c::receipt::create_receipt::v3::Request, _, _>(routes, e::create_receipt_route);
+    routes = route::<c::read_marker::set_read_marker::v3::Request, _, _>(
+        routes,
+        e::set_read_marker_route,
+    );
+    routes = route::<c::config::set_global_account_data::v3::Request, _, _>(
+        routes,
+        e::set_global_account_data_route,
+    );
+    routes = route::<c::config::get_global_account_data::v3::Request, _, _>(
+        routes,
+        e::get_global_account_data_route,
+    );
+    routes = route::<c::config::set_room_account_data::v3::Request, _, _>(
+        routes,
+        e::set_room_account_data_route,
+    );
+    routes = route::<c::config::get_room_account_data::v3::Request, _, _>(
+        routes,
+        e::get_room_account_data_route,
+    );
+    routes = route::<c::tag::get_tags::v3::Request, _, _>(routes, e::get_tags_route);
+    routes = route::<c::tag::create_tag::v3::Request, _, _>(routes, e::create_tag_route);
+    routes = route::<c::tag::delete_tag::v3::Request, _, _>(routes, e::delete_tag_route);
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod client;
+mod client_more;
 mod devices;
 mod keys;
 mod rooms;
@@ -12,6 +13,7 @@ mod territories;
 
 pub use accounts::{Account, Accounts, NewAccount};
 pub use client::{ClientData, ProfileField, ProfileRow};
+pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use rooms::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow};

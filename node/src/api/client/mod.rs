@@ -1,5 +1,6 @@
 //! Client-server API handlers, one module per area of the spec.
 
 pub mod account;
+pub mod ephemeral;
 pub mod rooms;
 pub mod sync;

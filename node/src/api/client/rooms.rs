@@ -645,6 +645,7 @@ pub async fn get_member_events_route(
 pub fn parse_token(token: &str) -> std::result::Result<i64, ApiError> {
     token
         .strip_prefix('s')
+        .and_then(|n| n.split('_').next())
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| ApiError::invalid_param(format!("Invalid pagination token {token:?}")))
 }

@@ -16,7 +16,7 @@ use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::sync::sync_events;
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
-use unitas_storage::{ClientData, EventRow, RoomEvents};
+use unitas_storage::{ClientData, ClientExtras, EventRow, RoomEvents};
 
 use super::rooms::{client_event, current_state_events, membership, parse_token};
 use crate::api::ApiError;
@@ -36,23 +36,50 @@ pub async fn sync_events_route(
     let user = req.user()?.clone();
     let body = req.body;
     let since = body.since.as_deref().map(parse_token).transpose()?;
+    let since_aux = body
+        .since
+        .as_deref()
+        .and_then(|t| t.split_once('_'))
+        .and_then(|(_, a)| a.parse::<i64>().ok());
     let limit = timeline_limit(&state, &user, body.filter.as_ref()).await?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut position = state.rooms.subscribe();
+    let mut aux = state.ephemeral.subscribe();
     loop {
         let now = *position.borrow_and_update();
-        let (response, has_updates) =
-            build(&state, &user, since, now, body.full_state, limit).await?;
+        let now_aux = *aux.borrow_and_update();
+        let window = Window {
+            since,
+            now,
+            since_aux: since.map(|_| since_aux.unwrap_or(0)),
+            now_aux,
+        };
+        let (response, has_updates) = build(&state, &user, window, body.full_state, limit).await?;
         if since.is_none() || has_updates || body.full_state {
             return Ok(Json(response));
         }
-        // Nothing new: wait for the next commit, or the timeout.
-        match tokio::time::timeout_at(deadline, position.changed()).await {
-            Ok(Ok(())) => continue,
-            _ => return Ok(Json(response)),
+        // Nothing new: wait for the next commit or change, or the timeout.
+        let woken = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                r = position.changed() => r.is_ok(),
+                r = aux.changed() => r.is_ok(),
+            }
+        })
+        .await;
+        if !matches!(woken, Ok(true)) {
+            return Ok(Json(response));
         }
     }
+}
+
+/// What a sync covers: events in `(since, now]`, other changes in `(since_aux, now_aux]`.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    since: Option<i64>,
+    now: i64,
+    since_aux: Option<i64>,
+    now_aux: i64,
 }
 
 async fn timeline_limit(
@@ -95,11 +122,26 @@ async fn events_of(state: &AppState, rows: &[EventRow]) -> Result<Vec<Value>, Ap
 async fn build(
     state: &AppState,
     user: &ClientUser,
-    since: Option<i64>,
-    now: i64,
+    window: Window,
     full_state: bool,
     limit: i64,
 ) -> Result<(Value, bool), ApiError> {
+    let Window {
+        since,
+        now,
+        since_aux,
+        now_aux,
+    } = window;
+    let account_data = state
+        .store
+        .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
+        .await?;
+    let data_event = |kind: &str, content: &str| json!({"type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or_default()});
+    let global_data: Vec<Value> = account_data
+        .iter()
+        .filter(|(room, _, _)| room.is_empty())
+        .map(|(_, k, c)| data_event(k, c))
+        .collect();
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
@@ -141,7 +183,37 @@ async fn build(
                 let limited = rows.len() as i64 > limit;
                 rows.truncate(limit as usize);
                 rows.reverse();
-                if rows.is_empty() && !full_state && since.is_some() {
+                let room_data: Vec<Value> = account_data
+                    .iter()
+                    .filter(|(r, _, _)| r == room_id.as_str())
+                    .map(|(_, k, c)| data_event(k, c))
+                    .collect();
+                let mut ephemeral = Vec::new();
+                let receipts = state
+                    .store
+                    .list_receipts_since(room_id.as_str(), since_aux.unwrap_or(0))
+                    .await?;
+                if !receipts.is_empty() {
+                    let mut content = serde_json::Map::new();
+                    for (reader, kind, thread, event_id, ts) in receipts {
+                        let mut receipt = json!({"ts": ts});
+                        if !thread.is_empty() {
+                            receipt["thread_id"] = json!(thread);
+                        }
+                        let entry = content.entry(event_id).or_insert_with(|| json!({}));
+                        entry[kind.as_str()][reader.as_str()] = receipt;
+                    }
+                    ephemeral.push(json!({"type": "m.receipt", "content": content}));
+                }
+                if let Some(typing) = state.ephemeral.typing_since(&room_id, since_aux) {
+                    ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": typing}}));
+                }
+                if rows.is_empty()
+                    && ephemeral.is_empty()
+                    && room_data.is_empty()
+                    && !full_state
+                    && since.is_some()
+                {
                     continue;
                 }
                 let timeline = events_of(state, &rows).await?;
@@ -168,8 +240,8 @@ async fn build(
                     json!({
                         "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
                         "state": {"events": state_events},
-                        "account_data": {"events": []},
-                        "ephemeral": {"events": []},
+                        "account_data": {"events": room_data},
+                        "ephemeral": {"events": ephemeral},
                         "unread_notifications": {"notification_count": 0, "highlight_count": 0},
                         "summary": {},
                     }),
@@ -220,15 +292,16 @@ async fn build(
             _ => {}
         }
     }
-    let has_updates = !(join.is_empty() && invite.is_empty() && leave.is_empty());
+    let has_updates =
+        !(join.is_empty() && invite.is_empty() && leave.is_empty() && global_data.is_empty());
     let mut rooms = HashMap::new();
     rooms.insert("join", Value::Object(join));
     rooms.insert("invite", Value::Object(invite));
     rooms.insert("leave", Value::Object(leave));
     let response = json!({
-        "next_batch": format!("s{now}"),
+        "next_batch": format!("s{now}_{now_aux}"),
         "rooms": rooms,
-        "account_data": {"events": []},
+        "account_data": {"events": global_data},
         "presence": {"events": []},
         "to_device": {"events": []},
         "device_lists": {"changed": [], "left": []},

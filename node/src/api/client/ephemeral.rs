@@ -1,0 +1,347 @@
+//! Typing, receipts, read markers, account data and tags (spec: client-server API, "Typing
+//! Notifications", "Receipts", "Fully read markers", "Client Config", "Room Tagging").
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use ruma::api::client::config::{
+    get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
+};
+use ruma::api::client::read_marker::set_read_marker;
+use ruma::api::client::receipt::create_receipt;
+use ruma::api::client::tag::{create_tag, delete_tag, get_tags};
+use ruma::api::client::typing::create_typing_event;
+use ruma::events::receipt::ReceiptThread;
+use ruma::serde::Raw;
+use ruma::{RoomId, UserId};
+use serde_json::{Value, json};
+use unitas_storage::ClientExtras;
+
+use super::rooms::membership;
+use crate::api::ApiError;
+use crate::api::ruma::{Ruma, RumaResponse};
+use crate::node::now_ms;
+use crate::state::AppState;
+
+type Result<T> = std::result::Result<RumaResponse<T>, ApiError>;
+
+fn own(user: &UserId, target: &UserId) -> std::result::Result<(), ApiError> {
+    if user == target {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("You can only change your own data"))
+    }
+}
+
+async fn joined(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+) -> std::result::Result<(), ApiError> {
+    match membership(state, room, user).await?.as_deref() {
+        Some("join") => Ok(()),
+        _ => Err(ApiError::forbidden(format!("{user} is not in room {room}"))),
+    }
+}
+
+/// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`.
+pub async fn create_typing_event_route(
+    State(state): State<AppState>,
+    req: Ruma<create_typing_event::v3::Request>,
+) -> Result<create_typing_event::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    joined(&state, &req.body.room_id, &user.user_id).await?;
+    let timeout = match req.body.state {
+        create_typing_event::v3::Typing::Yes(info) => Some(info.timeout),
+        _ => None,
+    };
+    state
+        .ephemeral
+        .set_typing(&req.body.room_id, &user.user_id, timeout);
+    Ok(create_typing_event::v3::Response::new().into())
+}
+
+async fn store_receipt(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    kind: &str,
+    thread: &str,
+    event_id: &str,
+) -> std::result::Result<(), ApiError> {
+    let at = state.ephemeral.reserve();
+    state
+        .store
+        .set_receipt(&unitas_storage::NewReceipt {
+            room_id: room.as_str(),
+            user_id: user.as_str(),
+            receipt_type: kind,
+            thread_id: thread,
+            event_id,
+            ts: now_ms(),
+            aux: at,
+        })
+        .await?;
+    state.ephemeral.publish(at);
+    Ok(())
+}
+
+async fn store_account_data(
+    state: &AppState,
+    user: &UserId,
+    room: &str,
+    kind: &str,
+    content: &Value,
+) -> std::result::Result<(), ApiError> {
+    let at = state.ephemeral.reserve();
+    state
+        .store
+        .set_account_data(user.as_str(), room, kind, &content.to_string(), at)
+        .await?;
+    state.ephemeral.publish(at);
+    Ok(())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/receipt/{receiptType}/{eventId}`.
+pub async fn create_receipt_route(
+    State(state): State<AppState>,
+    req: Ruma<create_receipt::v3::Request>,
+) -> Result<create_receipt::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    joined(&state, &body.room_id, &user.user_id).await?;
+    let kind = body.receipt_type.to_string();
+    if kind == "m.fully_read" {
+        store_account_data(
+            &state,
+            &user.user_id,
+            body.room_id.as_str(),
+            "m.fully_read",
+            &json!({"event_id": body.event_id}),
+        )
+        .await?;
+    } else {
+        let thread = match &body.thread {
+            ReceiptThread::Unthreaded => String::new(),
+            ReceiptThread::Main => "main".to_owned(),
+            ReceiptThread::Thread(id) => id.to_string(),
+            _ => String::new(),
+        };
+        store_receipt(
+            &state,
+            &body.room_id,
+            &user.user_id,
+            &kind,
+            &thread,
+            body.event_id.as_str(),
+        )
+        .await?;
+    }
+    Ok(create_receipt::v3::Response::new().into())
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/read_markers`.
+pub async fn set_read_marker_route(
+    State(state): State<AppState>,
+    req: Ruma<set_read_marker::v3::Request>,
+) -> Result<set_read_marker::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    joined(&state, &body.room_id, &user.user_id).await?;
+    if let Some(id) = &body.fully_read {
+        store_account_data(
+            &state,
+            &user.user_id,
+            body.room_id.as_str(),
+            "m.fully_read",
+            &json!({"event_id": id}),
+        )
+        .await?;
+    }
+    if let Some(id) = &body.read_receipt {
+        store_receipt(
+            &state,
+            &body.room_id,
+            &user.user_id,
+            "m.read",
+            "",
+            id.as_str(),
+        )
+        .await?;
+    }
+    if let Some(id) = &body.private_read_receipt {
+        store_receipt(
+            &state,
+            &body.room_id,
+            &user.user_id,
+            "m.read.private",
+            "",
+            id.as_str(),
+        )
+        .await?;
+    }
+    Ok(set_read_marker::v3::Response::new().into())
+}
+
+fn json_of<T>(raw: &Raw<T>) -> std::result::Result<Value, ApiError> {
+    let value: Value =
+        serde_json::from_str(raw.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_json("account data must be a JSON object"))
+    }
+}
+
+fn raw_of<T>(text: &str) -> std::result::Result<Raw<T>, ApiError> {
+    serde_json::value::RawValue::from_string(text.to_owned())
+        .map(Raw::from_json)
+        .map_err(|e| ApiError::internal(&e))
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/account_data/{type}`.
+pub async fn set_global_account_data_route(
+    State(state): State<AppState>,
+    req: Ruma<set_global_account_data::v3::Request>,
+) -> Result<set_global_account_data::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let content = json_of(&req.body.data)?;
+    store_account_data(
+        &state,
+        &user.user_id,
+        "",
+        &req.body.event_type.to_string(),
+        &content,
+    )
+    .await?;
+    Ok(set_global_account_data::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/account_data/{type}`.
+pub async fn get_global_account_data_route(
+    State(state): State<AppState>,
+    req: Ruma<get_global_account_data::v3::Request>,
+) -> Result<get_global_account_data::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let text = state
+        .store
+        .get_account_data(user.user_id.as_str(), "", &req.body.event_type.to_string())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Account data not found"))?;
+    Ok(get_global_account_data::v3::Response::new(raw_of(&text)?).into())
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}`.
+pub async fn set_room_account_data_route(
+    State(state): State<AppState>,
+    req: Ruma<set_room_account_data::v3::Request>,
+) -> Result<set_room_account_data::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let content = json_of(&req.body.data)?;
+    store_account_data(
+        &state,
+        &user.user_id,
+        req.body.room_id.as_str(),
+        &req.body.event_type.to_string(),
+        &content,
+    )
+    .await?;
+    Ok(set_room_account_data::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/account_data/{type}`.
+pub async fn get_room_account_data_route(
+    State(state): State<AppState>,
+    req: Ruma<get_room_account_data::v3::Request>,
+) -> Result<get_room_account_data::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let text = state
+        .store
+        .get_account_data(
+            user.user_id.as_str(),
+            req.body.room_id.as_str(),
+            &req.body.event_type.to_string(),
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("Account data not found"))?;
+    Ok(get_room_account_data::v3::Response::new(raw_of(&text)?).into())
+}
+
+async fn tags_of(
+    state: &AppState,
+    user: &UserId,
+    room: &RoomId,
+) -> std::result::Result<Value, ApiError> {
+    let text = state
+        .store
+        .get_account_data(user.as_str(), room.as_str(), "m.tag")
+        .await?;
+    let mut content: Value = text
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_else(|| json!({"tags": {}}));
+    if !content["tags"].is_object() {
+        content["tags"] = json!({});
+    }
+    Ok(content)
+}
+
+/// `GET /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags`.
+pub async fn get_tags_route(
+    State(state): State<AppState>,
+    req: Ruma<get_tags::v3::Request>,
+) -> Result<get_tags::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let content = tags_of(&state, &user.user_id, &req.body.room_id).await?;
+    let tags: BTreeMap<_, _> =
+        serde_json::from_value(content["tags"].clone()).map_err(|e| ApiError::internal(&e))?;
+    Ok(get_tags::v3::Response::new(tags).into())
+}
+
+/// `PUT /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`.
+pub async fn create_tag_route(
+    State(state): State<AppState>,
+    req: Ruma<create_tag::v3::Request>,
+) -> Result<create_tag::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let mut content = tags_of(&state, &user.user_id, &req.body.room_id).await?;
+    content["tags"][req.body.tag.as_str()] =
+        serde_json::to_value(&req.body.tag_info).map_err(|e| ApiError::internal(&e))?;
+    store_account_data(
+        &state,
+        &user.user_id,
+        req.body.room_id.as_str(),
+        "m.tag",
+        &content,
+    )
+    .await?;
+    Ok(create_tag::v3::Response::new().into())
+}
+
+/// `DELETE /_matrix/client/v3/user/{userId}/rooms/{roomId}/tags/{tag}`.
+pub async fn delete_tag_route(
+    State(state): State<AppState>,
+    req: Ruma<delete_tag::v3::Request>,
+) -> Result<delete_tag::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let mut content = tags_of(&state, &user.user_id, &req.body.room_id).await?;
+    if let Some(tags) = content["tags"].as_object_mut() {
+        tags.remove(&req.body.tag);
+    }
+    store_account_data(
+        &state,
+        &user.user_id,
+        req.body.room_id.as_str(),
+        "m.tag",
+        &content,
+    )
+    .await?;
+    Ok(delete_tag::v3::Response::new().into())
+}
