@@ -8,11 +8,14 @@ sends an empty POST body), they exchange 100 messages, and both read them back i
 """
 
 import asyncio
+import io
 import json
 import sys
 
 from nio import (
     AsyncClient,
+    DownloadResponse,
+    UploadResponse,
     JoinResponse,
     LoginResponse,
     MessageDirection,
@@ -99,7 +102,15 @@ async def main(base):
             r for e in seen.rooms.join[room_id].ephemeral if isinstance(e, ReceiptEvent) for r in e.receipts
         ]
         check(any(r.user_id == bob.user_id and r.event_id == last_event for r in receipts), f"alice sees no receipt: {receipts}")
-        print(json.dumps({"room_id": room_id, "messages": 101, "pages": pages, "typing": True, "receipts": True}))
+        # Media: alice uploads, bob downloads the same bytes.
+        data = bytes(range(256)) * 64
+        uploaded, _ = await alice.upload(io.BytesIO(data), content_type="image/png", filename="pixels.png", filesize=len(data))
+        check(isinstance(uploaded, UploadResponse), f"upload: {uploaded}")
+        downloaded = await bob.download(mxc=uploaded.content_uri)
+        check(isinstance(downloaded, DownloadResponse), f"download: {downloaded}")
+        check(downloaded.body == data, "downloaded bytes differ")
+        check(downloaded.content_type == "image/png", f"content type {downloaded.content_type}")
+        print(json.dumps({"room_id": room_id, "messages": 101, "pages": pages, "typing": True, "receipts": True, "media": len(data)}))
     finally:
         await alice.close()
         await bob.close()

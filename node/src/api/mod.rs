@@ -35,9 +35,10 @@ pub use territory::Territory;
 use crate::state::AppState;
 
 /// The client-server API listener's routes.
+#[allow(deprecated)] // the legacy media paths, still served for older clients
 pub fn client_router(state: AppState) -> Router {
     use ::ruma::api::client as c;
-    use client::{account as a, ephemeral as e, rooms as r, sync as s};
+    use client::{account as a, ephemeral as e, media as m, rooms as r, sync as s};
     use ruma::route;
     let mut routes = Router::new().route(
         "/_matrix/client/versions",
@@ -136,6 +137,32 @@ pub fn client_router(state: AppState) -> Router {
     routes = route::<c::tag::get_tags::v3::Request, _, _>(routes, e::get_tags_route);
     routes = route::<c::tag::create_tag::v3::Request, _, _>(routes, e::create_tag_route);
     routes = route::<c::tag::delete_tag::v3::Request, _, _>(routes, e::delete_tag_route);
+    routes = route::<c::media::create_content::v3::Request, _, _>(routes, m::create_content_route);
+    routes = route::<c::media::get_content::v3::Request, _, _>(routes, m::get_content_legacy_route);
+    routes = route::<c::media::get_content_thumbnail::v3::Request, _, _>(
+        routes,
+        m::get_content_thumbnail_legacy_route,
+    );
+    routes = route::<c::media::get_media_config::v3::Request, _, _>(
+        routes,
+        m::get_media_config_legacy_route,
+    );
+    routes = route::<c::authenticated_media::get_content::v1::Request, _, _>(
+        routes,
+        m::get_content_v1_route,
+    );
+    routes = route::<c::authenticated_media::get_content_as_filename::v1::Request, _, _>(
+        routes,
+        m::get_content_as_filename_v1_route,
+    );
+    routes = route::<c::authenticated_media::get_content_thumbnail::v1::Request, _, _>(
+        routes,
+        m::get_content_thumbnail_v1_route,
+    );
+    routes = route::<c::authenticated_media::get_media_config::v1::Request, _, _>(
+        routes,
+        m::get_media_config_v1_route,
+    );
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 
@@ -160,6 +187,7 @@ pub fn federation_router(state: AppState) -> Router {
 /// Routes and layers both listeners share.
 fn finish(routes: Router<AppState>, state: AppState, fallback: territory::Fallback) -> Router {
     let limit = state.config.server.max_request_body_bytes;
+    let media_limit = state.config.media.max_upload_bytes;
     routes
         .route("/health", get(health::get_health_route))
         .route("/live", get(health::get_live_route))
@@ -178,7 +206,9 @@ fn finish(routes: Router<AppState>, state: AppState, fallback: territory::Fallba
             state.clone(),
             move |s, r, n| territory::route_territory(s, fallback, r, n),
         ))
-        .layer(middleware::from_fn(move |r, n| limit_body(limit, r, n)))
+        .layer(middleware::from_fn(move |r, n| {
+            limit_body(limit, media_limit, r, n)
+        }))
         .layer(DefaultBodyLimit::max(
             usize::try_from(limit).unwrap_or(usize::MAX),
         ))
@@ -245,7 +275,12 @@ async fn answer_options(req: Request, next: Next) -> Response {
 
 /// Refuses a body whose declared length is over the limit before reading any of it; bodies
 /// without a length are cut at the limit by `DefaultBodyLimit` when read.
-async fn limit_body(limit: u64, req: Request, next: Next) -> Response {
+async fn limit_body(limit: u64, media_limit: u64, req: Request, next: Next) -> Response {
+    let limit = if ruma::is_upload(req.method().as_str(), req.uri().path()) {
+        media_limit
+    } else {
+        limit
+    };
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)

@@ -232,6 +232,21 @@ where
     }
 }
 
+/// The largest body a request may carry: uploads have the media limit, everything else the
+/// server's.
+pub fn body_limit(state: &AppState, parts: &axum::http::request::Parts) -> u64 {
+    if is_upload(parts.method.as_str(), parts.uri.path()) {
+        state.config.media.max_upload_bytes
+    } else {
+        state.config.server.max_request_body_bytes
+    }
+}
+
+/// True for media upload requests.
+pub fn is_upload(method: &str, path: &str) -> bool {
+    method == "POST" && path.starts_with("/_matrix/media/") && path.ends_with("/upload")
+}
+
 /// A ruma response as an HTTP response.
 #[derive(Debug)]
 pub struct RumaResponse<T>(pub T);

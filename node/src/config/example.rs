@@ -16,6 +16,7 @@ const SECTION_ORDER: &[&str] = &[
     "registration",
     "rooms",
     "rate_limits",
+    "media",
     "log",
 ];
 

@@ -46,6 +46,8 @@ pub struct Config {
     pub rooms: RoomsConfig,
     /// Rate limiting of client requests.
     pub rate_limits: RateLimitsConfig,
+    /// Uploaded media.
+    pub media: MediaConfig,
     /// Logging.
     pub log: LogConfig,
     /// The territories this node hosts, one `[[territory]]` table each. Each has its own server
@@ -254,6 +256,23 @@ pub struct RateLimitsConfig {
 impl Default for RateLimitsConfig {
     fn default() -> Self {
         RateLimitsConfig { enabled: true }
+    }
+}
+
+/// `[media]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct MediaConfig {
+    /// Largest upload accepted, in bytes (`413 M_TOO_LARGE` above). Files are stored under
+    /// `<data_dir>/media/`.
+    pub max_upload_bytes: u64,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            max_upload_bytes: 50 * 1024 * 1024,
+        }
     }
 }
 

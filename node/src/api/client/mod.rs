@@ -2,5 +2,6 @@
 
 pub mod account;
 pub mod ephemeral;
+pub mod media;
 pub mod rooms;
 pub mod sync;
