@@ -54,8 +54,10 @@ pub async fn create_content_route(
     if size > state.config.media.max_upload_bytes {
         return Err(ApiError::too_large(state.config.media.max_upload_bytes));
     }
-    let media_id =
-        crate::users::new_device_id()?.to_string() + &crate::users::new_device_id()?.to_string();
+    let media_id = crate::users::random_id(
+        24,
+        b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    )?;
     let path = path_of(&state, &media_id);
     let dir = path.parent().map(PathBuf::from).unwrap_or_default();
     let tmp = dir.join(format!(".{media_id}.part"));
