@@ -30,15 +30,22 @@ fn random_string(bytes: usize) -> Result<String, ApiError> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf))
 }
 
+/// `len` random characters from `alphabet`.
+pub fn random_id(len: usize, alphabet: &[u8]) -> Result<String, ApiError> {
+    let mut buf = vec![0u8; len];
+    getrandom::fill(&mut buf).map_err(|e| ApiError::internal(&e))?;
+    Ok(buf
+        .iter()
+        .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+        .collect())
+}
+
 /// A new random device ID (10 capital letters, like other servers make them).
 pub fn new_device_id() -> Result<OwnedDeviceId, ApiError> {
-    let mut buf = [0u8; 10];
-    getrandom::fill(&mut buf).map_err(|e| ApiError::internal(&e))?;
-    Ok(OwnedDeviceId::from(
-        buf.iter()
-            .map(|b| (b'A' + b % 26) as char)
-            .collect::<String>(),
-    ))
+    Ok(OwnedDeviceId::from(random_id(
+        10,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    )?))
 }
 
 /// Hashes a password with argon2id (PHC string). Runs on the blocking pool: it is slow on purpose.
