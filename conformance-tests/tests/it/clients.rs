@@ -35,3 +35,39 @@ async fn matrix_nio_registers_chats_and_reads_history() {
     assert_eq!(facts["messages"], 101);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_api_responses_match_the_spec() {
+    let (Some(python), Some(spec)) = (python(), unitas_conformance_tests::spec_dir()) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    config.registration.enabled = true;
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.client_addr);
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script("client_api_schemas.py"))
+            .arg(spec)
+            .arg(base)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "spec mismatches:\n{stderr}\n{stdout}"
+    );
+    assert!(
+        stdout.lines().filter(|l| l.starts_with("valid:")).count() >= 60,
+        "{stdout}"
+    );
+    node.shutdown().await;
+}

@@ -38,7 +38,7 @@ use crate::state::AppState;
 #[allow(deprecated)] // the legacy media paths, still served for older clients
 pub fn client_router(state: AppState) -> Router {
     use ::ruma::api::client as c;
-    use client::{account as a, ephemeral as e, media as m, rooms as r, sync as s};
+    use client::{account as a, directory as d, ephemeral as e, media as m, rooms as r, sync as s};
     use ruma::route;
     let mut routes = Router::new().route(
         "/_matrix/client/versions",
@@ -163,6 +163,28 @@ pub fn client_router(state: AppState) -> Router {
         routes,
         m::get_media_config_v1_route,
     );
+    routes = route::<c::alias::create_alias::v3::Request, _, _>(routes, d::create_alias_route);
+    routes = route::<c::alias::get_alias::v3::Request, _, _>(routes, d::get_alias_route);
+    routes = route::<c::alias::delete_alias::v3::Request, _, _>(routes, d::delete_alias_route);
+    routes = route::<c::room::aliases::v3::Request, _, _>(routes, d::get_room_aliases_route);
+    routes = route::<c::directory::get_room_visibility::v3::Request, _, _>(
+        routes,
+        d::get_room_visibility_route,
+    );
+    routes = route::<c::directory::set_room_visibility::v3::Request, _, _>(
+        routes,
+        d::set_room_visibility_route,
+    );
+    routes = route::<c::directory::get_public_rooms::v3::Request, _, _>(
+        routes,
+        d::get_public_rooms_route,
+    );
+    routes = route::<c::directory::get_public_rooms_filtered::v3::Request, _, _>(
+        routes,
+        d::get_public_rooms_filtered_route,
+    );
+    routes =
+        route::<c::user_directory::search_users::v3::Request, _, _>(routes, d::search_users_route);
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

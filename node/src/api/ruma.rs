@@ -220,7 +220,12 @@ where
         } else {
             bytes
         };
-        let args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        // An empty last segment (a state event with an empty state key) reaches us through the
+        // shorter route: the missing arguments are empty strings.
+        let mut args: Vec<&str> = path_args.iter().map(String::as_str).collect();
+        while args.len() < R::_path_parameters().len() {
+            args.push("");
+        }
         let http_request = axum::http::Request::from_parts(parts, &bytes[..]);
         let body = R::try_from_http_request(http_request, &args)
             .map_err(|e| deserialization_error(e).into_response())?;
@@ -282,6 +287,11 @@ where
     let mut router = router;
     for path in R::PATH_BUILDER.all_paths() {
         router = router.route(path, on(filter, handler.clone()));
+        // `/state/{event_type}/{state_key}` with an empty state key ends in `/` or stops early.
+        if let Some(short) = path.strip_suffix("/{state_key}") {
+            router = router.route(&format!("{short}/"), on(filter, handler.clone()));
+            router = router.route(short, on(filter, handler.clone()));
+        }
     }
     router
 }

@@ -47,6 +47,13 @@ pub trait ClientData {
         user_id: &str,
         filter_id: i64,
     ) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Active local users whose ID or display name contains `term` (case-insensitive):
+    /// `(user_id, displayname, avatar_url)`, by user ID.
+    fn search_users(
+        &self,
+        term: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(String, Option<String>, Option<String>)>>> + Send;
     /// Rooms in which `user_id` has a membership event (candidates for its room list).
     fn list_membership_rooms(
         &self,
@@ -160,6 +167,35 @@ impl ClientData for Store {
                 .bind(filter_id)
                 .fetch_optional(pool)
                 .await
+        })?)
+    }
+
+    async fn search_users(
+        &self,
+        term: &str,
+        limit: i64,
+    ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
+        let escaped: String = term
+            .to_lowercase()
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let pattern = format!("%{escaped}%");
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT a.user_id, p.displayname, p.avatar_url FROM accounts a
+                 LEFT JOIN profiles p ON p.user_id = a.user_id
+                 WHERE a.deactivated_ts IS NULL
+                   AND (LOWER(a.user_id) LIKE $1 ESCAPE '\\' OR LOWER(COALESCE(p.displayname, '')) LIKE $1 ESCAPE '\\')
+                 ORDER BY a.user_id LIMIT $2",
+            )
+            .bind(&pattern)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
         })?)
     }
 

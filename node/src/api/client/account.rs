@@ -1,8 +1,10 @@
 //! Registration, login, logout, whoami, devices, profiles, capabilities, filters (spec:
 //! client-server API, "Client Authentication", "Device Management", "Profiles", "Filtering").
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use ruma::UserId;
 use ruma::api::client::account::{get_username_availability, register, whoami};
 use ruma::api::client::device::{get_device, get_devices, update_device};
 use ruma::api::client::discovery::get_capabilities;
@@ -10,7 +12,6 @@ use ruma::api::client::filter::{create_filter, get_filter};
 use ruma::api::client::profile::{get_profile, set_avatar_url, set_display_name};
 use ruma::api::client::session::{get_login_types, login, logout, logout_all};
 use ruma::api::client::uiaa::{AuthData, AuthFlow, AuthType, UiaaInfo, UserIdentifier};
-use ruma::{MilliSecondsSinceUnixEpoch, UInt, UserId};
 use unitas_storage::{AccessTokens, Accounts, ClientData, Devices, ProfileField};
 
 use crate::api::ApiError;
@@ -174,39 +175,45 @@ pub async fn register_route(
     Ok(response.into())
 }
 
+/// A device as clients see it; absent fields are left out (ruma would send `null`, which the
+/// spec's schema does not allow).
+fn device_json(d: unitas_storage::Device) -> serde_json::Value {
+    let mut device = serde_json::json!({"device_id": d.device_id});
+    if let Some(name) = d.display_name {
+        device["display_name"] = name.into();
+    }
+    if let Some(ip) = d.last_seen_ip {
+        device["last_seen_ip"] = ip.into();
+    }
+    if let Some(ts) = d.last_seen_ts {
+        device["last_seen_ts"] = ts.into();
+    }
+    device
+}
+
 /// `GET /_matrix/client/v3/devices`.
 pub async fn get_devices_route(
     State(state): State<AppState>,
     req: Ruma<get_devices::v3::Request>,
-) -> Result<get_devices::v3::Response> {
+) -> std::result::Result<Json<serde_json::Value>, ApiError> {
     let user = req.user()?;
     let devices = state.store.list_devices(user.user_id.as_str()).await?;
-    Ok(get_devices::v3::Response::new(devices.into_iter().map(device_of).collect()).into())
-}
-
-fn device_of(d: unitas_storage::Device) -> ruma::api::client::device::Device {
-    let mut device = ruma::api::client::device::Device::new(d.device_id.into());
-    device.display_name = d.display_name;
-    device.last_seen_ip = d.last_seen_ip;
-    device.last_seen_ts = d
-        .last_seen_ts
-        .and_then(|ts| UInt::new(ts as u64))
-        .map(MilliSecondsSinceUnixEpoch);
-    device
+    let devices: Vec<_> = devices.into_iter().map(device_json).collect();
+    Ok(Json(serde_json::json!({"devices": devices})))
 }
 
 /// `GET /_matrix/client/v3/devices/{deviceId}`.
 pub async fn get_device_route(
     State(state): State<AppState>,
     req: Ruma<get_device::v3::Request>,
-) -> Result<get_device::v3::Response> {
+) -> std::result::Result<Json<serde_json::Value>, ApiError> {
     let user = req.user()?;
     let device = state
         .store
         .get_device(user.user_id.as_str(), req.body.device_id.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("No such device"))?;
-    Ok(get_device::v3::Response::new(device_of(device)).into())
+    Ok(Json(device_json(device)))
 }
 
 /// `PUT /_matrix/client/v3/devices/{deviceId}`.

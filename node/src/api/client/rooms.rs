@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use unitas_federation::rooms::{
     AppendError, EventError, EventTemplate, NewRoom, Pdu, RoomOptions, RoomVersion, Signer,
 };
-use unitas_storage::{ClientData, RoomEvents};
+use unitas_storage::{ClientData, ClientExtras, RoomEvents};
 
 use crate::api::ApiError;
 use crate::api::ruma::{ClientUser, Ruma, RumaResponse};
@@ -244,6 +244,32 @@ pub async fn create_room_route(
             json!({"topic": topic}),
         ));
     }
+    // The alias must be free before anything is created.
+    let alias = match &body.room_alias_name {
+        Some(name) => {
+            let alias = ruma::OwnedRoomAliasId::try_from(format!(
+                "#{name}:{}",
+                user.territory.server_name()
+            ))
+            .map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "M_INVALID_PARAM", e.to_string())
+            })?;
+            if state.store.get_alias(alias.as_str()).await?.is_some() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "M_ROOM_IN_USE",
+                    "Room alias already taken",
+                ));
+            }
+            initial_state.push(EventTemplate::state(
+                "m.room.canonical_alias",
+                "",
+                json!({"alias": alias}),
+            ));
+            Some(alias)
+        }
+        None => None,
+    };
     let room = NewRoom {
         version,
         join_rule: join_rule.into(),
@@ -253,6 +279,15 @@ pub async fn create_room_route(
         .rooms
         .create_room_with(signer(&user), &user.user_id, room, options)
         .await?;
+    if let Some(alias) = &alias {
+        super::directory::add_alias(&state, alias, &room_id, user.user_id.as_str()).await?;
+    }
+    if body.visibility == ruma::api::client::room::Visibility::Public {
+        state
+            .store
+            .set_room_visibility(room_id.as_str(), "public")
+            .await?;
+    }
     for invitee in &body.invite {
         let extra = if body.is_direct {
             json!({"is_direct": true})
@@ -307,8 +342,14 @@ pub async fn join_room_by_id_or_alias_route(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = req.user()?.clone();
-    let room_id = OwnedRoomId::try_from(req.body.room_id_or_alias.as_str())
-        .map_err(|_| ApiError::not_found("Room aliases are not supported yet"))?;
+    let room_id = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
+        Ok(room_id) => room_id,
+        Err(_) => {
+            let alias = ruma::OwnedRoomAliasId::try_from(req.body.room_id_or_alias.as_str())
+                .map_err(|e| ApiError::invalid_param(e.to_string()))?;
+            super::directory::resolve_alias(&state, &alias).await?
+        }
+    };
     join(&state, &user, &room_id).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }

@@ -1,0 +1,139 @@
+"""Drive the client API through everyday use and validate every JSON response against the
+Matrix spec's own OpenAPI schema for that path, method and status.
+
+Usage: client_api_schemas.py SPEC_DIR BASE_URL
+
+Prints one line per validated call; exits 1 listing every mismatch (schema or status).
+"""
+
+import json
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+
+from jsonschema import Draft202012Validator
+
+spec_dir, base = sys.argv[1], sys.argv[2].rstrip("/")
+spec = json.load(open(f"{spec_dir}/client-server.json"))
+failures, validated = [], []
+
+
+def call(method, template, params=None, body=None, token=None, status=200, query=None, raw=None, content_type=None):
+    params = params or {}
+    path = template
+    for name, value in params.items():
+        path = path.replace("{" + name + "}", urllib.parse.quote(value, safe=""))
+    url = base + path + ("?" + urllib.parse.urlencode(query) if query else "")
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    request.add_header("Content-Type", content_type or "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            code, payload, ctype = response.status, response.read(), response.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as e:
+        code, payload, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+    label = f"{method} {template} -> {code}"
+    if code != status:
+        failures.append(f"{label}: expected {status}: {payload[:300]!r}")
+        return None
+    operation = spec["paths"].get(template, {}).get(method.lower())
+    if operation is None:
+        failures.append(f"{label}: not in the spec's OpenAPI data")
+        return None
+    response_spec = operation["responses"].get(str(code), {})
+    content = response_spec.get("content", {})
+    if "application/json" not in content:
+        validated.append(label + " (not JSON)")
+        return payload
+    document = json.loads(payload)
+    schema = content["application/json"].get("schema", {})
+    errors = list(Draft202012Validator(schema).iter_errors(document))
+    for error in errors:
+        failures.append(f"{label}: {'/'.join(map(str, error.path))}: {error.message}")
+    if not errors:
+        validated.append(label)
+    return document
+
+
+def main():
+    c = "/_matrix/client/v3"
+    call("GET", "/_matrix/client/versions")
+    call("GET", f"{c}/login")
+    call("GET", f"{c}/register/available", query={"username": "schema_alice"})
+    call("POST", f"{c}/register", body={"username": "schema_alice", "password": "pw"}, status=401)
+    alice = call("POST", f"{c}/register", body={"username": "schema_alice", "password": "pw", "auth": {"type": "m.login.dummy"}})
+    bob = call("POST", f"{c}/register", body={"username": "schema_bob", "password": "pw", "auth": {"type": "m.login.dummy"}})
+    a, b = alice["access_token"], bob["access_token"]
+    ua, ub = alice["user_id"], bob["user_id"]
+    login = call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "schema_alice"}, "password": "pw"})
+    call("POST", f"{c}/logout", token=login["access_token"])
+    call("GET", f"{c}/account/whoami", token=a)
+    call("GET", f"{c}/capabilities", token=a)
+    call("GET", f"{c}/devices", token=a)
+    call("GET", f"{c}/devices/{{deviceId}}", {"deviceId": alice["device_id"]}, token=a)
+    call("PUT", f"{c}/devices/{{deviceId}}", {"deviceId": alice["device_id"]}, body={"display_name": "laptop"}, token=a)
+    call("PUT", f"{c}/profile/{{userId}}/{{keyName}}", {"userId": ua, "keyName": "displayname"}, body={"displayname": "Alice"}, token=a)
+    call("GET", f"{c}/profile/{{userId}}", {"userId": ua}, token=a)
+    filter_id = call("POST", f"{c}/user/{{userId}}/filter", {"userId": ua}, body={"room": {"timeline": {"limit": 5}}}, token=a)["filter_id"]
+    call("GET", f"{c}/user/{{userId}}/filter/{{filterId}}", {"userId": ua, "filterId": filter_id}, token=a)
+
+    room = call("POST", f"{c}/createRoom", body={"name": "Schemas", "topic": "t", "preset": "public_chat", "room_alias_name": "schemas", "visibility": "public", "invite": [ub]}, token=a)["room_id"]
+    server = ua.split(":", 1)[1]
+    alias = f"#schemas:{server}"
+    call("GET", f"{c}/directory/room/{{roomAlias}}", {"roomAlias": alias})
+    call("PUT", f"{c}/directory/room/{{roomAlias}}", {"roomAlias": f"#second:{server}"}, body={"room_id": room}, token=a)
+    call("DELETE", f"{c}/directory/room/{{roomAlias}}", {"roomAlias": f"#second:{server}"}, token=a)
+    call("GET", f"{c}/directory/list/room/{{roomId}}", {"roomId": room})
+    call("PUT", f"{c}/directory/list/room/{{roomId}}", {"roomId": room}, body={"visibility": "public"}, token=a)
+    call("GET", f"{c}/publicRooms")
+    call("POST", f"{c}/publicRooms", body={"filter": {"generic_search_term": "schem"}, "limit": 10}, token=a)
+    call("POST", f"{c}/join/{{roomIdOrAlias}}", {"roomIdOrAlias": alias}, body={}, token=b)
+    call("GET", f"{c}/rooms/{{roomId}}/aliases", {"roomId": room}, token=a)
+    event = call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": room, "eventType": "m.room.message", "txnId": "t1"}, body={"msgtype": "m.text", "body": "hi"}, token=a)["event_id"]
+    call("PUT", f"{c}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey}}", {"roomId": room, "eventType": "m.room.topic", "stateKey": ""}, body={"topic": "new"}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey}}", {"roomId": room, "eventType": "m.room.topic", "stateKey": ""}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/state", {"roomId": room}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/event/{{eventId}}", {"roomId": room, "eventId": event}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/messages", {"roomId": room}, query={"dir": "b", "limit": "5"}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/members", {"roomId": room}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/joined_members", {"roomId": room}, token=a)
+    call("GET", f"{c}/joined_rooms", token=b)
+    call("PUT", f"{c}/rooms/{{roomId}}/typing/{{userId}}", {"roomId": room, "userId": ub}, body={"typing": True, "timeout": 10000}, token=b)
+    call("POST", f"{c}/rooms/{{roomId}}/receipt/{{receiptType}}/{{eventId}}", {"roomId": room, "receiptType": "m.read", "eventId": event}, body={}, token=b)
+    call("POST", f"{c}/rooms/{{roomId}}/read_markers", {"roomId": room}, body={"m.fully_read": event, "m.read": event}, token=b)
+    call("PUT", f"{c}/user/{{userId}}/account_data/{{type}}", {"userId": ub, "type": "org.example.settings"}, body={"theme": "dark"}, token=b)
+    call("GET", f"{c}/user/{{userId}}/account_data/{{type}}", {"userId": ub, "type": "org.example.settings"}, token=b)
+    call("PUT", f"{c}/user/{{userId}}/rooms/{{roomId}}/account_data/{{type}}", {"userId": ub, "roomId": room, "type": "org.example.room"}, body={"x": 1}, token=b)
+    call("PUT", f"{c}/user/{{userId}}/rooms/{{roomId}}/tags/{{tag}}", {"userId": ub, "roomId": room, "tag": "m.favourite"}, body={"order": 0.5}, token=b)
+    call("GET", f"{c}/user/{{userId}}/rooms/{{roomId}}/tags", {"userId": ub, "roomId": room}, token=b)
+    call("DELETE", f"{c}/user/{{userId}}/rooms/{{roomId}}/tags/{{tag}}", {"userId": ub, "roomId": room, "tag": "m.favourite"}, token=b)
+    sync = call("GET", f"{c}/sync", token=b)
+    call("GET", f"{c}/sync", query={"since": sync["next_batch"], "timeout": "0"}, token=b)
+    call("GET", f"{c}/sync", query={"filter": filter_id, "full_state": "true"}, token=a)
+    call("POST", f"{c}/user_directory/search", body={"search_term": "schema", "limit": 5}, token=a)
+    upload = call("POST", "/_matrix/media/v3/upload", raw=b"hello media", content_type="text/plain", query={"filename": "hello.txt"}, token=a)
+    media_id = upload["content_uri"].rsplit("/", 1)[1]
+    call("GET", "/_matrix/client/v1/media/config", token=a)
+    call("GET", "/_matrix/client/v1/media/download/{serverName}/{mediaId}", {"serverName": server, "mediaId": media_id}, token=a)
+    call("GET", "/_matrix/media/v3/download/{serverName}/{mediaId}", {"serverName": server, "mediaId": media_id})
+    call("POST", f"{c}/rooms/{{roomId}}/kick", {"roomId": room}, body={"user_id": ub, "reason": "test"}, token=a)
+    call("POST", f"{c}/rooms/{{roomId}}/ban", {"roomId": room}, body={"user_id": ub}, token=a)
+    call("POST", f"{c}/rooms/{{roomId}}/unban", {"roomId": room}, body={"user_id": ub}, token=a)
+    call("POST", f"{c}/rooms/{{roomId}}/invite", {"roomId": room}, body={"user_id": ub}, token=a)
+    call("POST", f"{c}/rooms/{{roomId}}/join", {"roomId": room}, body={}, token=b)
+    call("POST", f"{c}/rooms/{{roomId}}/leave", {"roomId": room}, body={}, token=b)
+    # Errors are Matrix errors.
+    call("GET", f"{c}/account/whoami", token="nonsense", status=401)
+    call("GET", f"{c}/account/whoami", status=401)
+    call("POST", f"{c}/logout/all", token=a)
+    for line in validated:
+        print("valid:", line)
+    if failures:
+        print("\n".join(failures), file=sys.stderr)
+        sys.exit(1)
+
+
+main()
