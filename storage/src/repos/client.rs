@@ -53,13 +53,16 @@ pub trait ClientData {
         &self,
         term: &str,
         limit: i64,
-    ) -> impl Future<Output = Result<Vec<(String, Option<String>, Option<String>)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<UserHit>>> + Send;
     /// Rooms in which `user_id` has a membership event (candidates for its room list).
     fn list_membership_rooms(
         &self,
         user_id: &str,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
 }
+
+/// A user directory hit: `(user_id, displayname, avatar_url)`.
+pub type UserHit = (String, Option<String>, Option<String>);
 
 /// Which profile field to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,11 +173,7 @@ impl ClientData for Store {
         })?)
     }
 
-    async fn search_users(
-        &self,
-        term: &str,
-        limit: i64,
-    ) -> Result<Vec<(String, Option<String>, Option<String>)>> {
+    async fn search_users(&self, term: &str, limit: i64) -> Result<Vec<UserHit>> {
         let escaped: String = term
             .to_lowercase()
             .chars()
