@@ -125,6 +125,39 @@ def main():
     call("POST", f"{c}/rooms/{{roomId}}/invite", {"roomId": room}, body={"user_id": ub}, token=a)
     call("POST", f"{c}/rooms/{{roomId}}/join", {"roomId": room}, body={}, token=b)
     call("POST", f"{c}/rooms/{{roomId}}/leave", {"roomId": room}, body={}, token=b)
+    # Refresh tokens: a refreshable login, then one refresh.
+    refreshable = call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "schema_bob"}, "password": "pw", "refresh_token": True})
+    if refreshable and "refresh_token" in refreshable and "expires_in_ms" in refreshable:
+        renewed = call("POST", f"{c}/refresh", body={"refresh_token": refreshable["refresh_token"]})
+        call("GET", f"{c}/account/whoami", token=renewed["access_token"])
+        call("POST", f"{c}/refresh", body={"refresh_token": refreshable["refresh_token"]}, status=401)
+        # Deleting a device asks for the password first.
+        call("DELETE", f"{c}/devices/{{deviceId}}", {"deviceId": refreshable["device_id"]}, body={}, token=b, status=401)
+        auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": ub}, "password": "pw"}
+        call("DELETE", f"{c}/devices/{{deviceId}}", {"deviceId": refreshable["device_id"]}, body={"auth": auth}, token=b)
+        call("GET", f"{c}/account/whoami", token=renewed["access_token"], status=401)
+    else:
+        failures.append(f"refreshable login: {refreshable}")
+    # Password change behind user-interactive auth.
+    call("POST", f"{c}/account/password", body={"new_password": "pw2"}, token=b, status=401)
+    wrong = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": ub}, "password": "nope"}
+    call("POST", f"{c}/account/password", body={"new_password": "pw2", "auth": wrong}, token=b, status=403)
+    right = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": ub}, "password": "pw"}
+    call("POST", f"{c}/account/password", body={"new_password": "pw2", "auth": right, "logout_devices": False}, token=b)
+    call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "schema_bob"}, "password": "pw2"})
+    # Shared-secret registration as provisioning tools do it.
+    import hashlib, hmac
+    nonce = json.loads(urllib.request.urlopen(base + "/_synapse/admin/v1/register").read())["nonce"]
+    mac = hmac.new(b"s3cret", b"\0".join([nonce.encode(), b"provisioned", b"pw", b"notadmin"]), hashlib.sha1).hexdigest()
+    request = urllib.request.Request(base + "/_synapse/admin/v1/register", data=json.dumps({"nonce": nonce, "username": "provisioned", "password": "pw", "admin": False, "mac": mac}).encode(), method="POST")
+    provisioned = json.loads(urllib.request.urlopen(request).read())
+    if not provisioned.get("access_token"):
+        failures.append(f"shared-secret registration: {provisioned}")
+    call("GET", f"{c}/account/whoami", token=provisioned["access_token"])
+    # Deactivation closes the account.
+    auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": provisioned["user_id"]}, "password": "pw"}
+    call("POST", f"{c}/account/deactivate", body={"auth": auth}, token=provisioned["access_token"])
+    call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "provisioned"}, "password": "pw"}, status=403)
     # Errors are Matrix errors.
     call("GET", f"{c}/account/whoami", token="nonsense", status=401)
     call("GET", f"{c}/account/whoami", status=401)

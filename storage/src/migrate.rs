@@ -31,6 +31,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "client_more",
         include_str!("../migrations/sqlite/0004_client_more.sql"),
     ),
+    (
+        5,
+        "refresh_tokens",
+        include_str!("../migrations/sqlite/0005_refresh_tokens.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -53,6 +58,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         4,
         "client_more",
         include_str!("../migrations/postgres/0004_client_more.sql"),
+    ),
+    (
+        5,
+        "refresh_tokens",
+        include_str!("../migrations/postgres/0005_refresh_tokens.sql"),
     ),
 ];
 

@@ -128,3 +128,9 @@ impl From<unitas_federation::KeyError> for ApiError {
         ApiError::internal(&err)
     }
 }
+
+impl From<crate::config::ConfigError> for ApiError {
+    fn from(err: crate::config::ConfigError) -> Self {
+        ApiError::internal(&err)
+    }
+}

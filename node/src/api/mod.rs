@@ -38,7 +38,10 @@ use crate::state::AppState;
 #[allow(deprecated)] // the legacy media paths, still served for older clients
 pub fn client_router(state: AppState) -> Router {
     use ::ruma::api::client as c;
-    use client::{account as a, directory as d, ephemeral as e, media as m, rooms as r, sync as s};
+    use client::{
+        account as a, directory as d, ephemeral as e, media as m, rooms as r, security as x,
+        sync as s,
+    };
     use ruma::route;
     let mut routes = Router::new().route(
         "/_matrix/client/versions",
@@ -185,6 +188,16 @@ pub fn client_router(state: AppState) -> Router {
     );
     routes =
         route::<c::user_directory::search_users::v3::Request, _, _>(routes, d::search_users_route);
+    routes =
+        route::<c::account::change_password::v3::Request, _, _>(routes, x::change_password_route);
+    routes = route::<c::account::deactivate::v3::Request, _, _>(routes, x::deactivate_route);
+    routes = route::<c::device::delete_device::v3::Request, _, _>(routes, x::delete_device_route);
+    routes = route::<c::device::delete_devices::v3::Request, _, _>(routes, x::delete_devices_route);
+    routes = route::<c::session::refresh_token::v3::Request, _, _>(routes, x::refresh_token_route);
+    routes = routes.route(
+        "/_synapse/admin/v1/register",
+        get(x::get_admin_register_nonce_route).post(x::post_admin_register_route),
+    );
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

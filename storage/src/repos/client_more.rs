@@ -78,6 +78,20 @@ pub trait ClientExtras {
     ) -> impl Future<Output = Result<Vec<ReceiptRow>>> + Send;
     /// Highest aux position in use.
     fn get_max_aux_position(&self) -> impl Future<Output = Result<i64>> + Send;
+    /// Stores a refresh token digest for a device.
+    fn create_refresh_token(
+        &self,
+        hash: &[u8],
+        territory: &str,
+        user_id: &str,
+        device_id: &str,
+        ts: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Uses up a refresh token: deletes it and returns `(territory, user_id, device_id)`.
+    fn take_refresh_token(
+        &self,
+        hash: &[u8],
+    ) -> impl Future<Output = Result<Option<(String, String, String)>>> + Send;
     /// Records an upload.
     fn create_media(&self, media: &MediaRow) -> impl Future<Output = Result<()>> + Send;
     /// An upload's metadata.
@@ -191,6 +205,32 @@ impl ClientExtras for Store {
             sqlx::query_scalar("SELECT MAX(aux_position) FROM receipts").fetch_one(pool).await
         })?;
         Ok(a.unwrap_or(0).max(r.unwrap_or(0)))
+    }
+
+    async fn create_refresh_token(
+        &self,
+        hash: &[u8],
+        territory: &str,
+        user_id: &str,
+        device_id: &str,
+        ts: i64,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO refresh_tokens (token_hash, territory, user_id, device_id, created_ts)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(hash).bind(territory).bind(user_id).bind(device_id).bind(ts)
+            .execute(pool).await.map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn take_refresh_token(&self, hash: &[u8]) -> Result<Option<(String, String, String)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("DELETE FROM refresh_tokens WHERE token_hash = $1 RETURNING territory, user_id, device_id")
+                .bind(hash).fetch_optional(pool).await
+        })?)
     }
 
     async fn create_media(&self, m: &MediaRow) -> Result<()> {

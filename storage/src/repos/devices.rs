@@ -228,6 +228,12 @@ pub trait AccessTokens {
         &self,
         token_hash: &[u8],
     ) -> impl Future<Output = Result<Option<AccessToken>>> + Send;
+    /// Gives a token an expiry time (tokens issued with a refresh token).
+    fn expire_access_token(
+        &self,
+        token_hash: &[u8],
+        expires_ts: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Deletes one token; returns whether it existed.
     fn delete_access_token(&self, token_hash: &[u8]) -> impl Future<Output = Result<bool>> + Send;
     /// Deletes every token of a user, except those of `keep_device`. Returns how many.
@@ -267,6 +273,18 @@ impl AccessTokens for Store {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql).bind(token_hash).fetch_optional(pool).await
         })?)
+    }
+
+    async fn expire_access_token(&self, token_hash: &[u8], expires_ts: i64) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE access_tokens SET expires_ts = $1 WHERE token_hash = $2")
+                .bind(expires_ts)
+                .bind(token_hash)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
     }
 
     async fn delete_access_token(&self, token_hash: &[u8]) -> Result<bool> {

@@ -38,6 +38,7 @@ pub async fn login_route(
     req: Ruma<login::v3::Request>,
 ) -> Result<login::v3::Response> {
     let territory = req.territory.clone();
+    let req_refresh = req.body.refresh_token;
     let login::v3::LoginInfo::Password(password) = req.body.login_info else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -71,7 +72,35 @@ pub async fn login_route(
         req.body.initial_device_display_name.as_deref(),
     )
     .await?;
-    Ok(login::v3::Response::new(session.user_id, session.access_token, session.device_id).into())
+    let refresh = req_refresh;
+    let mut response = login::v3::Response::new(
+        session.user_id.clone(),
+        session.access_token.clone(),
+        session.device_id.clone(),
+    );
+    if refresh {
+        // A refreshable session: the access token expires, the refresh token renews it.
+        let expires =
+            crate::node::now_ms() + super::security::REFRESHABLE_TOKEN_LIFETIME.as_millis() as i64;
+        state
+            .store
+            .expire_access_token(
+                &crate::api::ruma::token_hash(&session.access_token),
+                expires,
+            )
+            .await?;
+        response.refresh_token = Some(
+            super::security::issue_refresh_token(
+                &state,
+                territory.config.code.as_str(),
+                session.user_id.as_str(),
+                session.device_id.as_str(),
+            )
+            .await?,
+        );
+        response.expires_in = Some(super::security::REFRESHABLE_TOKEN_LIFETIME);
+    }
+    Ok(response.into())
 }
 
 /// `POST /_matrix/client/v3/logout`.

@@ -5,4 +5,5 @@ pub mod directory;
 pub mod ephemeral;
 pub mod media;
 pub mod rooms;
+pub mod security;
 pub mod sync;
