@@ -98,6 +98,12 @@ def main():
     call("GET", f"{c}/rooms/{{roomId}}/state", {"roomId": room}, token=a)
     call("GET", f"{c}/rooms/{{roomId}}/event/{{eventId}}", {"roomId": room, "eventId": event}, token=a)
     call("GET", f"{c}/rooms/{{roomId}}/messages", {"roomId": room}, query={"dir": "b", "limit": "5"}, token=a)
+    call("GET", f"{c}/rooms/{{roomId}}/context/{{eventId}}", {"roomId": room, "eventId": event}, query={"limit": "4"}, token=a)
+    doomed = call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": room, "eventType": "m.room.message", "txnId": "t2"}, body={"msgtype": "m.text", "body": "secret"}, token=a)["event_id"]
+    call("PUT", f"{c}/rooms/{{roomId}}/redact/{{eventId}}/{{txnId}}", {"roomId": room, "eventId": doomed, "txnId": "r1"}, body={"reason": "oops"}, token=a)
+    redacted = call("GET", f"{c}/rooms/{{roomId}}/event/{{eventId}}", {"roomId": room, "eventId": doomed}, token=a)
+    if redacted is not None and redacted.get("content") != {}:
+        failures.append(f"a redacted event still shows its content: {redacted}")
     call("GET", f"{c}/rooms/{{roomId}}/members", {"roomId": room}, token=a)
     call("GET", f"{c}/rooms/{{roomId}}/joined_members", {"roomId": room}, token=a)
     call("GET", f"{c}/joined_rooms", token=b)
@@ -125,6 +131,7 @@ def main():
     call("POST", f"{c}/rooms/{{roomId}}/invite", {"roomId": room}, body={"user_id": ub}, token=a)
     call("POST", f"{c}/rooms/{{roomId}}/join", {"roomId": room}, body={}, token=b)
     call("POST", f"{c}/rooms/{{roomId}}/leave", {"roomId": room}, body={}, token=b)
+    call("POST", f"{c}/rooms/{{roomId}}/forget", {"roomId": room}, body={}, token=b)
     # Refresh tokens: a refreshable login, then one refresh.
     refreshable = call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "schema_bob"}, "password": "pw", "refresh_token": True})
     if refreshable and "refresh_token" in refreshable and "expires_in_ms" in refreshable:

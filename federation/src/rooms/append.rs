@@ -1202,6 +1202,7 @@ fn event_row(
         state_group_after: after,
         outlier,
         soft_failed,
+        redacted_by: None,
     }
 }
 

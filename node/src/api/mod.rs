@@ -198,6 +198,9 @@ pub fn client_router(state: AppState) -> Router {
         "/_synapse/admin/v1/register",
         get(x::get_admin_register_nonce_route).post(x::post_admin_register_route),
     );
+    routes = route::<c::redact::redact_event::v3::Request, _, _>(routes, r::redact_event_route);
+    routes = route::<c::membership::forget_room::v3::Request, _, _>(routes, r::forget_room_route);
+    routes = route::<c::context::get_context::v3::Request, _, _>(routes, r::get_context_route);
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

@@ -49,6 +49,8 @@ pub struct EventRow {
     pub outlier: bool,
     /// Stored, but failed auth against the current state: never shown.
     pub soft_failed: bool,
+    /// The redaction that redacted this event, if any: clients get the redacted form.
+    pub redacted_by: Option<String>,
 }
 
 /// A new event for [`RoomEvents::persist_events`].
@@ -102,8 +104,8 @@ impl EventBatch {
 }
 
 const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, state_key, sender, depth, \
-     origin_server_ts, json, state_group_before, state_group_after, outlier, soft_failed";
-/// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 13 columns each).
+     origin_server_ts, json, state_group_before, state_group_after, outlier, soft_failed, redacted_by";
+/// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
 const CHUNK: usize = 500;
 
 /// Rooms, events, DAG edges and state groups.
@@ -132,6 +134,12 @@ pub trait RoomEvents {
         before: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+    /// Marks an event redacted by `redaction_id` (the first redaction wins).
+    fn set_redacted_by(
+        &self,
+        event_id: &str,
+        redaction_id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// The full state of a group: `(type, state_key)` -> event ID.
     fn load_state_group(
         &self,
@@ -219,7 +227,8 @@ impl RoomEvents for Store {
                         .push_bind(r.state_group_before)
                         .push_bind(r.state_group_after)
                         .push_bind(r.outlier)
-                        .push_bind(r.soft_failed);
+                        .push_bind(r.soft_failed)
+                        .push_bind(&r.redacted_by);
                 });
                 q.push(" ON CONFLICT (event_id) DO NOTHING");
                 q.build().execute(&mut *tx).await?;
@@ -297,6 +306,18 @@ impl RoomEvents for Store {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql).bind(room_id).bind(before).bind(limit).fetch_all(pool).await
         })?)
+    }
+
+    async fn set_redacted_by(&self, event_id: &str, redaction_id: &str) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND redacted_by IS NULL")
+                .bind(redaction_id)
+                .bind(event_id)
+                .execute(pool)
+                .await
+                .map(|_| ())
+        })?;
+        Ok(())
     }
 
     async fn load_state_group(&self, group: i64) -> Result<Vec<(String, String, String)>> {

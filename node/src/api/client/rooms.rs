@@ -8,12 +8,15 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use ruma::api::Direction;
+use ruma::api::client::context::get_context;
+use ruma::api::client::membership::forget_room;
 use ruma::api::client::membership::get_member_events;
 use ruma::api::client::membership::{
     ban_user, invite_user, join_room_by_id, join_room_by_id_or_alias, joined_members, joined_rooms,
     kick_user, leave_room, unban_user,
 };
 use ruma::api::client::message::{get_message_events, send_message_event};
+use ruma::api::client::redact::redact_event;
 use ruma::api::client::room::{create_room, get_room_event};
 use ruma::api::client::state::{get_state_event_for_key, get_state_events, send_state_event};
 use ruma::serde::Raw;
@@ -69,6 +72,28 @@ pub fn client_event(pdu: &Pdu) -> Value {
         event["redacts"] = json!(redacts);
     }
     event
+}
+
+/// The event as clients see it, redacted when a redaction applied to it.
+pub async fn visible_event(
+    state: &AppState,
+    pdu: &Pdu,
+    redacted_by: Option<&str>,
+) -> std::result::Result<Value, ApiError> {
+    let Some(redaction) = redacted_by else {
+        return Ok(client_event(pdu));
+    };
+    let version = state
+        .store
+        .get_room(pdu.room_id.as_str())
+        .await?
+        .and_then(|room| RoomVersion::parse(&room.room_version))
+        .ok_or_else(|| ApiError::internal(&"room without a known version"))?;
+    let redacted = unitas_federation::rooms::redact::redact_pdu(pdu, &version)
+        .map_err(|e| ApiError::internal(&e))?;
+    let mut event = client_event(&redacted);
+    event["unsigned"]["redacted_because"] = json!({"event_id": redaction});
+    Ok(event)
 }
 
 /// A JSON value as a ruma `Raw<T>`.
@@ -610,7 +635,15 @@ pub async fn get_room_event_route(
     if pdu.room_id != req.body.room_id {
         return Err(ApiError::not_found("Event not found"));
     }
-    Ok(get_room_event::v3::Response::new(raw(&client_event(&pdu))?).into())
+    let row = state.store.get_event(pdu.event_id.as_str()).await?;
+    let redacted_by = row.and_then(|r| r.redacted_by);
+    Ok(get_room_event::v3::Response::new(raw(&visible_event(
+        &state,
+        &pdu,
+        redacted_by.as_deref(),
+    )
+    .await?)?)
+    .into())
 }
 
 /// `GET /_matrix/client/v3/joined_rooms`.
@@ -682,6 +715,212 @@ pub async fn get_member_events_route(
     Ok(get_member_events::v3::Response::new(chunk).into())
 }
 
+/// `PUT /_matrix/client/v3/rooms/{roomId}/redact/{eventId}/{txnId}`: the redaction is an event
+/// like any other; it applies when its sender sent the target or may redact others.
+pub async fn redact_event_route(
+    State(state): State<AppState>,
+    req: Ruma<redact_event::v3::Request>,
+) -> Result<redact_event::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    if let Some(event_id) = state
+        .store
+        .get_transaction(
+            user.user_id.as_str(),
+            user.device_id.as_str(),
+            body.txn_id.as_str(),
+        )
+        .await?
+    {
+        let event_id =
+            ruma::OwnedEventId::try_from(event_id).map_err(|e| ApiError::internal(&e))?;
+        return Ok(redact_event::v3::Response::new(event_id).into());
+    }
+    require_joined(&state, &body.room_id, &user.user_id).await?;
+    let target = state
+        .rooms
+        .get_pdu(&body.event_id)
+        .await?
+        .filter(|t| t.room_id == body.room_id)
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let mut content = json!({});
+    if let Some(reason) = &body.reason {
+        content["reason"] = json!(reason);
+    }
+    let template = EventTemplate {
+        kind: "m.room.redaction".into(),
+        state_key: None,
+        content,
+        redacts: Some(body.event_id.clone()),
+    };
+    let pdu = send(&state, &user, &body.room_id, template).await?;
+    if target.sender == user.user_id
+        || may_redact_others(&state, &body.room_id, &user.user_id).await?
+    {
+        state
+            .store
+            .set_redacted_by(body.event_id.as_str(), pdu.event_id.as_str())
+            .await?;
+    }
+    state
+        .store
+        .set_transaction(
+            user.user_id.as_str(),
+            user.device_id.as_str(),
+            body.txn_id.as_str(),
+            pdu.event_id.as_str(),
+            crate::node::now_ms(),
+        )
+        .await?;
+    Ok(redact_event::v3::Response::new(pdu.event_id.clone()).into())
+}
+
+/// Whether `user`'s power level reaches the room's `redact` level (creators of v12 rooms always).
+async fn may_redact_others(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> std::result::Result<bool, ApiError> {
+    let current = state
+        .rooms
+        .current_state(room_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    let content =
+        |kind: &str| {
+            let id = current.get(&(kind.to_owned(), String::new())).cloned();
+            async move {
+                match id {
+                    Some(id) => Ok::<_, ApiError>(state.rooms.get_pdu(&id).await?.map(|p| {
+                        serde_json::from_str::<Value>(p.content.get()).unwrap_or_default()
+                    })),
+                    None => Ok(None),
+                }
+            }
+        };
+    let create = content("m.room.create").await?.unwrap_or_default();
+    let levels = content("m.room.power_levels").await?.unwrap_or_default();
+    if create["room_version"] == "12" {
+        if let Some(id) = current.get(&("m.room.create".to_owned(), String::new())) {
+            if state
+                .rooms
+                .get_pdu(id)
+                .await?
+                .is_some_and(|c| c.sender == user)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    let mine = levels["users"][user.as_str()]
+        .as_i64()
+        .or(levels["users_default"].as_i64())
+        .unwrap_or(0);
+    Ok(mine >= levels["redact"].as_i64().unwrap_or(50))
+}
+
+/// `POST /_matrix/client/v3/rooms/{roomId}/forget`: the room leaves the user's lists once left.
+pub async fn forget_room_route(
+    State(state): State<AppState>,
+    req: Ruma<forget_room::v3::Request>,
+) -> Result<forget_room::v3::Response> {
+    let user = req.user()?.clone();
+    if matches!(
+        membership(&state, &req.body.room_id, &user.user_id)
+            .await?
+            .as_deref(),
+        Some("join" | "invite" | "knock")
+    ) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN",
+            "Leave the room before forgetting it",
+        ));
+    }
+    Ok(forget_room::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/rooms/{roomId}/context/{eventId}`.
+pub async fn get_context_route(
+    State(state): State<AppState>,
+    req: Ruma<get_context::v3::Request>,
+) -> Result<get_context::v3::Response> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    require_joined(&state, &body.room_id, &user.user_id).await?;
+    let row = state
+        .store
+        .get_event(body.event_id.as_str())
+        .await?
+        .filter(|r| r.room_id == body.room_id.as_str())
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let position = row
+        .stream_ordering
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let limit = i64::try_from(u64::from(body.limit))
+        .unwrap_or(10)
+        .clamp(0, 100);
+    let half = (limit / 2).max(1);
+    let before = state
+        .store
+        .get_room_events_before(body.room_id.as_str(), position, half)
+        .await?;
+    let after = state
+        .store
+        .get_room_events_after(body.room_id.as_str(), position, limit - half.min(limit))
+        .await?;
+    let mut response = get_context::v3::Response::new();
+    let mut to_raw = Vec::new();
+    for rows in [&before, &after] {
+        let mut list = Vec::new();
+        for r in rows {
+            let Ok(id) = ruma::OwnedEventId::try_from(r.event_id.as_str()) else {
+                continue;
+            };
+            if let Some(pdu) = state.rooms.get_pdu(&id).await? {
+                list.push(raw(
+                    &visible_event(&state, &pdu, r.redacted_by.as_deref()).await?
+                )?);
+            }
+        }
+        to_raw.push(list);
+    }
+    response.events_after = to_raw.pop().unwrap_or_default();
+    response.events_before = to_raw.pop().unwrap_or_default();
+    let pdu = state
+        .rooms
+        .get_pdu(&body.event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    response.event = Some(raw(&visible_event(
+        &state,
+        &pdu,
+        row.redacted_by.as_deref(),
+    )
+    .await?)?);
+    response.start = Some(format!(
+        "s{}",
+        before
+            .last()
+            .and_then(|r| r.stream_ordering)
+            .map(|s| s - 1)
+            .unwrap_or(position - 1)
+    ));
+    response.end = Some(format!(
+        "s{}",
+        after
+            .last()
+            .and_then(|r| r.stream_ordering)
+            .unwrap_or(position)
+    ));
+    response.state = current_state_events(&state, &body.room_id)
+        .await?
+        .iter()
+        .map(|e| raw(&client_event(e)))
+        .collect::<std::result::Result<_, _>>()?;
+    Ok(response.into())
+}
+
 /// Parses a pagination token (`s<position>`).
 pub fn parse_token(token: &str) -> std::result::Result<i64, ApiError> {
     token
@@ -747,7 +986,12 @@ pub async fn get_message_events_route(
             continue;
         };
         if let Some(pdu) = state.rooms.get_pdu(&event_id).await? {
-            chunk.push(raw(&client_event(&pdu))?);
+            chunk.push(raw(&visible_event(
+                &state,
+                &pdu,
+                row.redacted_by.as_deref(),
+            )
+            .await?)?);
         }
     }
     let mut response = get_message_events::v3::Response::new();

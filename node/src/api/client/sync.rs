@@ -18,7 +18,7 @@ use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
 use unitas_storage::{ClientData, ClientExtras, EventRow, RoomEvents};
 
-use super::rooms::{client_event, current_state_events, membership, parse_token};
+use super::rooms::{client_event, current_state_events, membership, parse_token, visible_event};
 use crate::api::ApiError;
 use crate::api::ruma::{ClientUser, Ruma};
 use crate::state::AppState;
@@ -112,7 +112,7 @@ async fn events_of(state: &AppState, rows: &[EventRow]) -> Result<Vec<Value>, Ap
             continue;
         };
         if let Some(pdu) = state.rooms.get_pdu(&id).await? {
-            events.push(client_event(&pdu));
+            events.push(visible_event(state, &pdu, row.redacted_by.as_deref()).await?);
         }
     }
     Ok(events)
