@@ -800,17 +800,12 @@ async fn may_redact_others(
         };
     let create = content("m.room.create").await?.unwrap_or_default();
     let levels = content("m.room.power_levels").await?.unwrap_or_default();
-    if create["room_version"] == "12" {
-        if let Some(id) = current.get(&("m.room.create".to_owned(), String::new())) {
-            if state
-                .rooms
-                .get_pdu(id)
-                .await?
-                .is_some_and(|c| c.sender == user)
-            {
-                return Ok(true);
-            }
-        }
+    let creator = match current.get(&("m.room.create".to_owned(), String::new())) {
+        Some(id) => state.rooms.get_pdu(id).await?.map(|c| c.sender.clone()),
+        None => None,
+    };
+    if create["room_version"] == "12" && creator.as_deref() == Some(user) {
+        return Ok(true);
     }
     let mine = levels["users"][user.as_str()]
         .as_i64()
