@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod ephemeral;
 pub mod node;
+pub mod ratelimit;
 pub mod serve;
 pub mod state;
 pub mod telemetry;

@@ -161,12 +161,19 @@ impl Node {
         let ephemeral = Arc::new(crate::ephemeral::Ephemeral::new(
             unitas_storage::ClientExtras::get_max_aux_position(&store).await?,
         ));
+        let rate_limiter = config.rate_limits.enabled.then(|| {
+            Arc::new(crate::ratelimit::RateLimiter::new(
+                config.rate_limits.per_second,
+                f64::from(config.rate_limits.burst),
+            ))
+        });
         let state = AppState {
             config: config.into(),
             store: store.clone(),
             territories,
             rooms,
             ephemeral,
+            rate_limiter,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -209,11 +209,32 @@ where
             }
             _ => None,
         };
-        let limit =
-            usize::try_from(state.config.server.max_request_body_bytes).unwrap_or(usize::MAX);
-        let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-            ApiError::too_large(state.config.server.max_request_body_bytes).into_response()
-        })?;
+        if R::RATE_LIMITED
+            && let Some(limiter) = &state.rate_limiter
+        {
+            let key = match &user {
+                Some(user) => user.user_id.to_string(),
+                None => parts
+                    .extensions
+                    .get::<crate::serve::ConnectionInfo>()
+                    .map(|c| c.remote_addr.ip().to_string())
+                    .unwrap_or_default(),
+            };
+            if let Err(wait) = limiter.check(&key) {
+                let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "M_LIMIT_EXCEEDED",
+                    "Too many requests",
+                )
+                .with_extra("retry_after_ms", wait_ms.into())
+                .into_response());
+            }
+        }
+        let limit = body_limit(state, &parts);
+        let bytes = axum::body::to_bytes(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .await
+            .map_err(|_| ApiError::too_large(limit).into_response())?;
         // An empty body means "no fields" for POST/PUT (matrix-nio joins with one).
         let bytes = if bytes.is_empty() && parts.method != axum::http::Method::GET {
             Bytes::from_static(b"{}")

@@ -249,13 +249,22 @@ impl Default for RoomsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
 pub struct RateLimitsConfig {
-    /// Rate-limit client requests (`429 M_LIMIT_EXCEEDED` with `retry_after_ms`).
+    /// Rate-limit client requests (`429 M_LIMIT_EXCEEDED` with `retry_after_ms`) on the
+    /// endpoints the spec marks as rate-limited.
     pub enabled: bool,
+    /// Sustained requests per second per user (per address for anonymous requests).
+    pub per_second: f64,
+    /// Requests a user may make at once before the sustained rate applies.
+    pub burst: u32,
 }
 
 impl Default for RateLimitsConfig {
     fn default() -> Self {
-        RateLimitsConfig { enabled: true }
+        RateLimitsConfig {
+            enabled: true,
+            per_second: 10.0,
+            burst: 100,
+        }
     }
 }
 

@@ -381,3 +381,30 @@ async fn rooms_are_served_by_the_node_and_survive_a_restart() {
     assert_eq!(state.len(), 5);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn clients_over_the_rate_limit_are_told_when_to_retry() {
+    let t = TestNode::start_with(|c| {
+        c.rate_limits.per_second = 0.5;
+        c.rate_limits.burst = 2;
+    })
+    .await;
+    let url = t.client("/_matrix/client/v3/register/available?username=someone");
+    assert_eq!(get_json(&url, None).await.0, 200);
+    assert_eq!(get_json(&url, None).await.0, 200);
+    let (status, body) = get_json(&url, None).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (429, Some("M_LIMIT_EXCEEDED"))
+    );
+    let retry = body["retry_after_ms"].as_u64().unwrap();
+    assert!(retry > 0 && retry <= 2_000, "{retry}");
+    // Endpoints the spec does not rate-limit stay open.
+    assert_eq!(
+        get_json(&t.client("/_matrix/client/versions"), None)
+            .await
+            .0,
+        200
+    );
+    t.node.shutdown().await;
+}
