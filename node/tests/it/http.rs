@@ -408,3 +408,89 @@ async fn clients_over_the_rate_limit_are_told_when_to_retry() {
     );
     t.node.shutdown().await;
 }
+
+/// POST `body` as JSON to `url` with a Host header (and a token) -> (status, JSON).
+async fn post_json(
+    url: &str,
+    host: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut request = http().post(url).header("host", host).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn each_territory_serves_its_own_users() {
+    let t = TestNode::start_with(|c| {
+        two_territories(c);
+        c.registration.enabled = true;
+    })
+    .await;
+    let register = t.client("/_matrix/client/v3/register");
+    let body = json!({"username": "ana", "password": "pw", "auth": {"type": "m.login.dummy"}});
+    let (status, dk) = post_json(&register, "matrix.dk.test", None, body.clone()).await;
+    assert_eq!(status, 200, "{dk}");
+    assert_eq!(dk["user_id"], "@ana:dk.test");
+    // The same name in the other territory is another account.
+    let (status, no) = post_json(&register, "no.test", None, body).await;
+    assert_eq!(status, 200, "{no}");
+    assert_eq!(no["user_id"], "@ana:no.test:8448");
+
+    // A user logs in at their own territory only.
+    let login = t.client("/_matrix/client/v3/login");
+    let password = |user: &str| json!({"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": "pw"});
+    assert_eq!(
+        post_json(&login, "dk.test", None, password("@ana:dk.test"))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post_json(&login, "no.test", None, password("@ana:dk.test"))
+            .await
+            .0,
+        403
+    );
+
+    // Both territories share a room on this node; each signs its own events.
+    let dk_token = dk["access_token"].as_str().unwrap();
+    let no_token = no["access_token"].as_str().unwrap();
+    let (_, room) = post_json(
+        &t.client("/_matrix/client/v3/createRoom"),
+        "dk.test",
+        Some(dk_token),
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room_id = room["room_id"].as_str().unwrap();
+    let (status, joined) = post_json(
+        &t.client(&format!("/_matrix/client/v3/join/{room_id}")),
+        "no.test",
+        Some(no_token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{joined}");
+    let state = t
+        .node
+        .state
+        .rooms
+        .current_state(&ruma::RoomId::parse(room_id).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let member = &state[&("m.room.member".to_owned(), "@ana:no.test:8448".to_owned())];
+    let pdu = t.node.state.rooms.get_pdu(member).await.unwrap().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&pdu.json).unwrap();
+    assert!(json["signatures"].get("no.test:8448").is_some(), "{json}");
+    t.node.shutdown().await;
+}
