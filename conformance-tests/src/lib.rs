@@ -5,7 +5,8 @@
 //!
 //! Environment (set by `scripts/test`):
 //! - `UNITAS_TEST_PYTHON`: the virtualenv's python with `requirements.txt` installed;
-//! - `UNITAS_MATRIX_SPEC_DIR`: the folder with `client-server.json` and `server-server.json`.
+//! - `UNITAS_MATRIX_SPEC_DIR`: the folder with `client-server.json` and `server-server.json`;
+//! - `UNITAS_TEST_NODE`: `node`, with `js/node_modules` installed (`npm ci`).
 //!
 //! Under CI (`CI` set) a missing tool fails the test; elsewhere the test says SKIPPED loudly.
 
@@ -39,6 +40,21 @@ pub fn spec_dir() -> Option<PathBuf> {
     } else {
         missing("the Matrix spec's OpenAPI data", "UNITAS_MATRIX_SPEC_DIR")
     }
+}
+
+/// The `node` binary, once `scripts/test` installed the JavaScript clients.
+pub fn node_js() -> Option<PathBuf> {
+    match std::env::var_os("UNITAS_TEST_NODE").map(PathBuf::from) {
+        Some(path) if path.exists() => Some(path),
+        _ => missing("node with matrix-js-sdk installed", "UNITAS_TEST_NODE"),
+    }
+}
+
+/// A script in `conformance-tests/js/`.
+pub fn js_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("js")
+        .join(name)
 }
 
 /// A script in `conformance-tests/python/`.

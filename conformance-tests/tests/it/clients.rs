@@ -73,3 +73,41 @@ async fn client_api_responses_match_the_spec() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
+    let Some(node_js) = unitas_conformance_tests::node_js() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
+    config.server.data_dir = dir.path().to_owned();
+    config.registration.enabled = true;
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.client_addr);
+    let script = unitas_conformance_tests::js_script("chat.mjs");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(node_js)
+            .arg(script)
+            .arg(base)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "matrix-js-sdk failed:\n{stderr}\n{stdout}"
+    );
+    // The SDK logs to stdout; the facts are the last line.
+    let facts: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
+    assert_eq!(facts["messages"], 101);
+    assert_eq!(facts["typing"], true);
+    assert_eq!(facts["receipts"], true);
+    node.shutdown().await;
+}

@@ -201,6 +201,12 @@ pub fn client_router(state: AppState) -> Router {
     routes = route::<c::redact::redact_event::v3::Request, _, _>(routes, r::redact_event_route);
     routes = route::<c::membership::forget_room::v3::Request, _, _>(routes, r::forget_room_route);
     routes = route::<c::context::get_context::v3::Request, _, _>(routes, r::get_context_route);
+    routes =
+        route::<c::push::get_pushrules_all::v3::Request, _, _>(routes, a::get_pushrules_all_route);
+    routes = route::<c::push::get_pushrules_global_scope::v3::Request, _, _>(
+        routes,
+        a::get_pushrules_global_route,
+    );
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 
