@@ -29,6 +29,35 @@ enum Command {
     /// Inspect configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Load-test a homeserver's client API (this node or any other): messages/s, send latency,
+    /// sync wake-up delay, server RSS. The server must allow open registration and should have
+    /// rate limits off.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Client API base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8008")]
+    url: String,
+    /// Users to register.
+    #[arg(long, default_value_t = 16)]
+    users: usize,
+    /// Messages for the concurrent run.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Concurrent senders.
+    #[arg(long, default_value_t = 16)]
+    senders: usize,
+    /// Messages sent one at a time (latency).
+    #[arg(long, default_value_t = 1_000)]
+    sequential: usize,
+    /// Sync wake-up round trips.
+    #[arg(long, default_value_t = 200)]
+    wakeups: usize,
+    /// PID of the server, to report its resident memory.
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,6 +177,7 @@ pub fn main() -> ExitCode {
         Command::Config(ConfigCommand::Check { file, settings }) => {
             check(file.as_deref(), &settings)
         }
+        Command::Bench(args) => bench(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -293,6 +323,22 @@ fn init(args: &InitArgs) -> Result<(), String> {
         args.config.display()
     );
     Ok(())
+}
+
+fn bench(args: BenchArgs) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(crate::bench::run(crate::bench::BenchOptions {
+        url: args.url,
+        users: args.users,
+        messages: args.messages,
+        senders: args.senders,
+        sequential: args.sequential,
+        wakeups: args.wakeups,
+        pid: args.pid,
+    }))
 }
 
 fn check(file: Option<&Path>, settings: &Settings) -> Result<(), String> {

@@ -15,6 +15,7 @@
 //! crate; every ruma<->axum adapter lives in `api/`.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod ephemeral;
@@ -24,6 +25,7 @@ pub mod serve;
 pub mod state;
 pub mod telemetry;
 pub mod tls;
+pub mod tokens;
 pub mod users;
 
 pub use config::Config;

@@ -174,6 +174,7 @@ impl Node {
             rooms,
             ephemeral,
             rate_limiter,
+            tokens: Default::default(),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -110,6 +110,8 @@ pub struct AppState {
     pub rooms: unitas_federation::rooms::Rooms,
     /// Account data, receipts and typing positions.
     pub ephemeral: Arc<crate::ephemeral::Ephemeral>,
+    /// Access tokens already looked up.
+    pub tokens: Arc<crate::tokens::TokenCache>,
     /// Client rate limits (`None` when disabled).
     pub rate_limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
 }

@@ -202,13 +202,23 @@ pub async fn login(
         .await
     {
         Ok(_) => {}
-        // Logging in with an existing device ID replaces that device's tokens.
+        // Logging in with an existing device ID replaces that device (and its tokens).
         Err(StorageError::Conflict { .. }) => {
             state
                 .store
-                .delete_user_access_tokens(user_id.as_str(), None)
-                .await
-                .ok();
+                .delete_device(user_id.as_str(), device_id.as_str())
+                .await?;
+            state.tokens.forget_user(user_id);
+            state
+                .store
+                .create_device(&NewDevice {
+                    user_id: user_id.as_str(),
+                    device_id: device_id.as_str(),
+                    territory: territory.config.code.as_str(),
+                    display_name,
+                    created_ts: now_ms(),
+                })
+                .await?;
         }
         Err(err) => return Err(err.into()),
     }

@@ -32,7 +32,9 @@ pub use repos::{
 pub use repos::{
     ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,
 };
-pub use repos::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow};
+pub use repos::{
+    EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow, TransactionRow,
+};
 pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
 
 /// Result of every storage operation.

@@ -147,7 +147,7 @@ struct EventCache {
     order: VecDeque<OwnedEventId>,
 }
 
-const EVENT_CACHE_SIZE: usize = 200_000;
+const EVENT_CACHE_SIZE: usize = 20_000;
 /// Most appends one group commit carries.
 const MAX_BATCH_EVENTS: usize = 2_000;
 /// Most prev_events a new local event names.
@@ -459,6 +459,25 @@ impl Rooms {
         Ok(guard.as_ref().map(|entry| entry.state.clone()))
     }
 
+    /// The event ID in one slot of a room's current state, without copying the state.
+    pub async fn current_state_event_id(
+        &self,
+        room_id: &RoomId,
+        kind: &str,
+        state_key: &str,
+    ) -> Result<Option<OwnedEventId>, AppendError> {
+        let slot = self.slot(room_id);
+        let mut guard = slot.lock().await;
+        if guard.is_none() {
+            *guard = self.load_room(room_id).await?;
+        }
+        Ok(guard.as_ref().and_then(|e| {
+            e.state
+                .get(&(kind.to_owned(), state_key.to_owned()))
+                .cloned()
+        }))
+    }
+
     /// The forward extremities of a room.
     pub async fn forward_extremities(
         &self,
@@ -664,6 +683,20 @@ impl Rooms {
         template: &EventTemplate,
         signer: Signer<'_>,
     ) -> Result<Arc<Pdu>, AppendError> {
+        self.send_local_with(room_id, sender, template, signer, None)
+            .await
+    }
+
+    /// [`Rooms::send_local`] recording a client transaction ID (`device_id`, `txn_id`) in the
+    /// same transaction as the event.
+    pub async fn send_local_with(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        signer: Signer<'_>,
+        transaction: Option<(&str, &str)>,
+    ) -> Result<Arc<Pdu>, AppendError> {
         let slot = self.slot(room_id);
         let mut guard = slot.lock().await;
         if guard.is_none() {
@@ -708,9 +741,18 @@ impl Rooms {
         )?;
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
-        let (rx, pdu) = self.stage(Some((entry, false)), pdu, None, Origin::Local)?;
+        let (mut staged, pdu) = self.stage(Some((entry, false)), pdu, None, Origin::Local)?;
+        if let (Some((device, txn)), Some(request)) = (transaction, staged.request.as_mut()) {
+            request.batch.transactions.push((
+                sender.to_string(),
+                device.to_owned(),
+                txn.to_owned(),
+                pdu.event_id.to_string(),
+                i64::from(pdu.origin_server_ts.0),
+            ));
+        }
         drop(guard);
-        let (pdu, _) = self.finish(rx, pdu, &slot).await?;
+        let (pdu, _) = self.finish(staged, pdu, &slot).await?;
         Ok(pdu)
     }
 
@@ -1004,6 +1046,7 @@ impl Rooms {
                 row,
                 prev_events: pdu.prev_events.iter().map(|p| p.to_string()).collect(),
             }],
+            transactions: Vec::new(),
         };
         self.remember(pdu.clone(), group_after);
         let (done, rx) = oneshot::channel();

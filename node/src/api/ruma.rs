@@ -120,6 +120,9 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<ClientUser, A
         )
     };
     let hash = token_hash(token);
+    if let Some(user) = state.tokens.get(&hash, crate::node::now_ms()) {
+        return Ok(user);
+    }
     let row = state
         .store
         .find_access_token(&hash)
@@ -143,12 +146,14 @@ pub async fn authenticate(state: &AppState, token: &str) -> Result<ClientUser, A
         .find(|t| t.config.code.as_str() == row.territory)
         .cloned()
         .ok_or_else(unknown)?;
-    Ok(ClientUser {
+    let user = ClientUser {
         user_id: OwnedUserId::try_from(row.user_id).map_err(|_| unknown())?,
         device_id: OwnedDeviceId::from(row.device_id),
         token_hash: hash,
         territory,
-    })
+    };
+    state.tokens.insert(user.clone(), row.expires_ts);
+    Ok(user)
 }
 
 fn deserialization_error(err: FromHttpRequestError) -> ApiError {

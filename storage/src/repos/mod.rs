@@ -16,5 +16,7 @@ pub use client::{ClientData, ProfileField, ProfileRow};
 pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
-pub use rooms::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow};
+pub use rooms::{
+    EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow, TransactionRow,
+};
 pub use territories::{Territories, TerritoryRow};

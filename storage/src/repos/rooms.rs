@@ -87,7 +87,13 @@ pub struct EventBatch {
     pub state_groups: Vec<NewStateGroup>,
     /// New events; an event ID already stored is skipped (appending twice is a no-op).
     pub events: Vec<NewEvent>,
+    /// Client transaction IDs and the events they produced, stored with the events so a retry
+    /// after a crash finds the event it already sent.
+    pub transactions: Vec<TransactionRow>,
 }
+
+/// `(user_id, device_id, txn_id, event_id, created_ts)` of a client send.
+pub type TransactionRow = (String, String, String, String, i64);
 
 impl EventBatch {
     /// Appends another batch, keeping order.
@@ -95,6 +101,7 @@ impl EventBatch {
         self.rooms.extend(other.rooms);
         self.state_groups.extend(other.state_groups);
         self.events.extend(other.events);
+        self.transactions.extend(other.transactions);
     }
 
     /// True when there is nothing to write.
@@ -239,6 +246,16 @@ impl RoomEvents for Store {
                     b.push_bind(*id).push_bind(*prev).push_bind(*room);
                 });
                 q.push(" ON CONFLICT (event_id, prev_event_id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in batch.transactions.chunks(CHUNK) {
+                let mut q = QueryBuilder::new(
+                    "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) ",
+                );
+                q.push_values(chunk, |mut b, (user, device, txn, event, ts)| {
+                    b.push_bind(user).push_bind(device).push_bind(txn).push_bind(event).push_bind(*ts);
+                });
+                q.push(" ON CONFLICT DO NOTHING");
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await

@@ -110,6 +110,7 @@ pub async fn logout_route(
 ) -> Result<logout::v3::Response> {
     let user = req.user()?;
     state.store.delete_access_token(&user.token_hash).await?;
+    state.tokens.forget_user(&user.user_id);
     Ok(logout::v3::Response::new().into())
 }
 
@@ -123,6 +124,7 @@ pub async fn logout_all_route(
         .store
         .delete_user_access_tokens(user.user_id.as_str(), None)
         .await?;
+    state.tokens.forget_user(&user.user_id);
     Ok(logout_all::v3::Response::new().into())
 }
 

@@ -115,13 +115,14 @@ pub async fn membership(
     room_id: &RoomId,
     user: &UserId,
 ) -> std::result::Result<Option<String>, ApiError> {
-    let Some(current) = state.rooms.current_state(room_id).await? else {
+    let Some(id) = state
+        .rooms
+        .current_state_event_id(room_id, "m.room.member", user.as_str())
+        .await?
+    else {
         return Ok(None);
     };
-    let Some(id) = current.get(&("m.room.member".to_owned(), user.to_string())) else {
-        return Ok(None);
-    };
-    let Some(pdu) = state.rooms.get_pdu(id).await? else {
+    let Some(pdu) = state.rooms.get_pdu(&id).await? else {
         return Ok(None);
     };
     let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
@@ -509,21 +510,16 @@ pub async fn send_message_event_route(
     if !content.is_object() {
         return Err(ApiError::bad_json("content must be a JSON object"));
     }
-    let pdu = send(
-        &state,
-        &user,
-        &body.room_id,
-        EventTemplate::message(&body.event_type.to_string(), content),
-    )
-    .await?;
-    state
-        .store
-        .set_transaction(
-            user.user_id.as_str(),
-            user.device_id.as_str(),
-            body.txn_id.as_str(),
-            pdu.event_id.as_str(),
-            crate::node::now_ms(),
+    let template = EventTemplate::message(&body.event_type.to_string(), content);
+    let transaction = Some((user.device_id.as_str(), body.txn_id.as_str()));
+    let pdu = state
+        .rooms
+        .send_local_with(
+            &body.room_id,
+            &user.user_id,
+            &template,
+            signer(&user),
+            transaction,
         )
         .await?;
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()).into())

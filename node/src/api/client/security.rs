@@ -77,6 +77,7 @@ pub async fn change_password_route(
             }
         }
     }
+    state.tokens.forget_user(&user.user_id);
     Ok(change_password::v3::Response::new().into())
 }
 
@@ -128,6 +129,7 @@ pub async fn deactivate_route(
         .store
         .deactivate_account(user.user_id.as_str(), now_ms())
         .await?;
+    state.tokens.forget_user(&user.user_id);
     Ok(deactivate::v3::Response::new(
         ruma::api::client::account::ThirdPartyIdRemovalStatus::NoSupport,
     )
@@ -148,6 +150,7 @@ pub async fn delete_device_route(
     {
         return Err(ApiError::not_found("No such device"));
     }
+    state.tokens.forget_user(&user.user_id);
     Ok(delete_device::v3::Response::new().into())
 }
 
@@ -164,6 +167,7 @@ pub async fn delete_devices_route(
             .delete_device(user.user_id.as_str(), device.as_str())
             .await?;
     }
+    state.tokens.forget_user(&user.user_id);
     Ok(delete_devices::v3::Response::new().into())
 }
 
