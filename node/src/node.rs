@@ -175,6 +175,7 @@ impl Node {
             ephemeral,
             rate_limiter,
             tokens: Default::default(),
+            transactions: Default::default(),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -110,6 +110,8 @@ pub struct AppState {
     pub rooms: unitas_federation::rooms::Rooms,
     /// Account data, receipts and typing positions.
     pub ephemeral: Arc<crate::ephemeral::Ephemeral>,
+    /// Transaction IDs of the devices that sent since start.
+    pub transactions: Arc<crate::tokens::TransactionCache>,
     /// Access tokens already looked up.
     pub tokens: Arc<crate::tokens::TokenCache>,
     /// Client rate limits (`None` when disabled).

@@ -51,3 +51,41 @@ impl TokenCache {
             .retain(|_, (u, _)| u.user_id != user);
     }
 }
+
+/// Transaction IDs per device, loaded from the database at a device's first send since start;
+/// from then on every send of the device passes through this process, so the map is complete
+/// and a send needs no database read to be idempotent.
+#[derive(Debug, Default)]
+pub struct TransactionCache {
+    devices: Mutex<HashMap<(String, String), HashMap<String, String>>>,
+}
+
+impl TransactionCache {
+    /// The event a transaction ID produced, if the device's IDs are loaded; `None` when the
+    /// device is not loaded yet.
+    pub fn get(&self, user: &str, device: &str, txn: &str) -> Option<Option<String>> {
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        let known = devices.get(&(user.to_owned(), device.to_owned()))?;
+        Some(known.get(txn).cloned())
+    }
+
+    /// Loads a device's transaction IDs.
+    pub fn load(&self, user: &str, device: &str, ids: Vec<(String, String)>) {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if devices.len() >= MAX_TOKENS {
+            devices.clear();
+        }
+        devices
+            .entry((user.to_owned(), device.to_owned()))
+            .or_default()
+            .extend(ids);
+    }
+
+    /// Records a transaction ID just used.
+    pub fn insert(&self, user: &str, device: &str, txn: &str, event_id: &str) {
+        let mut devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = devices.get_mut(&(user.to_owned(), device.to_owned())) {
+            known.insert(txn.to_owned(), event_id.to_owned());
+        }
+    }
+}

@@ -39,6 +39,12 @@ pub trait ClientData {
         event_id: &str,
         now_ms: i64,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The transaction IDs a device used, with their events (to warm a cache).
+    fn list_transactions(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     /// Stores a filter; returns its ID.
     fn create_filter(&self, user_id: &str, json: &str) -> impl Future<Output = Result<i64>> + Send;
     /// A stored filter.
@@ -147,6 +153,20 @@ impl ClientData for Store {
             .map(|_| ())
         })?;
         Ok(())
+    }
+
+    async fn list_transactions(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Vec<(String, String)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as("SELECT txn_id, event_id FROM transaction_ids WHERE user_id = $1 AND device_id = $2")
+                .bind(user_id)
+                .bind(device_id)
+                .fetch_all(pool)
+                .await
+        })?)
     }
 
     async fn create_filter(&self, user_id: &str, json: &str) -> Result<i64> {

@@ -207,7 +207,7 @@ impl RoomEvents for Store {
                 q.push_values(chunk, |mut b, g| {
                     b.push_bind(g.id).push_bind(&g.room_id).push_bind(g.prev_group);
                 });
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in deltas.chunks(CHUNK) {
                 let mut q = QueryBuilder::new(
@@ -216,7 +216,7 @@ impl RoomEvents for Store {
                 q.push_values(chunk, |mut b, (group, (kind, key, id))| {
                     b.push_bind(*group).push_bind(kind).push_bind(key).push_bind(id);
                 });
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in batch.events.chunks(CHUNK) {
                 let mut q = QueryBuilder::new(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
@@ -238,7 +238,7 @@ impl RoomEvents for Store {
                         .push_bind(&r.redacted_by);
                 });
                 q.push(" ON CONFLICT (event_id) DO NOTHING");
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in edges.chunks(CHUNK) {
                 let mut q = QueryBuilder::new("INSERT INTO event_edges (event_id, prev_event_id, room_id) ");
@@ -246,7 +246,7 @@ impl RoomEvents for Store {
                     b.push_bind(*id).push_bind(*prev).push_bind(*room);
                 });
                 q.push(" ON CONFLICT (event_id, prev_event_id) DO NOTHING");
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             for chunk in batch.transactions.chunks(CHUNK) {
                 let mut q = QueryBuilder::new(
@@ -256,7 +256,7 @@ impl RoomEvents for Store {
                     b.push_bind(user).push_bind(device).push_bind(txn).push_bind(event).push_bind(*ts);
                 });
                 q.push(" ON CONFLICT DO NOTHING");
-                q.build().execute(&mut *tx).await?;
+                q.build().persistent(false).execute(&mut *tx).await?;
             }
             tx.commit().await
         })

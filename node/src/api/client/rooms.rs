@@ -491,17 +491,7 @@ pub async fn send_message_event_route(
 ) -> Result<send_message_event::v3::Response> {
     let user = req.user()?.clone();
     let body = req.body;
-    if let Some(event_id) = state
-        .store
-        .get_transaction(
-            user.user_id.as_str(),
-            user.device_id.as_str(),
-            body.txn_id.as_str(),
-        )
-        .await?
-    {
-        let event_id =
-            ruma::OwnedEventId::try_from(event_id).map_err(|e| ApiError::internal(&e))?;
+    if let Some(event_id) = transaction_event(&state, &user, body.txn_id.as_str()).await? {
         return Ok(send_message_event::v3::Response::new(event_id).into());
     }
     require_joined(&state, &body.room_id, &user.user_id).await?;
@@ -522,7 +512,37 @@ pub async fn send_message_event_route(
             transaction,
         )
         .await?;
+    state.transactions.insert(
+        user.user_id.as_str(),
+        user.device_id.as_str(),
+        body.txn_id.as_str(),
+        pdu.event_id.as_str(),
+    );
     Ok(send_message_event::v3::Response::new(pdu.event_id.clone()).into())
+}
+
+/// The event a device's transaction ID already produced, from memory once the device's IDs are
+/// loaded (one query per device and process).
+async fn transaction_event(
+    state: &AppState,
+    user: &ClientUser,
+    txn: &str,
+) -> std::result::Result<Option<ruma::OwnedEventId>, ApiError> {
+    let (user_id, device) = (user.user_id.as_str(), user.device_id.as_str());
+    let known = match state.transactions.get(user_id, device, txn) {
+        Some(known) => known,
+        None => {
+            state.transactions.load(
+                user_id,
+                device,
+                state.store.list_transactions(user_id, device).await?,
+            );
+            state.transactions.get(user_id, device, txn).flatten()
+        }
+    };
+    known
+        .map(|id| ruma::OwnedEventId::try_from(id).map_err(|e| ApiError::internal(&e)))
+        .transpose()
 }
 
 /// `PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}/{stateKey}`.
@@ -719,17 +739,7 @@ pub async fn redact_event_route(
 ) -> Result<redact_event::v3::Response> {
     let user = req.user()?.clone();
     let body = req.body;
-    if let Some(event_id) = state
-        .store
-        .get_transaction(
-            user.user_id.as_str(),
-            user.device_id.as_str(),
-            body.txn_id.as_str(),
-        )
-        .await?
-    {
-        let event_id =
-            ruma::OwnedEventId::try_from(event_id).map_err(|e| ApiError::internal(&e))?;
+    if let Some(event_id) = transaction_event(&state, &user, body.txn_id.as_str()).await? {
         return Ok(redact_event::v3::Response::new(event_id).into());
     }
     require_joined(&state, &body.room_id, &user.user_id).await?;
@@ -768,6 +778,12 @@ pub async fn redact_event_route(
             crate::node::now_ms(),
         )
         .await?;
+    state.transactions.insert(
+        user.user_id.as_str(),
+        user.device_id.as_str(),
+        body.txn_id.as_str(),
+        pdu.event_id.as_str(),
+    );
     Ok(redact_event::v3::Response::new(pdu.event_id.clone()).into())
 }
 
