@@ -147,7 +147,7 @@ struct EventCache {
     order: VecDeque<OwnedEventId>,
 }
 
-const EVENT_CACHE_SIZE: usize = 20_000;
+const EVENT_CACHE_SIZE: usize = 4_000;
 /// Most appends one group commit carries.
 const MAX_BATCH_EVENTS: usize = 2_000;
 /// Most prev_events a new local event names.
