@@ -165,6 +165,10 @@ def main():
     auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": provisioned["user_id"]}, "password": "pw"}
     call("POST", f"{c}/account/deactivate", body={"auth": auth}, token=provisioned["access_token"])
     call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "provisioned"}, "password": "pw"}, status=403)
+    # Registration tokens.
+    call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", query={"token": "letmein"})
+    call("POST", f"{c}/register", body={"username": "tokened", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "wrong"}}, status=401)
+    call("POST", f"{c}/register", body={"username": "tokened", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "letmein"}})
     # Errors are Matrix errors.
     call("GET", f"{c}/account/whoami", token="nonsense", status=401)
     call("GET", f"{c}/account/whoami", status=401)

@@ -14,7 +14,6 @@ async fn matrix_nio_registers_chats_and_reads_history() {
     config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
     config.server.data_dir = dir.path().to_owned();
     config.registration.enabled = true;
-    config.registration.shared_secret = Some(unitas::config::Secret::new("s3cret".into()));
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
     let output = tokio::task::spawn_blocking(move || {
@@ -49,6 +48,8 @@ async fn client_api_responses_match_the_spec() {
     config.server.data_dir = dir.path().to_owned();
     config.registration.enabled = true;
     config.registration.shared_secret = Some(unitas::config::Secret::new("s3cret".into()));
+    std::fs::write(dir.path().join("tokens"), "letmein\n").unwrap();
+    config.registration.tokens_file = Some(dir.path().join("tokens"));
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
     let output = tokio::task::spawn_blocking(move || {

@@ -207,6 +207,10 @@ pub fn client_router(state: AppState) -> Router {
         routes,
         a::get_pushrules_global_route,
     );
+    routes = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
+        routes,
+        a::check_registration_token_validity_route,
+    );
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

@@ -226,6 +226,10 @@ pub struct RegistrationConfig {
     pub shared_secret: Option<Secret>,
     /// File holding the shared secret for admin registration.
     pub shared_secret_file: Option<PathBuf>,
+    /// File with registration tokens, one per line. When set, `/register` offers the
+    /// `m.login.registration_token` flow: anyone holding a token may register, even with open
+    /// registration off. Tokens can be used any number of times.
+    pub tokens_file: Option<PathBuf>,
 }
 
 /// `[rooms]`
@@ -262,8 +266,8 @@ impl Default for RateLimitsConfig {
     fn default() -> Self {
         RateLimitsConfig {
             enabled: true,
-            per_second: 10.0,
-            burst: 100,
+            per_second: 50.0,
+            burst: 300,
         }
     }
 }
@@ -644,6 +648,25 @@ impl Config {
         match &self.registration.shared_secret_file {
             Some(path) => read_secret(path).map(Some),
             None => Ok(None),
+        }
+    }
+
+    /// The registration tokens, read from their file when configured.
+    pub fn registration_tokens(&self) -> Result<Vec<Secret>, ConfigError> {
+        match &self.registration.tokens_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Ok(text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| Secret::new(l.to_owned()))
+                    .collect())
+            }
+            None => Ok(Vec::new()),
         }
     }
 

@@ -152,12 +152,15 @@ pub async fn get_username_availability_route(
     Ok(get_username_availability::v3::Response::new(true).into())
 }
 
-/// `POST /_matrix/client/v3/register`: open registration with `m.login.dummy` when enabled.
+/// `POST /_matrix/client/v3/register`: `m.login.dummy` when open registration is enabled,
+/// `m.login.registration_token` when registration tokens are configured.
 pub async fn register_route(
     State(state): State<AppState>,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
-    if !state.config.registration.enabled {
+    let tokens = state.config.registration_tokens()?;
+    let open = state.config.registration.enabled;
+    if !open && tokens.is_empty() {
         return Err(ApiError::forbidden(
             "Registration is disabled on this server",
         ));
@@ -166,19 +169,36 @@ pub async fn register_route(
     if body.kind == register::RegistrationKind::Guest {
         return Err(ApiError::forbidden("Guest access is disabled"));
     }
-    match &body.auth {
-        Some(AuthData::Dummy(_)) => {}
-        _ => {
-            // User-interactive auth: tell the client the one flow there is.
-            let mut info = UiaaInfo::new(vec![AuthFlow::new(vec![AuthType::Dummy])]);
-            info.session = Some(users::new_device_id()?.to_string());
-            let body = serde_json::to_value(&info).map_err(|e| ApiError::internal(&e))?;
-            let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "", "");
-            if let serde_json::Value::Object(map) = body {
-                error.extra = map;
-            }
-            return Err(error);
+    let authorised = match &body.auth {
+        Some(AuthData::Dummy(_)) => open,
+        Some(AuthData::RegistrationToken(given)) => {
+            tokens.iter().any(|t| t.expose() == given.token)
         }
+        _ => false,
+    };
+    if !authorised {
+        // User-interactive auth: the flows this server offers.
+        let mut flows = Vec::new();
+        if open {
+            flows.push(AuthFlow::new(vec![AuthType::Dummy]));
+        }
+        if !tokens.is_empty() {
+            flows.push(AuthFlow::new(vec![AuthType::RegistrationToken]));
+        }
+        let mut info = UiaaInfo::new(flows);
+        info.session = Some(users::new_device_id()?.to_string());
+        let mut error = ApiError::new(StatusCode::UNAUTHORIZED, "", "");
+        if body.auth.is_some() {
+            error = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "M_FORBIDDEN",
+                "Invalid registration token",
+            );
+        }
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&info) {
+            error.extra.extend(map);
+        }
+        return Err(error);
     }
     let localpart = match &body.username {
         Some(name) => name.to_lowercase(),
@@ -403,4 +423,17 @@ pub async fn get_pushrules_global_route(
     let user = req.user()?;
     let rules = ruma::push::Ruleset::server_default(&user.user_id);
     Ok(ruma::api::client::push::get_pushrules_global_scope::v3::Response::new(rules).into())
+}
+
+/// `GET /_matrix/client/v1/register/m.login.registration_token/validity`.
+pub async fn check_registration_token_validity_route(
+    State(state): State<AppState>,
+    req: Ruma<ruma::api::client::account::check_registration_token_validity::v1::Request>,
+) -> Result<ruma::api::client::account::check_registration_token_validity::v1::Response> {
+    let tokens = state.config.registration_tokens()?;
+    let valid = tokens.iter().any(|t| t.expose() == req.body.token);
+    Ok(
+        ruma::api::client::account::check_registration_token_validity::v1::Response::new(valid)
+            .into(),
+    )
 }
