@@ -165,6 +165,28 @@ def main():
     auth = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": provisioned["user_id"]}, "password": "pw"}
     call("POST", f"{c}/account/deactivate", body={"auth": auth}, token=provisioned["access_token"])
     call("POST", f"{c}/login", body={"type": "m.login.password", "identifier": {"type": "m.id.user", "user": "provisioned"}, "password": "pw"}, status=403)
+    # Knocking.
+    knock_room = call("POST", f"{c}/createRoom", body={"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}, token=a)["room_id"]
+    call("POST", f"{c}/knock/{{roomIdOrAlias}}", {"roomIdOrAlias": knock_room}, body={"reason": "let me in"}, token=b)
+    # Unread counts and lazy-loaded members.
+    lazy_room = call("POST", f"{c}/createRoom", body={"preset": "public_chat"}, token=a)["room_id"]
+    call("POST", f"{c}/join/{{roomIdOrAlias}}", {"roomIdOrAlias": lazy_room}, body={}, token=b)
+    last = None
+    for i in range(2):
+        last = call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": lazy_room, "eventType": "m.room.message", "txnId": f"u{i}"}, body={"msgtype": "m.text", "body": f"hey {ub}"}, token=a)["event_id"]
+    lazy = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 1}}})
+    synced = call("GET", f"{c}/sync", query={"filter": lazy}, token=b)
+    room_view = synced["rooms"]["join"][lazy_room]
+    counts = room_view["unread_notifications"]
+    if counts != {"notification_count": 2, "highlight_count": 2}:
+        failures.append(f"unread counts before reading: {counts}")
+    members = sorted(e["state_key"] for e in room_view["state"]["events"] if e["type"] == "m.room.member")
+    if members != sorted({ua, ub}):
+        failures.append(f"lazy-loaded members: {members}")
+    call("POST", f"{c}/rooms/{{roomId}}/receipt/{{receiptType}}/{{eventId}}", {"roomId": lazy_room, "receiptType": "m.read", "eventId": last}, body={}, token=b)
+    counts = call("GET", f"{c}/sync", query={"filter": lazy}, token=b)["rooms"]["join"][lazy_room]["unread_notifications"]
+    if counts.get("notification_count") != 0:
+        failures.append(f"unread counts after reading: {counts}")
     # Registration tokens.
     call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", query={"token": "letmein"})
     call("POST", f"{c}/register", body={"username": "tokened", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "wrong"}}, status=401)

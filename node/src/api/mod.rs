@@ -211,6 +211,7 @@ pub fn client_router(state: AppState) -> Router {
         routes,
         a::check_registration_token_validity_route,
     );
+    routes = route::<c::knock::knock_room::v3::Request, _, _>(routes, r::knock_room_route);
     finish(routes, state, territory::Fallback::DefaultTerritory)
 }
 

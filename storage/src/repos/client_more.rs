@@ -76,6 +76,12 @@ pub trait ClientExtras {
         room_id: &str,
         since: i64,
     ) -> impl Future<Output = Result<Vec<ReceiptRow>>> + Send;
+    /// The event a user's unthreaded read receipt points at in a room.
+    fn get_read_receipt(
+        &self,
+        room_id: &str,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Highest aux position in use.
     fn get_max_aux_position(&self) -> impl Future<Output = Result<i64>> + Send;
     /// Stores a refresh token digest for a device.
@@ -194,6 +200,17 @@ impl ClientExtras for Store {
                  WHERE room_id = $1 AND aux_position > $2 ORDER BY aux_position",
             )
             .bind(room_id).bind(since).fetch_all(pool).await
+        })?)
+    }
+
+    async fn get_read_receipt(&self, room_id: &str, user_id: &str) -> Result<Option<String>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT event_id FROM receipts WHERE room_id = $1 AND user_id = $2
+                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id = ''
+                 ORDER BY aux_position DESC LIMIT 1",
+            )
+            .bind(room_id).bind(user_id).fetch_optional(pool).await
         })?)
     }
 

@@ -141,6 +141,15 @@ pub trait RoomEvents {
         before: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+    /// Messages after `after` not sent by `user_id`, and how many of them contain `mention`:
+    /// `(notification_count, highlight_count)` for unread badges.
+    fn count_unread(
+        &self,
+        room_id: &str,
+        after: i64,
+        user_id: &str,
+        mention: &str,
+    ) -> impl Future<Output = Result<(i64, i64)>> + Send;
     /// Marks an event redacted by `redaction_id` (the first redaction wins).
     fn set_redacted_by(
         &self,
@@ -323,6 +332,38 @@ impl RoomEvents for Store {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql).bind(room_id).bind(before).bind(limit).fetch_all(pool).await
         })?)
+    }
+
+    async fn count_unread(
+        &self,
+        room_id: &str,
+        after: i64,
+        user_id: &str,
+        mention: &str,
+    ) -> Result<(i64, i64)> {
+        let escaped: String = mention
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let pattern = format!("%{escaped}%");
+        let (total, mentions): (i64, Option<i64>) = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*), SUM(CASE WHEN json LIKE $4 ESCAPE '\\' THEN 1 ELSE 0 END) FROM events
+                 WHERE room_id = $1 AND stream_ordering > $2 AND sender <> $3
+                   AND event_type IN ('m.room.message', 'm.room.encrypted')
+                   AND soft_failed = FALSE AND outlier = FALSE",
+            )
+            .bind(room_id)
+            .bind(after)
+            .bind(user_id)
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok((total, mentions.unwrap_or(0)))
     }
 
     async fn set_redacted_by(&self, event_id: &str, redaction_id: &str) -> Result<()> {

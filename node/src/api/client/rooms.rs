@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use ruma::api::Direction;
 use ruma::api::client::context::get_context;
+use ruma::api::client::knock::knock_room;
 use ruma::api::client::membership::forget_room;
 use ruma::api::client::membership::get_member_events;
 use ruma::api::client::membership::{
@@ -378,6 +379,39 @@ pub async fn join_room_by_id_or_alias_route(
     };
     join(&state, &user, &room_id).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
+}
+
+/// `POST /_matrix/client/v3/knock/{roomIdOrAlias}`: asks to join a room whose join rule allows
+/// knocking.
+pub async fn knock_room_route(
+    State(state): State<AppState>,
+    req: Ruma<knock_room::v3::Request>,
+) -> Result<knock_room::v3::Response> {
+    let user = req.user()?.clone();
+    let room_id = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
+        Ok(room_id) => room_id,
+        Err(_) => {
+            let alias = ruma::OwnedRoomAliasId::try_from(req.body.room_id_or_alias.as_str())
+                .map_err(|e| ApiError::invalid_param(e.to_string()))?;
+            super::directory::resolve_alias(&state, &alias).await?
+        }
+    };
+    if state.rooms.current_state(&room_id).await?.is_none() {
+        return Err(ApiError::not_found(format!(
+            "Room {room_id} is not known to this server"
+        )));
+    }
+    set_membership(
+        &state,
+        &user,
+        &room_id,
+        &user.user_id.clone(),
+        "knock",
+        req.body.reason.as_deref(),
+        json!({}),
+    )
+    .await?;
+    Ok(knock_room::v3::Response::new(room_id).into())
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/invite`.

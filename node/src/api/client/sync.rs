@@ -41,7 +41,7 @@ pub async fn sync_events_route(
         .as_deref()
         .and_then(|t| t.split_once('_'))
         .and_then(|(_, a)| a.parse::<i64>().ok());
-    let limit = timeline_limit(&state, &user, body.filter.as_ref()).await?;
+    let (limit, lazy_members) = sync_filter(&state, &user, body.filter.as_ref()).await?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut position = state.rooms.subscribe();
@@ -55,7 +55,8 @@ pub async fn sync_events_route(
             since_aux: since.map(|_| since_aux.unwrap_or(0)),
             now_aux,
         };
-        let (response, has_updates) = build(&state, &user, window, body.full_state, limit).await?;
+        let (response, has_updates) =
+            build(&state, &user, window, body.full_state, limit, lazy_members).await?;
         if since.is_none() || has_updates || body.full_state {
             return Ok(Json(response));
         }
@@ -82,11 +83,12 @@ struct Window {
     now_aux: i64,
 }
 
-async fn timeline_limit(
+/// What the sync filter asks for: the timeline limit and whether members are lazy-loaded.
+async fn sync_filter(
     state: &AppState,
     user: &ClientUser,
     filter: Option<&sync_events::v3::Filter>,
-) -> Result<i64, ApiError> {
+) -> Result<(i64, bool), ApiError> {
     let definition: Option<FilterDefinition> = match filter {
         Some(sync_events::v3::Filter::FilterDefinition(definition)) => Some(definition.clone()),
         Some(sync_events::v3::Filter::FilterId(id)) => match id.parse::<i64>() {
@@ -98,11 +100,15 @@ async fn timeline_limit(
         },
         _ => None,
     };
-    Ok(definition
+    let lazy = definition
+        .as_ref()
+        .is_some_and(|d| !d.room.state.lazy_load_options.is_disabled());
+    let limit = definition
         .and_then(|d| d.room.timeline.limit)
         .map(|l| i64::try_from(u64::from(l)).unwrap_or(DEFAULT_TIMELINE_LIMIT))
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
-        .clamp(1, 1000))
+        .clamp(1, 1000);
+    Ok((limit, lazy))
 }
 
 async fn events_of(state: &AppState, rows: &[EventRow]) -> Result<Vec<Value>, ApiError> {
@@ -125,6 +131,7 @@ async fn build(
     window: Window,
     full_state: bool,
     limit: i64,
+    lazy_members: bool,
 ) -> Result<(Value, bool), ApiError> {
     let Window {
         since,
@@ -225,11 +232,43 @@ async fn build(
 
                 let in_timeline: std::collections::HashSet<&str> =
                     rows.iter().map(|r| r.event_id.as_str()).collect();
+                let senders: std::collections::HashSet<&str> =
+                    rows.iter().map(|r| r.sender.as_str()).collect();
+                // Unread: messages after the user's read receipt (mentions of the user ID highlight).
+                let read_up_to = match state
+                    .store
+                    .get_read_receipt(room_id.as_str(), user.user_id.as_str())
+                    .await?
+                {
+                    Some(event_id) => state
+                        .store
+                        .get_event(&event_id)
+                        .await?
+                        .and_then(|r| r.stream_ordering)
+                        .unwrap_or(0),
+                    None => member_position,
+                };
+                let unread = state
+                    .store
+                    .count_unread(
+                        room_id.as_str(),
+                        read_up_to,
+                        user.user_id.as_str(),
+                        user.user_id.as_str(),
+                    )
+                    .await?;
                 let state_events = if since.is_none() || full_state || limited || changed_since {
                     current_state_events(state, &room_id)
                         .await?
                         .iter()
                         .filter(|e| !in_timeline.contains(e.event_id.as_str()))
+                        // Lazy-loading: members only for the timeline's senders and the user.
+                        .filter(|e| {
+                            !lazy_members
+                                || e.kind.to_string() != "m.room.member"
+                                || e.state_key.as_deref() == Some(user.user_id.as_str())
+                                || senders.contains(e.state_key.as_deref().unwrap_or(""))
+                        })
                         .map(|e| client_event(e))
                         .collect()
                 } else {
@@ -242,7 +281,7 @@ async fn build(
                         "state": {"events": state_events},
                         "account_data": {"events": room_data},
                         "ephemeral": {"events": ephemeral},
-                        "unread_notifications": {"notification_count": 0, "highlight_count": 0},
+                        "unread_notifications": {"notification_count": unread.0, "highlight_count": unread.1},
                         "summary": {},
                     }),
                 );
