@@ -142,7 +142,8 @@ pub trait RoomEvents {
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
     /// Messages after `after` not sent by `user_id`, and how many of them contain `mention`:
-    /// `(notification_count, highlight_count)` for unread badges.
+    /// `(notification_count, highlight_count)` for unread badges, counted up to 100 (clients show
+    /// "99+"), so a long-unread room costs no more than a short one.
     fn count_unread(
         &self,
         room_id: &str,
@@ -351,10 +352,13 @@ impl RoomEvents for Store {
         let pattern = format!("%{escaped}%");
         let (total, mentions): (i64, Option<i64>) = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT COUNT(*), SUM(CASE WHEN json LIKE $4 ESCAPE '\\' THEN 1 ELSE 0 END) FROM events
-                 WHERE room_id = $1 AND stream_ordering > $2 AND sender <> $3
-                   AND event_type IN ('m.room.message', 'm.room.encrypted')
-                   AND soft_failed = FALSE AND outlier = FALSE",
+                "SELECT COUNT(*), SUM(mention) FROM (
+                   SELECT CASE WHEN json LIKE $4 ESCAPE '\\' THEN 1 ELSE 0 END AS mention FROM events
+                   WHERE room_id = $1 AND stream_ordering > $2 AND sender <> $3
+                     AND event_type IN ('m.room.message', 'm.room.encrypted')
+                     AND soft_failed = FALSE AND outlier = FALSE
+                   LIMIT 100
+                 ) unread",
             )
             .bind(room_id)
             .bind(after)

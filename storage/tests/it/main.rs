@@ -50,6 +50,7 @@ macro_rules! both_backends {
 both_backends!(
     store::migrations_make_the_store_ready,
     store::migrating_twice_is_a_no_op,
+    store::unread_counts_on_an_empty_room,
     territories::ensure_is_idempotent,
     territories::server_name_is_fixed_once_stored,
     territories::server_name_belongs_to_one_territory,
