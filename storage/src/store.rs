@@ -52,7 +52,7 @@ impl Default for StoreOptions {
             sqlite_synchronous: SqliteSynchronous::Normal,
             sqlite_busy_timeout: Duration::from_secs(5),
             sqlite_wal_size_limit: 64 * 1024 * 1024,
-            sqlite_cache_size_kib: 4 * 1024,
+            sqlite_cache_size_kib: 2 * 1024,
         }
     }
 }

@@ -143,7 +143,7 @@ impl Default for StorageConfig {
             sqlite_busy_timeout_ms: 5_000,
             sqlite_checkpoint_interval_secs: 60,
             sqlite_wal_size_limit_bytes: 64 * 1024 * 1024,
-            sqlite_cache_size_kib: 4 * 1024,
+            sqlite_cache_size_kib: 2 * 1024,
         }
     }
 }
