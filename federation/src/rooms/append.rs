@@ -345,6 +345,16 @@ impl Rooms {
         rooms.entry(room_id.to_owned()).or_default().clone()
     }
 
+    /// Removes an unknown room's slot from the map, unless someone else holds it (a room being
+    /// created must keep the one slot every appender shares).
+    fn forget_slot(&self, room_id: &RoomId, slot: &RoomSlot) {
+        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if rooms.get(room_id).is_some_and(|s| Arc::ptr_eq(s, slot)) && Arc::strong_count(slot) <= 2
+        {
+            rooms.remove(room_id);
+        }
+    }
+
     fn cached(&self, id: &EventId) -> Option<(Arc<Pdu>, Option<i64>)> {
         self.inner
             .events
@@ -455,6 +465,10 @@ impl Rooms {
         let mut guard = slot.lock().await;
         if guard.is_none() {
             *guard = self.load_room(room_id).await?;
+            if guard.is_none() {
+                // Unknown room: keep no empty slot for it (clients may name any room ID).
+                self.forget_slot(room_id, &slot);
+            }
         }
         Ok(guard.as_ref().map(|entry| entry.state.clone()))
     }
@@ -470,6 +484,10 @@ impl Rooms {
         let mut guard = slot.lock().await;
         if guard.is_none() {
             *guard = self.load_room(room_id).await?;
+            if guard.is_none() {
+                // Unknown room: keep no empty slot for it (clients may name any room ID).
+                self.forget_slot(room_id, &slot);
+            }
         }
         Ok(guard.as_ref().and_then(|e| {
             e.state
@@ -487,6 +505,10 @@ impl Rooms {
         let mut guard = slot.lock().await;
         if guard.is_none() {
             *guard = self.load_room(room_id).await?;
+            if guard.is_none() {
+                // Unknown room: keep no empty slot for it (clients may name any room ID).
+                self.forget_slot(room_id, &slot);
+            }
         }
         Ok(guard
             .as_ref()
@@ -701,6 +723,10 @@ impl Rooms {
         let mut guard = slot.lock().await;
         if guard.is_none() {
             *guard = self.load_room(room_id).await?;
+            if guard.is_none() {
+                // Unknown room: keep no empty slot for it (clients may name any room ID).
+                self.forget_slot(room_id, &slot);
+            }
         }
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(room_id.to_owned()));
@@ -763,6 +789,10 @@ impl Rooms {
         let mut guard = slot.lock().await;
         if guard.is_none() {
             *guard = self.load_room(&pdu.room_id).await?;
+            if guard.is_none() {
+                // Unknown room: keep no empty slot for it (clients may name any room ID).
+                self.forget_slot(&pdu.room_id, &slot);
+            }
         }
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
