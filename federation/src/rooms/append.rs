@@ -130,6 +130,7 @@ struct RoomEntry {
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
+type RoomGuard = tokio::sync::OwnedMutexGuard<Option<RoomEntry>>;
 
 struct WriteRequest {
     batch: EventBatch,
@@ -345,14 +346,26 @@ impl Rooms {
         rooms.entry(room_id.to_owned()).or_default().clone()
     }
 
-    /// Removes an unknown room's slot from the map, unless someone else holds it (a room being
-    /// created must keep the one slot every appender shares).
-    fn forget_slot(&self, room_id: &RoomId, slot: &RoomSlot) {
-        let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
-        if rooms.get(room_id).is_some_and(|s| Arc::ptr_eq(s, slot)) && Arc::strong_count(slot) <= 2
-        {
-            rooms.remove(room_id);
+    /// A room's slot, locked, with the room loaded from the database when it is not in memory
+    /// (`None` inside for an unknown room). An unknown room's slot leaves the map again, unless
+    /// someone else holds it (a room being created keeps the one slot every appender shares):
+    /// clients may name any room ID.
+    async fn lock_room(&self, room_id: &RoomId) -> Result<(RoomSlot, RoomGuard), AppendError> {
+        let slot = self.slot(room_id);
+        let mut guard = Arc::clone(&slot).lock_owned().await;
+        if guard.is_none() {
+            *guard = self.load_room(room_id).await?;
+            if guard.is_none() {
+                let mut rooms = self.inner.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                // The map, `slot` and the guard: nobody else.
+                if rooms.get(room_id).is_some_and(|s| Arc::ptr_eq(s, &slot))
+                    && Arc::strong_count(&slot) <= 3
+                {
+                    rooms.remove(room_id);
+                }
+            }
         }
+        Ok((slot, guard))
     }
 
     fn cached(&self, id: &EventId) -> Option<(Arc<Pdu>, Option<i64>)> {
@@ -461,15 +474,7 @@ impl Rooms {
 
     /// The current state of a room (`None` for an unknown room).
     pub async fn current_state(&self, room_id: &RoomId) -> Result<Option<State>, AppendError> {
-        let slot = self.slot(room_id);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = self.load_room(room_id).await?;
-            if guard.is_none() {
-                // Unknown room: keep no empty slot for it (clients may name any room ID).
-                self.forget_slot(room_id, &slot);
-            }
-        }
+        let (_slot, guard) = self.lock_room(room_id).await?;
         Ok(guard.as_ref().map(|entry| entry.state.clone()))
     }
 
@@ -480,15 +485,7 @@ impl Rooms {
         kind: &str,
         state_key: &str,
     ) -> Result<Option<OwnedEventId>, AppendError> {
-        let slot = self.slot(room_id);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = self.load_room(room_id).await?;
-            if guard.is_none() {
-                // Unknown room: keep no empty slot for it (clients may name any room ID).
-                self.forget_slot(room_id, &slot);
-            }
-        }
+        let (_slot, guard) = self.lock_room(room_id).await?;
         Ok(guard.as_ref().and_then(|e| {
             e.state
                 .get(&(kind.to_owned(), state_key.to_owned()))
@@ -501,15 +498,7 @@ impl Rooms {
         &self,
         room_id: &RoomId,
     ) -> Result<Vec<OwnedEventId>, AppendError> {
-        let slot = self.slot(room_id);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = self.load_room(room_id).await?;
-            if guard.is_none() {
-                // Unknown room: keep no empty slot for it (clients may name any room ID).
-                self.forget_slot(room_id, &slot);
-            }
-        }
+        let (_slot, guard) = self.lock_room(room_id).await?;
         Ok(guard
             .as_ref()
             .map(|e| e.extremities.clone())
@@ -719,15 +708,7 @@ impl Rooms {
         signer: Signer<'_>,
         transaction: Option<(&str, &str)>,
     ) -> Result<Arc<Pdu>, AppendError> {
-        let slot = self.slot(room_id);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = self.load_room(room_id).await?;
-            if guard.is_none() {
-                // Unknown room: keep no empty slot for it (clients may name any room ID).
-                self.forget_slot(room_id, &slot);
-            }
-        }
+        let (slot, mut guard) = self.lock_room(room_id).await?;
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(room_id.to_owned()));
         };
@@ -785,15 +766,7 @@ impl Rooms {
     /// Appends an event received from another server (its signatures already verified by the
     /// caller). Parents must be known: fetching missing ones is the caller's job.
     pub async fn append_remote(&self, pdu: Pdu) -> Result<Appended, AppendError> {
-        let slot = self.slot(&pdu.room_id);
-        let mut guard = slot.lock().await;
-        if guard.is_none() {
-            *guard = self.load_room(&pdu.room_id).await?;
-            if guard.is_none() {
-                // Unknown room: keep no empty slot for it (clients may name any room ID).
-                self.forget_slot(&pdu.room_id, &slot);
-            }
-        }
+        let (slot, mut guard) = self.lock_room(&pdu.room_id).await?;
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
         };
