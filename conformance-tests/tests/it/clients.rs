@@ -2,17 +2,14 @@
 
 use std::process::Command;
 
-use unitas::{Config, Node};
+use unitas::Node;
 use unitas_conformance_tests::{python, script};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_nio_registers_chats_and_reads_history() {
     let Some(python) = python() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = dir.path().to_owned();
+    let mut config = crate::foundation::config(dir.path());
     config.registration.enabled = true;
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
@@ -42,10 +39,7 @@ async fn client_api_responses_match_the_spec() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = dir.path().to_owned();
+    let mut config = crate::foundation::config(dir.path());
     config.registration.enabled = true;
     config.registration.shared_secret = Some(unitas::config::Secret::new("s3cret".into()));
     std::fs::write(dir.path().join("tokens"), "letmein\n").unwrap();
@@ -81,10 +75,7 @@ async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.server.listen = "127.0.0.1:0".parse().unwrap();
-    config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
-    config.server.data_dir = dir.path().to_owned();
+    let mut config = crate::foundation::config(dir.path());
     config.registration.enabled = true;
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);

@@ -8,7 +8,8 @@ use unitas::config::TerritoryConfig;
 use unitas::{Config, Node};
 use unitas_conformance_tests::{python, script, spec_dir};
 
-fn config(dir: &std::path::Path) -> Config {
+/// A node config for these tests: ports 0, data under `dir`.
+pub fn config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.server.listen = "127.0.0.1:0".parse().unwrap();
     config.server.federation_listen = "127.0.0.1:0".parse().unwrap();
