@@ -27,7 +27,9 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use ruma::{EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, RoomId, UserId};
+use ruma::{
+    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
 use unitas_storage::{
@@ -127,6 +129,8 @@ struct RoomEntry {
     max_depth: u64,
     /// Joined members per server, for outbound destinations.
     servers: HashMap<String, usize>,
+    /// This node's users who are joined, invited or knocking: whose syncs a new event wakes.
+    local_members: HashSet<OwnedUserId>,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
@@ -184,6 +188,8 @@ struct Inner {
     position: Arc<watch::Sender<i64>>,
     outbound: Arc<dyn OutboundSink>,
     local_servers: HashSet<String>,
+    /// Per local user: bumped when a committed event concerns them (their syncs wait on it).
+    user_watches: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
 }
 
 /// The rooms service: the append path and room state. Cheap to clone.
@@ -321,6 +327,7 @@ impl Rooms {
             position: position.clone(),
             outbound,
             local_servers: local_servers.into_iter().collect(),
+            user_watches: Mutex::new(HashMap::new()),
         };
         let writer = RoomWriter {
             store,
@@ -334,6 +341,44 @@ impl Rooms {
             },
             writer,
         ))
+    }
+
+    /// A watch that changes whenever a committed event concerns `user` (an event in a room they
+    /// are in, invited to or knocking on, or a change of their membership). Subscribe before
+    /// reading the position, then wait: nothing is missed.
+    pub fn subscribe_user(&self, user: &UserId) -> watch::Receiver<u64> {
+        let mut watches = self
+            .inner
+            .user_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if watches.len() > 10_000 {
+            watches.retain(|_, tx| tx.receiver_count() > 0);
+        }
+        watches
+            .entry(user.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    fn wake_users(&self, users: &[OwnedUserId]) {
+        if users.is_empty() {
+            return;
+        }
+        let watches = self
+            .inner
+            .user_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for user in users {
+            if let Some(tx) = watches.get(user) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    fn is_local(&self, user_id: &str) -> bool {
+        server_of(user_id).is_some_and(|server| self.inner.local_servers.contains(server))
     }
 
     /// The durable stream position, for waiters (sync): changes after each group commit.
@@ -450,15 +495,25 @@ impl Rooms {
             }
         }
         let mut servers = HashMap::new();
+        let mut local_members = HashSet::new();
         for ((kind, key), id) in &state {
             if kind != "m.room.member" {
                 continue;
             }
-            if let Some((pdu, _)) = self.load_event(id, &version).await?
-                && membership(&pdu).as_deref() == Some("join")
+            let Some((pdu, _)) = self.load_event(id, &version).await? else {
+                continue;
+            };
+            let membership = membership(&pdu);
+            if membership.as_deref() == Some("join")
                 && let Some(server) = server_of(key)
             {
                 *servers.entry(server.to_owned()).or_insert(0) += 1;
+            }
+            if matches!(membership.as_deref(), Some("join" | "invite" | "knock"))
+                && self.is_local(key)
+                && let Ok(user) = OwnedUserId::try_from(key.as_str())
+            {
+                local_members.insert(user);
             }
         }
         Ok(Some(RoomEntry {
@@ -469,6 +524,7 @@ impl Rooms {
             extremities,
             max_depth,
             servers,
+            local_members,
         }))
     }
 
@@ -668,6 +724,7 @@ impl Rooms {
             extremities: vec![],
             max_depth: 0,
             servers: HashMap::new(),
+            local_members: HashSet::new(),
         });
         let (rx, pdu) = match self.stage(
             guard.as_mut().map(|e| (e, true)),
@@ -1022,6 +1079,31 @@ impl Rooms {
         if !soft_failed {
             self.advance_room(entry, &pdu, fork.as_ref(), group_after, &mut groups, &fetch)?;
         }
+        // Whose syncs this event wakes: the local members, and a local target of a membership
+        // change (an invitee, or someone leaving, who must still see their leave).
+        let mut wake: Vec<OwnedUserId> = if soft_failed {
+            Vec::new()
+        } else {
+            entry.local_members.iter().cloned().collect()
+        };
+        if !soft_failed
+            && pdu.kind.to_string() == "m.room.member"
+            && let Some(target) = pdu.state_key.as_deref()
+            && self.is_local(target)
+            && let Ok(target) = OwnedUserId::try_from(target)
+        {
+            if matches!(
+                membership(&pdu).as_deref(),
+                Some("join" | "invite" | "knock")
+            ) {
+                entry.local_members.insert(target.clone());
+            } else {
+                entry.local_members.remove(&target);
+            }
+            if !wake.contains(&target) {
+                wake.push(target);
+            }
+        }
         let destinations: Vec<String> = if soft_failed {
             Vec::new()
         } else {
@@ -1058,6 +1140,7 @@ impl Rooms {
                 request: Some(WriteRequest { batch, done }),
                 rx,
                 destinations,
+                wake,
             },
             pdu,
         ))
@@ -1165,6 +1248,7 @@ impl Rooms {
         let Some(&stream) = streams.first() else {
             return Ok((pdu, Appended::SoftFailed));
         };
+        self.wake_users(&staged.wake);
         if !staged.destinations.is_empty() {
             self.inner.outbound.enqueue(&pdu, &staged.destinations);
         }
@@ -1197,6 +1281,7 @@ struct Staged {
     request: Option<WriteRequest>,
     rx: oneshot::Receiver<Result<Vec<i64>, StorageError>>,
     destinations: Vec<String>,
+    wake: Vec<OwnedUserId>,
 }
 
 trait CloneIf {

@@ -448,3 +448,37 @@ pub async fn waiters_wake_and_other_servers_get_the_event(store: Store) {
             .any(|(id, _)| id == &after.event_id)
     );
 }
+
+pub async fn only_concerned_users_are_woken(store: Store) {
+    let w = World::new(store).await;
+    let alice = w.a.user("alice");
+    let bob = w.a.user("bob");
+    let carol = w.a.user("carol");
+    let room = w.public_room("12").await;
+    let other = w.public_room("12").await;
+    let mut bobs = w.rooms.subscribe_user(&bob);
+    let mut carols = w.rooms.subscribe_user(&carol);
+
+    // An invite wakes the invitee.
+    w.send(&room, &alice, member(&bob, "invite")).await;
+    assert!(bobs.has_changed().unwrap());
+    bobs.borrow_and_update();
+    w.send(&room, &bob, member(&bob, "join")).await;
+    bobs.borrow_and_update();
+
+    // A message in bob's room wakes bob, not carol; one in another room wakes neither.
+    w.message(&other, &alice, "elsewhere").await;
+    assert!(!bobs.has_changed().unwrap());
+    w.message(&room, &alice, "for bob").await;
+    assert!(bobs.has_changed().unwrap());
+    assert!(!carols.has_changed().unwrap());
+    bobs.borrow_and_update();
+
+    // Leaving wakes the leaver once more; after that the room is silent for them.
+    w.send(&room, &bob, member(&bob, "leave")).await;
+    assert!(bobs.has_changed().unwrap());
+    bobs.borrow_and_update();
+    w.message(&room, &alice, "after bob left").await;
+    assert!(!bobs.has_changed().unwrap());
+    let _ = carols.borrow_and_update();
+}

@@ -43,6 +43,7 @@ both_backends!(
     append::state_survives_a_restart,
     append::bad_events_change_nothing,
     append::waiters_wake_and_other_servers_get_the_event,
+    append::only_concerned_users_are_woken,
     resolution::concurrent_ban_and_join,
     resolution::power_level_race,
     resolution::join_rule_change_against_a_join,

@@ -5,7 +5,8 @@
 //! assigns them in commit order), so a client that follows `next_batch` never misses an event;
 //! what a limited timeline leaves out is reachable from its `prev_batch` with `/messages`.
 //!
-//! Long-polling waits on the position watch that every commit updates: no polling loop.
+//! Long-polling waits on the user's own watch, which the append path bumps after a commit that
+//! concerns the user (no polling loop, and unrelated rooms wake nobody).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -44,10 +45,14 @@ pub async fn sync_events_route(
     let (limit, lazy_members) = sync_filter(&state, &user, body.filter.as_ref()).await?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut position = state.rooms.subscribe();
+    // Subscribe before reading positions: a commit in between still wakes the wait below.
+    // Only events that concern this user wake it (not every commit on the node).
+    let mut mine = state.rooms.subscribe_user(&user.user_id);
+    let position = state.rooms.subscribe();
     let mut aux = state.ephemeral.subscribe();
     loop {
-        let now = *position.borrow_and_update();
+        mine.borrow_and_update();
+        let now = *position.borrow();
         let now_aux = *aux.borrow_and_update();
         let window = Window {
             since,
@@ -63,7 +68,7 @@ pub async fn sync_events_route(
         // Nothing new: wait for the next commit or change, or the timeout.
         let woken = tokio::time::timeout_at(deadline, async {
             tokio::select! {
-                r = position.changed() => r.is_ok(),
+                r = mine.changed() => r.is_ok(),
                 r = aux.changed() => r.is_ok(),
             }
         })
