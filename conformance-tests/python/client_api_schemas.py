@@ -125,6 +125,22 @@ def main():
     call("GET", "/_matrix/client/v1/media/config", token=a)
     call("GET", "/_matrix/client/v1/media/download/{serverName}/{mediaId}", {"serverName": server, "mediaId": media_id}, token=a)
     call("GET", "/_matrix/media/v3/download/{serverName}/{mediaId}", {"serverName": server, "mediaId": media_id})
+    # An image gets a real thumbnail: a PNG inside the asked box.
+    import struct, zlib
+    def png(width, height):
+        rows = b"".join(b"\x00" + bytes((x * 7 + y) % 256 for x in range(width * 3)) for y in range(height))
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    picture = call("POST", "/_matrix/media/v3/upload", raw=png(200, 100), content_type="image/png", query={"filename": "p.png"}, token=a)
+    picture_id = picture["content_uri"].rsplit("/", 1)[1]
+    small = call("GET", "/_matrix/client/v1/media/thumbnail/{serverName}/{mediaId}", {"serverName": server, "mediaId": picture_id}, query={"width": "32", "height": "32", "method": "scale"}, token=a)
+    if not small or small[:8] != b"\x89PNG\r\n\x1a\n":
+        failures.append("thumbnail is not a PNG")
+    else:
+        width, height = struct.unpack(">II", small[16:24])
+        if (width, height) != (32, 16):
+            failures.append(f"thumbnail is {width}x{height}, expected 32x16")
     call("POST", f"{c}/rooms/{{roomId}}/kick", {"roomId": room}, body={"user_id": ub, "reason": "test"}, token=a)
     call("POST", f"{c}/rooms/{{roomId}}/ban", {"roomId": room}, body={"user_id": ub}, token=a)
     call("POST", f"{c}/rooms/{{roomId}}/unban", {"roomId": room}, body={"user_id": ub}, token=a)

@@ -3,8 +3,8 @@
 //! repository").
 //!
 //! Files live under `<data_dir>/media/<first two characters of the ID>/<ID>`, written to a
-//! temporary file and renamed, so a failed upload leaves nothing behind. Thumbnails are the
-//! original file for now (no image scaling); clients display it scaled. The legacy paths are
+//! temporary file and renamed, so a failed upload leaves nothing behind. Thumbnails of images are
+//! scaled (or cropped) PNGs made on request; other files are returned as they are. The legacy paths are
 //! deprecated in the spec (v1.11) but still used by older clients, so they stay.
 #![allow(deprecated)]
 
@@ -126,6 +126,58 @@ async fn load(
     ))
 }
 
+/// A thumbnail of at most `width` x `height` (spec: "Thumbnails"): `scale` keeps the aspect ratio
+/// inside the box, `crop` fills the box and cuts the overflow. Images (PNG, JPEG, GIF, WebP) are
+/// decoded and re-encoded as PNG on the blocking pool; anything else, or an image already inside
+/// the box, is returned as it is.
+async fn thumbnail(
+    file: Vec<u8>,
+    content_type: String,
+    width: u32,
+    height: u32,
+    crop: bool,
+) -> (Vec<u8>, String) {
+    if !content_type.starts_with("image/")
+        || content_type == "image/svg+xml"
+        || width == 0
+        || height == 0
+    {
+        return (file, content_type);
+    }
+    let file = std::sync::Arc::new(file);
+    let source = std::sync::Arc::clone(&file);
+    let scaled = tokio::task::spawn_blocking(move || {
+        let image = image::load_from_memory(&source).ok()?;
+        if image.width() <= width && image.height() <= height {
+            return None;
+        }
+        let small = if crop {
+            image.resize_to_fill(width, height, image::imageops::FilterType::Triangle)
+        } else {
+            image.thumbnail(width, height)
+        };
+        let mut out = std::io::Cursor::new(Vec::new());
+        small.write_to(&mut out, image::ImageFormat::Png).ok()?;
+        Some(out.into_inner())
+    })
+    .await;
+    match scaled {
+        Ok(Some(png)) => (png, "image/png".to_owned()),
+        // Not decodable, or already small enough: the original.
+        _ => (
+            std::sync::Arc::try_unwrap(file).unwrap_or_else(|shared| (*shared).clone()),
+            content_type,
+        ),
+    }
+}
+
+/// A requested thumbnail dimension, bounded (clients ask for at most a few hundred pixels).
+fn dimension(value: UInt) -> u32 {
+    u32::try_from(u64::from(value))
+        .unwrap_or(u32::MAX)
+        .min(1024)
+}
+
 /// `GET /_matrix/client/v1/media/download/{serverName}/{mediaId}`.
 pub async fn get_content_v1_route(
     State(state): State<AppState>,
@@ -161,6 +213,9 @@ pub async fn get_content_thumbnail_v1_route(
     req.user()?;
     let (file, content_type, disposition) =
         load(&state, &req.body.server_name, &req.body.media_id, None).await?;
+    let crop = matches!(req.body.method, Some(ruma::media::Method::Crop));
+    let (width, height) = (dimension(req.body.width), dimension(req.body.height));
+    let (file, content_type) = thumbnail(file, content_type, width, height, crop).await;
     Ok(v1::get_content_thumbnail::v1::Response::new(file, content_type, disposition).into())
 }
 
@@ -191,6 +246,9 @@ pub async fn get_content_thumbnail_legacy_route(
 ) -> Result<legacy::get_content_thumbnail::v3::Response> {
     let (file, content_type, disposition) =
         load(&state, &req.body.server_name, &req.body.media_id, None).await?;
+    let crop = matches!(req.body.method, Some(ruma::media::Method::Crop));
+    let (width, height) = (dimension(req.body.width), dimension(req.body.height));
+    let (file, content_type) = thumbnail(file, content_type, width, height, crop).await;
     Ok(legacy::get_content_thumbnail::v3::Response::new(file, content_type, disposition).into())
 }
 
