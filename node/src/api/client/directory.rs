@@ -14,7 +14,7 @@ use ruma::{OwnedRoomAliasId, OwnedRoomId, RoomAliasId, UInt};
 use serde_json::Value;
 use unitas_storage::{ClientData, ClientExtras, StorageError};
 
-use super::rooms::{current_state_events, membership};
+use super::rooms::{current_state_events, require_joined};
 use crate::api::ApiError;
 use crate::api::ruma::{Ruma, RumaResponse};
 use crate::node::now_ms;
@@ -136,13 +136,7 @@ pub async fn get_room_aliases_route(
     req: Ruma<aliases::v3::Request>,
 ) -> Result<aliases::v3::Response> {
     let user = req.user()?.clone();
-    if membership(&state, &req.body.room_id, &user.user_id)
-        .await?
-        .as_deref()
-        != Some("join")
-    {
-        return Err(ApiError::forbidden("You are not in this room"));
-    }
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
     let list = state
         .store
         .list_aliases(req.body.room_id.as_str())
@@ -185,13 +179,7 @@ pub async fn set_room_visibility_route(
     req: Ruma<set_room_visibility::v3::Request>,
 ) -> Result<set_room_visibility::v3::Response> {
     let user = req.user()?.clone();
-    if membership(&state, &req.body.room_id, &user.user_id)
-        .await?
-        .as_deref()
-        != Some("join")
-    {
-        return Err(ApiError::forbidden("You are not in this room"));
-    }
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
     let visibility = match req.body.visibility {
         Visibility::Public => "public",
         _ => "private",

@@ -17,7 +17,7 @@ use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
 use unitas_storage::ClientExtras;
 
-use super::rooms::membership;
+use super::rooms::require_joined;
 use crate::api::ApiError;
 use crate::api::ruma::{Ruma, RumaResponse};
 use crate::node::now_ms;
@@ -33,17 +33,6 @@ fn own(user: &UserId, target: &UserId) -> std::result::Result<(), ApiError> {
     }
 }
 
-async fn joined(
-    state: &AppState,
-    room: &RoomId,
-    user: &UserId,
-) -> std::result::Result<(), ApiError> {
-    match membership(state, room, user).await?.as_deref() {
-        Some("join") => Ok(()),
-        _ => Err(ApiError::forbidden(format!("{user} is not in room {room}"))),
-    }
-}
-
 /// `PUT /_matrix/client/v3/rooms/{roomId}/typing/{userId}`.
 pub async fn create_typing_event_route(
     State(state): State<AppState>,
@@ -51,7 +40,7 @@ pub async fn create_typing_event_route(
 ) -> Result<create_typing_event::v3::Response> {
     let user = req.user()?.clone();
     own(&user.user_id, &req.body.user_id)?;
-    joined(&state, &req.body.room_id, &user.user_id).await?;
+    require_joined(&state, &req.body.room_id, &user.user_id).await?;
     let timeout = match req.body.state {
         create_typing_event::v3::Typing::Yes(info) => Some(info.timeout),
         _ => None,
@@ -110,7 +99,7 @@ pub async fn create_receipt_route(
 ) -> Result<create_receipt::v3::Response> {
     let user = req.user()?.clone();
     let body = req.body;
-    joined(&state, &body.room_id, &user.user_id).await?;
+    require_joined(&state, &body.room_id, &user.user_id).await?;
     let kind = body.receipt_type.to_string();
     if kind == "m.fully_read" {
         store_account_data(
@@ -148,7 +137,7 @@ pub async fn set_read_marker_route(
 ) -> Result<set_read_marker::v3::Response> {
     let user = req.user()?.clone();
     let body = req.body;
-    joined(&state, &body.room_id, &user.user_id).await?;
+    require_joined(&state, &body.room_id, &user.user_id).await?;
     if let Some(id) = &body.fully_read {
         store_account_data(
             &state,

@@ -130,7 +130,8 @@ pub async fn membership(
     Ok(content["membership"].as_str().map(str::to_owned))
 }
 
-async fn require_joined(
+/// `M_FORBIDDEN` unless `user` is joined to the room.
+pub async fn require_joined(
     state: &AppState,
     room_id: &RoomId,
     user: &UserId,
