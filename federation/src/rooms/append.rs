@@ -413,6 +413,11 @@ impl Rooms {
         Ok((slot, guard))
     }
 
+    /// Whether an event is already known (cache, then database): appending it again is a no-op.
+    async fn is_stored(&self, id: &EventId) -> Result<bool, AppendError> {
+        Ok(self.cached(id).is_some() || self.inner.store.get_event(id.as_str()).await?.is_some())
+    }
+
     fn cached(&self, id: &EventId) -> Option<(Arc<Pdu>, Option<i64>)> {
         self.inner
             .events
@@ -827,14 +832,7 @@ impl Rooms {
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
         };
-        if self.cached(&pdu.event_id).is_some()
-            || self
-                .inner
-                .store
-                .get_event(pdu.event_id.as_str())
-                .await?
-                .is_some()
-        {
+        if self.is_stored(&pdu.event_id).await? {
             return Ok(Appended::Duplicate);
         }
         let version = entry.version.clone();
@@ -853,14 +851,7 @@ impl Rooms {
         pdu: Pdu,
         version: &RoomVersion,
     ) -> Result<Appended, AppendError> {
-        if self.cached(&pdu.event_id).is_some()
-            || self
-                .inner
-                .store
-                .get_event(pdu.event_id.as_str())
-                .await?
-                .is_some()
-        {
+        if self.is_stored(&pdu.event_id).await? {
             return Ok(Appended::Duplicate);
         }
         let mut known = HashMap::new();
