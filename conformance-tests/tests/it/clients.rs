@@ -1,7 +1,5 @@
 //! Real Matrix clients against a node: matrix-nio (and, to come, matrix-js-sdk).
 
-use std::process::Command;
-
 use unitas::Node;
 use unitas_conformance_tests::{python, script};
 
@@ -13,21 +11,12 @@ async fn matrix_nio_registers_chats_and_reads_history() {
     config.registration.enabled = true;
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script("nio_chat.py"))
-            .arg(base)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "matrix-nio failed:\n{stderr}\n{stdout}"
-    );
+    let (ok, stdout, stderr) = crate::run_to_end(
+        python,
+        vec![script("nio_chat.py").display().to_string(), base],
+    )
+    .await;
+    assert!(ok, "matrix-nio failed:\n{stderr}\n{stdout}");
     let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(facts["messages"], 101);
     node.shutdown().await;
@@ -46,22 +35,16 @@ async fn client_api_responses_match_the_spec() {
     config.registration.tokens_file = Some(dir.path().join("tokens"));
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script("client_api_schemas.py"))
-            .arg(spec)
-            .arg(base)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "spec mismatches:\n{stderr}\n{stdout}"
-    );
+    let (ok, stdout, stderr) = crate::run_to_end(
+        python,
+        vec![
+            script("client_api_schemas.py").display().to_string(),
+            spec.display().to_string(),
+            base,
+        ],
+    )
+    .await;
+    assert!(ok, "spec mismatches:\n{stderr}\n{stdout}");
     assert!(
         stdout.lines().filter(|l| l.starts_with("valid:")).count() >= 60,
         "{stdout}"
@@ -80,21 +63,9 @@ async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
     let script = unitas_conformance_tests::js_script("chat.mjs");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(node_js)
-            .arg(script)
-            .arg(base)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "matrix-js-sdk failed:\n{stderr}\n{stdout}"
-    );
+    let (ok, stdout, stderr) =
+        crate::run_to_end(node_js, vec![script.display().to_string(), base]).await;
+    assert!(ok, "matrix-js-sdk failed:\n{stderr}\n{stdout}");
     // The SDK logs to stdout; the facts are the last line.
     let facts: serde_json::Value =
         serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();

@@ -2,7 +2,6 @@
 //! `canonicaljson`/`signedjson`: canonical bytes, content hashes, event IDs (reference hashes),
 //! version 12 room IDs, signatures, and the redaction algorithm of versions 10, 11 and 12.
 
-use std::process::Command;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -121,21 +120,15 @@ async fn synapse_and_signedjson_agree_with_our_events() {
     let data = json!({"server_name": "a.test", "key_id": key.key_id(), "verify_key": key.public_key_base64(), "events": events});
     std::fs::write(file.path(), data.to_string()).unwrap();
     let path = file.path().to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script("check_events.py"))
-            .arg(path)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "independent checks failed:\n{stderr}\n{stdout}"
-    );
+    let (ok, stdout, stderr) = crate::run_to_end(
+        python,
+        vec![
+            script("check_events.py").display().to_string(),
+            path.display().to_string(),
+        ],
+    )
+    .await;
+    assert!(ok, "independent checks failed:\n{stderr}\n{stdout}");
     assert_eq!(
         stdout.lines().filter(|l| l.starts_with("ok:")).count(),
         events.len(),

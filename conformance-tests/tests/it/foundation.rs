@@ -1,8 +1,6 @@
 //! The foundation's surface: the key server (checked with `signedjson`, as Synapse checks it)
 //! and the unauthenticated endpoints (checked against the spec's OpenAPI schemas).
 
-use std::process::Command;
-
 use serde_json::json;
 use unitas::config::TerritoryConfig;
 use unitas::{Config, Node};
@@ -17,22 +15,9 @@ pub fn config(dir: &std::path::Path) -> Config {
     config
 }
 
-/// Runs a python script to the end on a blocking thread (the node keeps serving meanwhile).
+/// Runs a python script to the end with the test virtualenv's python.
 async fn run_python(args: Vec<String>) -> (bool, String, String) {
-    let python = python().expect("checked by the caller");
-    tokio::task::spawn_blocking(move || {
-        let output = Command::new(python)
-            .args(&args)
-            .output()
-            .expect("run python");
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    })
-    .await
-    .unwrap()
+    crate::run_to_end(python().expect("checked by the caller"), args).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
