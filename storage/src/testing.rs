@@ -135,3 +135,34 @@ mod tests {
         assert_eq!(with_database("postgres://h", "z"), "postgres://h/z");
     }
 }
+
+/// Turns `module::case` functions (`async fn(Store)`) into one `#[tokio::test]` per backend:
+/// `sqlite::case` on a fresh SQLite database, `postgres::case` on a fresh PostgreSQL database
+/// (skipped loudly outside CI when there is no test cluster). Invoke it in the test crate's root;
+/// the modules are looked up there.
+// `crate::` is meant: the cases live in the crate that invokes the macro.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! both_backends {
+    ($($module:ident :: $case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = $crate::testing::sqlite().await;
+                    crate::$module::$case(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = $crate::testing::postgres().await else { return };
+                    crate::$module::$case(db.store.clone()).await;
+                    db.store.close().await;
+                }
+            )*
+        }
+    };
+}

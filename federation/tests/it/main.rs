@@ -9,30 +9,7 @@ mod format;
 mod resolution;
 mod support;
 
-macro_rules! both_backends {
-    ($($module:ident :: $case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = unitas_storage::testing::sqlite().await;
-                    crate::$module::$case(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let Some(db) = unitas_storage::testing::postgres().await else { return };
-                    crate::$module::$case(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+unitas_storage::both_backends!(
     append::rooms_of_every_version,
     append::a_message_writes_no_state_rows,
     append::appending_twice_is_a_no_op,

@@ -23,31 +23,7 @@ pub async fn with_territory(store: &Store, code: &str, server_name: &str) {
         .expect("store territory");
 }
 
-macro_rules! both_backends {
-    ($($module:ident :: $case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = unitas_storage::testing::sqlite().await;
-                    crate::$module::$case(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let Some(db) = unitas_storage::testing::postgres().await else { return };
-                    crate::$module::$case(db.store.clone()).await;
-                    db.store.close().await;
-                }
-            )*
-        }
-    };
-}
-
-both_backends!(
+unitas_storage::both_backends!(
     store::migrations_make_the_store_ready,
     store::migrating_twice_is_a_no_op,
     store::unread_counts_on_an_empty_room,
