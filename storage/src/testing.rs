@@ -118,24 +118,6 @@ pub fn with_database(url: &str, database: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn replaces_the_database_name() {
-        assert_eq!(
-            with_database("postgres://postgres@localhost/postgres?host=/tmp/s", "x"),
-            "postgres://postgres@localhost/x?host=/tmp/s"
-        );
-        assert_eq!(
-            with_database("postgres://u:p@h:5/db", "y"),
-            "postgres://u:p@h:5/y"
-        );
-        assert_eq!(with_database("postgres://h", "z"), "postgres://h/z");
-    }
-}
-
 /// Turns `module::case` functions (`async fn(Store)`) into one `#[tokio::test]` per backend:
 /// `sqlite::case` on a fresh SQLite database, `postgres::case` on a fresh PostgreSQL database
 /// (skipped loudly outside CI when there is no test cluster). Invoke it in the test crate's root;
@@ -165,4 +147,22 @@ macro_rules! both_backends {
             )*
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_database;
+
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            with_database("postgres://postgres@localhost/postgres?host=/tmp/s", "x"),
+            "postgres://postgres@localhost/x?host=/tmp/s"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h:5/db", "y"),
+            "postgres://u:p@h:5/y"
+        );
+        assert_eq!(with_database("postgres://h", "z"), "postgres://h/z");
+    }
 }
