@@ -145,7 +145,9 @@ impl Store {
             .pragma(
                 "journal_size_limit",
                 options.sqlite_wal_size_limit.to_string(),
-            );
+            )
+            // Negative: KiB rather than pages.
+            .pragma("cache_size", format!("-{}", options.sqlite_cache_size_kib));
         let path = connect_options.get_filename().to_path_buf();
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| connect_err(sqlx::Error::Io(e)))?;

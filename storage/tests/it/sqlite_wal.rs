@@ -16,6 +16,7 @@ async fn opens_in_wal_mode_with_the_configured_durability() {
         let url = format!("sqlite://{}/{expected}.db", dir.path().display());
         let options = StoreOptions {
             sqlite_synchronous: setting,
+            sqlite_cache_size_kib: 3 * 1024,
             ..Default::default()
         };
         let store = Store::connect(&url, &options).await.unwrap();
@@ -23,6 +24,8 @@ async fn opens_in_wal_mode_with_the_configured_durability() {
         assert_eq!(pragma(&store, "synchronous").await, expected);
         assert_eq!(pragma(&store, "busy_timeout").await, "5000");
         assert_eq!(pragma(&store, "foreign_keys").await, "1");
+        // Negative: KiB.
+        assert_eq!(pragma(&store, "cache_size").await, "-3072");
         store.close().await;
     }
 }
