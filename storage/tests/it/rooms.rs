@@ -1,0 +1,88 @@
+//! The event batch write: all of a batch or nothing, and the connection usable afterwards.
+
+use unitas_storage::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow, Store};
+
+fn event(id: &str, stream: i64) -> NewEvent {
+    NewEvent {
+        row: EventRow {
+            event_id: id.to_owned(),
+            room_id: "!r:example.org".to_owned(),
+            stream_ordering: Some(stream),
+            event_type: "m.room.message".to_owned(),
+            state_key: None,
+            sender: "@a:example.org".to_owned(),
+            depth: stream,
+            origin_server_ts: 1,
+            json: "{}".to_owned(),
+            state_group_before: Some(1),
+            state_group_after: Some(1),
+            outlier: false,
+            soft_failed: false,
+            redacted_by: None,
+        },
+        prev_events: vec![],
+    }
+}
+
+fn room(extremity: &str) -> RoomRow {
+    RoomRow {
+        room_id: "!r:example.org".to_owned(),
+        room_version: "12".to_owned(),
+        created_ts: 1,
+        forward_extremities: format!("[\"{extremity}\"]"),
+        current_state_group: Some(1),
+    }
+}
+
+fn group(id: i64) -> NewStateGroup {
+    NewStateGroup {
+        id,
+        room_id: "!r:example.org".to_owned(),
+        prev_group: None,
+        delta: vec![],
+    }
+}
+
+/// A batch that fails half-way (a state group ID already taken, after the room row and before
+/// the events) leaves nothing of itself behind, and the next batch, on the same pooled
+/// connection, commits normally: no transaction is left open.
+pub async fn failed_batch_writes_nothing(store: Store) {
+    let first = EventBatch {
+        rooms: vec![room("$a")],
+        state_groups: vec![group(1)],
+        events: vec![event("$a", 1)],
+        ..Default::default()
+    };
+    store.persist_events(&first).await.unwrap();
+
+    let clash = EventBatch {
+        rooms: vec![room("$b")],
+        state_groups: vec![group(1)],
+        events: vec![event("$b", 2)],
+        transactions: vec![(
+            "@a:example.org".into(),
+            "D".into(),
+            "t1".into(),
+            "$b".into(),
+            1,
+        )],
+    };
+    assert!(store.persist_events(&clash).await.is_err());
+    assert!(store.get_event("$b").await.unwrap().is_none());
+    let stored = store.get_room("!r:example.org").await.unwrap().unwrap();
+    assert_eq!(stored.forward_extremities, "[\"$a\"]");
+
+    for (i, id) in ["$c", "$d", "$e"].into_iter().enumerate() {
+        let next = EventBatch {
+            rooms: vec![room(id)],
+            state_groups: vec![group(10 + i as i64)],
+            events: vec![event(id, 3 + i as i64)],
+            ..Default::default()
+        };
+        store.persist_events(&next).await.unwrap();
+        assert!(store.get_event(id).await.unwrap().is_some());
+    }
+    let stored = store.get_room("!r:example.org").await.unwrap().unwrap();
+    assert_eq!(stored.forward_extremities, "[\"$e\"]");
+    assert_eq!(store.count_rows("events").await.unwrap(), 4);
+}
