@@ -36,6 +36,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "refresh_tokens",
         include_str!("../migrations/sqlite/0005_refresh_tokens.sql"),
     ),
+    (
+        6,
+        "remote_key_documents",
+        include_str!("../migrations/sqlite/0006_remote_key_documents.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -63,6 +68,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         5,
         "refresh_tokens",
         include_str!("../migrations/postgres/0005_refresh_tokens.sql"),
+    ),
+    (
+        6,
+        "remote_key_documents",
+        include_str!("../migrations/postgres/0006_remote_key_documents.sql"),
     ),
 ];
 

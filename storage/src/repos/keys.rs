@@ -138,6 +138,19 @@ pub trait RemoteServerKeys {
         &self,
         server_name: &str,
     ) -> impl Future<Output = Result<Vec<RemoteServerKey>>> + Send;
+    /// Keeps a server's signed key document (replacing one that expires sooner).
+    fn store_key_document(
+        &self,
+        server_name: &str,
+        json: &str,
+        valid_until_ts: i64,
+        fetched_ts: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A server's last key document and its `valid_until_ts`.
+    fn get_key_document(
+        &self,
+        server_name: &str,
+    ) -> impl Future<Output = Result<Option<(String, i64)>>> + Send;
 }
 
 impl RemoteServerKeys for Store {
@@ -165,6 +178,45 @@ impl RemoteServerKeys for Store {
             .map(|_| ())
         })?;
         Ok(())
+    }
+
+    async fn store_key_document(
+        &self,
+        server_name: &str,
+        json: &str,
+        valid_until_ts: i64,
+        fetched_ts: i64,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO remote_key_documents (server_name, json, valid_until_ts, fetched_ts)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (server_name) DO UPDATE SET
+                   json = excluded.json,
+                   valid_until_ts = excluded.valid_until_ts,
+                   fetched_ts = excluded.fetched_ts
+                 WHERE excluded.valid_until_ts >= remote_key_documents.valid_until_ts",
+            )
+            .bind(server_name)
+            .bind(json)
+            .bind(valid_until_ts)
+            .bind(fetched_ts)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn get_key_document(&self, server_name: &str) -> Result<Option<(String, i64)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT json, valid_until_ts FROM remote_key_documents WHERE server_name = $1",
+            )
+            .bind(server_name)
+            .fetch_optional(pool)
+            .await
+        })?)
     }
 
     async fn get_remote_server_keys(&self, server_name: &str) -> Result<Vec<RemoteServerKey>> {
