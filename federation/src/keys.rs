@@ -209,6 +209,11 @@ impl SigningKey {
         format!("ed25519:{}", self.version)
     }
 
+    /// The ruma key pair (signing requests through ruma's X-Matrix support).
+    pub(crate) fn pair(&self) -> &Ed25519KeyPair {
+        &self.pair
+    }
+
     /// The public key's 32 bytes.
     pub fn public_key(&self) -> [u8; 32] {
         self.pair.public_key()

@@ -1,0 +1,299 @@
+//! The outgoing federation HTTP client: discovery, the address filter, TLS, X-Matrix signing.
+//!
+//! ```text
+//!  request(dest) -> Discovery::resolve(dest) -> Target {host, port, Host header, SRV name}
+//!               -> sign (X-Matrix: origin, destination, key, sig)
+//!               -> reqwest (rustls; FilteringResolver: SRV alias + IP filter) -> JSON
+//! ```
+//!
+//! Redirects are never followed (a redirect could lead around the address filter), responses
+//! are read up to [`MAX_RESPONSE_BYTES`].
+
+use std::time::Duration;
+
+use ruma::ServerName;
+use serde_json::Value;
+
+use crate::discovery::{Discovery, DiscoveryError, FilteringResolver, IpFilter, Lookup, Target};
+use crate::keys::SigningKey;
+use crate::request_auth::sign_request;
+
+/// Largest response body read from a peer.
+pub const MAX_RESPONSE_BYTES: usize = 128 * 1024 * 1024;
+/// Largest `.well-known/matrix/server` document read.
+const MAX_WELL_KNOWN_BYTES: usize = 64 * 1024;
+
+/// Settings of the client.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Check peers' certificates (off only on test networks of self-signed peers).
+    pub verify_tls: bool,
+    /// Which addresses may be called.
+    pub filter: IpFilter,
+    /// Time limit of one request.
+    pub timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            verify_tls: true,
+            filter: IpFilter::default(),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Failures of an outgoing request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FederationError {
+    /// The destination could not be resolved or is not allowed.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// Connecting or transferring failed.
+    #[error("request to {destination} failed: {reason}")]
+    Transport {
+        /// Destination server.
+        destination: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The peer answered with an error status.
+    #[error("{destination} answered {status}: {errcode} {error}")]
+    Status {
+        /// Destination server.
+        destination: String,
+        /// HTTP status.
+        status: u16,
+        /// Matrix errcode, when the body had one.
+        errcode: String,
+        /// Matrix error message.
+        error: String,
+    },
+    /// The answer was not what was asked for.
+    #[error("bad response from {destination}: {reason}")]
+    BadResponse {
+        /// Destination server.
+        destination: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Signing the request failed.
+    #[error("cannot sign the request: {0}")]
+    Sign(String),
+}
+
+/// The network side of discovery: `.well-known` over the client, SRV over hickory.
+#[derive(Debug, Clone)]
+pub struct NetLookup {
+    http: reqwest::Client,
+    resolver: FilteringResolver,
+}
+
+fn max_age(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::CACHE_CONTROL)?.to_str().ok()?;
+    value.split(',').find_map(|part| {
+        let secs = part.trim().strip_prefix("max-age=")?.parse().ok()?;
+        Some(Duration::from_secs(secs))
+    })
+}
+
+impl Lookup for NetLookup {
+    async fn well_known(&self, host: &str) -> Result<(Option<String>, Option<Duration>), String> {
+        let url = format!("https://{host}/.well-known/matrix/server");
+        let response = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            // 4xx: there is no delegation; 5xx: try again later.
+            return if response.status().is_client_error() {
+                Ok((None, None))
+            } else {
+                Err(format!("{url}: {}", response.status()))
+            };
+        }
+        let ttl = max_age(response.headers());
+        let body = read_limited(response, MAX_WELL_KNOWN_BYTES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let server = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("m.server")?.as_str().map(str::to_owned));
+        Ok((server, ttl))
+    }
+
+    async fn srv(&self, name: &str) -> Option<(String, u16)> {
+        self.resolver.srv(name).await
+    }
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("response larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The federation client. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct FederationClient {
+    http: reqwest::Client,
+    resolver: FilteringResolver,
+    discovery: Discovery<NetLookup>,
+}
+
+impl FederationClient {
+    /// A client with `options`.
+    pub fn new(options: ClientOptions) -> Result<FederationClient, FederationError> {
+        let setup = |reason: String| FederationError::Transport {
+            destination: "-".into(),
+            reason,
+        };
+        let resolver = FilteringResolver::new(options.filter.clone()).map_err(setup)?;
+        let http = reqwest::Client::builder()
+            .dns_resolver(std::sync::Arc::new(resolver.clone()))
+            .danger_accept_invalid_certs(!options.verify_tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(options.timeout)
+            .connect_timeout(options.timeout.min(Duration::from_secs(20)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("Unitas/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| setup(e.to_string()))?;
+        let lookup = NetLookup {
+            http: http.clone(),
+            resolver: resolver.clone(),
+        };
+        Ok(FederationClient {
+            discovery: Discovery::new(lookup, options.filter),
+            http,
+            resolver,
+        })
+    }
+
+    /// Where requests for `destination` go.
+    pub async fn target(&self, destination: &str) -> Result<Target, FederationError> {
+        let target = self.discovery.resolve(destination).await?;
+        self.resolver.remember(&target);
+        Ok(target)
+    }
+
+    /// An unauthenticated request (key server, notary queries).
+    pub async fn request_unsigned(
+        &self,
+        destination: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, FederationError> {
+        self.send(destination, method, path_and_query, body, None)
+            .await
+    }
+
+    /// A request signed with X-Matrix by `origin` (one of our territories) with `key`.
+    pub async fn request(
+        &self,
+        origin: &ServerName,
+        key: &SigningKey,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, FederationError> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| FederationError::Sign(e.to_string()))?;
+        let authorization = sign_request(
+            key,
+            origin,
+            destination,
+            &method,
+            path_and_query,
+            bytes.as_deref(),
+        )
+        .map_err(|e| FederationError::Sign(e.to_string()))?;
+        self.send(
+            destination.as_str(),
+            method,
+            path_and_query,
+            body,
+            Some(authorization),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        destination: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        authorization: Option<String>,
+    ) -> Result<Value, FederationError> {
+        let target = self.target(destination).await?;
+        let transport = |reason: String| FederationError::Transport {
+            destination: destination.to_owned(),
+            reason,
+        };
+        let url = format!("{}{path_and_query}", target.base_url());
+        let mut request = self
+            .http
+            .request(method, &url)
+            .header(reqwest::header::HOST, &target.host_header);
+        if let Some(authorization) = authorization {
+            request = request.header(reqwest::header::AUTHORIZATION, authorization);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| transport(error_chain(&e)))?;
+        let status = response.status();
+        let bytes = read_limited(response, MAX_RESPONSE_BYTES)
+            .await
+            .map_err(transport)?;
+        let value: Option<Value> = serde_json::from_slice(&bytes).ok();
+        if !status.is_success() {
+            let field = |name: &str| {
+                value
+                    .as_ref()
+                    .and_then(|v| v.get(name)?.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            };
+            return Err(FederationError::Status {
+                destination: destination.to_owned(),
+                status: status.as_u16(),
+                errcode: field("errcode"),
+                error: field("error"),
+            });
+        }
+        value.ok_or_else(|| FederationError::BadResponse {
+            destination: destination.to_owned(),
+            reason: "the body is not JSON".into(),
+        })
+    }
+}
+
+/// An error with its causes (reqwest's own message hides the interesting part).
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
