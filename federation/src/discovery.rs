@@ -296,10 +296,19 @@ impl std::fmt::Debug for FilteringResolver {
 impl FilteringResolver {
     /// A resolver with the system's DNS configuration (`/etc/resolv.conf`).
     pub fn new(filter: IpFilter) -> Result<FilteringResolver, String> {
-        let dns = hickory_resolver::TokioResolver::builder_tokio()
-            .map_err(|e| format!("DNS resolver: {e}"))?
-            .build()
-            .map_err(|e| format!("DNS resolver: {e}"))?;
+        let builder = match hickory_resolver::TokioResolver::builder_tokio() {
+            Ok(builder) => builder,
+            Err(err) => {
+                // No /etc/resolv.conf (a minimal container): names that need DNS will fail,
+                // IP literals and SRV-less names with addresses still work.
+                tracing::warn!(error = %err, "no system DNS configuration; using resolver defaults");
+                hickory_resolver::TokioResolver::builder_with_config(
+                    hickory_resolver::config::ResolverConfig::default(),
+                    hickory_resolver::net::runtime::TokioRuntimeProvider::default(),
+                )
+            }
+        };
+        let dns = builder.build().map_err(|e| format!("DNS resolver: {e}"))?;
         Ok(FilteringResolver {
             dns: Arc::new(dns),
             filter,

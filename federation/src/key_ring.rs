@@ -61,7 +61,7 @@ fn usable(key: &RemoteServerKey, at_ts: i64) -> bool {
 }
 
 fn now_ms() -> i64 {
-    i64::try_from(ruma::MilliSecondsSinceUnixEpoch::now().get()).unwrap_or(i64::MAX)
+    i64::from(ruma::MilliSecondsSinceUnixEpoch::now().get())
 }
 
 /// Whether `object` carries a valid signature of `entity` made with `key_id` (`public_key` in
@@ -255,12 +255,11 @@ impl KeyRing {
         key_id: &str,
         at_ts: i64,
     ) -> Result<String, KeyRingError> {
-        if let Some(local) = self.local.get(server) {
-            if local.key_id == key_id {
-                return Ok(local.public_key.clone());
-            }
-            // Our own retired keys are in the remote cache too (a peer's notary may hand them
-            // back); fall through.
+        // Our own current keys need no network; retired ones fall through to the cache.
+        if let Some(local) = self.local.get(server)
+            && local.key_id == key_id
+        {
+            return Ok(local.public_key.clone());
         }
         if let Some(key) = self.cached(server, key_id, at_ts) {
             return Ok(key);
