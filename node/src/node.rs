@@ -59,6 +59,9 @@ pub enum StartError {
     /// The federation TLS certificate could not be loaded or made.
     #[error("federation TLS: {0}")]
     Tls(#[from] TlsError),
+    /// The federation client could not be set up.
+    #[error("federation client: {0}")]
+    Federation(String),
 }
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -106,6 +109,17 @@ impl Node {
             config.server.federation_listen,
         )
         .await?;
+        Self::start_on(config, client_listener, federation_listener).await
+    }
+
+    /// [`Node::start`] on listeners bound by the caller (tests that must know the federation
+    /// port before they can name the territory `127.0.0.1:<port>`).
+    pub async fn start_on(
+        config: Config,
+        client_listener: TcpListener,
+        federation_listener: TcpListener,
+    ) -> Result<Node, StartError> {
+        config.validate()?;
         let local_addr = |l: &TcpListener, what, addr| {
             l.local_addr()
                 .map_err(|source| StartError::Bind { what, addr, source })
@@ -167,7 +181,37 @@ impl Node {
                 f64::from(config.rate_limits.burst),
             ))
         });
+        let federation = Arc::new(
+            unitas_federation::client::FederationClient::new(
+                unitas_federation::client::ClientOptions {
+                    verify_tls: config.federation.verify_tls,
+                    filter: unitas_federation::discovery::IpFilter::new(
+                        config.federation.ip_range_allowlist.clone(),
+                        config.federation.ip_range_denylist.clone(),
+                    ),
+                    timeout: Duration::from_secs(config.federation.request_timeout_secs.max(1)),
+                },
+            )
+            .map_err(|e| StartError::Federation(e.to_string()))?,
+        );
+        let local_keys = territories
+            .all()
+            .iter()
+            .map(|t| unitas_federation::key_ring::LocalKey {
+                server_name: t.config.server_name.clone(),
+                key_id: t.key.key_id(),
+                public_key: t.key.public_key_base64(),
+            })
+            .collect();
+        let key_ring = Arc::new(unitas_federation::key_ring::KeyRing::new(
+            store.clone(),
+            federation.clone(),
+            config.federation.trusted_key_servers.clone(),
+            local_keys,
+        ));
         let state = AppState {
+            federation,
+            key_ring,
             config: config.into(),
             store: store.clone(),
             territories,

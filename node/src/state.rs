@@ -116,6 +116,10 @@ pub struct AppState {
     pub tokens: Arc<crate::tokens::TokenCache>,
     /// Client rate limits (`None` when disabled).
     pub rate_limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// Outgoing federation requests.
+    pub federation: Arc<unitas_federation::client::FederationClient>,
+    /// Other servers' verify keys.
+    pub key_ring: Arc<unitas_federation::key_ring::KeyRing>,
 }
 
 #[cfg(test)]

@@ -1,15 +1,19 @@
-//! Federation endpoints that need no request signature.
+//! Federation endpoints: keys (our own and, as a notary, other servers'), and the read APIs
+//! peers call with a signed request ([`Peer`]).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use ruma::{CanonicalJsonObject, ServerName};
 use serde_json::{Value, json};
 use unitas_federation::server_keys::{OldVerifyKey, server_keys_document};
-use unitas_storage::SigningKeys;
+use unitas_storage::{Accounts, ClientData, SigningKeys};
 
+use super::peer::Peer;
 use super::{ApiError, Territory};
-use crate::state::AppState;
+use crate::state::{AppState, HostedTerritory};
 
 /// `GET /_matrix/key/v2/server` (spec: server-server API, "Publishing Keys"): the territory's
 /// verify keys, signed with its current key.
@@ -17,6 +21,11 @@ pub async fn get_server_keys_route(
     State(state): State<AppState>,
     Territory(t): Territory,
 ) -> Result<Json<Value>, ApiError> {
+    Ok(Json(own_document(&state, &t).await?))
+}
+
+/// A hosted territory's signed key document.
+async fn own_document(state: &AppState, t: &HostedTerritory) -> Result<Value, ApiError> {
     let old_keys: Vec<OldVerifyKey> = state
         .store
         .list_signing_keys(t.config.code.as_str())
@@ -38,8 +47,143 @@ pub async fn get_server_keys_route(
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0);
-    let document = server_keys_document(t.server_name(), &t.key, &old_keys, valid_until_ts)?;
-    Ok(Json(document))
+    Ok(server_keys_document(
+        t.server_name(),
+        &t.key,
+        &old_keys,
+        valid_until_ts,
+    )?)
+}
+
+/// What a notary query asks about one server: `minimum_valid_until_ts` (the largest of the key
+/// criteria; the key IDs themselves do not narrow the answer, as the spec allows).
+fn minimum_valid_until(criteria: Option<&Value>) -> i64 {
+    criteria
+        .and_then(Value::as_object)
+        .map(|keys| {
+            keys.values()
+                .filter_map(|c| c.get("minimum_valid_until_ts")?.as_i64())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
+/// Our notary answer for `servers`: each server's own document (ours built fresh, others' as
+/// they signed them), countersigned by the territory the query reached.
+async fn notary_answer(
+    state: &AppState,
+    notary: &HostedTerritory,
+    servers: Vec<(String, i64)>,
+) -> Result<Value, ApiError> {
+    let mut documents = Vec::new();
+    for (server, minimum) in servers.into_iter().take(MAX_NOTARY_SERVERS) {
+        let Ok(name) = ServerName::parse(&server) else {
+            continue;
+        };
+        let own = state
+            .territories
+            .all()
+            .iter()
+            .find(|t| t.server_name() == server)
+            .cloned();
+        let document: Option<CanonicalJsonObject> = match own {
+            Some(t) => serde_json::from_value(own_document(state, &t).await?).ok(),
+            None => match state.key_ring.document_for_notary(&name, minimum).await {
+                Ok(found) => found,
+                Err(err) => {
+                    tracing::debug!(server, error = %err, "notary: no keys");
+                    None
+                }
+            },
+        };
+        let Some(mut document) = document else {
+            continue;
+        };
+        if document.get("server_name").and_then(|v| v.as_str()) != Some(server.as_str()) {
+            continue;
+        }
+        notary.key.sign_json(notary.server_name(), &mut document)?;
+        documents.push(document);
+    }
+    Ok(json!({ "server_keys": documents }))
+}
+
+/// Most servers one notary query may ask about.
+const MAX_NOTARY_SERVERS: usize = 100;
+
+/// `POST /_matrix/key/v2/query`: keys of other servers, through us (notary).
+pub async fn query_keys_route(
+    State(state): State<AppState>,
+    Territory(t): Territory,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let request: Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    let servers = request
+        .get("server_keys")
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::bad_json("server_keys must be an object"))?;
+    let servers = servers
+        .iter()
+        .map(|(name, criteria)| (name.clone(), minimum_valid_until(Some(criteria))))
+        .collect();
+    Ok(Json(notary_answer(&state, &t, servers).await?))
+}
+
+/// Query string of `GET /_matrix/key/v2/query/{serverName}`.
+#[derive(Debug, serde::Deserialize)]
+pub struct NotaryQuery {
+    minimum_valid_until_ts: Option<i64>,
+}
+
+/// `GET /_matrix/key/v2/query/{serverName}`: one server's keys, through us.
+pub async fn query_server_keys_route(
+    State(state): State<AppState>,
+    Territory(t): Territory,
+    Path(server): Path<String>,
+    Query(query): Query<NotaryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let minimum = query.minimum_valid_until_ts.unwrap_or(0);
+    Ok(Json(
+        notary_answer(&state, &t, vec![(server, minimum)]).await?,
+    ))
+}
+
+/// Query string of `GET /_matrix/federation/v1/query/profile`.
+#[derive(Debug, serde::Deserialize)]
+pub struct ProfileQuery {
+    user_id: String,
+    field: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/query/profile`: a local user's display name and avatar.
+pub async fn query_profile_route(
+    State(state): State<AppState>,
+    Query(query): Query<ProfileQuery>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let user_id = ruma::UserId::parse(&query.user_id)
+        .map_err(|e| ApiError::invalid_param(format!("user_id: {e}")))?;
+    if user_id.server_name().as_str() != peer.territory.server_name() {
+        return Err(ApiError::invalid_param(
+            "The user does not belong to this server",
+        ));
+    }
+    if state.store.get_account(user_id.as_str()).await?.is_none() {
+        return Err(ApiError::not_found("Profile not found"));
+    }
+    tracing::debug!(origin = %peer.origin, user = %user_id, "profile query");
+    let profile = state.store.get_profile(user_id.as_str()).await?;
+    let mut answer = serde_json::Map::new();
+    let wanted = |name: &str| query.field.as_deref().is_none_or(|f| f == name);
+    if let (Some(name), true) = (profile.displayname, wanted("displayname")) {
+        answer.insert("displayname".into(), name.into());
+    }
+    if let (Some(url), true) = (profile.avatar_url, wanted("avatar_url")) {
+        answer.insert("avatar_url".into(), url.into());
+    }
+    Ok(Json(Value::Object(answer)))
 }
 
 /// `GET /_matrix/key/v2/server/{keyId}`: deprecated form; the key ID is ignored, as the spec

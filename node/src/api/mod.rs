@@ -11,6 +11,7 @@ mod error;
 mod federation;
 mod health;
 mod json;
+mod peer;
 pub mod ruma;
 mod territory;
 mod versions;
@@ -225,6 +226,18 @@ pub fn federation_router(state: AppState) -> Router {
         .route(
             "/_matrix/key/v2/server/{key_id}",
             get(federation::get_server_keys_by_id_route),
+        )
+        .route(
+            "/_matrix/key/v2/query",
+            axum::routing::post(federation::query_keys_route),
+        )
+        .route(
+            "/_matrix/key/v2/query/{server_name}",
+            get(federation::query_server_keys_route),
+        )
+        .route(
+            "/_matrix/federation/v1/query/profile",
+            get(federation::query_profile_route),
         )
         .route(
             "/_matrix/federation/v1/version",

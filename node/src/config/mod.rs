@@ -177,6 +177,11 @@ pub struct FederationConfig {
     pub ip_range_denylist: Vec<ipnet::IpNet>,
     /// Seconds for which the published signing keys are declared valid (`valid_until_ts`).
     pub key_validity_secs: u64,
+    /// Notaries (server names) asked for a server's keys when the server itself does not
+    /// answer (`/_matrix/key/v2/query`). Empty by default: keys come from their servers only.
+    pub trusted_key_servers: Vec<String>,
+    /// Seconds an outgoing federation request may take.
+    pub request_timeout_secs: u64,
 }
 
 impl Default for FederationConfig {
@@ -210,6 +215,8 @@ impl Default for FederationConfig {
             ip_range_allowlist: Vec::new(),
             ip_range_denylist: DENIED.iter().filter_map(|r| r.parse().ok()).collect(),
             key_validity_secs: 24 * 60 * 60,
+            trusted_key_servers: Vec::new(),
+            request_timeout_secs: 60,
         }
     }
 }

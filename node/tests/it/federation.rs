@@ -1,0 +1,299 @@
+//! Federation between in-process nodes on 127.0.0.1: keys fetched over HTTPS from the origin or
+//! through a notary, signed requests verified, unsigned or misdirected ones refused.
+
+use ruma::ServerName;
+use serde_json::{Value, json};
+use unitas::{Config, Node};
+use unitas_federation::SigningKey;
+use unitas_storage::RemoteServerKeys;
+
+use crate::support::{http, test_config};
+
+/// A node named `127.0.0.1:<its federation port>` that may call loopback peers with
+/// self-signed certificates.
+struct Peer {
+    node: Node,
+    _dir: tempfile::TempDir,
+}
+
+impl Peer {
+    async fn start(adjust: impl FnOnce(&mut Config)) -> Peer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = test_config(dir.path(), None);
+        let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let federation = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.server.server_name =
+            format!("127.0.0.1:{}", federation.local_addr().unwrap().port());
+        config.registration.enabled = true;
+        config.federation.verify_tls = false;
+        config.federation.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+        adjust(&mut config);
+        let node = Node::start_on(config, client, federation).await.unwrap();
+        Peer { node, _dir: dir }
+    }
+
+    fn name(&self) -> String {
+        self.node.state.territories.all()[0]
+            .server_name()
+            .to_owned()
+    }
+
+    fn key(&self) -> &SigningKey {
+        &self.node.state.territories.all()[0].key
+    }
+
+    async fn stop(self) {
+        self.node.shutdown().await;
+    }
+
+    /// A signed request from this node to `to`.
+    async fn ask(
+        &self,
+        to: &Peer,
+        path: &str,
+    ) -> Result<Value, unitas_federation::client::FederationError> {
+        let origin = ServerName::parse(self.name()).unwrap();
+        let destination = ServerName::parse(to.name()).unwrap();
+        self.node
+            .state
+            .federation
+            .request(
+                &origin,
+                self.key(),
+                &destination,
+                http::Method::GET,
+                path,
+                None,
+            )
+            .await
+    }
+}
+
+async fn register(peer: &Peer, name: &str, displayname: &str) -> String {
+    let client = http();
+    let base = format!("http://{}/_matrix/client/v3", peer.node.client_addr);
+    let reply: Value = client
+        .post(format!("{base}/register"))
+        .json(&json!({"username": name, "password": "correct horse", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let user = reply["user_id"].as_str().unwrap().to_owned();
+    let token = reply["access_token"].as_str().unwrap();
+    let status = client
+        .put(format!("{base}/profile/{user}/displayname"))
+        .bearer_auth(token)
+        .json(&json!({"displayname": displayname}))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert!(status.is_success());
+    user
+}
+
+#[tokio::test]
+async fn signed_requests_are_verified_with_keys_fetched_from_the_origin() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let alice = register(&b, "alice", "Alice of B").await;
+    let path = format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        alice.replace(':', "%3A").replace('@', "%40")
+    );
+
+    // A asks B; B fetches A's key from A's key server (HTTPS) to check the signature.
+    let profile = a.ask(&b, &path).await.unwrap();
+    assert_eq!(profile["displayname"], "Alice of B");
+    let cached = b
+        .node
+        .state
+        .store
+        .get_remote_server_keys(&a.name())
+        .await
+        .unwrap();
+    assert_eq!(cached.len(), 1);
+    assert_eq!(cached[0].key_id, a.key().key_id());
+    assert_eq!(cached[0].public_key, a.key().public_key_base64());
+
+    // Unsigned: 401 M_UNAUTHORIZED, the handler does not run.
+    let url = format!("https://{}{path}", b.node.federation_addr);
+    let response = http().get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "M_UNAUTHORIZED");
+
+    // Signed for another destination, or with a key A does not publish: 401.
+    let origin = ServerName::parse(a.name()).unwrap();
+    let elsewhere = ServerName::parse("elsewhere.example").unwrap();
+    let misdirected = unitas_federation::request_auth::sign_request(
+        a.key(),
+        &origin,
+        &elsewhere,
+        &http::Method::GET,
+        &path,
+        None,
+    )
+    .unwrap();
+    let stranger = SigningKey::generate().unwrap();
+    let forged = unitas_federation::request_auth::sign_request(
+        &stranger,
+        &origin,
+        &ServerName::parse(b.name()).unwrap(),
+        &http::Method::GET,
+        &path,
+        None,
+    )
+    .unwrap();
+    for header in [misdirected, forged, "X-Matrix nonsense".to_owned()] {
+        let response = http()
+            .get(&url)
+            .header("authorization", &header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{header}");
+    }
+
+    // An unknown user is a 404, a user of another server a 400.
+    let missing = a
+        .ask(
+            &b,
+            &format!(
+                "/_matrix/federation/v1/query/profile?user_id=%40nobody%3A{}",
+                b.name()
+            ),
+        )
+        .await;
+    assert!(matches!(
+        missing,
+        Err(unitas_federation::client::FederationError::Status { status: 404, .. })
+    ));
+    let foreign = a
+        .ask(
+            &b,
+            "/_matrix/federation/v1/query/profile?user_id=%40x%3Aother.example",
+        )
+        .await;
+    assert!(matches!(
+        foreign,
+        Err(unitas_federation::client::FederationError::Status { status: 400, .. })
+    ));
+
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_notary_vouches_for_a_server_that_is_down() {
+    let a = Peer::start(|_| {}).await;
+    let notary = Peer::start(|_| {}).await;
+    let a_name = a.name();
+    let a_key = (a.key().key_id(), a.key().public_key_base64());
+
+    // The notary answers for A (fetching A's keys itself) and countersigns.
+    let url = format!(
+        "https://{}/_matrix/key/v2/query",
+        notary.node.federation_addr
+    );
+    let answer: Value = http()
+        .post(&url)
+        .json(&json!({"server_keys": {a_name.clone(): {}}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let documents = answer["server_keys"].as_array().unwrap();
+    assert_eq!(documents.len(), 1);
+    assert_eq!(documents[0]["server_name"], a_name.as_str());
+    assert!(documents[0]["signatures"][a_name.as_str()].is_object());
+    assert!(documents[0]["signatures"][notary.name()].is_object());
+    // Its own keys through the GET form, signed by itself.
+    let own: Value = http()
+        .get(format!(
+            "https://{}/_matrix/key/v2/query/{}",
+            notary.node.federation_addr,
+            notary.name()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(own["server_keys"][0]["server_name"], notary.name());
+
+    // A goes away; C, trusting the notary, still gets A's key.
+    a.stop().await;
+    let notary_name = notary.name();
+    let c =
+        Peer::start(move |config| config.federation.trusted_key_servers = vec![notary_name]).await;
+    let now = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().get());
+    let key = c
+        .node
+        .state
+        .key_ring
+        .verify_key(&a_name, &a_key.0, now)
+        .await
+        .unwrap();
+    assert_eq!(key, a_key.1);
+
+    // Without a notary, a server that is down has no key.
+    let d = Peer::start(|_| {}).await;
+    assert!(
+        d.node
+            .state
+            .key_ring
+            .verify_key(&a_name, &a_key.0, now)
+            .await
+            .is_err()
+    );
+
+    c.stop().await;
+    d.stop().await;
+    notary.stop().await;
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_by_default() {
+    let target = Peer::start(|_| {}).await;
+    // The default config denies loopback: the key fetch never connects.
+    let guarded = Peer::start(|config| {
+        config.federation.ip_range_allowlist = vec![];
+    })
+    .await;
+    let now = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().get());
+    let err = guarded
+        .node
+        .state
+        .key_ring
+        .verify_key(&target.name(), &target.key().key_id(), now)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("denied"), "{err}");
+    for (name, host) in [("localhost:1", "localhost")] {
+        let err = guarded
+            .node
+            .state
+            .federation
+            .target(name)
+            .await
+            .map(|t| t.host);
+        assert_eq!(err.ok().as_deref(), Some(host));
+        let refused = guarded
+            .node
+            .state
+            .federation
+            .request_unsigned(name, http::Method::GET, "/_matrix/key/v2/server", None)
+            .await
+            .unwrap_err();
+        assert!(refused.to_string().contains("denied"), "{refused}");
+    }
+    target.stop().await;
+    guarded.stop().await;
+}
