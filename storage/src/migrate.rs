@@ -41,6 +41,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "remote_key_documents",
         include_str!("../migrations/sqlite/0006_remote_key_documents.sql"),
     ),
+    (
+        7,
+        "federation_outbound",
+        include_str!("../migrations/sqlite/0007_federation_outbound.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -73,6 +78,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         6,
         "remote_key_documents",
         include_str!("../migrations/postgres/0006_remote_key_documents.sql"),
+    ),
+    (
+        7,
+        "federation_outbound",
+        include_str!("../migrations/postgres/0007_federation_outbound.sql"),
     ),
 ];
 

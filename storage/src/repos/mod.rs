@@ -8,6 +8,7 @@ mod client;
 mod client_more;
 mod devices;
 mod keys;
+mod outbound;
 mod rooms;
 mod territories;
 
@@ -16,7 +17,8 @@ pub use client::{ClientData, ProfileField, ProfileRow};
 pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
+pub use outbound::FederationQueue;
 pub use rooms::{
-    EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow, TransactionRow,
+    EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,
 };
 pub use territories::{Territories, TerritoryRow};

@@ -90,7 +90,13 @@ pub struct EventBatch {
     /// Client transaction IDs and the events they produced, stored with the events so a retry
     /// after a crash finds the event it already sent.
     pub transactions: Vec<TransactionRow>,
+    /// Events to deliver to other servers, queued durably with the events themselves.
+    pub outbound: Vec<OutboundRow>,
 }
+
+/// `(origin, destination, event_id, created_ts)`: an event of our territory `origin` that
+/// `destination` must receive.
+pub type OutboundRow = (String, String, String, i64);
 
 /// `(user_id, device_id, txn_id, event_id, created_ts)` of a client send.
 pub type TransactionRow = (String, String, String, String, i64);
@@ -102,6 +108,7 @@ impl EventBatch {
         self.state_groups.extend(other.state_groups);
         self.events.extend(other.events);
         self.transactions.extend(other.transactions);
+        self.outbound.extend(other.outbound);
     }
 
     /// True when there is nothing to write.
@@ -278,6 +285,13 @@ impl RoomEvents for Store {
                     b.push_bind(user).push_bind(device).push_bind(txn).push_bind(event).push_bind(*ts);
                 });
                 q.push(" ON CONFLICT DO NOTHING");
+                end_statement!(q, queries, single);
+            }
+            for chunk in batch.outbound.chunks(CHUNK) {
+                q.push("INSERT INTO federation_outbound (origin, destination, event_id, created_ts) ");
+                q.push_values(chunk, |mut b, (origin, destination, event, ts)| {
+                    b.push_bind(origin).push_bind(destination).push_bind(event).push_bind(*ts);
+                });
                 end_statement!(q, queries, single);
             }
             if single {

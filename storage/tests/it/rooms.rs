@@ -1,6 +1,8 @@
 //! The event batch write: all of a batch or nothing, and the connection usable afterwards.
 
-use unitas_storage::{EventBatch, EventRow, NewEvent, NewStateGroup, RoomEvents, RoomRow, Store};
+use unitas_storage::{
+    EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, RoomEvents, RoomRow, Store,
+};
 
 fn event(id: &str, stream: i64) -> NewEvent {
     NewEvent {
@@ -66,11 +68,13 @@ pub async fn failed_batch_writes_nothing(store: Store) {
             "$b".into(),
             1,
         )],
+        outbound: vec![("example.org".into(), "peer.example".into(), "$b".into(), 1)],
     };
     assert!(store.persist_events(&clash).await.is_err());
     assert!(store.get_event("$b").await.unwrap().is_none());
     let stored = store.get_room("!r:example.org").await.unwrap().unwrap();
     assert_eq!(stored.forward_extremities, "[\"$a\"]");
+    assert!(store.list_outbound_destinations().await.unwrap().is_empty());
 
     for (i, id) in ["$c", "$d", "$e"].into_iter().enumerate() {
         let next = EventBatch {
@@ -85,4 +89,68 @@ pub async fn failed_batch_writes_nothing(store: Store) {
     let stored = store.get_room("!r:example.org").await.unwrap().unwrap();
     assert_eq!(stored.forward_extremities, "[\"$e\"]");
     assert_eq!(store.count_rows("events").await.unwrap(), 4);
+}
+
+/// Outbound rows are written with their events, listed per pair, read oldest first with the
+/// event JSON, and deleted up to an acknowledged id.
+pub async fn outbound_queue_follows_its_events(store: Store) {
+    let mut batch = EventBatch {
+        rooms: vec![room("$q2")],
+        state_groups: vec![group(1)],
+        ..Default::default()
+    };
+    for (i, id) in ["$q1", "$q2"].into_iter().enumerate() {
+        let mut e = event(id, 1 + i as i64);
+        e.row.json = format!("{{\"n\":{i}}}");
+        batch.events.push(e);
+        for peer in ["b.example", "c.example"] {
+            batch
+                .outbound
+                .push(("a.example".into(), peer.into(), id.into(), 1));
+        }
+    }
+    store.persist_events(&batch).await.unwrap();
+    assert_eq!(
+        store.list_outbound_destinations().await.unwrap(),
+        vec![
+            ("a.example".to_owned(), "b.example".to_owned()),
+            ("a.example".to_owned(), "c.example".to_owned())
+        ]
+    );
+    let queued = store
+        .peek_outbound("a.example", "b.example", 10)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 2);
+    assert_eq!(queued[0].1, "{\"n\":0}");
+    assert_eq!(queued[1].1, "{\"n\":1}");
+    assert_eq!(
+        store
+            .peek_outbound("a.example", "b.example", 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .delete_outbound("a.example", "b.example", queued[0].0)
+            .await
+            .unwrap(),
+        1
+    );
+    let left = store
+        .peek_outbound("a.example", "b.example", 10)
+        .await
+        .unwrap();
+    assert_eq!(left, vec![queued[1].clone()]);
+    // The other destination is untouched.
+    assert_eq!(
+        store
+            .peek_outbound("a.example", "c.example", 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
