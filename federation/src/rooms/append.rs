@@ -28,7 +28,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ruma::{
-    EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, UserId,
+    CanonicalJsonObject, EventId, MilliSecondsSinceUnixEpoch, OwnedEventId, OwnedRoomId,
+    OwnedUserId, RoomId, UserId,
 };
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -825,6 +826,209 @@ impl Rooms {
         Ok(pdu)
     }
 
+    /// The version of a room known here.
+    pub async fn room_version(&self, room_id: &RoomId) -> Result<Option<RoomVersion>, AppendError> {
+        let (_slot, guard) = self.lock_room(room_id).await?;
+        Ok(guard.as_ref().map(|e| e.version.clone()))
+    }
+
+    /// Whether an event is stored here (in the timeline, soft-failed or as an outlier).
+    pub async fn has_event(&self, id: &EventId) -> Result<bool, AppendError> {
+        self.is_stored(id).await
+    }
+
+    /// An unsigned membership event of `user` (of another server) placed on the room's current
+    /// state, for `make_join`/`make_leave`/`make_knock`: the room's version and the template.
+    pub async fn membership_template(
+        &self,
+        room_id: &RoomId,
+        user: &UserId,
+        membership: &str,
+        signer: Signer<'_>,
+    ) -> Result<(RoomVersion, CanonicalJsonObject), AppendError> {
+        let (_slot, guard) = self.lock_room(room_id).await?;
+        let Some(entry) = guard.as_ref() else {
+            return Err(AppendError::UnknownRoom(room_id.to_owned()));
+        };
+        let template = EventTemplate::state(
+            "m.room.member",
+            user.as_str(),
+            json!({"membership": membership}),
+        );
+        let raw = serde_json::value::to_raw_value(&template.content)
+            .map_err(|e| EventError::Format(e.to_string()))?;
+        let auth_events = auth::auth_event_ids(
+            &entry.version,
+            "m.room.member",
+            user,
+            Some(user.as_str()),
+            &raw,
+            &entry.state,
+        )?;
+        let mut prev_events = entry.extremities.clone();
+        prev_events.sort();
+        prev_events.truncate(MAX_PREV_EVENTS_LOCAL);
+        let object = super::build::unsigned_event(
+            &entry.version,
+            &template,
+            &Placement {
+                room_id: Some(room_id),
+                sender: user,
+                prev_events,
+                auth_events,
+                depth: entry.max_depth.saturating_add(1),
+                origin_server_ts: now_ts(),
+                origin: signer.server_name,
+                key: signer.key,
+            },
+        )?;
+        Ok((entry.version.clone(), object))
+    }
+
+    /// Joins a room this node did not know, from a resident server's `send_join` answer: the
+    /// auth chain and state are stored as outliers (each checked against its own auth events),
+    /// the state becomes one full state group, and `join` (our signed join) is appended on it.
+    /// Every event must already have passed signature and hash checks. When the room is known
+    /// here already, the join is appended like any received event.
+    pub async fn join_from_state(
+        &self,
+        version: &RoomVersion,
+        join: Pdu,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+    ) -> Result<Appended, AppendError> {
+        let room_id = join.room_id.clone();
+        if self.room_version(&room_id).await?.is_some() {
+            return self.append_remote(join).await;
+        }
+        // Outliers, parents before children as far as depth tells; what still misses its auth
+        // events is retried while that makes progress.
+        let mut pending: Vec<Pdu> = auth_chain
+            .into_iter()
+            .chain(state.iter().cloned())
+            .collect();
+        pending.sort_by_key(|p| p.depth);
+        let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+        loop {
+            let before = pending.len();
+            let mut later = Vec::new();
+            for pdu in pending {
+                if known.contains_key(&pdu.event_id) {
+                    continue;
+                }
+                if pdu.room_id != room_id {
+                    return Err(EventError::WrongRoom(format!(
+                        "{} in the join answer is in another room",
+                        pdu.event_id
+                    ))
+                    .into());
+                }
+                let id = pdu.event_id.clone();
+                match self.append_outlier(pdu.clone(), version).await {
+                    Ok(_) => {
+                        known.insert(id, Arc::new(pdu));
+                    }
+                    Err(AppendError::Event(
+                        EventError::Unauthorized(_) | EventError::Missing(_),
+                    )) => {
+                        later.push(pdu);
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            if later.is_empty() || later.len() == before {
+                if let Some(bad) = later.first() {
+                    return Err(EventError::Unauthorized(format!(
+                        "{} in the join answer does not pass its auth events",
+                        bad.event_id
+                    ))
+                    .into());
+                }
+                break;
+            }
+            pending = later;
+        }
+        let mut snapshot = State::new();
+        for pdu in &state {
+            if let Some(slot) = pdu.state_slot() {
+                snapshot.insert(slot, pdu.event_id.clone());
+            }
+        }
+        if !snapshot.contains_key(&("m.room.create".to_owned(), String::new())) {
+            return Err(EventError::Missing("the join answer has no m.room.create".into()).into());
+        }
+        let (slot, mut guard) = self.lock_room(&room_id).await?;
+        if guard.is_some() {
+            drop(guard);
+            return self.append_remote(join).await;
+        }
+        let group = self.inner.next_group.fetch_add(1, Ordering::Relaxed);
+        let mut servers = HashMap::new();
+        let mut local_members = HashSet::new();
+        for ((kind, key), id) in &snapshot {
+            let Some(pdu) = known.get(id) else { continue };
+            if kind != "m.room.member" {
+                continue;
+            }
+            let membership = membership(pdu);
+            if membership.as_deref() == Some("join")
+                && let Some(server) = server_of(key)
+            {
+                *servers.entry(server.to_owned()).or_insert(0) += 1;
+            }
+            if matches!(membership.as_deref(), Some("join" | "invite" | "knock"))
+                && self.is_local(key)
+                && let Ok(user) = OwnedUserId::try_from(key.as_str())
+            {
+                local_members.insert(user);
+            }
+        }
+        *guard = Some(RoomEntry {
+            version: version.clone(),
+            created_ts: i64::from(now_ts().get()),
+            state: snapshot.clone(),
+            state_group: Some(group),
+            extremities: join.prev_events.clone(),
+            max_depth: join.depth.saturating_sub(1),
+            servers,
+            local_members,
+        });
+        let full_group = NewStateGroup {
+            id: group,
+            room_id: room_id.to_string(),
+            prev_group: None,
+            delta: snapshot
+                .iter()
+                .map(|((kind, key), id)| (kind.clone(), key.clone(), Some(id.to_string())))
+                .collect(),
+        };
+        let fork = Fork {
+            state: snapshot,
+            group: Some(group),
+            base: None,
+            known,
+        };
+        let staged = self.stage(
+            guard.as_mut().map(|e| (e, false)),
+            join,
+            Some(fork),
+            Origin::Remote,
+        );
+        let (mut staged, pdu) = match staged {
+            Ok(staged) => staged,
+            Err(err) => {
+                *guard = None;
+                return Err(err);
+            }
+        };
+        if let Some(request) = staged.request.as_mut() {
+            request.batch.state_groups.insert(0, full_group);
+        }
+        drop(guard);
+        let (_, outcome) = self.finish(staged, pdu, &slot).await?;
+        Ok(outcome)
+    }
+
     /// Appends an event received from another server (its signatures already verified by the
     /// caller). Parents must be known: fetching missing ones is the caller's job.
     pub async fn append_remote(&self, pdu: Pdu) -> Result<Appended, AppendError> {
@@ -855,8 +1059,12 @@ impl Rooms {
             return Ok(Appended::Duplicate);
         }
         let mut known = HashMap::new();
-        self.load_with_auth_chain(pdu.auth_events.iter().cloned(), version, &mut known)
-            .await?;
+        let mut ids = pdu.auth_events.clone();
+        // Version 12 events do not list the create event: it is named by the room ID.
+        if version.room_id_from_create_event() && pdu.kind.to_string() != "m.room.create" {
+            ids.push(auth::create_event_id(&pdu.room_id)?);
+        }
+        self.load_with_auth_chain(ids, version, &mut known).await?;
         let fetch = |id: &EventId| known.get(id).cloned();
         auth::check_against_auth_events(version, &pdu, &fetch)?;
         let row = event_row(&pdu, None, None, None, true, false);
@@ -1095,7 +1303,11 @@ impl Rooms {
                 wake.push(target);
             }
         }
-        let destinations: Vec<String> = if soft_failed {
+        // Our own events go to every other server in the room (after this event: a joining
+        // server gets its join), and a membership change also to its target's server (a kicked
+        // or leaving server gets its leave). Received events are not passed on: their origin
+        // sends them to everyone.
+        let mut destinations: Vec<String> = if soft_failed || origin == Origin::Remote {
             Vec::new()
         } else {
             entry
@@ -1107,6 +1319,28 @@ impl Rooms {
                 .map(|(server, _)| server.clone())
                 .collect()
         };
+        if !soft_failed
+            && origin == Origin::Local
+            && pdu.kind.to_string() == "m.room.member"
+            && let Some(server) = pdu.state_key.as_deref().and_then(server_of)
+            && !self.inner.local_servers.contains(server)
+            && !destinations.iter().any(|d| d == server)
+        {
+            destinations.push(server.to_owned());
+        }
+        destinations.sort();
+        let queued_ts = i64::from(now_ts().get());
+        let outbound = destinations
+            .iter()
+            .map(|d| {
+                (
+                    pdu.sender.server_name().to_string(),
+                    d.clone(),
+                    pdu.event_id.to_string(),
+                    queued_ts,
+                )
+            })
+            .collect();
 
         let batch = EventBatch {
             rooms: vec![RoomRow {
@@ -1123,6 +1357,7 @@ impl Rooms {
                 prev_events: pdu.prev_events.iter().map(|p| p.to_string()).collect(),
             }],
             transactions: Vec::new(),
+            outbound,
         };
         self.remember(pdu.clone(), group_after);
         let (done, rx) = oneshot::channel();

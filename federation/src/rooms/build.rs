@@ -81,6 +81,19 @@ pub fn build_pdu(
     template: &EventTemplate,
     at: Placement<'_>,
 ) -> Result<Pdu, EventError> {
+    let mut object = unsigned_event(version, template, &at)?;
+    at.key
+        .hash_and_sign_event(at.origin, &mut object, &version.rules().redaction)
+        .map_err(|e| EventError::Signature(e.to_string()))?;
+    Pdu::from_object(object, version, at.room_id)
+}
+
+/// The event before hashing and signing (a membership template handed to another server).
+pub fn unsigned_event(
+    version: &RoomVersion,
+    template: &EventTemplate,
+    at: &Placement<'_>,
+) -> Result<CanonicalJsonObject, EventError> {
     let format = |msg: String| EventError::Format(msg);
     let to_canonical = |value: Value| -> Result<CanonicalJsonValue, EventError> {
         CanonicalJsonValue::try_from(value).map_err(|e| format(format!("not canonical JSON: {e}")))
@@ -146,9 +159,5 @@ pub fn build_pdu(
         "origin_server_ts".into(),
         to_canonical(Value::from(u64::from(at.origin_server_ts.0)))?,
     );
-
-    at.key
-        .hash_and_sign_event(at.origin, &mut object, &version.rules().redaction)
-        .map_err(|e| EventError::Signature(e.to_string()))?;
-    Pdu::from_object(object, version, at.room_id)
+    Ok(object)
 }

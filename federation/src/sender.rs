@@ -1,0 +1,247 @@
+//! The outbound federation queue (spec: server-server API, "Transactions").
+//!
+//! ```text
+//!  append path --(same DB transaction as the event)--> federation_outbound rows
+//!       '--> OutboundSink::enqueue: wake the (origin, destination) worker
+//!  worker: oldest <= 50 PDUs -> PUT /send/{first-last} signed by origin -> 200: delete them
+//!          failure: back off (2 s doubling to 10 min, +-50 % jitter), the rows stay
+//!  start(): a worker for every pair with rows left (catch-up after our restart)
+//! ```
+//!
+//! One transaction is in flight per pair at a time. The transaction ID is made of the queue ids
+//! it carries, so a retry after a crash repeats the same ID and the peer can recognise it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ruma::ServerName;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use unitas_storage::{FederationQueue, Store};
+
+use crate::client::{FederationClient, FederationError};
+use crate::keys::SigningKey;
+use crate::rooms::{OutboundSink, Pdu};
+
+/// Most PDUs in one transaction (the spec's limit).
+pub const MAX_PDUS_PER_TRANSACTION: i64 = 50;
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Default)]
+struct Queue {
+    wake: Notify,
+    /// Held while a transaction of this pair is in flight.
+    in_flight: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    client: Arc<FederationClient>,
+    keys: HashMap<String, Arc<SigningKey>>,
+    queues: Mutex<HashMap<(String, String), Arc<Queue>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The sender. Cheap to clone; it is the node's [`OutboundSink`].
+#[derive(Debug, Clone)]
+pub struct FederationSender {
+    inner: Arc<Inner>,
+}
+
+/// Failures of [`FederationSender::flush_once`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The peer or the network failed.
+    #[error(transparent)]
+    Federation(#[from] FederationError),
+    /// The database failed.
+    #[error("storage: {0}")]
+    Storage(#[from] unitas_storage::StorageError),
+    /// No key for the origin (not one of our territories).
+    #[error("no signing key for {0}")]
+    NoKey(String),
+}
+
+fn jittered(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let factor = match getrandom::fill(&mut byte) {
+        Ok(()) => 0.5 + f64::from(byte[0]) / 255.0,
+        Err(_) => 1.0,
+    };
+    delay.mul_f64(factor)
+}
+
+impl FederationSender {
+    /// A sender signing with `keys` (our territories' server names -> keys). It stops its workers
+    /// when `shutdown` turns true.
+    pub fn new(
+        store: Store,
+        client: Arc<FederationClient>,
+        keys: HashMap<String, Arc<SigningKey>>,
+        shutdown: watch::Receiver<bool>,
+    ) -> FederationSender {
+        FederationSender {
+            inner: Arc::new(Inner {
+                store,
+                client,
+                keys,
+                queues: Mutex::new(HashMap::new()),
+                shutdown,
+            }),
+        }
+    }
+
+    /// Starts a worker for every pair with queued events (left from before a restart).
+    pub async fn start(&self) -> Result<(), SendError> {
+        for (origin, destination) in self.inner.store.list_outbound_destinations().await? {
+            self.queue(&origin, &destination).wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The queue of a pair, with its worker started on first use.
+    fn queue(&self, origin: &str, destination: &str) -> Arc<Queue> {
+        let key = (origin.to_owned(), destination.to_owned());
+        let mut queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(queue) = queues.get(&key) {
+            return queue.clone();
+        }
+        let queue = Arc::new(Queue::default());
+        queues.insert(key.clone(), queue.clone());
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let this = self.clone();
+            let worker_queue = queue.clone();
+            tokio::spawn(async move { this.work(key.0, key.1, worker_queue).await });
+        }
+        queue
+    }
+
+    async fn work(self, origin: String, destination: String, queue: Arc<Queue>) {
+        let mut shutdown = self.inner.shutdown.clone();
+        let mut backoff: Option<Duration> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.send_once(&origin, &destination).await {
+                Ok(0) => {
+                    backoff = None;
+                    tokio::select! {
+                        () = queue.wake.notified() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Ok(_) => backoff = None,
+                Err(err) => {
+                    let delay = backoff.map_or(FIRST_BACKOFF, |b| (b * 2).min(MAX_BACKOFF));
+                    backoff = Some(delay);
+                    tracing::info!(%origin, %destination, error = %err, retry_in = ?delay,
+                        "federation transaction failed");
+                    tokio::select! {
+                        () = tokio::time::sleep(jittered(delay)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one transaction of the pair's oldest queued events; the number sent (0: nothing
+    /// queued).
+    pub async fn send_once(&self, origin: &str, destination: &str) -> Result<usize, SendError> {
+        let queue = self.queue(origin, destination);
+        let _in_flight = queue.in_flight.lock().await;
+        let rows = self
+            .inner
+            .store
+            .peek_outbound(origin, destination, MAX_PDUS_PER_TRANSACTION)
+            .await?;
+        let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) else {
+            return Ok(0);
+        };
+        let (first, last) = (*first, *last);
+        let key = self
+            .inner
+            .keys
+            .get(origin)
+            .ok_or_else(|| SendError::NoKey(origin.to_owned()))?;
+        let pdus: Vec<Value> = rows
+            .iter()
+            .filter_map(|(_, json)| serde_json::from_str(json).ok())
+            .collect();
+        let origin_name =
+            ServerName::parse(origin).map_err(|_| SendError::NoKey(origin.to_owned()))?;
+        let destination_name = ServerName::parse(destination).map_err(|_| {
+            FederationError::Discovery(crate::discovery::DiscoveryError::InvalidName(
+                destination.to_owned(),
+            ))
+        })?;
+        let body = json!({
+            "origin": origin,
+            "origin_server_ts": ruma::MilliSecondsSinceUnixEpoch::now(),
+            "pdus": pdus,
+            "edus": [],
+        });
+        let txn = format!("{first}-{last}");
+        let answer = self
+            .inner
+            .client
+            .request(
+                &origin_name,
+                key,
+                &destination_name,
+                http::Method::PUT,
+                &format!("/_matrix/federation/v1/send/{txn}"),
+                Some(&body),
+            )
+            .await?;
+        if let Some(results) = answer.get("pdus").and_then(Value::as_object) {
+            for (event_id, result) in results {
+                if let Some(error) = result.get("error") {
+                    tracing::debug!(%destination, %event_id, %error, "peer rejected our event");
+                }
+            }
+        }
+        self.inner
+            .store
+            .delete_outbound(origin, destination, last)
+            .await?;
+        Ok(rows.len())
+    }
+
+    /// Sends everything queued now, ignoring backoff (tests, and an operator's "retry now"):
+    /// the number of events delivered; the first failure ends the pair's attempt.
+    pub async fn flush_once(&self) -> Result<usize, SendError> {
+        let mut sent = 0;
+        let mut first_error = None;
+        for (origin, destination) in self.inner.store.list_outbound_destinations().await? {
+            loop {
+                match self.send_once(&origin, &destination).await {
+                    Ok(0) => break,
+                    Ok(n) => sent += n,
+                    Err(err) => {
+                        first_error.get_or_insert(err);
+                        break;
+                    }
+                }
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(sent),
+        }
+    }
+}
+
+impl OutboundSink for FederationSender {
+    fn enqueue(&self, pdu: &Arc<Pdu>, destinations: &[String]) {
+        let origin = pdu.sender.server_name().as_str();
+        for destination in destinations {
+            self.queue(origin, destination).wake.notify_one();
+        }
+    }
+}
