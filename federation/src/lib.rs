@@ -8,6 +8,8 @@
 //! - [`discovery`]: server name -> host, port, Host header (well-known, SRV, 8448); IP filter.
 //! - [`client`]: the outgoing federation HTTP client (discovery, TLS, signing).
 //! - [`key_ring`]: other servers' verify keys, from them or from notaries, cached.
+//! - [`inbound`]: the one verification path for received events; `/send` transactions.
+//! - [`sender`]: the durable outbound queue, one transaction in flight per destination.
 //!
 //! No axum here: the HTTP edge lives in the `unitas` crate and calls into this one.
 //!
@@ -18,10 +20,12 @@
 
 pub mod client;
 pub mod discovery;
+pub mod inbound;
 pub mod key_ring;
 pub mod keys;
 pub mod request_auth;
 pub mod rooms;
+pub mod sender;
 pub mod server_keys;
 
 pub use keys::{KeyError, SigningKey};

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use unitas_federation::rooms::{NoOutbound, Rooms};
+use unitas_federation::rooms::Rooms;
 use unitas_federation::{KeyError, SigningKey};
 use unitas_storage::{SigningKeys, StorageError, Store, Territories};
 
@@ -169,18 +169,7 @@ impl Node {
             .iter()
             .map(|t| t.config.server_name.clone())
             .collect();
-        // Outbound federation is the federation issue's durable queue; until then events stay here.
-        let (rooms, room_writer) =
-            Rooms::new(store.clone(), server_names, Arc::new(NoOutbound)).await?;
-        let ephemeral = Arc::new(crate::ephemeral::Ephemeral::new(
-            unitas_storage::ClientExtras::get_max_aux_position(&store).await?,
-        ));
-        let rate_limiter = config.rate_limits.enabled.then(|| {
-            Arc::new(crate::ratelimit::RateLimiter::new(
-                config.rate_limits.per_second,
-                f64::from(config.rate_limits.burst),
-            ))
-        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
         let federation = Arc::new(
             unitas_federation::client::FederationClient::new(
                 unitas_federation::client::ClientOptions {
@@ -194,6 +183,28 @@ impl Node {
             )
             .map_err(|e| StartError::Federation(e.to_string()))?,
         );
+        // Our events reach other servers through the durable queue written with them.
+        let sender = unitas_federation::sender::FederationSender::new(
+            store.clone(),
+            federation.clone(),
+            territories
+                .all()
+                .iter()
+                .map(|t| (t.config.server_name.clone(), t.key.clone()))
+                .collect(),
+            shutdown_rx.clone(),
+        );
+        let (rooms, room_writer) =
+            Rooms::new(store.clone(), server_names, Arc::new(sender.clone())).await?;
+        let ephemeral = Arc::new(crate::ephemeral::Ephemeral::new(
+            unitas_storage::ClientExtras::get_max_aux_position(&store).await?,
+        ));
+        let rate_limiter = config.rate_limits.enabled.then(|| {
+            Arc::new(crate::ratelimit::RateLimiter::new(
+                config.rate_limits.per_second,
+                f64::from(config.rate_limits.burst),
+            ))
+        });
         let local_keys = territories
             .all()
             .iter()
@@ -209,8 +220,15 @@ impl Node {
             config.federation.trusted_key_servers.clone(),
             local_keys,
         ));
+        let inbound = Arc::new(unitas_federation::inbound::Inbound::new(
+            rooms.clone(),
+            key_ring.clone(),
+            federation.clone(),
+        ));
         let state = AppState {
+            inbound,
             federation,
+            sender: sender.clone(),
             key_ring,
             config: config.into(),
             store: store.clone(),
@@ -221,8 +239,11 @@ impl Node {
             tokens: Default::default(),
             transactions: Default::default(),
         };
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        sender
+            .start()
+            .await
+            .map_err(|e| StartError::Federation(e.to_string()))?;
         // The room writer stops after the listeners drained, writing what is queued first.
         let (serving_done, serving_done_rx) = watch::channel(false);
         tasks.spawn(room_writer.run(shutdown_signalled(serving_done_rx)));
@@ -322,7 +343,7 @@ async fn load_territories(config: &Config, store: &Store) -> Result<HostedTerrit
             .await?;
         hosted.push(HostedTerritory {
             config: resolved,
-            key,
+            key: key.into(),
         });
     }
     Ok(HostedTerritories::new(hosted))

@@ -13,13 +13,21 @@ pub struct HostedTerritory {
     /// Code, server name, URLs.
     pub config: ResolvedTerritory,
     /// The territory's current signing key.
-    pub key: SigningKey,
+    pub key: Arc<SigningKey>,
 }
 
 impl HostedTerritory {
     /// The territory's server name.
     pub fn server_name(&self) -> &str {
         &self.config.server_name
+    }
+
+    /// The territory as a federation request signer.
+    pub fn local_server(&self) -> unitas_federation::inbound::LocalServer {
+        unitas_federation::inbound::LocalServer {
+            name: self.config.server_name.clone(),
+            key: self.key.clone(),
+        }
     }
 
     /// Host names (with and without port) requests for this territory may be addressed to.
@@ -118,6 +126,10 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<crate::ratelimit::RateLimiter>>,
     /// Outgoing federation requests.
     pub federation: Arc<unitas_federation::client::FederationClient>,
+    /// The outbound federation queue.
+    pub sender: unitas_federation::sender::FederationSender,
+    /// Received events and remote joins.
+    pub inbound: Arc<unitas_federation::inbound::Inbound>,
     /// Other servers' verify keys.
     pub key_ring: Arc<unitas_federation::key_ring::KeyRing>,
 }

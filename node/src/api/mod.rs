@@ -9,6 +9,7 @@
 mod client;
 mod error;
 mod federation;
+mod federation_rooms;
 mod health;
 mod json;
 mod peer;
@@ -238,6 +239,30 @@ pub fn federation_router(state: AppState) -> Router {
         .route(
             "/_matrix/federation/v1/query/profile",
             get(federation::query_profile_route),
+        )
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            axum::routing::put(federation_rooms::send_transaction_route),
+        )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(federation_rooms::make_join_route),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            axum::routing::put(federation_rooms::send_join_route),
+        )
+        .route(
+            "/_matrix/federation/v1/event/{event_id}",
+            get(federation_rooms::get_event_route),
+        )
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            axum::routing::post(federation_rooms::get_missing_events_route),
+        )
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(federation_rooms::get_state_ids_route),
         )
         .route(
             "/_matrix/federation/v1/version",

@@ -69,6 +69,188 @@ impl Peer {
     }
 }
 
+/// Registers `name` on `peer`: (user ID, access token).
+async fn account(peer: &Peer, name: &str) -> (String, String) {
+    let reply: Value = http()
+        .post(format!("http://{}/_matrix/client/v3/register", peer.node.client_addr))
+        .json(&json!({"username": name, "password": "correct horse", "auth": {"type": "m.login.dummy"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        reply["user_id"].as_str().unwrap().to_owned(),
+        reply["access_token"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A client API call as `token`: (status, body).
+async fn call(
+    peer: &Peer,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = http()
+        .request(
+            method,
+            format!("http://{}/_matrix/client/v3{path}", peer.node.client_addr),
+        )
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The bodies of the room's messages as `token` sees them through `/messages`, oldest first,
+/// with their event IDs.
+async fn history(peer: &Peer, token: &str, room: &str) -> Vec<(String, String)> {
+    let (status, page) = call(
+        peer,
+        token,
+        reqwest::Method::GET,
+        &format!("/rooms/{}/messages?dir=b&limit=100", urlencode(room)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let mut out: Vec<(String, String)> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| {
+            (
+                e["event_id"].as_str().unwrap().to_owned(),
+                e["content"]["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
+fn urlencode(s: &str) -> String {
+    unitas_federation::inbound::percent(s)
+}
+
+async fn joined(peer: &Peer, token: &str, room: &str) -> Vec<String> {
+    let (status, body) = call(
+        peer,
+        token,
+        reqwest::Method::GET,
+        &format!("/rooms/{}/joined_members", urlencode(room)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut users: Vec<String> = body["joined"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    users.sort();
+    users
+}
+
+#[tokio::test]
+async fn a_user_of_another_node_joins_and_both_chat() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (alice, alice_token) = account(&a, "alice").await;
+    let (bob, bob_token) = account(&b, "bob").await;
+    let (status, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat", "name": "Across"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+
+    // Unknown on B: B joins through A (make_join, send_join, the state verified and stored).
+    let (status, reply) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(joined(&a, &alice_token, &room).await, both);
+    assert_eq!(joined(&b, &bob_token, &room).await, both);
+
+    // Messages both ways, through each node's durable queue.
+    for i in 0..5 {
+        let (status, _) = call(
+            &a,
+            &alice_token,
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/a{i}", urlencode(&room)),
+            json!({"msgtype": "m.text", "body": format!("from A {i}")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    a.node.state.sender.flush_once().await.unwrap();
+    for i in 0..5 {
+        let (status, _) = call(
+            &b,
+            &bob_token,
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/b{i}", urlencode(&room)),
+            json!({"msgtype": "m.text", "body": format!("from B {i}")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    b.node.state.sender.flush_once().await.unwrap();
+
+    let on_a = history(&a, &alice_token, &room).await;
+    let on_b = history(&b, &bob_token, &room).await;
+    assert_eq!(on_a.len(), 10, "{on_a:?}");
+    assert_eq!(on_a, on_b);
+    let bodies: Vec<&str> = on_a.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(bodies[0], "from A 0");
+    assert_eq!(bodies[9], "from B 4");
+
+    // Nothing is left queued on either side.
+    use unitas_storage::FederationQueue;
+    assert!(
+        a.node
+            .state
+            .store
+            .list_outbound_destinations()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        b.node
+            .state
+            .store
+            .list_outbound_destinations()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    a.stop().await;
+    b.stop().await;
+}
+
 async fn register(peer: &Peer, name: &str, displayname: &str) -> String {
     let client = http();
     let base = format!("http://{}/_matrix/client/v3", peer.node.client_addr);

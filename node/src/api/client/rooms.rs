@@ -331,12 +331,33 @@ async fn join(
     state: &AppState,
     user: &ClientUser,
     room_id: &RoomId,
+    via: &[String],
 ) -> std::result::Result<(), ApiError> {
     if state.rooms.current_state(room_id).await?.is_none() {
-        // Joining over federation comes with the federation issue.
-        return Err(ApiError::not_found(format!(
-            "Room {room_id} is not known to this server"
-        )));
+        // Unknown here: join through another server (the ones the client named, else the
+        // server in an old-style room ID).
+        let mut servers: Vec<String> = via.to_vec();
+        if let Some(server) = room_id.server_name() {
+            servers.push(server.to_string());
+        }
+        servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+        servers.dedup();
+        if servers.is_empty() {
+            return Err(ApiError::not_found(format!(
+                "Room {room_id} is not known to this server and no server to join it through was given"
+            )));
+        }
+        state
+            .inbound
+            .join_remote(
+                &user.territory.local_server(),
+                &user.user_id,
+                room_id,
+                &servers,
+            )
+            .await
+            .map_err(|e| ApiError::not_found(e.to_string()))?;
+        return Ok(());
     }
     if membership(state, room_id, &user.user_id).await?.as_deref() == Some("join") {
         return Ok(());
@@ -360,7 +381,7 @@ pub async fn join_room_by_id_route(
     req: Ruma<join_room_by_id::v3::Request>,
 ) -> Result<join_room_by_id::v3::Response> {
     let user = req.user()?.clone();
-    join(&state, &user, &req.body.room_id).await?;
+    join(&state, &user, &req.body.room_id, &[]).await?;
     Ok(join_room_by_id::v3::Response::new(req.body.room_id).into())
 }
 
@@ -378,7 +399,8 @@ pub async fn join_room_by_id_or_alias_route(
             super::directory::resolve_alias(&state, &alias).await?
         }
     };
-    join(&state, &user, &room_id).await?;
+    let via: Vec<String> = req.body.via.iter().map(ToString::to_string).collect();
+    join(&state, &user, &room_id, &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
 

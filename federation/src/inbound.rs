@@ -1,0 +1,534 @@
+//! Received events: the ONE verification path for every PDU another server hands us (`/send`,
+//! `/get_missing_events`, `/send_join` answers, later `/backfill`, `/state`, `/invite`).
+//!
+//! ```text
+//!  JSON -> 1. format (Pdu::from_object: sizes, IDs, room)          -> rejected
+//!       -> 2. signatures of every required server, with its keys valid at origin_server_ts
+//!                                                                   -> rejected
+//!       -> 3. content hash; a mismatch is redacted, then processed  -> (redacted) Pdu
+//!  then the append path: auth against auth events, state before, soft-fail (rooms/append.rs)
+//! ```
+//!
+//! `/send` handles each PDU on its own: one bad PDU gets an error entry, the others go on. A PDU
+//! whose parents are unknown first fetches them from the origin with `/get_missing_events`
+//! (at most [`MISSING_EVENTS_LIMIT`]), each of them through the same verification.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, ServerName};
+use serde_json::{Value, json};
+
+use crate::client::FederationClient;
+use crate::key_ring::KeyRing;
+use crate::keys::SigningKey;
+use crate::rooms::{AppendError, Appended, EventError, Pdu, RoomVersion, Rooms};
+
+/// Most events one `/get_missing_events` request asks for.
+pub const MISSING_EVENTS_LIMIT: usize = 20;
+/// Most PDUs in an inbound transaction (the spec's limit).
+pub const MAX_TRANSACTION_PDUS: usize = 50;
+/// Most EDUs in an inbound transaction (the spec's limit).
+pub const MAX_TRANSACTION_EDUS: usize = 100;
+
+/// Checks a received event's format, signatures (keys from the key ring, valid when the event
+/// was sent) and content hash (redacting the event when it does not match).
+pub async fn verify_pdu(
+    key_ring: &KeyRing,
+    object: CanonicalJsonObject,
+    version: &RoomVersion,
+    expected_room: Option<&RoomId>,
+) -> Result<Pdu, EventError> {
+    // 1. Format first: nothing is fetched for an event that cannot be one.
+    let parsed = Pdu::from_object(object.clone(), version, expected_room)?;
+    let rules = version.rules();
+    let servers =
+        ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
+            .map_err(|e| EventError::Signature(e.to_string()))?;
+    // 2. Signatures.
+    let at = i64::from(parsed.origin_server_ts.get());
+    let mut keys = ruma::signatures::PublicKeyMap::new();
+    for server in &servers {
+        let key_ids: Vec<String> = match object.get("signatures") {
+            Some(CanonicalJsonValue::Object(signatures)) => match signatures.get(server.as_str()) {
+                Some(CanonicalJsonValue::Object(by_key)) => by_key
+                    .keys()
+                    .filter(|k| k.starts_with("ed25519:"))
+                    .cloned()
+                    .collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
+        let mut set = ruma::signatures::PublicKeySet::new();
+        let mut reasons = Vec::new();
+        for key_id in key_ids {
+            match key_ring.verify_key(server.as_str(), &key_id, at).await {
+                Ok(public) => {
+                    if let Some(bytes) = crate::keys::decode_base64(&public) {
+                        set.insert(key_id, ruma::serde::Base64::new(bytes));
+                    }
+                }
+                Err(err) => reasons.push(err.to_string()),
+            }
+        }
+        if set.is_empty() {
+            return Err(EventError::Signature(format!(
+                "no usable key of {server} signed {}: {}",
+                parsed.event_id,
+                reasons.join("; ")
+            )));
+        }
+        keys.insert(server.to_string(), set);
+    }
+    let verified = ruma::signatures::verify_event(&keys, &object, rules)
+        .map_err(|e| EventError::Signature(format!("{}: {e}", parsed.event_id)))?;
+    // 3. Hashes.
+    match verified {
+        ruma::signatures::Verified::All => Ok(parsed),
+        ruma::signatures::Verified::Signatures => {
+            tracing::info!(event_id = %parsed.event_id, "content hash mismatch: redacting");
+            crate::rooms::redact::redact_pdu(&parsed, version)
+        }
+    }
+}
+
+/// Parses a JSON value into a canonical JSON object (floats and out-of-range integers fail).
+pub fn canonical_object(value: &Value) -> Result<CanonicalJsonObject, EventError> {
+    serde_json::from_value(value.clone())
+        .map_err(|e| EventError::Format(format!("not canonical JSON: {e}")))
+}
+
+/// One of our territories, to sign requests with.
+#[derive(Debug, Clone)]
+pub struct LocalServer {
+    /// Server name.
+    pub name: String,
+    /// Signing key.
+    pub key: Arc<SigningKey>,
+}
+
+/// The inbound side: transactions and the events they pull in.
+#[derive(Debug)]
+pub struct Inbound {
+    rooms: Rooms,
+    key_ring: Arc<KeyRing>,
+    client: Arc<FederationClient>,
+    /// Answers of recent transactions, by (origin, txn ID): a retry gets the same answer.
+    seen: Mutex<HashMap<(String, String), Value>>,
+}
+
+impl Inbound {
+    /// The inbound side over the rooms service.
+    pub fn new(rooms: Rooms, key_ring: Arc<KeyRing>, client: Arc<FederationClient>) -> Inbound {
+        Inbound {
+            rooms,
+            key_ring,
+            client,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key ring.
+    pub fn key_ring(&self) -> &Arc<KeyRing> {
+        &self.key_ring
+    }
+
+    /// `PUT /send/{txnId}` from `origin` (verified by the caller), received by `local`: the
+    /// per-PDU results. The answer of a transaction ID already handled is repeated.
+    pub async fn handle_transaction(
+        &self,
+        local: &LocalServer,
+        origin: &ServerName,
+        txn_id: &str,
+        body: &Value,
+    ) -> Result<Value, EventError> {
+        let key = (origin.to_string(), txn_id.to_owned());
+        if let Some(answer) = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(answer.clone());
+        }
+        let pdus = body
+            .get("pdus")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let edus = body
+            .get("edus")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if pdus.len() > MAX_TRANSACTION_PDUS || edus > MAX_TRANSACTION_EDUS {
+            return Err(EventError::TooLarge(format!(
+                "{} PDUs and {edus} EDUs (at most {MAX_TRANSACTION_PDUS} and {MAX_TRANSACTION_EDUS})",
+                pdus.len()
+            )));
+        }
+        let mut results = serde_json::Map::new();
+        for value in &pdus {
+            let (id, outcome) = self.handle_pdu(local, origin, value).await;
+            let entry = match outcome {
+                Ok(_) => json!({}),
+                Err(err) => json!({"error": err.to_string()}),
+            };
+            if let Some(id) = id {
+                results.insert(id.to_string(), entry);
+            }
+        }
+        let answer = json!({"pdus": results});
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() > 10_000 {
+            seen.clear();
+        }
+        seen.insert(key, answer.clone());
+        Ok(answer)
+    }
+
+    /// One PDU of a transaction: its event ID (when it could be computed) and the outcome.
+    async fn handle_pdu(
+        &self,
+        local: &LocalServer,
+        origin: &ServerName,
+        value: &Value,
+    ) -> (Option<OwnedEventId>, Result<Appended, AppendError>) {
+        let room_id = value
+            .get("room_id")
+            .and_then(Value::as_str)
+            .and_then(|r| RoomId::parse(r).ok());
+        let Some(room_id) = room_id else {
+            return (
+                None,
+                Err(EventError::Format("no valid room_id".into()).into()),
+            );
+        };
+        let version = match self.rooms.room_version(&room_id).await {
+            Ok(Some(version)) => version,
+            Ok(None) => return (None, Err(AppendError::UnknownRoom(room_id))),
+            Err(err) => return (None, Err(err)),
+        };
+        let object = match canonical_object(value) {
+            Ok(object) => object,
+            Err(err) => return (None, Err(err.into())),
+        };
+        let pdu = match verify_pdu(&self.key_ring, object, &version, Some(&room_id)).await {
+            Ok(pdu) => pdu,
+            Err(err) => return (None, Err(err.into())),
+        };
+        let id = pdu.event_id.clone();
+        (
+            Some(id),
+            self.append_with_parents(local, origin, pdu, &version).await,
+        )
+    }
+
+    /// Appends `pdu`, first fetching its missing parents from `origin`.
+    pub async fn append_with_parents(
+        &self,
+        local: &LocalServer,
+        origin: &ServerName,
+        pdu: Pdu,
+        version: &RoomVersion,
+    ) -> Result<Appended, AppendError> {
+        if self.rooms.has_event(&pdu.event_id).await? {
+            return Ok(Appended::Duplicate);
+        }
+        let mut missing = false;
+        for parent in &pdu.prev_events {
+            if !self.rooms.has_event(parent).await? {
+                missing = true;
+                break;
+            }
+        }
+        if missing {
+            self.fetch_missing(local, origin, &pdu, version).await?;
+        }
+        self.rooms.append_remote(pdu).await
+    }
+
+    /// `/get_missing_events` for the gap between our forward extremities and `pdu`; the events
+    /// returned are verified and appended oldest first.
+    async fn fetch_missing(
+        &self,
+        local: &LocalServer,
+        origin: &ServerName,
+        pdu: &Pdu,
+        version: &RoomVersion,
+    ) -> Result<(), AppendError> {
+        let earliest = self.rooms.forward_extremities(&pdu.room_id).await?;
+        let body = json!({
+            "earliest_events": earliest,
+            "latest_events": [pdu.event_id],
+            "limit": MISSING_EVENTS_LIMIT,
+        });
+        let local_name = ServerName::parse(&local.name)
+            .map_err(|e| EventError::Format(format!("our server name: {e}")))?;
+        let answer = self
+            .client
+            .request(
+                &local_name,
+                &local.key,
+                origin,
+                http::Method::POST,
+                &format!(
+                    "/_matrix/federation/v1/get_missing_events/{}",
+                    percent(pdu.room_id.as_str())
+                ),
+                Some(&body),
+            )
+            .await
+            .map_err(|e| EventError::Missing(format!("get_missing_events from {origin}: {e}")))?;
+        let mut events = Vec::new();
+        for value in answer
+            .get("events")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let object = canonical_object(value)?;
+            match verify_pdu(&self.key_ring, object, version, Some(&pdu.room_id)).await {
+                Ok(event) => events.push(event),
+                Err(err) => tracing::info!(%origin, error = %err, "missing event rejected"),
+            }
+        }
+        events.sort_by_key(|e| e.depth);
+        for event in events {
+            if self.rooms.has_event(&event.event_id).await? {
+                continue;
+            }
+            if let Err(err) = self.rooms.append_remote(event).await {
+                tracing::info!(%origin, error = %err, "missing event not appended");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why joining a room over federation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// No server could be asked (a room ID without a server name, and no `via`).
+    #[error("no server to join {0} through")]
+    NoServer(String),
+    /// Every server asked refused or failed; the last reason.
+    #[error("could not join {room} through {servers}: {reason}")]
+    Failed {
+        /// Room.
+        room: String,
+        /// Servers asked.
+        servers: String,
+        /// The last failure.
+        reason: String,
+    },
+}
+
+/// Checks a resident server's join template before we sign anything made from it: exactly a
+/// join of `user` in `room_id`, nothing more. Returns the parents, auth events and depth.
+pub fn check_join_template(
+    template: &Value,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>, u64), String> {
+    let object = template
+        .as_object()
+        .ok_or("the template is not an object")?;
+    let field = |name: &str| object.get(name).and_then(Value::as_str);
+    if field("type") != Some("m.room.member") {
+        return Err("not an m.room.member event".into());
+    }
+    if field("state_key") != Some(user.as_str()) || field("sender") != Some(user.as_str()) {
+        return Err("state_key and sender must be the joining user".into());
+    }
+    if field("room_id") != Some(room_id.as_str()) {
+        return Err("another room".into());
+    }
+    if object.get("content") != Some(&json!({"membership": "join"})) {
+        return Err(format!(
+            "the content must be exactly {{\"membership\": \"join\"}}, got {}",
+            object.get("content").cloned().unwrap_or(Value::Null)
+        ));
+    }
+    let ids = |name: &str, max: usize| -> Result<Vec<OwnedEventId>, String> {
+        let list = object
+            .get(name)
+            .and_then(Value::as_array)
+            .ok_or(format!("{name} is missing"))?;
+        if list.is_empty() || list.len() > max {
+            return Err(format!("{name} must have 1 to {max} entries"));
+        }
+        list.iter()
+            .map(|v| {
+                v.as_str()
+                    .and_then(|s| OwnedEventId::try_from(s).ok())
+                    .ok_or(format!("{name} holds a malformed event ID"))
+            })
+            .collect()
+    };
+    let prev = ids("prev_events", 20)?;
+    let auth = ids("auth_events", 10)?;
+    let depth = object
+        .get("depth")
+        .and_then(Value::as_u64)
+        .filter(|d| (1..=(1u64 << 53)).contains(d))
+        .ok_or("depth must be a positive integer")?;
+    Ok((prev, auth, depth))
+}
+
+impl Inbound {
+    /// Joins `user` (of our `local` territory) to a room this node does not know, through the
+    /// first of `via` that answers: make_join, a strict check of the template, our own signed
+    /// join, send_join, every returned event verified, then the room is set up from that state.
+    pub async fn join_remote(
+        &self,
+        local: &LocalServer,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        via: &[String],
+    ) -> Result<Appended, JoinError> {
+        if via.is_empty() {
+            return Err(JoinError::NoServer(room_id.to_string()));
+        }
+        let mut last = String::new();
+        for server in via {
+            match self.join_through(local, user, room_id, server).await {
+                Ok(outcome) => return Ok(outcome),
+                Err(reason) => {
+                    tracing::info!(%room_id, %server, %reason, "remote join failed");
+                    last = reason;
+                }
+            }
+        }
+        Err(JoinError::Failed {
+            room: room_id.to_string(),
+            servers: via.join(", "),
+            reason: last,
+        })
+    }
+
+    async fn join_through(
+        &self,
+        local: &LocalServer,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        server: &str,
+    ) -> Result<Appended, String> {
+        let local_name = ServerName::parse(&local.name).map_err(|e| e.to_string())?;
+        let resident = ServerName::parse(server).map_err(|e| e.to_string())?;
+        let versions = "ver=10&ver=11&ver=12";
+        let answer = self
+            .client
+            .request(
+                &local_name,
+                &local.key,
+                &resident,
+                http::Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/make_join/{}/{}?{versions}",
+                    percent(room_id.as_str()),
+                    percent(user.as_str())
+                ),
+                None,
+            )
+            .await
+            .map_err(|e| format!("make_join: {e}"))?;
+        let version_id = answer
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1");
+        let version = RoomVersion::parse(version_id)
+            .ok_or_else(|| format!("unsupported room version {version_id}"))?;
+        let template = answer.get("event").ok_or("make_join answered no event")?;
+        let (prev_events, auth_events, depth) = check_join_template(template, room_id, user)?;
+        let join = crate::rooms::build::build_pdu(
+            &version,
+            &crate::rooms::EventTemplate::state(
+                "m.room.member",
+                user.as_str(),
+                json!({"membership": "join"}),
+            ),
+            crate::rooms::build::Placement {
+                room_id: Some(room_id),
+                sender: user,
+                prev_events,
+                auth_events,
+                depth,
+                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
+                origin: &local.name,
+                key: &local.key,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let body: Value =
+            serde_json::from_str(join.federation_json()).map_err(|e| e.to_string())?;
+        let answer = self
+            .client
+            .request(
+                &local_name,
+                &local.key,
+                &resident,
+                http::Method::PUT,
+                &format!(
+                    "/_matrix/federation/v2/send_join/{}/{}",
+                    percent(room_id.as_str()),
+                    percent(join.event_id.as_str())
+                ),
+                Some(&body),
+            )
+            .await
+            .map_err(|e| format!("send_join: {e}"))?;
+        let verify_all = async |name: &str| -> Result<Vec<Pdu>, String> {
+            let mut out = Vec::new();
+            for value in answer
+                .get(name)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let object = canonical_object(value).map_err(|e| e.to_string())?;
+                let pdu = verify_pdu(&self.key_ring, object, &version, Some(room_id))
+                    .await
+                    .map_err(|e| format!("{name}: {e}"))?;
+                out.push(pdu);
+            }
+            Ok(out)
+        };
+        let state = verify_all("state").await?;
+        let auth_chain = verify_all("auth_chain").await?;
+        // The room's version is the create event's, not just what make_join said.
+        let create = state
+            .iter()
+            .find(|p| p.kind.to_string() == "m.room.create" && p.state_key.as_deref() == Some(""))
+            .ok_or("the state has no m.room.create")?;
+        let created: Value =
+            serde_json::from_str(create.content.get()).map_err(|e| e.to_string())?;
+        let declared = created
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1");
+        if declared != version_id {
+            return Err(format!(
+                "make_join said version {version_id}, the room is {declared}"
+            ));
+        }
+        self.rooms
+            .join_from_state(&version, join, state, auth_chain)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Percent-encodes one path segment (room and event IDs carry `!`, `$`, `:`).
+pub fn percent(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len() * 3);
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}

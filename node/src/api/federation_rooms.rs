@@ -1,0 +1,378 @@
+//! Room endpoints of the federation API: transactions, joins, and reading events and state.
+//! Every one takes a verified [`Peer`]; none acts for a user.
+
+use std::collections::{HashSet, VecDeque};
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use ruma::{EventId, OwnedEventId, RoomId, ServerName, UserId};
+use serde_json::{Value, json};
+use unitas_federation::inbound::{canonical_object, verify_pdu};
+use unitas_federation::rooms::{AppendError, Pdu, Signer};
+
+use super::ApiError;
+use super::peer::Peer;
+use crate::state::AppState;
+
+/// Most events in an auth chain or state answer.
+const MAX_ANSWER_EVENTS: usize = 100_000;
+
+fn parse_room(room_id: &str) -> Result<&RoomId, ApiError> {
+    <&RoomId>::try_from(room_id).map_err(|e| ApiError::invalid_param(format!("room ID: {e}")))
+}
+
+fn event_json(pdu: &Pdu) -> Result<Value, ApiError> {
+    serde_json::from_str(pdu.federation_json()).map_err(|e| ApiError::internal(&e))
+}
+
+/// The server of a user ID (everything after the first `:`; server names may carry a port).
+fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, server)| server)
+}
+
+fn now_ms() -> i64 {
+    crate::node::now_ms()
+}
+
+/// Whether `server` has a joined member in the room's current state.
+async fn server_in_room(
+    state: &AppState,
+    room_id: &RoomId,
+    server: &ServerName,
+) -> Result<bool, ApiError> {
+    let Some(current) = state.rooms.current_state(room_id).await? else {
+        return Ok(false);
+    };
+    for ((kind, key), id) in &current {
+        if kind != "m.room.member" || server_of(key) != Some(server.as_str()) {
+            continue;
+        }
+        if let Some(pdu) = state.rooms.get_pdu(id).await? {
+            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+            if content.get("membership").and_then(Value::as_str) == Some("join") {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+async fn require_in_room(state: &AppState, room_id: &RoomId, peer: &Peer) -> Result<(), ApiError> {
+    if server_in_room(state, room_id, &peer.origin).await? {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "{} has no member in {room_id}",
+            peer.origin
+        )))
+    }
+}
+
+/// The auth chains of `ids` (not including `ids` themselves unless reached), as PDUs.
+async fn auth_chain(state: &AppState, ids: &[OwnedEventId]) -> Result<Vec<Pdu>, ApiError> {
+    let mut seen: HashSet<OwnedEventId> = HashSet::new();
+    let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+    for id in ids {
+        if let Some(pdu) = state.rooms.get_pdu(id).await? {
+            queue.extend(pdu.auth_events.iter().cloned());
+        }
+    }
+    let mut chain = Vec::new();
+    while let Some(id) = queue.pop_front() {
+        if !seen.insert(id.clone()) || chain.len() >= MAX_ANSWER_EVENTS {
+            continue;
+        }
+        if let Some(pdu) = state.rooms.get_pdu(&id).await? {
+            queue.extend(pdu.auth_events.iter().cloned());
+            chain.push(pdu.as_ref().clone());
+        }
+    }
+    Ok(chain)
+}
+
+/// `PUT /_matrix/federation/v1/send/{txnId}`.
+pub async fn send_transaction_route(
+    State(state): State<AppState>,
+    Path(txn_id): Path<String>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let body: Value =
+        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    if body.get("origin").and_then(Value::as_str) != Some(peer.origin.as_str()) {
+        return Err(ApiError::forbidden(
+            "The transaction's origin is not the server that signed the request",
+        ));
+    }
+    let answer = state
+        .inbound
+        .handle_transaction(&peer.territory.local_server(), &peer.origin, &txn_id, &body)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string()))?;
+    Ok(Json(answer))
+}
+
+/// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`: an unsigned join for the peer's
+/// user, placed on our current state.
+pub async fn make_join_route(
+    State(state): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    query: axum::extract::RawQuery,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    let user = <&UserId>::try_from(user_id.as_str())
+        .map_err(|e| ApiError::invalid_param(format!("user ID: {e}")))?;
+    if user.server_name() != peer.origin {
+        return Err(ApiError::forbidden(
+            "The user does not belong to the requesting server",
+        ));
+    }
+    let versions = requested_versions(query.0.as_deref().unwrap_or(""));
+    let Some(version) = state.rooms.room_version(room_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "Room {room_id} is not known here"
+        )));
+    };
+    let supported = if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    };
+    if !supported.iter().any(|v| v == version.id().as_str()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("The room has version {}", version.id()),
+        )
+        .with_extra("room_version", version.id().as_str().into()));
+    }
+    let t = &peer.territory;
+    let (version, template) = state
+        .rooms
+        .membership_template(
+            room_id,
+            user,
+            "join",
+            Signer {
+                server_name: t.server_name(),
+                key: &t.key,
+            },
+        )
+        .await?;
+    Ok(Json(json!({
+        "room_version": version.id().as_str(),
+        "event": template,
+    })))
+}
+
+/// The `ver` parameters of a query string (the room versions the joining server supports).
+fn requested_versions(query: &str) -> Vec<String> {
+    url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "ver")
+        .map(|(_, v)| v.into_owned())
+        .collect()
+}
+
+/// Query of `send_join`.
+#[derive(Debug, serde::Deserialize)]
+pub struct SendJoinQuery {
+    #[serde(default)]
+    omit_members: bool,
+}
+
+/// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: the peer's signed join; we append
+/// it and answer the state before it and its auth chain.
+pub async fn send_join_route(
+    State(state): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    Query(query): Query<SendJoinQuery>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    let Some(version) = state.rooms.room_version(room_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "Room {room_id} is not known here"
+        )));
+    };
+    let value: Value =
+        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let join = verify_pdu(state.inbound.key_ring(), object, &version, Some(room_id))
+        .await
+        .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    if join.event_id.as_str() != event_id {
+        return Err(ApiError::invalid_param(
+            "The event ID does not match the event",
+        ));
+    }
+    let content: Value = serde_json::from_str(join.content.get()).unwrap_or_default();
+    if join.kind.to_string() != "m.room.member"
+        || content.get("membership").and_then(Value::as_str) != Some("join")
+        || join.state_key.as_deref() != Some(join.sender.as_str())
+        || join.sender.server_name() != peer.origin
+    {
+        return Err(ApiError::invalid_param(
+            "Not a join of a user of the requesting server",
+        ));
+    }
+    let join_id = join.event_id.clone();
+    match state.rooms.append_remote(join).await {
+        Ok(_) => {}
+        Err(AppendError::Event(err)) => return Err(ApiError::forbidden(err.to_string())),
+        Err(err) => return Err(err.into()),
+    }
+    let before = state
+        .rooms
+        .state_before(&join_id)
+        .await?
+        .ok_or_else(|| ApiError::forbidden("The join was not accepted into the room"))?;
+    let mut servers: HashSet<String> = HashSet::new();
+    let mut state_events = Vec::new();
+    let mut state_ids = Vec::new();
+    for ((kind, key), id) in &before {
+        let Some(pdu) = state.rooms.get_pdu(id).await? else {
+            continue;
+        };
+        if kind == "m.room.member" {
+            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+            if content.get("membership").and_then(Value::as_str) == Some("join")
+                && let Some(server) = server_of(key)
+            {
+                servers.insert(server.to_owned());
+            }
+            if query.omit_members {
+                continue;
+            }
+        }
+        state_ids.push(id.clone());
+        state_events.push(event_json(&pdu)?);
+    }
+    let chain = auth_chain(&state, &state_ids).await?;
+    let chain: Vec<Value> = chain.iter().map(event_json).collect::<Result<_, _>>()?;
+    let mut servers: Vec<String> = servers.into_iter().collect();
+    servers.sort();
+    Ok(Json(json!({
+        "origin": peer.territory.server_name(),
+        "state": state_events,
+        "auth_chain": chain,
+        "members_omitted": query.omit_members,
+        "servers_in_room": servers,
+    })))
+}
+
+/// `GET /_matrix/federation/v1/event/{eventId}`.
+pub async fn get_event_route(
+    State(state): State<AppState>,
+    Path(event_id): Path<String>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let event_id = <&EventId>::try_from(event_id.as_str())
+        .map_err(|e| ApiError::invalid_param(format!("event ID: {e}")))?;
+    let pdu = state
+        .rooms
+        .get_pdu(event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    require_in_room(&state, &pdu.room_id, &peer).await?;
+    Ok(Json(json!({
+        "origin": peer.territory.server_name(),
+        "origin_server_ts": now_ms(),
+        "pdus": [event_json(&pdu)?],
+    })))
+}
+
+/// Body of `get_missing_events`.
+#[derive(Debug, serde::Deserialize)]
+pub struct MissingEvents {
+    earliest_events: Vec<OwnedEventId>,
+    latest_events: Vec<OwnedEventId>,
+    #[serde(default = "default_missing_limit")]
+    limit: usize,
+    #[serde(default)]
+    min_depth: u64,
+}
+
+fn default_missing_limit() -> usize {
+    10
+}
+
+/// `POST /_matrix/federation/v1/get_missing_events/{roomId}`: walks back from `latest_events`
+/// through `prev_events`, stopping at `earliest_events`, at most `limit` (<= 100) events.
+pub async fn get_missing_events_route(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    require_in_room(&state, room_id, &peer).await?;
+    let request: MissingEvents =
+        serde_json::from_slice(&peer.body).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let limit = request.limit.min(100);
+    let stop: HashSet<OwnedEventId> = request.earliest_events.into_iter().collect();
+    let mut seen: HashSet<OwnedEventId> = request.latest_events.iter().cloned().collect();
+    let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
+    for id in &request.latest_events {
+        if let Some(pdu) = state.rooms.get_pdu(id).await? {
+            queue.extend(pdu.prev_events.iter().cloned());
+        }
+    }
+    let mut found = Vec::new();
+    while let Some(id) = queue.pop_front() {
+        if found.len() >= limit {
+            break;
+        }
+        if stop.contains(&id) || !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(pdu) = state.rooms.get_pdu(&id).await? else {
+            continue;
+        };
+        if pdu.room_id != room_id || pdu.depth < request.min_depth {
+            continue;
+        }
+        queue.extend(pdu.prev_events.iter().cloned());
+        found.push(pdu);
+    }
+    found.sort_by_key(|p| p.depth);
+    let events: Vec<Value> = found
+        .iter()
+        .map(|p| event_json(p))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(json!({ "events": events })))
+}
+
+/// Query of `state_ids`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StateQuery {
+    event_id: OwnedEventId,
+}
+
+/// `GET /_matrix/federation/v1/state_ids/{roomId}?event_id=`: the state before an event and
+/// its auth chain, as IDs.
+pub async fn get_state_ids_route(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    Query(query): Query<StateQuery>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    require_in_room(&state, room_id, &peer).await?;
+    let pdu = state
+        .rooms
+        .get_pdu(&query.event_id)
+        .await?
+        .filter(|p| p.room_id == room_id)
+        .ok_or_else(|| ApiError::not_found("Event not found in this room"))?;
+    let before = state
+        .rooms
+        .state_before(&pdu.event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
+    let ids: Vec<OwnedEventId> = before.values().cloned().collect();
+    let chain = auth_chain(&state, &ids).await?;
+    Ok(Json(json!({
+        "pdu_ids": ids,
+        "auth_chain_ids": chain.iter().map(|p| p.event_id.to_string()).collect::<Vec<_>>(),
+    })))
+}
