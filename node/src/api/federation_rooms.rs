@@ -376,3 +376,94 @@ pub async fn get_state_ids_route(
         "auth_chain_ids": chain.iter().map(|p| p.event_id.to_string()).collect::<Vec<_>>(),
     })))
 }
+
+/// `GET /_matrix/federation/v1/state/{roomId}?event_id=`: the state before an event and its
+/// auth chain, as events.
+pub async fn get_state_route(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    Query(query): Query<StateQuery>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    require_in_room(&state, room_id, &peer).await?;
+    let pdu = state
+        .rooms
+        .get_pdu(&query.event_id)
+        .await?
+        .filter(|p| p.room_id == room_id)
+        .ok_or_else(|| ApiError::not_found("Event not found in this room"))?;
+    let before = state
+        .rooms
+        .state_before(&pdu.event_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
+    let ids: Vec<OwnedEventId> = before.values().cloned().collect();
+    let mut pdus = Vec::new();
+    for id in &ids {
+        if let Some(pdu) = state.rooms.get_pdu(id).await? {
+            pdus.push(event_json(&pdu)?);
+        }
+    }
+    let chain = auth_chain(&state, &ids).await?;
+    let chain: Vec<Value> = chain.iter().map(event_json).collect::<Result<_, _>>()?;
+    Ok(Json(json!({ "pdus": pdus, "auth_chain": chain })))
+}
+
+/// `GET /_matrix/federation/v1/backfill/{roomId}?v=...&limit=`: events before the given ones,
+/// newest first, walking `prev_events` (the given events included).
+pub async fn backfill_route(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    query: axum::extract::RawQuery,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    require_in_room(&state, room_id, &peer).await?;
+    let mut from = Vec::new();
+    let mut limit = 10usize;
+    for (key, value) in url::form_urlencoded::parse(query.0.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "v" => from.push(
+                OwnedEventId::try_from(value.as_ref())
+                    .map_err(|e| ApiError::invalid_param(format!("v: {e}")))?,
+            ),
+            "limit" => {
+                limit = value
+                    .parse()
+                    .map_err(|_| ApiError::invalid_param("limit must be a number"))?;
+            }
+            _ => {}
+        }
+    }
+    let limit = limit.clamp(1, 100);
+    let mut seen: HashSet<OwnedEventId> = HashSet::new();
+    let mut queue: VecDeque<OwnedEventId> = from.into_iter().collect();
+    let mut found = Vec::new();
+    while let Some(id) = queue.pop_front() {
+        if found.len() >= limit {
+            break;
+        }
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let Some(pdu) = state.rooms.get_pdu(&id).await? else {
+            continue;
+        };
+        if pdu.room_id != room_id {
+            continue;
+        }
+        queue.extend(pdu.prev_events.iter().cloned());
+        found.push(pdu);
+    }
+    found.sort_by_key(|p| std::cmp::Reverse(p.depth));
+    let pdus: Vec<Value> = found
+        .iter()
+        .map(|p| event_json(p))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(json!({
+        "origin": peer.territory.server_name(),
+        "origin_server_ts": now_ms(),
+        "pdus": pdus,
+    })))
+}

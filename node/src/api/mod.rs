@@ -265,6 +265,14 @@ pub fn federation_router(state: AppState) -> Router {
             get(federation_rooms::get_state_ids_route),
         )
         .route(
+            "/_matrix/federation/v1/state/{room_id}",
+            get(federation_rooms::get_state_route),
+        )
+        .route(
+            "/_matrix/federation/v1/backfill/{room_id}",
+            get(federation_rooms::backfill_route),
+        )
+        .route(
             "/_matrix/federation/v1/version",
             get(federation::get_server_version_route),
         );
