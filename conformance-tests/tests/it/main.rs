@@ -6,6 +6,7 @@
 mod clients;
 mod events;
 mod foundation;
+mod synapse;
 
 /// Runs `program args` to the end on a blocking thread (the node under test keeps serving
 /// meanwhile): success, stdout, stderr.
