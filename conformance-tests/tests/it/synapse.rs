@@ -198,6 +198,40 @@ async fn await_messages(
     }
 }
 
+/// Waits, through `/sync` long-polls, until the room is in the user's `leave` section (left,
+/// kicked or banned).
+async fn await_left(base: &str, token: &str, room: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut since: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/sync?timeout=5000");
+        if let Some(since) = &since {
+            url.push_str(&format!("&since={}", enc(since)));
+        }
+        let (status, body) = request(reqwest::Method::GET, url, Some(token), Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        if body["rooms"]["leave"].get(room).is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{room} never showed up as left");
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+/// A user's membership in the room's current state on our node.
+async fn our_membership(node: &Node, room: &str, user: &str) -> Option<String> {
+    let room = ruma::OwnedRoomId::try_from(room).unwrap();
+    let id = node
+        .state
+        .rooms
+        .current_state_event_id(&room, "m.room.member", user)
+        .await
+        .unwrap()?;
+    let pdu = node.state.rooms.get_pdu(&id).await.unwrap()?;
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap();
+    content["membership"].as_str().map(str::to_owned)
+}
+
 async fn joined(base: &str, token: &str, room: &str) -> Vec<String> {
     let (status, body) = request(
         reqwest::Method::GET,
@@ -304,6 +338,14 @@ async fn rooms_are_shared_with_synapse_both_ways() {
     );
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
 
+    // Our room admin kicks the Synapse user: Synapse sees its user leave.
+    let (status, body) = request(reqwest::Method::POST, format!("{ours}/rooms/{}/kick", enc(&room)),
+        Some(&alice_token), json!({"user_id": sam, "reason": "test"})).await;
+    assert_eq!(status, 200, "{body}");
+    node.state.sender.flush_once().await.unwrap();
+    await_left(&theirs, &sam_token, &room).await;
+    assert_eq!(our_membership(&node, &room, &sam).await.as_deref(), Some("leave"));
+
     // 2. A room made on Synapse, joined by our user.
     let (status, created) = request(
         reqwest::Method::POST,
@@ -359,6 +401,14 @@ async fn rooms_are_shared_with_synapse_both_ways() {
         synapse.complaints()
     );
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
+
+    // Synapse's room admin bans our user: the ban reaches us.
+    let (status, body) = request(reqwest::Method::POST, format!("{theirs}/rooms/{}/ban", enc(&room)),
+        Some(&sam_token), json!({"user_id": alice, "reason": "test"})).await;
+    assert_eq!(status, 200, "{body}");
+    await_left(&ours, &alice_token, &room).await;
+    assert_eq!(our_membership(&node, &room, &alice).await.as_deref(), Some("ban"));
+    assert_eq!(joined(&theirs, &sam_token, &room).await, vec![sam.clone()]);
 
     node.shutdown().await;
 }
