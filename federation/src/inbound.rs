@@ -213,9 +213,13 @@ impl Inbound {
             Ok(object) => object,
             Err(err) => return (None, Err(err.into())),
         };
+        // The event ID, when it can be computed, names the error in the answer.
+        let claimed = ruma::signatures::reference_hash(&object, version.rules())
+            .ok()
+            .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok());
         let pdu = match verify_pdu(&self.key_ring, object, &version, Some(&room_id)).await {
             Ok(pdu) => pdu,
-            Err(err) => return (None, Err(err.into())),
+            Err(err) => return (claimed, Err(err.into())),
         };
         let id = pdu.event_id.clone();
         (

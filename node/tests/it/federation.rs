@@ -479,3 +479,157 @@ async fn private_addresses_are_refused_by_default() {
     target.stop().await;
     guarded.stop().await;
 }
+
+/// A message from `sender` (of `signer`'s server) placed on A's current room state, built and
+/// signed with `key` under `signer`'s name; `tamper` may change the signed object.
+async fn crafted(
+    a: &Peer,
+    room: &str,
+    sender: &str,
+    origin: &str,
+    key: &SigningKey,
+    body: &str,
+) -> unitas_federation::rooms::Pdu {
+    use unitas_federation::rooms::build::{Placement, build_pdu};
+    let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
+    let version = a.node.state.rooms.room_version(&room_id).await.unwrap().unwrap();
+    let state = a.node.state.rooms.current_state(&room_id).await.unwrap().unwrap();
+    let slot = |kind: &str, key: &str| state.get(&(kind.to_owned(), key.to_owned())).cloned();
+    let auth: Vec<_> = [slot("m.room.power_levels", ""), slot("m.room.member", sender)]
+        .into_iter()
+        .flatten()
+        .collect();
+    let prev = a.node.state.rooms.forward_extremities(&room_id).await.unwrap();
+    let sender = ruma::OwnedUserId::try_from(sender).unwrap();
+    build_pdu(
+        &version,
+        &unitas_federation::rooms::EventTemplate::message(
+            "m.room.message",
+            json!({"msgtype": "m.text", "body": body}),
+        ),
+        Placement {
+            room_id: Some(&room_id),
+            sender: &sender,
+            prev_events: prev,
+            auth_events: auth,
+            depth: 1_000,
+            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
+            origin,
+            key,
+        },
+    )
+    .unwrap()
+}
+
+/// `peer` sends `pdus` to `to` in one transaction; the per-PDU answer.
+async fn transmit(peer: &Peer, to: &Peer, txn: &str, pdus: Vec<Value>) -> Value {
+    let origin = ServerName::parse(peer.name()).unwrap();
+    let destination = ServerName::parse(to.name()).unwrap();
+    let body = json!({"origin": peer.name(), "origin_server_ts": 1, "pdus": pdus, "edus": []});
+    peer.node
+        .state
+        .federation
+        .request(&origin, peer.key(), &destination, http::Method::PUT,
+            &format!("/_matrix/federation/v1/send/{txn}"), Some(&body))
+        .await
+        .unwrap()
+}
+
+fn as_json(pdu: &unitas_federation::rooms::Pdu) -> Value {
+    serde_json::from_str(pdu.federation_json()).unwrap()
+}
+
+#[tokio::test]
+async fn hostile_events_are_rejected_and_leave_the_room_intact() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let c = Peer::start(|_| {}).await;
+    let (_, alice_token) = account(&a, "alice").await;
+    let (bob, bob_token) = account(&b, "bob").await;
+    let (_, created) = call(&a, &alice_token, reqwest::Method::POST, "/createRoom",
+        json!({"preset": "public_chat"})).await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, reply) = call(&b, &bob_token, reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())), json!({})).await;
+    assert_eq!(status, 200, "{reply}");
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    let before = a.node.state.rooms.forward_extremities(&room_id).await.unwrap();
+    let state_before = a.node.state.rooms.current_state(&room_id).await.unwrap();
+
+    // A key with B's key ID but other key material: a forged signature.
+    let mut seed = [7u8; 32];
+    seed[0] = 1;
+    let forger = SigningKey::from_seed(seed, b.key().version()).unwrap();
+    let forged = crafted(&a, &room, &bob, &b.name(), &forger, "forged").await;
+    // Signed properly, then changed: the signature no longer matches (sender is signed).
+    let mut changed = as_json(&crafted(&a, &room, &bob, &b.name(), b.key(), "changed").await);
+    changed["depth"] = json!(999);
+    // A server that is not in the room speaking for its own user.
+    let (carol, _) = account(&c, "carol").await;
+    let outsider = crafted(&a, &room, &carol, &c.name(), c.key(), "let me in").await;
+    // Over the size limit.
+    let big = crafted(&a, &room, &bob, &b.name(), b.key(), "small").await;
+    let mut big_json = as_json(&big);
+    big_json["content"]["body"] = json!("x".repeat(70_000));
+    // Bob's server speaking for Carol.
+    let impostor = crafted(&a, &room, &carol, &b.name(), b.key(), "I am carol").await;
+
+    let answer = transmit(&b, &a, "hostile1", vec![
+        as_json(&forged), changed.clone(), big_json, as_json(&impostor)]).await;
+    let answer_c = transmit(&c, &a, "hostile2", vec![as_json(&outsider)]).await;
+    for (id, answer) in [(&forged.event_id, &answer), (&outsider.event_id, &answer_c)] {
+        assert!(answer["pdus"][id.as_str()]["error"].is_string(), "{id}: {answer}");
+    }
+    // Events whose ID could not even be computed leave no entry; none of them was stored.
+    for id in [&forged.event_id, &outsider.event_id, &big.event_id, &impostor.event_id] {
+        assert!(!a.node.state.rooms.has_event(id).await.unwrap(), "{id} was stored");
+    }
+    assert_eq!(a.node.state.rooms.forward_extremities(&room_id).await.unwrap(), before);
+    assert_eq!(a.node.state.rooms.current_state(&room_id).await.unwrap(), state_before);
+
+    // A content hash mismatch is not a rejection: the event is redacted, then processed.
+    let honest = crafted(&a, &room, &bob, &b.name(), b.key(), "original").await;
+    let mut edited = as_json(&honest);
+    edited["content"]["body"] = json!("edited in transit");
+    let answer = transmit(&b, &a, "hostile3", vec![edited]).await;
+    assert_eq!(answer["pdus"][honest.event_id.as_str()], json!({}), "{answer}");
+    let stored = a.node.state.rooms.get_pdu(&honest.event_id).await.unwrap().unwrap();
+    assert_eq!(stored.content.get(), "{}");
+
+    // The same transaction ID again: the same answer, nothing appended twice.
+    let again = transmit(&b, &a, "hostile3", vec![]).await;
+    assert_eq!(again, answer);
+
+    for peer in [a, b, c] {
+        peer.stop().await;
+    }
+}
+
+#[test]
+fn join_templates_are_checked_before_we_sign() {
+    use unitas_federation::inbound::check_join_template;
+    let room = ruma::OwnedRoomId::try_from("!r:a.example").unwrap();
+    let user = ruma::OwnedUserId::try_from("@u:b.example").unwrap();
+    let good = json!({
+        "type": "m.room.member", "state_key": "@u:b.example", "sender": "@u:b.example",
+        "room_id": "!r:a.example", "content": {"membership": "join"},
+        "prev_events": ["$p"], "auth_events": ["$a"], "depth": 5, "origin_server_ts": 1,
+    });
+    assert!(check_join_template(&good, &room, &user).is_ok());
+    let variants: Vec<(&str, Value)> = vec![
+        ("content", json!({"membership": "join", "displayname": "x"})),
+        ("content", json!({"membership": "leave"})),
+        ("state_key", json!("@other:b.example")),
+        ("sender", json!("@other:b.example")),
+        ("room_id", json!("!other:a.example")),
+        ("type", json!("m.room.message")),
+        ("prev_events", json!([])),
+        ("auth_events", json!(["not an id"])),
+        ("depth", json!(0)),
+    ];
+    for (field, value) in variants {
+        let mut bad = good.clone();
+        bad[field] = value.clone();
+        assert!(check_join_template(&bad, &room, &user).is_err(), "{field} = {value}");
+    }
+}
