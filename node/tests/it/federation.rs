@@ -13,6 +13,7 @@ use crate::support::{http, test_config};
 /// self-signed certificates.
 struct Peer {
     node: Node,
+    config: Config,
     _dir: tempfile::TempDir,
 }
 
@@ -22,14 +23,49 @@ impl Peer {
         let mut config = test_config(dir.path(), None);
         let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let federation = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.server.listen = client.local_addr().unwrap();
+        config.server.federation_listen = federation.local_addr().unwrap();
         config.server.server_name =
             format!("127.0.0.1:{}", federation.local_addr().unwrap().port());
         config.registration.enabled = true;
+        config.rate_limits.enabled = false;
         config.federation.verify_tls = false;
         config.federation.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
         adjust(&mut config);
-        let node = Node::start_on(config, client, federation).await.unwrap();
-        Peer { node, _dir: dir }
+        let node = Node::start_on(config.clone(), client, federation)
+            .await
+            .unwrap();
+        Peer {
+            node,
+            config,
+            _dir: dir,
+        }
+    }
+
+    /// Stops the node and starts it again on the same data and ports (its server name has the
+    /// port in it).
+    async fn restart(self) -> Peer {
+        let Peer { node, config, _dir } = self;
+        node.shutdown().await;
+        Self::resume(config, _dir).await
+    }
+
+    /// Starts a stopped node again from its config and data.
+    async fn resume(config: Config, dir: tempfile::TempDir) -> Peer {
+        let client = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .unwrap();
+        let federation = tokio::net::TcpListener::bind(config.server.federation_listen)
+            .await
+            .unwrap();
+        let node = Node::start_on(config.clone(), client, federation)
+            .await
+            .unwrap();
+        Peer {
+            node,
+            config,
+            _dir: dir,
+        }
     }
 
     fn name(&self) -> String {
@@ -492,14 +528,37 @@ async fn crafted(
 ) -> unitas_federation::rooms::Pdu {
     use unitas_federation::rooms::build::{Placement, build_pdu};
     let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
-    let version = a.node.state.rooms.room_version(&room_id).await.unwrap().unwrap();
-    let state = a.node.state.rooms.current_state(&room_id).await.unwrap().unwrap();
+    let version = a
+        .node
+        .state
+        .rooms
+        .room_version(&room_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = a
+        .node
+        .state
+        .rooms
+        .current_state(&room_id)
+        .await
+        .unwrap()
+        .unwrap();
     let slot = |kind: &str, key: &str| state.get(&(kind.to_owned(), key.to_owned())).cloned();
-    let auth: Vec<_> = [slot("m.room.power_levels", ""), slot("m.room.member", sender)]
-        .into_iter()
-        .flatten()
-        .collect();
-    let prev = a.node.state.rooms.forward_extremities(&room_id).await.unwrap();
+    let auth: Vec<_> = [
+        slot("m.room.power_levels", ""),
+        slot("m.room.member", sender),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let prev = a
+        .node
+        .state
+        .rooms
+        .forward_extremities(&room_id)
+        .await
+        .unwrap();
     let sender = ruma::OwnedUserId::try_from(sender).unwrap();
     build_pdu(
         &version,
@@ -529,8 +588,14 @@ async fn transmit(peer: &Peer, to: &Peer, txn: &str, pdus: Vec<Value>) -> Value 
     peer.node
         .state
         .federation
-        .request(&origin, peer.key(), &destination, http::Method::PUT,
-            &format!("/_matrix/federation/v1/send/{txn}"), Some(&body))
+        .request(
+            &origin,
+            peer.key(),
+            &destination,
+            http::Method::PUT,
+            &format!("/_matrix/federation/v1/send/{txn}"),
+            Some(&body),
+        )
         .await
         .unwrap()
 }
@@ -546,14 +611,32 @@ async fn hostile_events_are_rejected_and_leave_the_room_intact() {
     let c = Peer::start(|_| {}).await;
     let (_, alice_token) = account(&a, "alice").await;
     let (bob, bob_token) = account(&b, "bob").await;
-    let (_, created) = call(&a, &alice_token, reqwest::Method::POST, "/createRoom",
-        json!({"preset": "public_chat"})).await;
+    let (_, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat"}),
+    )
+    .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, reply) = call(&b, &bob_token, reqwest::Method::POST,
-        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())), json!({})).await;
+    let (status, reply) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
     assert_eq!(status, 200, "{reply}");
     let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
-    let before = a.node.state.rooms.forward_extremities(&room_id).await.unwrap();
+    let before = a
+        .node
+        .state
+        .rooms
+        .forward_extremities(&room_id)
+        .await
+        .unwrap();
     let state_before = a.node.state.rooms.current_state(&room_id).await.unwrap();
 
     // A key with B's key ID but other key material: a forged signature.
@@ -574,26 +657,69 @@ async fn hostile_events_are_rejected_and_leave_the_room_intact() {
     // Bob's server speaking for Carol.
     let impostor = crafted(&a, &room, &carol, &b.name(), b.key(), "I am carol").await;
 
-    let answer = transmit(&b, &a, "hostile1", vec![
-        as_json(&forged), changed.clone(), big_json, as_json(&impostor)]).await;
+    let answer = transmit(
+        &b,
+        &a,
+        "hostile1",
+        vec![
+            as_json(&forged),
+            changed.clone(),
+            big_json,
+            as_json(&impostor),
+        ],
+    )
+    .await;
     let answer_c = transmit(&c, &a, "hostile2", vec![as_json(&outsider)]).await;
     for (id, answer) in [(&forged.event_id, &answer), (&outsider.event_id, &answer_c)] {
-        assert!(answer["pdus"][id.as_str()]["error"].is_string(), "{id}: {answer}");
+        assert!(
+            answer["pdus"][id.as_str()]["error"].is_string(),
+            "{id}: {answer}"
+        );
     }
     // Events whose ID could not even be computed leave no entry; none of them was stored.
-    for id in [&forged.event_id, &outsider.event_id, &big.event_id, &impostor.event_id] {
-        assert!(!a.node.state.rooms.has_event(id).await.unwrap(), "{id} was stored");
+    for id in [
+        &forged.event_id,
+        &outsider.event_id,
+        &big.event_id,
+        &impostor.event_id,
+    ] {
+        assert!(
+            !a.node.state.rooms.has_event(id).await.unwrap(),
+            "{id} was stored"
+        );
     }
-    assert_eq!(a.node.state.rooms.forward_extremities(&room_id).await.unwrap(), before);
-    assert_eq!(a.node.state.rooms.current_state(&room_id).await.unwrap(), state_before);
+    assert_eq!(
+        a.node
+            .state
+            .rooms
+            .forward_extremities(&room_id)
+            .await
+            .unwrap(),
+        before
+    );
+    assert_eq!(
+        a.node.state.rooms.current_state(&room_id).await.unwrap(),
+        state_before
+    );
 
     // A content hash mismatch is not a rejection: the event is redacted, then processed.
     let honest = crafted(&a, &room, &bob, &b.name(), b.key(), "original").await;
     let mut edited = as_json(&honest);
     edited["content"]["body"] = json!("edited in transit");
     let answer = transmit(&b, &a, "hostile3", vec![edited]).await;
-    assert_eq!(answer["pdus"][honest.event_id.as_str()], json!({}), "{answer}");
-    let stored = a.node.state.rooms.get_pdu(&honest.event_id).await.unwrap().unwrap();
+    assert_eq!(
+        answer["pdus"][honest.event_id.as_str()],
+        json!({}),
+        "{answer}"
+    );
+    let stored = a
+        .node
+        .state
+        .rooms
+        .get_pdu(&honest.event_id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.content.get(), "{}");
 
     // The same transaction ID again: the same answer, nothing appended twice.
@@ -630,6 +756,97 @@ fn join_templates_are_checked_before_we_sign() {
     for (field, value) in variants {
         let mut bad = good.clone();
         bad[field] = value.clone();
-        assert!(check_join_template(&bad, &room, &user).is_err(), "{field} = {value}");
+        assert!(
+            check_join_template(&bad, &room, &user).is_err(),
+            "{field} = {value}"
+        );
     }
+}
+
+async fn queued(peer: &Peer) -> usize {
+    use unitas_storage::FederationQueue;
+    let mut total = 0;
+    for (origin, destination) in peer
+        .node
+        .state
+        .store
+        .list_outbound_destinations()
+        .await
+        .unwrap()
+    {
+        total += peer
+            .node
+            .state
+            .store
+            .peek_outbound(&origin, &destination, 10_000)
+            .await
+            .unwrap()
+            .len();
+    }
+    total
+}
+
+#[tokio::test]
+async fn messages_wait_for_a_peer_that_is_down_and_survive_our_restart() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (_, alice_token) = account(&a, "alice").await;
+    let (_, bob_token) = account(&b, "bob").await;
+    let (_, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, reply) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+
+    // B goes down; A's users keep talking: every message waits in A's queue.
+    let Peer {
+        node,
+        config: b_config,
+        _dir: b_dir,
+    } = b;
+    node.shutdown().await;
+    for i in 0..30 {
+        let (status, _) = call(
+            &a,
+            &alice_token,
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/m{i}", urlencode(&room)),
+            json!({"msgtype": "m.text", "body": format!("while down {i}")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    assert!(a.node.state.sender.flush_once().await.is_err(), "B is down");
+    assert_eq!(queued(&a).await, 30);
+
+    // A restarts (its queue is in its database), then B comes back: all 30 arrive, once.
+    let a = a.restart().await;
+    assert_eq!(queued(&a).await, 30);
+    let b = Peer::resume(b_config, b_dir).await;
+    a.node.state.sender.flush_once().await.unwrap();
+    assert_eq!(queued(&a).await, 0);
+    let on_a = history(&a, &alice_token, &room).await;
+    let on_b = history(&b, &bob_token, &room).await;
+    assert_eq!(on_b.len(), 30, "{on_b:?}");
+    assert_eq!(on_a, on_b);
+    let mut bodies: Vec<&str> = on_b.iter().map(|(_, b)| b.as_str()).collect();
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 30, "no duplicates");
+
+    a.stop().await;
+    b.stop().await;
 }
