@@ -93,6 +93,25 @@ pub async fn verify_pdu(
     }
 }
 
+/// Whether the room's server ACL (if any) lets `server` take part.
+pub async fn acl_allows(
+    rooms: &Rooms,
+    room_id: &RoomId,
+    server: &str,
+) -> Result<bool, AppendError> {
+    let Some(id) = rooms
+        .current_state_event_id(room_id, "m.room.server_acl", "")
+        .await?
+    else {
+        return Ok(true);
+    };
+    let Some(pdu) = rooms.get_pdu(&id).await? else {
+        return Ok(true);
+    };
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
+    Ok(crate::acl::allows(&content, server))
+}
+
 /// Parses a JSON value into a canonical JSON object (floats and out-of-range integers fail).
 pub fn canonical_object(value: &Value) -> Result<CanonicalJsonObject, EventError> {
     serde_json::from_value(value.clone())
@@ -209,6 +228,19 @@ impl Inbound {
             Ok(None) => return (None, Err(AppendError::UnknownRoom(room_id))),
             Err(err) => return (None, Err(err)),
         };
+        match acl_allows(&self.rooms, &room_id, origin.as_str()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return (
+                    None,
+                    Err(EventError::Unauthorized(format!(
+                        "the server ACL of {room_id} denies {origin}"
+                    ))
+                    .into()),
+                );
+            }
+            Err(err) => return (None, Err(err)),
+        }
         let object = match canonical_object(value) {
             Ok(object) => object,
             Err(err) => return (None, Err(err.into())),

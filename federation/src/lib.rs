@@ -8,6 +8,7 @@
 //! - [`discovery`]: server name -> host, port, Host header (well-known, SRV, 8448); IP filter.
 //! - [`client`]: the outgoing federation HTTP client (discovery, TLS, signing).
 //! - [`key_ring`]: other servers' verify keys, from them or from notaries, cached.
+//! - [`acl`]: server ACLs (`m.room.server_acl`).
 //! - [`inbound`]: the one verification path for received events; `/send` transactions.
 //! - [`sender`]: the durable outbound queue, one transaction in flight per destination.
 //!
@@ -18,6 +19,7 @@
 //! - Private key material never leaves [`keys::SigningKey`] except through
 //!   [`keys::SigningKey::to_key_file`] (for the key file and territory export).
 
+pub mod acl;
 pub mod client;
 pub mod discovery;
 pub mod inbound;

@@ -58,7 +58,20 @@ async fn server_in_room(
     Ok(false)
 }
 
+/// The room's server ACL must let the peer in.
+async fn require_acl(state: &AppState, room_id: &RoomId, peer: &Peer) -> Result<(), ApiError> {
+    if unitas_federation::inbound::acl_allows(&state.rooms, room_id, peer.origin.as_str()).await? {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "The server ACL of {room_id} denies {}",
+            peer.origin
+        )))
+    }
+}
+
 async fn require_in_room(state: &AppState, room_id: &RoomId, peer: &Peer) -> Result<(), ApiError> {
+    require_acl(state, room_id, peer).await?;
     if server_in_room(state, room_id, &peer.origin).await? {
         Ok(())
     } else {
@@ -128,6 +141,7 @@ pub async fn make_join_route(
             "The user does not belong to the requesting server",
         ));
     }
+    require_acl(&state, room_id, &peer).await?;
     let versions = requested_versions(query.0.as_deref().unwrap_or(""));
     let Some(version) = state.rooms.room_version(room_id).await? else {
         return Err(ApiError::not_found(format!(
@@ -195,6 +209,7 @@ pub async fn send_join_route(
             "Room {room_id} is not known here"
         )));
     };
+    require_acl(&state, room_id, &peer).await?;
     let value: Value =
         serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
     let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;

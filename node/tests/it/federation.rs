@@ -726,6 +726,42 @@ async fn hostile_events_are_rejected_and_leave_the_room_intact() {
     let again = transmit(&b, &a, "hostile3", vec![]).await;
     assert_eq!(again, answer);
 
+    // A server ACL that denies B's host: B's valid events are refused, and so are its reads.
+    let (status, body) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/state/m.room.server_acl/", urlencode(&room)),
+        json!({"allow": ["*"], "deny": ["127.0.0.1"], "allow_ip_literals": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let valid = crafted(&a, &room, &bob, &b.name(), b.key(), "after the ACL").await;
+    let answer = transmit(&b, &a, "hostile4", vec![as_json(&valid)]).await;
+    assert!(
+        answer["pdus"]
+            .get(valid.event_id.as_str())
+            .is_none_or(|r| r["error"].is_string()),
+        "{answer}"
+    );
+    assert!(!a.node.state.rooms.has_event(&valid.event_id).await.unwrap());
+    let refused = b
+        .ask(
+            &a,
+            &format!(
+                "/_matrix/federation/v1/event/{}",
+                urlencode(valid.prev_events[0].as_str())
+            ),
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(unitas_federation::client::FederationError::Status { status: 403, .. })
+        ),
+        "{refused:?}"
+    );
+
     for peer in [a, b, c] {
         peer.stop().await;
     }
