@@ -35,6 +35,32 @@ fn now_ms() -> i64 {
     crate::node::now_ms()
 }
 
+/// The servers with a joined member in the room's current state, sorted.
+pub(crate) async fn servers_in_room(
+    state: &AppState,
+    room_id: &RoomId,
+) -> Result<Vec<String>, ApiError> {
+    let Some(current) = state.rooms.current_state(room_id).await? else {
+        return Ok(Vec::new());
+    };
+    let mut servers = std::collections::BTreeSet::new();
+    for ((kind, key), id) in &current {
+        let Some(server) = server_of(key).filter(|_| kind == "m.room.member") else {
+            continue;
+        };
+        if servers.contains(server) {
+            continue;
+        }
+        if let Some(pdu) = state.rooms.get_pdu(id).await? {
+            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+            if content.get("membership").and_then(Value::as_str) == Some("join") {
+                servers.insert(server.to_owned());
+            }
+        }
+    }
+    Ok(servers.into_iter().collect())
+}
+
 /// Whether `server` has a joined member in the room's current state.
 async fn server_in_room(
     state: &AppState,
@@ -481,4 +507,81 @@ pub async fn backfill_route(
         "origin_server_ts": now_ms(),
         "pdus": pdus,
     })))
+}
+
+/// Query of `/query/directory`.
+#[derive(Debug, serde::Deserialize)]
+pub struct DirectoryQuery {
+    room_alias: String,
+}
+
+/// `GET /_matrix/federation/v1/query/directory?room_alias=`: a local alias's room and the servers
+/// in it.
+pub async fn query_directory_route(
+    State(state): State<AppState>,
+    Query(query): Query<DirectoryQuery>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let alias = <&ruma::RoomAliasId>::try_from(query.room_alias.as_str())
+        .map_err(|e| ApiError::invalid_param(format!("room_alias: {e}")))?;
+    if alias.server_name() != peer.territory.server_name() {
+        return Err(ApiError::not_found(
+            "The alias does not belong to this server",
+        ));
+    }
+    let room_id = super::client::directory::resolve_alias(&state, alias).await?;
+    let mut servers = servers_in_room(&state, &room_id).await?;
+    // The alias's own server first: it is surely in the room when anyone is.
+    servers.sort_by_key(|s| s != peer.territory.server_name());
+    Ok(Json(json!({ "room_id": room_id, "servers": servers })))
+}
+
+/// `GET|POST /_matrix/federation/v1/publicRooms`: our room directory for other servers.
+pub async fn public_rooms_route(
+    State(state): State<AppState>,
+    query: axum::extract::RawQuery,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let mut since = None;
+    let mut limit = None;
+    let mut term = None;
+    for (key, value) in url::form_urlencoded::parse(query.0.as_deref().unwrap_or("").as_bytes()) {
+        match key.as_ref() {
+            "since" => since = Some(value.into_owned()),
+            "limit" => limit = value.parse::<u32>().ok(),
+            _ => {}
+        }
+    }
+    if !peer.body.is_empty() {
+        let body: Value =
+            serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+        if let Some(s) = body.get("since").and_then(Value::as_str) {
+            since = Some(s.to_owned());
+        }
+        if let Some(l) = body.get("limit").and_then(Value::as_u64) {
+            limit = u32::try_from(l).ok();
+        }
+        term = body
+            .pointer("/filter/generic_search_term")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+    }
+    let rooms = super::client::directory::public_rooms(
+        &state,
+        term.as_deref(),
+        since.as_deref(),
+        limit.map(ruma::UInt::from),
+    )
+    .await?;
+    let mut answer = json!({
+        "chunk": rooms.chunk,
+        "total_room_count_estimate": rooms.total_room_count_estimate,
+    });
+    if let Some(next) = rooms.next_batch {
+        answer["next_batch"] = next.into();
+    }
+    if let Some(prev) = rooms.prev_batch {
+        answer["prev_batch"] = prev.into();
+    }
+    Ok(Json(answer))
 }

@@ -273,6 +273,14 @@ pub fn federation_router(state: AppState) -> Router {
             get(federation_rooms::backfill_route),
         )
         .route(
+            "/_matrix/federation/v1/query/directory",
+            get(federation_rooms::query_directory_route),
+        )
+        .route(
+            "/_matrix/federation/v1/publicRooms",
+            get(federation_rooms::public_rooms_route).post(federation_rooms::public_rooms_route),
+        )
+        .route(
             "/_matrix/federation/v1/version",
             get(federation::get_server_version_route),
         );

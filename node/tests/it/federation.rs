@@ -207,18 +207,39 @@ async fn a_user_of_another_node_joins_and_both_chat() {
         &alice_token,
         reqwest::Method::POST,
         "/createRoom",
-        json!({"preset": "public_chat", "name": "Across"}),
+        json!({"preset": "public_chat", "name": "Across", "room_alias_name": "across",
+            "visibility": "public"}),
     )
     .await;
     assert_eq!(status, 200, "{created}");
     let room = created["room_id"].as_str().unwrap().to_owned();
 
-    // Unknown on B: B joins through A (make_join, send_join, the state verified and stored).
+    // B finds it in A's directory and by its alias (federation queries).
+    let listed = b
+        .ask(&a, "/_matrix/federation/v1/publicRooms")
+        .await
+        .unwrap();
+    assert_eq!(listed["chunk"][0]["room_id"], room.as_str(), "{listed}");
+    let alias = format!("#across:{}", a.name());
+    let (status, found) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::GET,
+        &format!("/directory/room/{}", urlencode(&alias)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["room_id"], room.as_str());
+    assert_eq!(found["servers"], json!([a.name()]));
+
+    // Unknown on B: B joins by the alias through A (make_join, send_join, the state verified
+    // and stored).
     let (status, reply) = call(
         &b,
         &bob_token,
         reqwest::Method::POST,
-        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        &format!("/join/{}", urlencode(&alias)),
         json!({}),
     )
     .await;

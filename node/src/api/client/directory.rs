@@ -37,6 +37,52 @@ fn local_alias(state: &AppState, alias: &RoomAliasId) -> std::result::Result<(),
     }
 }
 
+/// Resolves an alias of any server: a local one from the database, another server's through a
+/// federation directory query (signed by `territory`). The room and servers to join it through.
+pub async fn resolve_any_alias(
+    state: &AppState,
+    alias: &RoomAliasId,
+    territory: &crate::state::HostedTerritory,
+) -> std::result::Result<(OwnedRoomId, Vec<String>), ApiError> {
+    if local_alias(state, alias).is_ok() {
+        return Ok((resolve_alias(state, alias).await?, Vec::new()));
+    }
+    let origin =
+        ruma::ServerName::parse(territory.server_name()).map_err(|e| ApiError::internal(&e))?;
+    let answer = state
+        .federation
+        .request(
+            &origin,
+            &territory.key,
+            alias.server_name(),
+            axum::http::Method::GET,
+            &format!(
+                "/_matrix/federation/v1/query/directory?room_alias={}",
+                unitas_federation::inbound::percent(alias.as_str())
+            ),
+            None,
+        )
+        .await
+        .map_err(|e| ApiError::not_found(format!("Room alias {alias} not found: {e}")))?;
+    let room_id = answer
+        .get("room_id")
+        .and_then(Value::as_str)
+        .and_then(|r| OwnedRoomId::try_from(r).ok())
+        .ok_or_else(|| ApiError::not_found(format!("Room alias {alias} not found")))?;
+    let mut servers: Vec<String> = answer
+        .get("servers")
+        .and_then(Value::as_array)
+        .map(|l| {
+            l.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    servers.truncate(10);
+    Ok((room_id, servers))
+}
+
 /// Resolves a local alias to its room.
 pub async fn resolve_alias(
     state: &AppState,
@@ -102,9 +148,23 @@ pub async fn get_alias_route(
     State(state): State<AppState>,
     req: Ruma<get_alias::v3::Request>,
 ) -> Result<get_alias::v3::Response> {
-    let room_id = resolve_alias(&state, &req.body.room_alias).await?;
-    let server = req.body.room_alias.server_name().to_owned();
-    Ok(get_alias::v3::Response::new(room_id, vec![server]).into())
+    let territory = match &req.user {
+        Some(user) => user.territory.clone(),
+        None => req.territory.clone(),
+    };
+    let (room_id, mut servers) =
+        resolve_any_alias(&state, &req.body.room_alias, &territory).await?;
+    if servers.is_empty() {
+        servers = crate::api::federation_rooms::servers_in_room(&state, &room_id).await?;
+    }
+    if servers.is_empty() {
+        servers.push(req.body.room_alias.server_name().to_string());
+    }
+    let servers = servers
+        .iter()
+        .filter_map(|s| ruma::OwnedServerName::try_from(s.as_str()).ok())
+        .collect();
+    Ok(get_alias::v3::Response::new(room_id, servers).into())
 }
 
 /// `DELETE /_matrix/client/v3/directory/room/{roomAlias}`: the creator may delete it.
@@ -232,7 +292,7 @@ async fn chunk(
 }
 
 /// The published rooms matching `term`, from `since` (an offset), at most `limit`.
-async fn public_rooms(
+pub(crate) async fn public_rooms(
     state: &AppState,
     term: Option<&str>,
     since: Option<&str>,

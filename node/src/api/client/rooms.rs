@@ -391,15 +391,18 @@ pub async fn join_room_by_id_or_alias_route(
     req: Ruma<join_room_by_id_or_alias::v3::Request>,
 ) -> Result<join_room_by_id_or_alias::v3::Response> {
     let user = req.user()?.clone();
+    let mut via: Vec<String> = req.body.via.iter().map(ToString::to_string).collect();
     let room_id = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
         Ok(room_id) => room_id,
         Err(_) => {
             let alias = ruma::OwnedRoomAliasId::try_from(req.body.room_id_or_alias.as_str())
                 .map_err(|e| ApiError::invalid_param(e.to_string()))?;
-            super::directory::resolve_alias(&state, &alias).await?
+            let (room_id, servers) =
+                super::directory::resolve_any_alias(&state, &alias, &user.territory).await?;
+            via.extend(servers);
+            room_id
         }
     };
-    let via: Vec<String> = req.body.via.iter().map(ToString::to_string).collect();
     join(&state, &user, &room_id, &via).await?;
     Ok(join_room_by_id_or_alias::v3::Response::new(room_id).into())
 }
