@@ -33,8 +33,8 @@ pub use repos::{
     ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,
 };
 pub use repos::{
-    EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RoomEvents,
-    RoomRow, TransactionRow,
+    EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RemoteInvite,
+    RemoteInvites, RoomEvents, RoomRow, TransactionRow,
 };
 pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
 

@@ -46,6 +46,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "federation_outbound",
         include_str!("../migrations/sqlite/0007_federation_outbound.sql"),
     ),
+    (
+        8,
+        "remote_invites",
+        include_str!("../migrations/sqlite/0008_remote_invites.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -83,6 +88,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         7,
         "federation_outbound",
         include_str!("../migrations/postgres/0007_federation_outbound.sql"),
+    ),
+    (
+        8,
+        "remote_invites",
+        include_str!("../migrations/postgres/0008_remote_invites.sql"),
     ),
 ];
 

@@ -17,7 +17,7 @@ pub use client::{ClientData, ProfileField, ProfileRow};
 pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
-pub use outbound::FederationQueue;
+pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
 pub use rooms::{
     EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,
 };

@@ -74,3 +74,85 @@ impl FederationQueue for Store {
         })?)
     }
 }
+
+/// An invite of a local user into a room this node is not in.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RemoteInvite {
+    /// The invited local user.
+    pub user_id: String,
+    /// The room.
+    pub room_id: String,
+    /// The invite event, as signed by both servers.
+    pub event_json: String,
+    /// JSON array of stripped state events.
+    pub invite_state: String,
+    /// The server to join or decline through.
+    pub via: String,
+    /// Aux stream position of its arrival.
+    pub position: i64,
+}
+
+/// Invites into rooms this node is not in.
+pub trait RemoteInvites {
+    /// Keeps (or replaces) a user's invite into a room.
+    fn store_remote_invite(&self, invite: &RemoteInvite)
+    -> impl Future<Output = Result<()>> + Send;
+    /// A user's pending invites.
+    fn list_remote_invites(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<RemoteInvite>>> + Send;
+    /// Forgets a user's invite into a room (joined or declined); true when there was one.
+    fn delete_remote_invite(
+        &self,
+        user_id: &str,
+        room_id: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+}
+
+impl RemoteInvites for Store {
+    async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO remote_invites (user_id, room_id, event_json, invite_state, via, position)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (user_id, room_id) DO UPDATE SET
+                   event_json = excluded.event_json, invite_state = excluded.invite_state,
+                   via = excluded.via, position = excluded.position",
+            )
+            .bind(&invite.user_id)
+            .bind(&invite.room_id)
+            .bind(&invite.event_json)
+            .bind(&invite.invite_state)
+            .bind(&invite.via)
+            .bind(invite.position)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn list_remote_invites(&self, user_id: &str) -> Result<Vec<RemoteInvite>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT user_id, room_id, event_json, invite_state, via, position
+                 FROM remote_invites WHERE user_id = $1 ORDER BY position",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    async fn delete_remote_invite(&self, user_id: &str, room_id: &str) -> Result<bool> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query("DELETE FROM remote_invites WHERE user_id = $1 AND room_id = $2")
+                .bind(user_id)
+                .bind(room_id)
+                .execute(pool)
+                .await
+                .map(|r| r.rows_affected() > 0)
+        })?)
+    }
+}
