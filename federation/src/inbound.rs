@@ -556,6 +556,205 @@ impl Inbound {
     }
 }
 
+/// Checks a membership template (`make_join`, `make_leave`) before we sign anything made from
+/// it: exactly `membership` of `user` in `room_id`, nothing more. Returns the parents, auth
+/// events and depth.
+pub fn check_membership_template(
+    template: &Value,
+    room_id: &RoomId,
+    user: &ruma::UserId,
+    membership: &str,
+) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>, u64), String> {
+    if template.get("content") != Some(&json!({"membership": membership})) {
+        return Err(format!(
+            "the content must be exactly {{\"membership\": \"{membership}\"}}, got {}",
+            template.get("content").cloned().unwrap_or(Value::Null)
+        ));
+    }
+    let mut as_join = template.clone();
+    as_join["content"] = json!({"membership": "join"});
+    check_join_template(&as_join, room_id, user)
+}
+
+impl Inbound {
+    /// An invite from `origin` for one of our users (`/invite` v2): checked (the sender's
+    /// signature, an invite of a user of `local` by a user of `origin`, the event ID), then
+    /// countersigned by `local`. Returns the countersigned event.
+    pub async fn countersign_invite(
+        &self,
+        local: &LocalServer,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &str,
+        version: &RoomVersion,
+        event: &Value,
+    ) -> Result<(Pdu, CanonicalJsonObject), EventError> {
+        let object = canonical_object(event)?;
+        let pdu = verify_pdu(&self.key_ring, object.clone(), version, Some(room_id)).await?;
+        let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+        let invitee = pdu.state_key.as_deref().unwrap_or_default();
+        if pdu.event_id.as_str() != event_id
+            || pdu.kind.to_string() != "m.room.member"
+            || content.get("membership").and_then(Value::as_str) != Some("invite")
+        {
+            return Err(EventError::Format(
+                "not the invite named in the path".into(),
+            ));
+        }
+        if pdu.sender.server_name() != origin {
+            return Err(EventError::Unauthorized(
+                "the inviter is not a user of the requesting server".into(),
+            ));
+        }
+        if invitee.split_once(':').map(|(_, s)| s) != Some(local.name.as_str()) {
+            return Err(EventError::Unauthorized(
+                "the invitee is not a user of this server".into(),
+            ));
+        }
+        let mut signed = object;
+        local
+            .key
+            .hash_and_sign_event(&local.name, &mut signed, &version.rules().redaction)
+            .map_err(|e| EventError::Signature(e.to_string()))?;
+        let pdu = Pdu::from_object(signed.clone(), version, Some(room_id))?;
+        Ok((pdu, signed))
+    }
+
+    /// Sends our invite of a user of `destination` to their server for its signature (`/invite`
+    /// v2); the countersigned event, ready to append.
+    pub async fn request_invite_signature(
+        &self,
+        local: &LocalServer,
+        destination: &ServerName,
+        invite: &Pdu,
+        version: &RoomVersion,
+        invite_room_state: Vec<Value>,
+    ) -> Result<Pdu, String> {
+        let local_name = ServerName::parse(&local.name).map_err(|e| e.to_string())?;
+        let event: Value =
+            serde_json::from_str(invite.federation_json()).map_err(|e| e.to_string())?;
+        let body = json!({
+            "room_version": version.id().as_str(),
+            "event": event,
+            "invite_room_state": invite_room_state,
+        });
+        let answer = self
+            .client
+            .request(
+                &local_name,
+                &local.key,
+                destination,
+                http::Method::PUT,
+                &format!(
+                    "/_matrix/federation/v2/invite/{}/{}",
+                    percent(invite.room_id.as_str()),
+                    percent(invite.event_id.as_str())
+                ),
+                Some(&body),
+            )
+            .await
+            .map_err(|e| format!("invite: {e}"))?;
+        let returned = answer
+            .get("event")
+            .ok_or("the invite answer has no event")?;
+        let object = canonical_object(returned).map_err(|e| e.to_string())?;
+        let signed = verify_pdu(
+            &self.key_ring,
+            object.clone(),
+            version,
+            Some(&invite.room_id),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        if signed.event_id != invite.event_id {
+            return Err("the invitee's server changed the invite".into());
+        }
+        let theirs = match object.get("signatures") {
+            Some(CanonicalJsonValue::Object(s)) => s.contains_key(destination.as_str()),
+            _ => false,
+        };
+        if !theirs {
+            return Err("the invitee's server did not sign the invite".into());
+        }
+        Ok(signed)
+    }
+
+    /// Declines an invite into (or leaves) a room this node is not in, through `server`:
+    /// make_leave, a strict check of the template, our signed leave, send_leave.
+    pub async fn leave_remote(
+        &self,
+        local: &LocalServer,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        server: &str,
+    ) -> Result<(), String> {
+        let local_name = ServerName::parse(&local.name).map_err(|e| e.to_string())?;
+        let resident = ServerName::parse(server).map_err(|e| e.to_string())?;
+        let answer = self
+            .client
+            .request(
+                &local_name,
+                &local.key,
+                &resident,
+                http::Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/make_leave/{}/{}",
+                    percent(room_id.as_str()),
+                    percent(user.as_str())
+                ),
+                None,
+            )
+            .await
+            .map_err(|e| format!("make_leave: {e}"))?;
+        let version_id = answer
+            .get("room_version")
+            .and_then(Value::as_str)
+            .unwrap_or("1");
+        let version = RoomVersion::parse(version_id)
+            .ok_or_else(|| format!("unsupported room version {version_id}"))?;
+        let template = answer.get("event").ok_or("make_leave answered no event")?;
+        let (prev_events, auth_events, depth) =
+            check_membership_template(template, room_id, user, "leave")?;
+        let leave = crate::rooms::build::build_pdu(
+            &version,
+            &crate::rooms::EventTemplate::state(
+                "m.room.member",
+                user.as_str(),
+                json!({"membership": "leave"}),
+            ),
+            crate::rooms::build::Placement {
+                room_id: Some(room_id),
+                sender: user,
+                prev_events,
+                auth_events,
+                depth,
+                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
+                origin: &local.name,
+                key: &local.key,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let body: Value =
+            serde_json::from_str(leave.federation_json()).map_err(|e| e.to_string())?;
+        self.client
+            .request(
+                &local_name,
+                &local.key,
+                &resident,
+                http::Method::PUT,
+                &format!(
+                    "/_matrix/federation/v2/send_leave/{}/{}",
+                    percent(room_id.as_str()),
+                    percent(leave.event_id.as_str())
+                ),
+                Some(&body),
+            )
+            .await
+            .map_err(|e| format!("send_leave: {e}"))?;
+        Ok(())
+    }
+}
+
 /// Percent-encodes one path segment (room and event IDs carry `!`, `$`, `:`).
 pub fn percent(segment: &str) -> String {
     let mut out = String::with_capacity(segment.len() * 3);

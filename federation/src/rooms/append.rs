@@ -775,40 +775,7 @@ impl Rooms {
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(room_id.to_owned()));
         };
-        let mut content = template.content.clone();
-        if let (Some(redacts), true) = (
-            &template.redacts,
-            entry.version.rules().redaction.content_field_redacts,
-        ) {
-            content["redacts"] = json!(redacts.as_str());
-        }
-        let raw = serde_json::value::to_raw_value(&content)
-            .map_err(|e| EventError::Format(e.to_string()))?;
-        let auth_events = auth::auth_event_ids(
-            &entry.version,
-            &template.kind,
-            sender,
-            template.state_key.as_deref(),
-            &raw,
-            &entry.state,
-        )?;
-        let mut prev_events = entry.extremities.clone();
-        prev_events.sort();
-        prev_events.truncate(MAX_PREV_EVENTS_LOCAL);
-        let pdu = build_pdu(
-            &entry.version,
-            template,
-            Placement {
-                room_id: Some(room_id),
-                sender,
-                prev_events,
-                auth_events,
-                depth: entry.max_depth.saturating_add(1),
-                origin_server_ts: now_ts(),
-                origin: signer.server_name,
-                key: signer.key,
-            },
-        )?;
+        let pdu = build_on(entry, room_id, sender, template, signer)?;
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
         let (mut staged, pdu) = self.stage(Some((entry, false)), pdu, None, Origin::Local)?;
@@ -1029,9 +996,37 @@ impl Rooms {
         Ok(outcome)
     }
 
+    /// Builds and signs an event of a local user on the current state without appending it (an
+    /// invite that the invitee's server must countersign first); append it with
+    /// [`Rooms::append_own`].
+    pub async fn build_local(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        signer: Signer<'_>,
+    ) -> Result<Pdu, AppendError> {
+        let (_slot, guard) = self.lock_room(room_id).await?;
+        let Some(entry) = guard.as_ref() else {
+            return Err(AppendError::UnknownRoom(room_id.to_owned()));
+        };
+        build_on(entry, room_id, sender, template, signer)
+    }
+
+    /// Appends one of our own events built earlier (by [`Rooms::build_local`]): checked like a
+    /// received one (the room may have moved on meanwhile), sent to the other servers like a
+    /// local one.
+    pub async fn append_own(&self, pdu: Pdu) -> Result<Appended, AppendError> {
+        self.append_built(pdu, Origin::Local).await
+    }
+
     /// Appends an event received from another server (its signatures already verified by the
     /// caller). Parents must be known: fetching missing ones is the caller's job.
     pub async fn append_remote(&self, pdu: Pdu) -> Result<Appended, AppendError> {
+        self.append_built(pdu, Origin::Remote).await
+    }
+
+    async fn append_built(&self, pdu: Pdu, origin: Origin) -> Result<Appended, AppendError> {
         let (slot, mut guard) = self.lock_room(&pdu.room_id).await?;
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
@@ -1042,7 +1037,7 @@ impl Rooms {
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
         let fork = self.fork_state(&pdu, entry, &version).await?;
-        let (rx, pdu) = self.stage(Some((entry, false)), pdu, fork, Origin::Remote)?;
+        let (rx, pdu) = self.stage(Some((entry, false)), pdu, fork, origin)?;
         drop(guard);
         let (_, outcome) = self.finish(rx, pdu, &slot).await?;
         Ok(outcome)
@@ -1480,6 +1475,52 @@ impl Rooms {
         }
         Ok((pdu, Appended::Timeline(stream)))
     }
+}
+
+/// Builds and signs an event from a local user on the room's current state: prev_events are
+/// the forward extremities, auth_events are chosen from the current state.
+fn build_on(
+    entry: &RoomEntry,
+    room_id: &RoomId,
+    sender: &UserId,
+    template: &EventTemplate,
+    signer: Signer<'_>,
+) -> Result<Pdu, AppendError> {
+    let mut content = template.content.clone();
+    if let (Some(redacts), true) = (
+        &template.redacts,
+        entry.version.rules().redaction.content_field_redacts,
+    ) {
+        content["redacts"] = json!(redacts.as_str());
+    }
+    let raw =
+        serde_json::value::to_raw_value(&content).map_err(|e| EventError::Format(e.to_string()))?;
+    let auth_events = auth::auth_event_ids(
+        &entry.version,
+        &template.kind,
+        sender,
+        template.state_key.as_deref(),
+        &raw,
+        &entry.state,
+    )?;
+    let mut prev_events = entry.extremities.clone();
+    prev_events.sort();
+    prev_events.truncate(MAX_PREV_EVENTS_LOCAL);
+    let pdu = build_pdu(
+        &entry.version,
+        template,
+        Placement {
+            room_id: Some(room_id),
+            sender,
+            prev_events,
+            auth_events,
+            depth: entry.max_depth.saturating_add(1),
+            origin_server_ts: now_ts(),
+            origin: signer.server_name,
+            key: signer.key,
+        },
+    )?;
+    Ok(pdu)
 }
 
 /// Who built the event being appended.
