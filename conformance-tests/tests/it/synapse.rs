@@ -339,12 +339,20 @@ async fn rooms_are_shared_with_synapse_both_ways() {
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
 
     // Our room admin kicks the Synapse user: Synapse sees its user leave.
-    let (status, body) = request(reqwest::Method::POST, format!("{ours}/rooms/{}/kick", enc(&room)),
-        Some(&alice_token), json!({"user_id": sam, "reason": "test"})).await;
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{ours}/rooms/{}/kick", enc(&room)),
+        Some(&alice_token),
+        json!({"user_id": sam, "reason": "test"}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     node.state.sender.flush_once().await.unwrap();
     await_left(&theirs, &sam_token, &room).await;
-    assert_eq!(our_membership(&node, &room, &sam).await.as_deref(), Some("leave"));
+    assert_eq!(
+        our_membership(&node, &room, &sam).await.as_deref(),
+        Some("leave")
+    );
 
     // 2. A room made on Synapse, joined by our user.
     let (status, created) = request(
@@ -403,12 +411,113 @@ async fn rooms_are_shared_with_synapse_both_ways() {
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
 
     // Synapse's room admin bans our user: the ban reaches us.
-    let (status, body) = request(reqwest::Method::POST, format!("{theirs}/rooms/{}/ban", enc(&room)),
-        Some(&sam_token), json!({"user_id": alice, "reason": "test"})).await;
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{theirs}/rooms/{}/ban", enc(&room)),
+        Some(&sam_token),
+        json!({"user_id": alice, "reason": "test"}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     await_left(&ours, &alice_token, &room).await;
-    assert_eq!(our_membership(&node, &room, &alice).await.as_deref(), Some("ban"));
+    assert_eq!(
+        our_membership(&node, &room, &alice).await.as_deref(),
+        Some("ban")
+    );
     assert_eq!(joined(&theirs, &sam_token, &room).await, vec![sam.clone()]);
+
+    node.shutdown().await;
+}
+
+/// Waits, through `/sync` long-polls, until the room is in the user's `invite` section.
+async fn await_invite(base: &str, token: &str, room: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut since: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/sync?timeout=5000");
+        if let Some(since) = &since {
+            url.push_str(&format!("&since={}", enc(since)));
+        }
+        let (status, body) = request(reqwest::Method::GET, url, Some(token), Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        if body["rooms"]["invite"].get(room).is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no invite to {room}");
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invites_cross_to_synapse_and_back() {
+    let Some(python) = python() else { return };
+    let synapse = start_synapse(python).await;
+    let dir = tempfile::tempdir().unwrap();
+    let node = start_unitas(dir.path()).await;
+    let ours = format!("http://{}/_matrix/client/v3", node.client_addr);
+    let theirs = synapse.client();
+    let (alice, alice_token) = register(&ours, "alice").await;
+    let (sam, sam_token) = register(&theirs, "sam").await;
+    let mut both = vec![alice.clone(), sam.clone()];
+    both.sort();
+
+    // Our private room: Synapse countersigns our invite, its user accepts.
+    let (status, created) = request(
+        reqwest::Method::POST,
+        format!("{ours}/createRoom"),
+        Some(&alice_token),
+        json!({"preset": "private_chat"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{ours}/rooms/{}/invite", enc(&room)),
+        Some(&alice_token),
+        json!({"user_id": sam}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.complaints());
+    await_invite(&theirs, &sam_token, &room).await;
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{theirs}/rooms/{}/join", enc(&room)),
+        Some(&sam_token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.complaints());
+    assert_eq!(joined(&ours, &alice_token, &room).await, both);
+
+    // Synapse's private room: we countersign its invite, our user accepts.
+    let (status, created) = request(
+        reqwest::Method::POST,
+        format!("{theirs}/createRoom"),
+        Some(&sam_token),
+        json!({"preset": "private_chat"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{theirs}/rooms/{}/invite", enc(&room)),
+        Some(&sam_token),
+        json!({"user_id": alice}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.complaints());
+    await_invite(&ours, &alice_token, &room).await;
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{ours}/rooms/{}/join", enc(&room)),
+        Some(&alice_token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}\n{}", synapse.complaints());
+    assert_eq!(joined(&theirs, &sam_token, &room).await, both);
 
     node.shutdown().await;
 }

@@ -10,6 +10,7 @@ use ruma::{EventId, OwnedEventId, RoomId, ServerName, UserId};
 use serde_json::{Value, json};
 use unitas_federation::inbound::{canonical_object, verify_pdu};
 use unitas_federation::rooms::{AppendError, Pdu, Signer};
+use unitas_storage::{Accounts, RemoteInvites};
 
 use super::ApiError;
 use super::peer::Peer;
@@ -584,4 +585,154 @@ pub async fn public_rooms_route(
         answer["prev_batch"] = prev.into();
     }
     Ok(Json(answer))
+}
+
+/// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`: another server invites one of our
+/// users; we countersign. In a room we are in, the invite is appended like any event; otherwise
+/// it waits for the user (their sync shows it, with the stripped state the inviter sent).
+pub async fn invite_route(
+    State(state): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    let body: Value =
+        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    let version_id = body
+        .get("room_version")
+        .and_then(Value::as_str)
+        .unwrap_or("1");
+    let version = unitas_federation::rooms::RoomVersion::parse(version_id).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_INCOMPATIBLE_ROOM_VERSION",
+            format!("Room version {version_id} is not supported here"),
+        )
+        .with_extra("room_version", version_id.into())
+    })?;
+    let event = body
+        .get("event")
+        .ok_or_else(|| ApiError::bad_json("event is missing"))?;
+    let (pdu, signed) = state
+        .inbound
+        .countersign_invite(
+            &peer.territory.local_server(),
+            &peer.origin,
+            room_id,
+            &event_id,
+            &version,
+            event,
+        )
+        .await
+        .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    let invitee = pdu.state_key.clone().unwrap_or_default();
+    if state.store.get_account(&invitee).await?.is_none() {
+        return Err(ApiError::not_found("No such user here"));
+    }
+    if state.rooms.room_version(room_id).await?.is_some() {
+        require_acl(&state, room_id, &peer).await?;
+        match state.rooms.append_remote(pdu).await {
+            Ok(_) => {}
+            Err(AppendError::Event(err)) => return Err(ApiError::forbidden(err.to_string())),
+            Err(err) => return Err(err.into()),
+        }
+    } else {
+        let mut stripped: Vec<Value> = body
+            .get("invite_room_state")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        stripped.retain(|e| e.get("type").is_some_and(Value::is_string));
+        stripped.truncate(50);
+        let client_view = super::client::rooms::client_event(&pdu);
+        stripped.push(json!({"type": "m.room.member", "state_key": invitee,
+            "sender": client_view["sender"], "content": client_view["content"]}));
+        let position = state.ephemeral.reserve();
+        state
+            .store
+            .store_remote_invite(&unitas_storage::RemoteInvite {
+                user_id: invitee.clone(),
+                room_id: room_id.to_string(),
+                event_json: serde_json::to_string(&signed).map_err(|e| ApiError::internal(&e))?,
+                invite_state: serde_json::to_string(&stripped)
+                    .map_err(|e| ApiError::internal(&e))?,
+                via: peer.origin.to_string(),
+                position,
+            })
+            .await?;
+        state.ephemeral.publish(position);
+    }
+    Ok(Json(json!({ "event": signed })))
+}
+
+/// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
+pub async fn make_leave_route(
+    State(state): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    let user = <&UserId>::try_from(user_id.as_str())
+        .map_err(|e| ApiError::invalid_param(format!("user ID: {e}")))?;
+    if user.server_name() != peer.origin {
+        return Err(ApiError::forbidden(
+            "The user does not belong to the requesting server",
+        ));
+    }
+    require_acl(&state, room_id, &peer).await?;
+    let t = &peer.territory;
+    let (version, template) = state
+        .rooms
+        .membership_template(
+            room_id,
+            user,
+            "leave",
+            Signer {
+                server_name: t.server_name(),
+                key: &t.key,
+            },
+        )
+        .await?;
+    Ok(Json(json!({
+        "room_version": version.id().as_str(),
+        "event": template,
+    })))
+}
+
+/// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: the peer's signed leave (a user
+/// declining our invite, or leaving).
+pub async fn send_leave_route(
+    State(state): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    let Some(version) = state.rooms.room_version(room_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "Room {room_id} is not known here"
+        )));
+    };
+    require_acl(&state, room_id, &peer).await?;
+    let value: Value =
+        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let leave = verify_pdu(state.inbound.key_ring(), object, &version, Some(room_id))
+        .await
+        .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    let content: Value = serde_json::from_str(leave.content.get()).unwrap_or_default();
+    if leave.event_id.as_str() != event_id
+        || leave.kind.to_string() != "m.room.member"
+        || content.get("membership").and_then(Value::as_str) != Some("leave")
+        || leave.state_key.as_deref() != Some(leave.sender.as_str())
+        || leave.sender.server_name() != peer.origin
+    {
+        return Err(ApiError::invalid_param(
+            "Not a leave of a user of the requesting server",
+        ));
+    }
+    match state.rooms.append_remote(leave).await {
+        Ok(_) => Ok(Json(json!({}))),
+        Err(AppendError::Event(err)) => Err(ApiError::forbidden(err.to_string())),
+        Err(err) => Err(err.into()),
+    }
 }

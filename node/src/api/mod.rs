@@ -273,6 +273,18 @@ pub fn federation_router(state: AppState) -> Router {
             get(federation_rooms::backfill_route),
         )
         .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            axum::routing::put(federation_rooms::invite_route),
+        )
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(federation_rooms::make_leave_route),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            axum::routing::put(federation_rooms::send_leave_route),
+        )
+        .route(
             "/_matrix/federation/v1/query/directory",
             get(federation_rooms::query_directory_route),
         )

@@ -907,3 +907,135 @@ async fn messages_wait_for_a_peer_that_is_down_and_survive_our_restart() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Waits, through `/sync` long-polls, until `room` is in the user's `invite` section; the
+/// stripped state shown.
+async fn await_invite(peer: &Peer, token: &str, room: &str) -> Value {
+    let mut since: Option<String> = None;
+    for _ in 0..20 {
+        let mut path = "/sync?timeout=5000".to_owned();
+        if let Some(since) = &since {
+            path.push_str(&format!("&since={}", urlencode(since)));
+        }
+        let (status, body) = call(peer, token, reqwest::Method::GET, &path, Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        if let Some(invite) = body["rooms"]["invite"].get(room) {
+            return invite["invite_state"]["events"].clone();
+        }
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    panic!("no invite to {room}");
+}
+
+#[tokio::test]
+async fn invites_across_nodes_are_accepted_or_declined() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    // Carol's server is in no room: declining goes through make_leave/send_leave.
+    let c = Peer::start(|_| {}).await;
+    let (alice, alice_token) = account(&a, "alice").await;
+    let (bob, bob_token) = account(&b, "bob").await;
+    let (carol, carol_token) = account(&c, "carol").await;
+    let (status, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "private_chat", "name": "Invite only"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+
+    // Alice invites Bob of B and Carol of C: their servers countersign, they see the invite with the room name.
+    for user in [&bob, &carol] {
+        let (status, body) = call(
+            &a,
+            &alice_token,
+            reqwest::Method::POST,
+            &format!("/rooms/{}/invite", urlencode(&room)),
+            json!({"user_id": user}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let shown = await_invite(&b, &bob_token, &room).await;
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "Invite only"),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == bob.as_str()
+                && e["content"]["membership"] == "invite"),
+        "{shown}"
+    );
+
+    // Bob accepts: a join through the inviting server, allowed by the invite.
+    let (status, body) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/join", urlencode(&room)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut both = vec![alice.clone(), bob.clone()];
+    both.sort();
+    assert_eq!(joined(&a, &alice_token, &room).await, both);
+
+    // Carol declines: make_leave/send_leave through A; A records her leave.
+    await_invite(&c, &carol_token, &room).await;
+    let (status, body) = call(
+        &c,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/leave", urlencode(&room)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    let id = a
+        .node
+        .state
+        .rooms
+        .current_state_event_id(&room_id, "m.room.member", &carol)
+        .await
+        .unwrap()
+        .unwrap();
+    let pdu = a.node.state.rooms.get_pdu(&id).await.unwrap().unwrap();
+    assert_eq!(pdu.sender.as_str(), carol.as_str());
+    assert!(
+        pdu.content.get().contains("\"leave\""),
+        "{}",
+        pdu.content.get()
+    );
+    // Nobody uninvited gets in: a join of someone else through B's make_join is refused by A.
+    assert_eq!(joined(&a, &alice_token, &room).await, both);
+
+    // C forgot the invite: Carol's next sync does not show it again.
+    use unitas_storage::RemoteInvites;
+    assert!(
+        c.node
+            .state
+            .store
+            .list_remote_invites(&carol)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}

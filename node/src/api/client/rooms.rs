@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use unitas_federation::rooms::{
     AppendError, EventError, EventTemplate, NewRoom, Pdu, RoomOptions, RoomVersion, Signer,
 };
-use unitas_storage::{ClientData, ClientExtras, RoomEvents};
+use unitas_storage::{ClientData, ClientExtras, RemoteInvites, RoomEvents};
 
 use crate::api::ApiError;
 use crate::api::ruma::{ClientUser, Ruma, RumaResponse};
@@ -340,6 +340,15 @@ async fn join(
         if let Some(server) = room_id.server_name() {
             servers.push(server.to_string());
         }
+        let pending = state
+            .store
+            .list_remote_invites(user.user_id.as_str())
+            .await?
+            .into_iter()
+            .find(|i| i.room_id == room_id.as_str());
+        if let Some(pending) = &pending {
+            servers.insert(0, pending.via.clone());
+        }
         servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
         servers.dedup();
         if servers.is_empty() {
@@ -357,6 +366,12 @@ async fn join(
             )
             .await
             .map_err(|e| ApiError::not_found(e.to_string()))?;
+        if pending.is_some() {
+            state
+                .store
+                .delete_remote_invite(user.user_id.as_str(), room_id.as_str())
+                .await?;
+        }
         return Ok(());
     }
     if membership(state, room_id, &user.user_id).await?.as_deref() == Some("join") {
@@ -454,17 +469,90 @@ pub async fn invite_user_route(
         ));
     };
     require_joined(&state, &req.body.room_id, &user.user_id).await?;
-    set_membership(
-        &state,
-        &user,
-        &req.body.room_id,
-        &recipient.user_id,
-        "invite",
-        None,
-        json!({}),
-    )
-    .await?;
+    let target_server = recipient.user_id.server_name();
+    if state
+        .territories
+        .all()
+        .iter()
+        .any(|t| t.server_name() == target_server.as_str())
+    {
+        set_membership(
+            &state,
+            &user,
+            &req.body.room_id,
+            &recipient.user_id,
+            "invite",
+            None,
+            json!({}),
+        )
+        .await?;
+        return Ok(invite_user::v3::Response::new().into());
+    }
+    // A user of another server: their server countersigns the invite before it is appended.
+    let room_id = &req.body.room_id;
+    let version = state
+        .rooms
+        .room_version(room_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Unknown room"))?;
+    let template = EventTemplate::state(
+        "m.room.member",
+        recipient.user_id.as_str(),
+        json!({"membership": "invite"}),
+    );
+    let invite = state
+        .rooms
+        .build_local(room_id, &user.user_id, &template, signer(&user))
+        .await?;
+    let stripped = stripped_state(&state, room_id, &user.user_id).await?;
+    let signed = state
+        .inbound
+        .request_invite_signature(
+            &user.territory.local_server(),
+            target_server,
+            &invite,
+            &version,
+            stripped,
+        )
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                format!("{target_server} did not accept the invite: {e}"),
+            )
+        })?;
+    state.rooms.append_own(signed).await?;
     Ok(invite_user::v3::Response::new().into())
+}
+
+/// What an invitee sees of a room before joining: its essentials and the inviter's membership
+/// (the spec's recommended stripped state).
+pub async fn stripped_state(
+    state: &AppState,
+    room_id: &RoomId,
+    inviter: &UserId,
+) -> std::result::Result<Vec<Value>, ApiError> {
+    let mut stripped = Vec::new();
+    for event in current_state_events(state, room_id).await? {
+        let kind = event.kind.to_string();
+        let relevant = matches!(
+            kind.as_str(),
+            "m.room.create"
+                | "m.room.join_rules"
+                | "m.room.name"
+                | "m.room.avatar"
+                | "m.room.canonical_alias"
+                | "m.room.encryption"
+        ) || (kind == "m.room.member"
+            && event.state_key.as_deref() == Some(inviter.as_str()));
+        if relevant {
+            let full = client_event(&event);
+            stripped.push(json!({"type": full["type"], "state_key": full["state_key"],
+                "sender": full["sender"], "content": full["content"]}));
+        }
+    }
+    Ok(stripped)
 }
 
 /// `POST /_matrix/client/v3/rooms/{roomId}/leave`.
@@ -473,6 +561,35 @@ pub async fn leave_room_route(
     req: Ruma<leave_room::v3::Request>,
 ) -> Result<leave_room::v3::Response> {
     let user = req.user()?.clone();
+    if state.rooms.room_version(&req.body.room_id).await?.is_none() {
+        // Declining an invite into a room this node is not in: through the inviting server,
+        // and locally whatever it answers (the user asked to be rid of it).
+        let pending = state
+            .store
+            .list_remote_invites(user.user_id.as_str())
+            .await?
+            .into_iter()
+            .find(|i| i.room_id == req.body.room_id.as_str())
+            .ok_or_else(|| ApiError::not_found("You are not invited to this room"))?;
+        if let Err(err) = state
+            .inbound
+            .leave_remote(
+                &user.territory.local_server(),
+                &user.user_id,
+                &req.body.room_id,
+                &pending.via,
+            )
+            .await
+        {
+            tracing::info!(room = %req.body.room_id, error = %err, "remote decline failed");
+        }
+        state
+            .store
+            .delete_remote_invite(user.user_id.as_str(), req.body.room_id.as_str())
+            .await?;
+        state.ephemeral.publish(state.ephemeral.reserve());
+        return Ok(leave_room::v3::Response::new().into());
+    }
     set_membership(
         &state,
         &user,

@@ -17,7 +17,7 @@ use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::sync::sync_events;
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
-use unitas_storage::{ClientData, ClientExtras, EventRow, RoomEvents};
+use unitas_storage::{ClientData, ClientExtras, EventRow, RemoteInvites, RoomEvents};
 
 use super::rooms::{client_event, current_state_events, membership, parse_token, visible_event};
 use crate::api::ApiError;
@@ -335,6 +335,22 @@ async fn build(
             }
             _ => {}
         }
+    }
+    // Invites into rooms this node is not in (received over federation).
+    for pending in state
+        .store
+        .list_remote_invites(user.user_id.as_str())
+        .await?
+    {
+        let fresh = since_aux.is_none_or(|s| pending.position > s) && pending.position <= now_aux;
+        if !fresh || join.contains_key(&pending.room_id) || invite.contains_key(&pending.room_id) {
+            continue;
+        }
+        let events: Value = serde_json::from_str(&pending.invite_state).unwrap_or(json!([]));
+        invite.insert(
+            pending.room_id.clone(),
+            json!({"invite_state": {"events": events}}),
+        );
     }
     let has_updates =
         !(join.is_empty() && invite.is_empty() && leave.is_empty() && global_data.is_empty());
