@@ -26,6 +26,11 @@ use crate::rooms::{OutboundSink, Pdu};
 
 /// Most PDUs in one transaction (the spec's limit).
 pub const MAX_PDUS_PER_TRANSACTION: i64 = 50;
+/// Most EDUs in one transaction (the spec's limit).
+pub const MAX_EDUS_PER_TRANSACTION: usize = 100;
+/// EDUs kept per destination while it is unreachable; the oldest are dropped beyond this
+/// (typing and receipts are ephemeral: a late one is worth little).
+const MAX_QUEUED_EDUS: usize = 1_000;
 const FIRST_BACKOFF: Duration = Duration::from_secs(2);
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -34,6 +39,8 @@ struct Queue {
     wake: Notify,
     /// Held while a transaction of this pair is in flight.
     in_flight: tokio::sync::Mutex<()>,
+    /// EDUs waiting for the next transaction (in memory: they are ephemeral).
+    edus: Mutex<std::collections::VecDeque<Value>>,
 }
 
 #[derive(Debug)]
@@ -43,6 +50,8 @@ struct Inner {
     keys: HashMap<String, Arc<SigningKey>>,
     queues: Mutex<HashMap<(String, String), Arc<Queue>>>,
     shutdown: watch::Receiver<bool>,
+    /// Transaction IDs of EDU-only transactions (unique per process start).
+    edu_txn: std::sync::atomic::AtomicU64,
 }
 
 /// The sender. Cheap to clone; it is the node's [`OutboundSink`].
@@ -91,6 +100,9 @@ impl FederationSender {
                 keys,
                 queues: Mutex::new(HashMap::new()),
                 shutdown,
+                edu_txn: std::sync::atomic::AtomicU64::new(
+                    ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
+                ),
             }),
         }
     }
@@ -160,10 +172,18 @@ impl FederationSender {
             .store
             .peek_outbound(origin, destination, MAX_PDUS_PER_TRANSACTION)
             .await?;
-        let (Some((first, _)), Some((last, _))) = (rows.first(), rows.last()) else {
-            return Ok(0);
+        let edus: Vec<Value> = {
+            let mut waiting = queue.edus.lock().unwrap_or_else(|e| e.into_inner());
+            let n = waiting.len().min(MAX_EDUS_PER_TRANSACTION);
+            waiting.drain(..n).collect()
         };
-        let (first, last) = (*first, *last);
+        if rows.is_empty() && edus.is_empty() {
+            return Ok(0);
+        }
+        let (first, last) = match (rows.first(), rows.last()) {
+            (Some((first, _)), Some((last, _))) => (*first, *last),
+            _ => (0, 0),
+        };
         let key = self
             .inner
             .keys
@@ -184,10 +204,20 @@ impl FederationSender {
             "origin": origin,
             "origin_server_ts": ruma::MilliSecondsSinceUnixEpoch::now(),
             "pdus": pdus,
-            "edus": [],
+            "edus": edus,
         });
-        let txn = format!("{first}-{last}");
-        let answer = self
+        // Stable over retries for the same PDUs; EDU-only transactions get a fresh ID each.
+        let txn = if rows.is_empty() {
+            format!(
+                "e{}",
+                self.inner
+                    .edu_txn
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        } else {
+            format!("{first}-{last}")
+        };
+        let sent = self
             .inner
             .client
             .request(
@@ -198,7 +228,19 @@ impl FederationSender {
                 &format!("/_matrix/federation/v1/send/{txn}"),
                 Some(&body),
             )
-            .await?;
+            .await;
+        let answer = match sent {
+            Ok(answer) => answer,
+            Err(err) => {
+                // The EDUs go back to the front of the queue for the next attempt.
+                let mut waiting = queue.edus.lock().unwrap_or_else(|e| e.into_inner());
+                for edu in edus.into_iter().rev() {
+                    waiting.push_front(edu);
+                }
+                waiting.truncate(MAX_QUEUED_EDUS);
+                return Err(err.into());
+            }
+        };
         if let Some(results) = answer.get("pdus").and_then(Value::as_object) {
             for (event_id, result) in results {
                 if let Some(error) = result.get("error") {
@@ -206,11 +248,28 @@ impl FederationSender {
                 }
             }
         }
-        self.inner
-            .store
-            .delete_outbound(origin, destination, last)
-            .await?;
-        Ok(rows.len())
+        if !rows.is_empty() {
+            self.inner
+                .store
+                .delete_outbound(origin, destination, last)
+                .await?;
+        }
+        Ok(rows.len() + usize::from(!edus_empty(&body)))
+    }
+
+    /// Queues an EDU (typing, receipt) from our server `origin` for `destinations`.
+    pub fn send_edu(&self, origin: &str, destinations: &[String], edu: Value) {
+        for destination in destinations {
+            let queue = self.queue(origin, destination);
+            {
+                let mut waiting = queue.edus.lock().unwrap_or_else(|e| e.into_inner());
+                if waiting.len() >= MAX_QUEUED_EDUS {
+                    waiting.pop_front();
+                }
+                waiting.push_back(edu.clone());
+            }
+            queue.wake.notify_one();
+        }
     }
 
     /// Sends everything queued now, ignoring backoff (tests, and an operator's "retry now"):
@@ -218,7 +277,21 @@ impl FederationSender {
     pub async fn flush_once(&self) -> Result<usize, SendError> {
         let mut sent = 0;
         let mut first_error = None;
-        for (origin, destination) in self.inner.store.list_outbound_destinations().await? {
+        let mut pairs = self.inner.store.list_outbound_destinations().await?;
+        {
+            let queues = self.inner.queues.lock().unwrap_or_else(|e| e.into_inner());
+            for (pair, queue) in queues.iter() {
+                let waiting = !queue
+                    .edus
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if waiting && !pairs.contains(pair) {
+                    pairs.push(pair.clone());
+                }
+            }
+        }
+        for (origin, destination) in pairs {
             loop {
                 match self.send_once(&origin, &destination).await {
                     Ok(0) => break,
@@ -235,6 +308,12 @@ impl FederationSender {
             None => Ok(sent),
         }
     }
+}
+
+fn edus_empty(body: &Value) -> bool {
+    body.get("edus")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty)
 }
 
 impl OutboundSink for FederationSender {

@@ -149,6 +149,9 @@ pub async fn send_transaction_route(
         .handle_transaction(&peer.territory.local_server(), &peer.origin, &txn_id, &body)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string()))?;
+    if let Some(edus) = body.get("edus").and_then(Value::as_array) {
+        super::client::ephemeral::apply_edus(&state, &peer.origin, edus).await?;
+    }
     Ok(Json(answer))
 }
 

@@ -283,6 +283,56 @@ async fn a_user_of_another_node_joins_and_both_chat() {
     assert_eq!(bodies[0], "from A 0");
     assert_eq!(bodies[9], "from B 4");
 
+    // Typing and read receipts travel as EDUs.
+    let (status, _) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/typing/{}", urlencode(&room), urlencode(&bob)),
+        json!({"typing": true, "timeout": 30000}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.node.state.sender.flush_once().await.unwrap();
+    let last = on_a.last().unwrap().0.clone();
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        &format!(
+            "/rooms/{}/receipt/m.read/{}",
+            urlencode(&room),
+            urlencode(&last)
+        ),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    a.node.state.sender.flush_once().await.unwrap();
+    let ephemeral = |body: &Value| -> Vec<Value> {
+        body["rooms"]["join"][room.as_str()]["ephemeral"]["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (_, synced) = call(&a, &alice_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    let typing = ephemeral(&synced);
+    assert!(
+        typing.iter().any(|e| e["type"] == "m.typing"
+            && e["content"]["user_ids"]
+                .as_array()
+                .unwrap()
+                .contains(&json!(bob))),
+        "{typing:?}"
+    );
+    let (_, synced) = call(&b, &bob_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    let receipts = ephemeral(&synced);
+    assert!(
+        receipts.iter().any(|e| e["type"] == "m.receipt"
+            && e["content"][last.as_str()]["m.read"][alice.as_str()].is_object()),
+        "{receipts:?}"
+    );
+
     // Nothing is left queued on either side.
     use unitas_storage::FederationQueue;
     assert!(

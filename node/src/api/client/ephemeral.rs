@@ -48,7 +48,32 @@ pub async fn create_typing_event_route(
     state
         .ephemeral
         .set_typing(&req.body.room_id, &user.user_id, timeout);
+    federate_edu(
+        &state,
+        &req.body.room_id,
+        &user.user_id,
+        serde_json::json!({"edu_type": "m.typing", "content": {
+            "room_id": req.body.room_id, "user_id": user.user_id, "typing": timeout.is_some()}}),
+    )
+    .await?;
     Ok(create_typing_event::v3::Response::new().into())
+}
+
+/// Sends an EDU about a local user to the other servers in the room.
+pub async fn federate_edu(
+    state: &AppState,
+    room: &RoomId,
+    user: &UserId,
+    edu: Value,
+) -> std::result::Result<(), ApiError> {
+    let mut servers = crate::api::federation_rooms::servers_in_room(state, room).await?;
+    servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+    if !servers.is_empty() {
+        state
+            .sender
+            .send_edu(user.server_name().as_str(), &servers, edu);
+    }
+    Ok(())
 }
 
 async fn store_receipt(
@@ -73,6 +98,94 @@ async fn store_receipt(
         })
         .await?;
     state.ephemeral.publish(at);
+    // Public receipts of local users go to the room's other servers.
+    if kind == "m.read"
+        && state
+            .territories
+            .all()
+            .iter()
+            .any(|t| t.server_name() == user.server_name().as_str())
+    {
+        let mut data = serde_json::json!({"ts": now_ms()});
+        if !thread.is_empty() {
+            data["thread_id"] = thread.into();
+        }
+        federate_edu(
+            state,
+            room,
+            user,
+            serde_json::json!({"edu_type": "m.receipt", "content": {
+                room.as_str(): {"m.read": {user.as_str(): {"event_ids": [event_id], "data": data}}}}}),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Applies the EDUs of a transaction from `origin`: typing and read receipts of its own users in
+/// rooms it is in. Others (presence, device lists, to-device) are accepted and ignored for now.
+pub async fn apply_edus(
+    state: &AppState,
+    origin: &ruma::ServerName,
+    edus: &[Value],
+) -> std::result::Result<(), ApiError> {
+    let from_origin = |user: &str| {
+        user.split_once(':')
+            .is_some_and(|(_, s)| s == origin.as_str())
+    };
+    for edu in edus {
+        let content = &edu["content"];
+        match edu.get("edu_type").and_then(Value::as_str) {
+            Some("m.typing") => {
+                let (Some(room), Some(user)) = (
+                    content["room_id"]
+                        .as_str()
+                        .and_then(|r| ruma::OwnedRoomId::try_from(r).ok()),
+                    content["user_id"]
+                        .as_str()
+                        .and_then(|u| ruma::OwnedUserId::try_from(u).ok()),
+                ) else {
+                    continue;
+                };
+                if !from_origin(user.as_str()) || require_joined(state, &room, &user).await.is_err()
+                {
+                    continue;
+                }
+                let typing = content["typing"].as_bool().unwrap_or(false);
+                let timeout = typing.then_some(std::time::Duration::from_secs(30));
+                state.ephemeral.set_typing(&room, &user, timeout);
+            }
+            Some("m.receipt") => {
+                let Some(rooms) = content.as_object() else {
+                    continue;
+                };
+                for (room, kinds) in rooms {
+                    let Ok(room) = ruma::OwnedRoomId::try_from(room.as_str()) else {
+                        continue;
+                    };
+                    let Some(readers) = kinds.get("m.read").and_then(Value::as_object) else {
+                        continue;
+                    };
+                    for (user, receipt) in readers {
+                        let Ok(user) = ruma::OwnedUserId::try_from(user.as_str()) else {
+                            continue;
+                        };
+                        let Some(event_id) = receipt["event_ids"][0].as_str() else {
+                            continue;
+                        };
+                        if !from_origin(user.as_str())
+                            || require_joined(state, &room, &user).await.is_err()
+                        {
+                            continue;
+                        }
+                        let thread = receipt["data"]["thread_id"].as_str().unwrap_or("");
+                        store_receipt(state, &room, &user, "m.read", thread, event_id).await?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
