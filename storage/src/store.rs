@@ -153,6 +153,9 @@ impl Store {
             std::fs::create_dir_all(dir).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
         }
         let pool = SqlitePoolOptions::new()
+            // A connection to a local file does not go stale: no ping (a round trip to the
+            // connection's worker thread) before every query.
+            .test_before_acquire(false)
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout.max(options.sqlite_busy_timeout))
             .connect_with(connect_options)
