@@ -133,6 +133,11 @@ pub trait RoomEvents {
     fn list_rooms(&self) -> impl Future<Output = Result<Vec<RoomRow>>> + Send;
     /// One event.
     fn get_event(&self, event_id: &str) -> impl Future<Output = Result<Option<EventRow>>> + Send;
+    /// Which of `event_ids` are stored (one query for a batch of received events).
+    fn stored_event_ids(
+        &self,
+        event_ids: &[String],
+    ) -> impl Future<Output = Result<std::collections::HashSet<String>>> + Send;
     /// The room's timeline after `since` (exclusive), oldest first, without soft-failed events or
     /// outliers.
     fn get_room_events_after(
@@ -315,6 +320,26 @@ impl RoomEvents for Store {
             }
         })
         .map_err(|e| StorageError::from_sqlx(e, || "event batch".to_owned()))
+    }
+
+    async fn stored_event_ids(
+        &self,
+        event_ids: &[String],
+    ) -> Result<std::collections::HashSet<String>> {
+        let mut found = std::collections::HashSet::new();
+        for chunk in event_ids.chunks(CHUNK) {
+            let ids: Vec<String> = on_pool!(self, pool => {
+                let mut q = QueryBuilder::new("SELECT event_id FROM events WHERE event_id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id);
+                }
+                q.push(")");
+                q.build_query_scalar().persistent(false).fetch_all(pool).await
+            })?;
+            found.extend(ids);
+        }
+        Ok(found)
     }
 
     async fn get_room(&self, room_id: &str) -> Result<Option<RoomRow>> {
