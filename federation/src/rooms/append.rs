@@ -131,7 +131,8 @@ struct RoomEntry {
     /// Joined members per server, for outbound destinations.
     servers: HashMap<String, usize>,
     /// This node's users who are joined, invited or knocking: whose syncs a new event wakes.
-    local_members: HashSet<OwnedUserId>,
+    /// Shared with the writes that wake them (copied only when a membership changes).
+    local_members: Arc<HashSet<OwnedUserId>>,
 }
 
 type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
@@ -362,18 +363,37 @@ impl Rooms {
             .subscribe()
     }
 
-    fn wake_users(&self, users: &[OwnedUserId]) {
-        if users.is_empty() {
-            return;
-        }
+    /// Wakes the syncs of a room's local members and of `extra` users: whichever is smaller
+    /// is walked, the users with a waiting sync or the members (a room of 10,000 local members
+    /// with a few syncing costs a few lookups per event).
+    fn wake_users(&self, wake: &Wake) {
         let watches = self
             .inner
             .user_watches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        for user in users {
+        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
+        if let Some(members) = &wake.members {
+            if watches.len() <= members.len() {
+                for (user, tx) in watches.iter() {
+                    if members.contains(user) {
+                        bump(tx);
+                    }
+                }
+            } else {
+                for user in members.iter() {
+                    if let Some(tx) = watches.get(user) {
+                        bump(tx);
+                    }
+                }
+            }
+        }
+        for user in &wake.extra {
+            if wake.members.as_ref().is_some_and(|m| m.contains(user)) {
+                continue;
+            }
             if let Some(tx) = watches.get(user) {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
+                bump(tx);
             }
         }
     }
@@ -530,7 +550,7 @@ impl Rooms {
             extremities,
             max_depth,
             servers,
-            local_members,
+            local_members: Arc::new(local_members),
         }))
     }
 
@@ -730,7 +750,7 @@ impl Rooms {
             extremities: vec![],
             max_depth: 0,
             servers: HashMap::new(),
-            local_members: HashSet::new(),
+            local_members: Arc::default(),
         });
         let (rx, pdu) = match self.stage(
             guard.as_mut().map(|e| (e, true)),
@@ -744,8 +764,10 @@ impl Rooms {
                 return Err(err);
             }
         };
+        let mut rx = rx;
+        let submitted = self.submit(&mut rx).await;
         drop(guard);
-        self.finish(rx, pdu, &slot).await.map(|_| ())
+        self.complete(rx, submitted, pdu, &slot).await.map(|_| ())
     }
 
     /// Builds, signs and appends an event from a local user: prev_events are the room's forward
@@ -788,8 +810,9 @@ impl Rooms {
                 i64::from(pdu.origin_server_ts.0),
             ));
         }
+        let submitted = self.submit(&mut staged).await;
         drop(guard);
-        let (pdu, _) = self.finish(staged, pdu, &slot).await?;
+        let (pdu, _) = self.complete(staged, submitted, pdu, &slot).await?;
         Ok(pdu)
     }
 
@@ -958,7 +981,7 @@ impl Rooms {
             extremities: join.prev_events.clone(),
             max_depth: join.depth.saturating_sub(1),
             servers,
-            local_members,
+            local_members: Arc::new(local_members),
         });
         let full_group = NewStateGroup {
             id: group,
@@ -991,8 +1014,9 @@ impl Rooms {
         if let Some(request) = staged.request.as_mut() {
             request.batch.state_groups.insert(0, full_group);
         }
+        let submitted = self.submit(&mut staged).await;
         drop(guard);
-        let (_, outcome) = self.finish(staged, pdu, &slot).await?;
+        let (_, outcome) = self.complete(staged, submitted, pdu, &slot).await?;
         Ok(outcome)
     }
 
@@ -1027,20 +1051,92 @@ impl Rooms {
     }
 
     async fn append_built(&self, pdu: Pdu, origin: Origin) -> Result<Appended, AppendError> {
+        match self.stage_built(pdu, origin, true).await? {
+            Ok((staged, submitted, pdu, slot)) => {
+                let (_, outcome) = self.complete(staged, submitted, pdu, &slot).await?;
+                Ok(outcome)
+            }
+            Err(done) => Ok(done),
+        }
+    }
+
+    /// Appends received events of one room in order, sharing group commits: each is checked
+    /// and staged after the one before, then all commits are awaited together. One result per
+    /// event, in order; a rejected event does not stop the ones after it.
+    pub async fn append_remote_batch(&self, pdus: Vec<Pdu>) -> Vec<Result<Appended, AppendError>> {
+        let mut results: Vec<Option<Result<Appended, AppendError>>> =
+            Vec::with_capacity(pdus.len());
+        let mut pending = Vec::new();
+        // One query for the whole batch instead of one per event; what is staged meanwhile is
+        // caught by the event cache under the room's lock.
+        let ids: Vec<String> = pdus.iter().map(|p| p.event_id.to_string()).collect();
+        let stored = match self.inner.store.stored_event_ids(&ids).await {
+            Ok(stored) => stored,
+            Err(err) => {
+                let message = err.to_string();
+                return pdus
+                    .iter()
+                    .map(|_| Err(AppendError::Storage(StorageError::Corrupt(message.clone()))))
+                    .collect();
+            }
+        };
+        for (index, pdu) in pdus.into_iter().enumerate() {
+            results.push(None);
+            if stored.contains(pdu.event_id.as_str()) {
+                results[index] = Some(Ok(Appended::Duplicate));
+                continue;
+            }
+            match self.stage_built(pdu, Origin::Remote, false).await {
+                Ok(Ok((staged, submitted, pdu, slot))) => {
+                    pending.push((index, staged, submitted, pdu, slot))
+                }
+                Ok(Err(done)) => results[index] = Some(Ok(done)),
+                Err(err) => results[index] = Some(Err(err)),
+            }
+        }
+        for (index, staged, submitted, pdu, slot) in pending {
+            results[index] = Some(
+                self.complete(staged, submitted, pdu, &slot)
+                    .await
+                    .map(|(_, o)| o),
+            );
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(AppendError::WriterGone)))
+            .collect()
+    }
+
+    /// The checks and staging of a built event (received, or ours countersigned), submitted to
+    /// the writer under the room's lock; `Ok(Err(outcome))` when nothing is to be written (a
+    /// duplicate).
+    #[allow(clippy::type_complexity)]
+    async fn stage_built(
+        &self,
+        pdu: Pdu,
+        origin: Origin,
+        check_database: bool,
+    ) -> Result<Result<(Staged, Result<(), AppendError>, Arc<Pdu>, RoomSlot), Appended>, AppendError>
+    {
         let (slot, mut guard) = self.lock_room(&pdu.room_id).await?;
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
         };
-        if self.is_stored(&pdu.event_id).await? {
-            return Ok(Appended::Duplicate);
+        let known = if check_database {
+            self.is_stored(&pdu.event_id).await?
+        } else {
+            self.cached(&pdu.event_id).is_some()
+        };
+        if known {
+            return Ok(Err(Appended::Duplicate));
         }
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
         let fork = self.fork_state(&pdu, entry, &version).await?;
-        let (rx, pdu) = self.stage(Some((entry, false)), pdu, fork, origin)?;
+        let (mut staged, pdu) = self.stage(Some((entry, false)), pdu, fork, origin)?;
+        let submitted = self.submit(&mut staged).await;
         drop(guard);
-        let (_, outcome) = self.finish(rx, pdu, &slot).await?;
-        Ok(outcome)
+        Ok(Ok((staged, submitted, pdu, slot)))
     }
 
     /// Stores an event without its state (an outlier: auth events and state fetched from peers).
@@ -1275,10 +1371,9 @@ impl Rooms {
         }
         // Whose syncs this event wakes: the local members, and a local target of a membership
         // change (an invitee, or someone leaving, who must still see their leave).
-        let mut wake: Vec<OwnedUserId> = if soft_failed {
-            Vec::new()
-        } else {
-            entry.local_members.iter().cloned().collect()
+        let mut wake = Wake {
+            members: (!soft_failed).then(|| entry.local_members.clone()),
+            extra: Vec::new(),
         };
         if !soft_failed
             && pdu.kind.to_string() == "m.room.member"
@@ -1290,13 +1385,11 @@ impl Rooms {
                 membership(&pdu).as_deref(),
                 Some("join" | "invite" | "knock")
             ) {
-                entry.local_members.insert(target.clone());
+                Arc::make_mut(&mut entry.local_members).insert(target.clone());
             } else {
-                entry.local_members.remove(&target);
+                Arc::make_mut(&mut entry.local_members).remove(&target);
             }
-            if !wake.contains(&target) {
-                wake.push(target);
-            }
+            wake.extra.push(target);
         }
         // Our own events go to every other server in the room (after this event: a joining
         // server gets its join), and a membership change also to its target's server (a kicked
@@ -1436,21 +1529,33 @@ impl Rooms {
 
     /// Steps 7-9: hand the write to the group commit, wait until durable, wake waiters and
     /// enqueue for other servers.
-    async fn finish(
+    /// Hands a staged write to the writer. Called under the room's lock, so the writer receives
+    /// a room's events in the order they were staged (a child never gets a stream position
+    /// below its parent's).
+    async fn submit(&self, staged: &mut Staged) -> Result<(), AppendError> {
+        let request = staged.request.take().ok_or(AppendError::WriterGone)?;
+        self.inner
+            .writer
+            .send(request)
+            .await
+            .map_err(|_| AppendError::WriterGone)
+    }
+
+    /// Waits for a submitted write, then wakes syncs and hands the event to the outbound queue.
+    async fn complete(
         &self,
-        mut staged: Staged,
+        staged: Staged,
+        submitted: Result<(), AppendError>,
         pdu: Arc<Pdu>,
         slot: &RoomSlot,
     ) -> Result<(Arc<Pdu>, Appended), AppendError> {
-        let request = staged.request.take().ok_or(AppendError::WriterGone)?;
-        let sent = self.inner.writer.send(request).await;
-        let result = match sent {
+        let result = match submitted {
             Ok(()) => staged
                 .rx
                 .await
                 .map_err(|_| AppendError::WriterGone)
                 .and_then(|r| r.map_err(AppendError::from)),
-            Err(_) => Err(AppendError::WriterGone),
+            Err(err) => Err(err),
         };
         let streams = match result {
             Ok(streams) => streams,
@@ -1548,7 +1653,14 @@ struct Staged {
     request: Option<WriteRequest>,
     rx: oneshot::Receiver<Result<Vec<i64>, StorageError>>,
     destinations: Vec<String>,
-    wake: Vec<OwnedUserId>,
+    wake: Wake,
+}
+
+/// Whose syncs a committed event wakes: the room's local members (as they were before the
+/// event) and the target of a membership change.
+struct Wake {
+    members: Option<Arc<HashSet<OwnedUserId>>>,
+    extra: Vec<OwnedUserId>,
 }
 
 trait CloneIf {
