@@ -16,7 +16,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, ServerName};
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedRoomId, RoomId, ServerName,
+};
 use serde_json::{Value, json};
 
 use crate::client::FederationClient;
@@ -186,14 +188,56 @@ impl Inbound {
                 pdus.len()
             )));
         }
+        // 1. Every PDU checked on its own (format, ACL, signatures, hashes).
         let mut results = serde_json::Map::new();
+        let mut verified: Vec<(Pdu, RoomVersion)> = Vec::new();
         for value in &pdus {
-            let (id, outcome) = self.handle_pdu(local, origin, value).await;
-            let entry = match outcome {
-                Ok(_) => json!({}),
-                Err(err) => json!({"error": err.to_string()}),
-            };
-            if let Some(id) = id {
+            let (id, outcome) = self.check_pdu(origin, value).await;
+            match outcome {
+                Ok(checked) => verified.push(checked),
+                Err(err) => {
+                    if let Some(id) = id {
+                        results.insert(id.to_string(), json!({"error": err.to_string()}));
+                    }
+                }
+            }
+        }
+        // 2. Gaps before them filled from the origin (parents neither stored nor in the batch).
+        let mut in_batch: std::collections::HashSet<OwnedEventId> =
+            std::collections::HashSet::new();
+        for (pdu, version) in &verified {
+            let mut missing = false;
+            for parent in &pdu.prev_events {
+                if !in_batch.contains(parent)
+                    && !self.rooms.has_event(parent).await.unwrap_or(false)
+                {
+                    missing = true;
+                    break;
+                }
+            }
+            if missing && let Err(err) = self.fetch_missing(local, origin, pdu, version).await {
+                tracing::info!(%origin, error = %err, "could not fill a gap");
+            }
+            in_batch.insert(pdu.event_id.clone());
+        }
+        // 3. Appended per room in order, sharing group commits.
+        let mut by_room: Vec<(OwnedRoomId, Vec<Pdu>)> = Vec::new();
+        for (pdu, _) in verified {
+            match by_room.iter_mut().find(|(room, _)| *room == pdu.room_id) {
+                Some((_, list)) => list.push(pdu),
+                None => by_room.push((pdu.room_id.clone(), vec![pdu])),
+            }
+        }
+        for (_, list) in by_room {
+            let ids: Vec<OwnedEventId> = list.iter().map(|p| p.event_id.clone()).collect();
+            for (id, outcome) in ids
+                .into_iter()
+                .zip(self.rooms.append_remote_batch(list).await)
+            {
+                let entry = match outcome {
+                    Ok(_) => json!({}),
+                    Err(err) => json!({"error": err.to_string()}),
+                };
                 results.insert(id.to_string(), entry);
             }
         }
@@ -206,13 +250,16 @@ impl Inbound {
         Ok(answer)
     }
 
-    /// One PDU of a transaction: its event ID (when it could be computed) and the outcome.
-    async fn handle_pdu(
+    /// The checks of one PDU of a transaction: its event ID (when it could be computed) and the
+    /// verified event with its room's version.
+    async fn check_pdu(
         &self,
-        local: &LocalServer,
         origin: &ServerName,
         value: &Value,
-    ) -> (Option<OwnedEventId>, Result<Appended, AppendError>) {
+    ) -> (
+        Option<OwnedEventId>,
+        Result<(Pdu, RoomVersion), AppendError>,
+    ) {
         let room_id = value
             .get("room_id")
             .and_then(Value::as_str)
@@ -253,35 +300,7 @@ impl Inbound {
             Ok(pdu) => pdu,
             Err(err) => return (claimed, Err(err.into())),
         };
-        let id = pdu.event_id.clone();
-        (
-            Some(id),
-            self.append_with_parents(local, origin, pdu, &version).await,
-        )
-    }
-
-    /// Appends `pdu`, first fetching its missing parents from `origin`.
-    pub async fn append_with_parents(
-        &self,
-        local: &LocalServer,
-        origin: &ServerName,
-        pdu: Pdu,
-        version: &RoomVersion,
-    ) -> Result<Appended, AppendError> {
-        if self.rooms.has_event(&pdu.event_id).await? {
-            return Ok(Appended::Duplicate);
-        }
-        let mut missing = false;
-        for parent in &pdu.prev_events {
-            if !self.rooms.has_event(parent).await? {
-                missing = true;
-                break;
-            }
-        }
-        if missing {
-            self.fetch_missing(local, origin, &pdu, version).await?;
-        }
-        self.rooms.append_remote(pdu).await
+        (Some(pdu.event_id.clone()), Ok((pdu, version)))
     }
 
     /// `/get_missing_events` for the gap between our forward extremities and `pdu`; the events

@@ -1,0 +1,200 @@
+//! Inbound throughput: PDUs of another server verified (format, signatures with keys from the
+//! key ring, content hashes) and persisted through the append path (auth, state, group commit),
+//! on SQLite. Prints figures; asserts nothing.
+//!
+//! ```text
+//! cargo bench -p unitas-federation --bench inbound
+//! ```
+//!
+//! Three figures: verification alone on one core; verification then append, one PDU after the
+//! other, each waiting for its commit; and transactions of 50: verification spread over every
+//! core, then the 50 appended in order sharing group commits (what `/send` does).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ruma::{CanonicalJsonObject, OwnedEventId, UserId};
+use serde_json::json;
+use unitas_federation::SigningKey;
+use unitas_federation::client::{ClientOptions, FederationClient};
+use unitas_federation::inbound::verify_pdu;
+use unitas_federation::key_ring::KeyRing;
+use unitas_federation::rooms::build::{Placement, build_pdu};
+use unitas_federation::rooms::{EventTemplate, NewRoom, NoOutbound, RoomVersion, Rooms, Signer};
+use unitas_storage::{RemoteServerKey, RemoteServerKeys, Store, StoreOptions};
+
+const EVENTS: usize = 20_000;
+const LOCAL: &str = "a.test";
+const REMOTE: &str = "b.test";
+
+fn pdu_object(pdu: &unitas_federation::rooms::Pdu) -> CanonicalJsonObject {
+    serde_json::from_str(pdu.federation_json()).expect("json")
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/inbound.db", dir.path().display());
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let (rooms, writer) = Rooms::new(store.clone(), [LOCAL.to_owned()], Arc::new(NoOutbound))
+        .await
+        .expect("rooms");
+    tokio::spawn(writer.run(std::future::pending()));
+    let local_key = SigningKey::generate().expect("key");
+    let remote_key = SigningKey::generate().expect("key");
+    store
+        .store_remote_server_key(&RemoteServerKey {
+            server_name: REMOTE.into(),
+            key_id: remote_key.key_id(),
+            public_key: remote_key.public_key_base64(),
+            valid_until_ts: i64::MAX / 2,
+            expired_ts: None,
+            fetched_ts: 0,
+        })
+        .await
+        .expect("remote key");
+    let client = Arc::new(FederationClient::new(ClientOptions::default()).expect("client"));
+    let key_ring = KeyRing::new(store.clone(), client, vec![], vec![]);
+
+    // A public room of ours that a user of the remote server joins.
+    let version = RoomVersion::parse("12").expect("v12");
+    let alice = UserId::parse(format!("@alice:{LOCAL}")).expect("user");
+    let bob = UserId::parse(format!("@bob:{REMOTE}")).expect("user");
+    let room_id = rooms
+        .create_room(
+            Signer {
+                server_name: LOCAL,
+                key: &local_key,
+            },
+            &alice,
+            NewRoom {
+                version: version.clone(),
+                join_rule: "public".into(),
+                initial_state: vec![],
+            },
+        )
+        .await
+        .expect("room");
+    let state = rooms
+        .current_state(&room_id)
+        .await
+        .expect("state")
+        .expect("room");
+    let slot = |kind: &str, key: &str| state.get(&(kind.to_owned(), key.to_owned())).cloned();
+    let place = |prev: Vec<OwnedEventId>, auth: Vec<OwnedEventId>, depth: u64| Placement {
+        room_id: Some(&room_id),
+        sender: &bob,
+        prev_events: prev,
+        auth_events: auth,
+        depth,
+        origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
+        origin: REMOTE,
+        key: &remote_key,
+    };
+    let extremities = rooms
+        .forward_extremities(&room_id)
+        .await
+        .expect("extremities");
+    let join_auth: Vec<OwnedEventId> = [
+        slot("m.room.power_levels", ""),
+        slot("m.room.join_rules", ""),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let join = build_pdu(
+        &version,
+        &EventTemplate::state("m.room.member", bob.as_str(), json!({"membership": "join"})),
+        place(extremities, join_auth, 10),
+    )
+    .expect("join");
+    let join_id = join.event_id.clone();
+    let join = verify_pdu(&key_ring, pdu_object(&join), &version, Some(&room_id))
+        .await
+        .expect("verify join");
+    rooms.append_remote(join).await.expect("append join");
+
+    // The remote server's messages, each on the previous one.
+    let auth: Vec<OwnedEventId> = [slot("m.room.power_levels", ""), Some(join_id.clone())]
+        .into_iter()
+        .flatten()
+        .collect();
+    let mut prev = join_id;
+    let mut objects = Vec::with_capacity(EVENTS * 2);
+    for i in 0..(EVENTS * 2) {
+        let pdu = build_pdu(
+            &version,
+            &EventTemplate::message(
+                "m.room.message",
+                json!({"msgtype": "m.text", "body": format!("message {i}")}),
+            ),
+            place(vec![prev.clone()], auth.clone(), 11 + i as u64),
+        )
+        .expect("message");
+        prev = pdu.event_id.clone();
+        objects.push(pdu_object(&pdu));
+    }
+    let (first, second) = objects.split_at(EVENTS);
+
+    // 1. Verification alone, one core.
+    let started = Instant::now();
+    for object in first.iter().take(5_000) {
+        verify_pdu(&key_ring, object.clone(), &version, Some(&room_id))
+            .await
+            .expect("verify");
+    }
+    let verify_rate = 5_000.0 / started.elapsed().as_secs_f64();
+
+    // 2. Verify then append, one after the other.
+    let started = Instant::now();
+    for object in first {
+        let pdu = verify_pdu(&key_ring, object.clone(), &version, Some(&room_id))
+            .await
+            .expect("verify");
+        rooms.append_remote(pdu).await.expect("append");
+    }
+    let sequential_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+
+    // 3. Verification on every core (per chunk of a transaction's size), appends in order.
+    let key_ring = Arc::new(key_ring);
+    let started = Instant::now();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for batch in second.chunks(50) {
+        let mut tasks = Vec::new();
+        for part in batch.chunks(batch.len().div_ceil(cores)) {
+            let (part, key_ring, version, room_id) = (
+                part.to_vec(),
+                key_ring.clone(),
+                version.clone(),
+                room_id.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::with_capacity(part.len());
+                for object in part {
+                    out.push(
+                        verify_pdu(&key_ring, object, &version, Some(&room_id))
+                            .await
+                            .expect("verify"),
+                    );
+                }
+                out
+            }));
+        }
+        let mut verified = Vec::with_capacity(batch.len());
+        for task in tasks {
+            verified.extend(task.await.expect("task"));
+        }
+        for outcome in rooms.append_remote_batch(verified).await {
+            outcome.expect("append");
+        }
+    }
+    let parallel_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+
+    println!("inbound PDUs of another server, SQLite, {EVENTS} messages each, {cores} cores");
+    println!("  verify only (1 core)                 {verify_rate:>9.0} PDUs/s");
+    println!("  verify + append, one by one          {sequential_rate:>9.0} PDUs/s");
+    println!("  transactions of 50 (all cores)       {parallel_rate:>9.0} PDUs/s");
+}
