@@ -470,70 +470,10 @@ impl Inbound {
         room_id: &RoomId,
         server: &str,
     ) -> Result<Appended, String> {
-        let local_name = ServerName::parse(&local.name).map_err(|e| e.to_string())?;
-        let resident = ServerName::parse(server).map_err(|e| e.to_string())?;
-        let versions = "ver=10&ver=11&ver=12";
-        let answer = self
-            .client
-            .request(
-                &local_name,
-                &local.key,
-                &resident,
-                http::Method::GET,
-                &format!(
-                    "/_matrix/federation/v1/make_join/{}/{}?{versions}",
-                    percent(room_id.as_str()),
-                    percent(user.as_str())
-                ),
-                None,
-            )
-            .await
-            .map_err(|e| format!("make_join: {e}"))?;
-        let version_id = answer
-            .get("room_version")
-            .and_then(Value::as_str)
-            .unwrap_or("1");
-        let version = RoomVersion::parse(version_id)
-            .ok_or_else(|| format!("unsupported room version {version_id}"))?;
-        let template = answer.get("event").ok_or("make_join answered no event")?;
-        let (prev_events, auth_events, depth) = check_join_template(template, room_id, user)?;
-        let join = crate::rooms::build::build_pdu(
-            &version,
-            &crate::rooms::EventTemplate::state(
-                "m.room.member",
-                user.as_str(),
-                json!({"membership": "join"}),
-            ),
-            crate::rooms::build::Placement {
-                room_id: Some(room_id),
-                sender: user,
-                prev_events,
-                auth_events,
-                depth,
-                origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
-                origin: &local.name,
-                key: &local.key,
-            },
-        )
-        .map_err(|e| e.to_string())?;
-        let body: Value =
-            serde_json::from_str(join.federation_json()).map_err(|e| e.to_string())?;
-        let answer = self
-            .client
-            .request(
-                &local_name,
-                &local.key,
-                &resident,
-                http::Method::PUT,
-                &format!(
-                    "/_matrix/federation/v2/send_join/{}/{}",
-                    percent(room_id.as_str()),
-                    percent(join.event_id.as_str())
-                ),
-                Some(&body),
-            )
-            .await
-            .map_err(|e| format!("send_join: {e}"))?;
+        let (version, join, answer) = self
+            .membership_handshake(local, user, room_id, server, "join")
+            .await?;
+        let version_id = version.id().as_str().to_owned();
         let verify_all = async |name: &str| -> Result<Vec<Pdu>, String> {
             let mut out = Vec::new();
             for value in answer
@@ -707,6 +647,21 @@ impl Inbound {
         room_id: &RoomId,
         server: &str,
     ) -> Result<(), String> {
+        self.membership_handshake(local, user, room_id, server, "leave")
+            .await
+            .map(|_| ())
+    }
+
+    /// `make_<membership>` at `server`, a strict check of the template, our own signed event
+    /// built from it, `send_<membership>` (v2): the room version, our event and the answer.
+    async fn membership_handshake(
+        &self,
+        local: &LocalServer,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        server: &str,
+        membership: &str,
+    ) -> Result<(RoomVersion, Pdu, Value), String> {
         let local_name = ServerName::parse(&local.name).map_err(|e| e.to_string())?;
         let resident = ServerName::parse(server).map_err(|e| e.to_string())?;
         let answer = self
@@ -717,29 +672,31 @@ impl Inbound {
                 &resident,
                 http::Method::GET,
                 &format!(
-                    "/_matrix/federation/v1/make_leave/{}/{}",
+                    "/_matrix/federation/v1/make_{membership}/{}/{}?ver=10&ver=11&ver=12",
                     percent(room_id.as_str()),
                     percent(user.as_str())
                 ),
                 None,
             )
             .await
-            .map_err(|e| format!("make_leave: {e}"))?;
+            .map_err(|e| format!("make_{membership}: {e}"))?;
         let version_id = answer
             .get("room_version")
             .and_then(Value::as_str)
             .unwrap_or("1");
         let version = RoomVersion::parse(version_id)
             .ok_or_else(|| format!("unsupported room version {version_id}"))?;
-        let template = answer.get("event").ok_or("make_leave answered no event")?;
+        let template = answer
+            .get("event")
+            .ok_or_else(|| format!("make_{membership} answered no event"))?;
         let (prev_events, auth_events, depth) =
-            check_membership_template(template, room_id, user, "leave")?;
-        let leave = crate::rooms::build::build_pdu(
+            check_membership_template(template, room_id, user, membership)?;
+        let event = crate::rooms::build::build_pdu(
             &version,
             &crate::rooms::EventTemplate::state(
                 "m.room.member",
                 user.as_str(),
-                json!({"membership": "leave"}),
+                json!({"membership": membership}),
             ),
             crate::rooms::build::Placement {
                 room_id: Some(room_id),
@@ -754,23 +711,24 @@ impl Inbound {
         )
         .map_err(|e| e.to_string())?;
         let body: Value =
-            serde_json::from_str(leave.federation_json()).map_err(|e| e.to_string())?;
-        self.client
+            serde_json::from_str(event.federation_json()).map_err(|e| e.to_string())?;
+        let answer = self
+            .client
             .request(
                 &local_name,
                 &local.key,
                 &resident,
                 http::Method::PUT,
                 &format!(
-                    "/_matrix/federation/v2/send_leave/{}/{}",
+                    "/_matrix/federation/v2/send_{membership}/{}/{}",
                     percent(room_id.as_str()),
-                    percent(leave.event_id.as_str())
+                    percent(event.event_id.as_str())
                 ),
                 Some(&body),
             )
             .await
-            .map_err(|e| format!("send_leave: {e}"))?;
-        Ok(())
+            .map_err(|e| format!("send_{membership}: {e}"))?;
+        Ok((version, event, answer))
     }
 }
 

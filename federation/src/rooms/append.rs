@@ -398,6 +398,28 @@ impl Rooms {
         }
     }
 
+    /// Counts a member event of the state into the joined servers and the local members.
+    fn count_member(
+        &self,
+        user: &str,
+        pdu: &Pdu,
+        servers: &mut HashMap<String, usize>,
+        local_members: &mut HashSet<OwnedUserId>,
+    ) {
+        let membership = membership(pdu);
+        if membership.as_deref() == Some("join")
+            && let Some(server) = server_of(user)
+        {
+            *servers.entry(server.to_owned()).or_insert(0) += 1;
+        }
+        if matches!(membership.as_deref(), Some("join" | "invite" | "knock"))
+            && self.is_local(user)
+            && let Ok(user) = OwnedUserId::try_from(user)
+        {
+            local_members.insert(user);
+        }
+    }
+
     fn is_local(&self, user_id: &str) -> bool {
         server_of(user_id).is_some_and(|server| self.inner.local_servers.contains(server))
     }
@@ -529,18 +551,7 @@ impl Rooms {
             let Some((pdu, _)) = self.load_event(id, &version).await? else {
                 continue;
             };
-            let membership = membership(&pdu);
-            if membership.as_deref() == Some("join")
-                && let Some(server) = server_of(key)
-            {
-                *servers.entry(server.to_owned()).or_insert(0) += 1;
-            }
-            if matches!(membership.as_deref(), Some("join" | "invite" | "knock"))
-                && self.is_local(key)
-                && let Ok(user) = OwnedUserId::try_from(key.as_str())
-            {
-                local_members.insert(user);
-            }
+            self.count_member(key, &pdu, &mut servers, &mut local_members);
         }
         Ok(Some(RoomEntry {
             version,
@@ -960,18 +971,7 @@ impl Rooms {
             if kind != "m.room.member" {
                 continue;
             }
-            let membership = membership(pdu);
-            if membership.as_deref() == Some("join")
-                && let Some(server) = server_of(key)
-            {
-                *servers.entry(server.to_owned()).or_insert(0) += 1;
-            }
-            if matches!(membership.as_deref(), Some("join" | "invite" | "knock"))
-                && self.is_local(key)
-                && let Ok(user) = OwnedUserId::try_from(key.as_str())
-            {
-                local_members.insert(user);
-            }
+            self.count_member(key, pdu, &mut servers, &mut local_members);
         }
         *guard = Some(RoomEntry {
             version: version.clone(),

@@ -163,27 +163,40 @@ pub async fn make_join_route(
     query: axum::extract::RawQuery,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = parse_room(&room_id)?;
-    let user = <&UserId>::try_from(user_id.as_str())
+    let versions = requested_versions(query.0.as_deref().unwrap_or(""));
+    let supported = if versions.is_empty() {
+        vec!["1".to_owned()]
+    } else {
+        versions
+    };
+    make_membership(&state, &room_id, &user_id, &peer, "join", &supported).await
+}
+
+/// `make_join`/`make_leave`: an unsigned membership event of the peer's user, placed on our
+/// current state, when the room's version is one the peer supports (empty: any).
+async fn make_membership(
+    state: &AppState,
+    room_id: &str,
+    user_id: &str,
+    peer: &Peer,
+    membership: &str,
+    supported: &[String],
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(room_id)?;
+    let user = <&UserId>::try_from(user_id)
         .map_err(|e| ApiError::invalid_param(format!("user ID: {e}")))?;
     if user.server_name() != peer.origin {
         return Err(ApiError::forbidden(
             "The user does not belong to the requesting server",
         ));
     }
-    require_acl(&state, room_id, &peer).await?;
-    let versions = requested_versions(query.0.as_deref().unwrap_or(""));
+    require_acl(state, room_id, peer).await?;
     let Some(version) = state.rooms.room_version(room_id).await? else {
         return Err(ApiError::not_found(format!(
             "Room {room_id} is not known here"
         )));
     };
-    let supported = if versions.is_empty() {
-        vec!["1".to_owned()]
-    } else {
-        versions
-    };
-    if !supported.iter().any(|v| v == version.id().as_str()) {
+    if !supported.is_empty() && !supported.iter().any(|v| v == version.id().as_str()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "M_INCOMPATIBLE_ROOM_VERSION",
@@ -197,7 +210,7 @@ pub async fn make_join_route(
         .membership_template(
             room_id,
             user,
-            "join",
+            membership,
             Signer {
                 server_name: t.server_name(),
                 key: &t.key,
@@ -208,6 +221,50 @@ pub async fn make_join_route(
         "room_version": version.id().as_str(),
         "event": template,
     })))
+}
+
+/// `send_join`/`send_leave`: the peer's signed membership event of its own user, verified,
+/// checked and appended; the event ID.
+async fn receive_membership(
+    state: &AppState,
+    room_id: &RoomId,
+    event_id: &str,
+    peer: &Peer,
+    membership: &str,
+) -> Result<OwnedEventId, ApiError> {
+    let Some(version) = state.rooms.room_version(room_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "Room {room_id} is not known here"
+        )));
+    };
+    require_acl(state, room_id, peer).await?;
+    let value: Value =
+        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
+    let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let event = verify_pdu(state.inbound.key_ring(), object, &version, Some(room_id))
+        .await
+        .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    if event.event_id.as_str() != event_id {
+        return Err(ApiError::invalid_param(
+            "The event ID does not match the event",
+        ));
+    }
+    let content: Value = serde_json::from_str(event.content.get()).unwrap_or_default();
+    if event.kind.to_string() != "m.room.member"
+        || content.get("membership").and_then(Value::as_str) != Some(membership)
+        || event.state_key.as_deref() != Some(event.sender.as_str())
+        || event.sender.server_name() != peer.origin
+    {
+        return Err(ApiError::invalid_param(format!(
+            "Not a {membership} of a user of the requesting server"
+        )));
+    }
+    let id = event.event_id.clone();
+    match state.rooms.append_remote(event).await {
+        Ok(_) => Ok(id),
+        Err(AppendError::Event(err)) => Err(ApiError::forbidden(err.to_string())),
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// The `ver` parameters of a query string (the room versions the joining server supports).
@@ -234,39 +291,7 @@ pub async fn send_join_route(
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = parse_room(&room_id)?;
-    let Some(version) = state.rooms.room_version(room_id).await? else {
-        return Err(ApiError::not_found(format!(
-            "Room {room_id} is not known here"
-        )));
-    };
-    require_acl(&state, room_id, &peer).await?;
-    let value: Value =
-        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
-    let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
-    let join = verify_pdu(state.inbound.key_ring(), object, &version, Some(room_id))
-        .await
-        .map_err(|e| ApiError::forbidden(e.to_string()))?;
-    if join.event_id.as_str() != event_id {
-        return Err(ApiError::invalid_param(
-            "The event ID does not match the event",
-        ));
-    }
-    let content: Value = serde_json::from_str(join.content.get()).unwrap_or_default();
-    if join.kind.to_string() != "m.room.member"
-        || content.get("membership").and_then(Value::as_str) != Some("join")
-        || join.state_key.as_deref() != Some(join.sender.as_str())
-        || join.sender.server_name() != peer.origin
-    {
-        return Err(ApiError::invalid_param(
-            "Not a join of a user of the requesting server",
-        ));
-    }
-    let join_id = join.event_id.clone();
-    match state.rooms.append_remote(join).await {
-        Ok(_) => {}
-        Err(AppendError::Event(err)) => return Err(ApiError::forbidden(err.to_string())),
-        Err(err) => return Err(err.into()),
-    }
+    let join_id = receive_membership(&state, room_id, &event_id, &peer, "join").await?;
     let before = state
         .rooms
         .state_before(&join_id)
@@ -393,19 +418,18 @@ pub struct StateQuery {
     event_id: OwnedEventId,
 }
 
-/// `GET /_matrix/federation/v1/state_ids/{roomId}?event_id=`: the state before an event and
-/// its auth chain, as IDs.
-pub async fn get_state_ids_route(
-    State(state): State<AppState>,
-    Path(room_id): Path<String>,
-    Query(query): Query<StateQuery>,
-    peer: Peer,
-) -> Result<Json<Value>, ApiError> {
-    let room_id = parse_room(&room_id)?;
-    require_in_room(&state, room_id, &peer).await?;
+/// The IDs of the state before an event of the room, for a peer in the room.
+async fn state_ids_before(
+    state: &AppState,
+    room_id: &str,
+    event_id: &EventId,
+    peer: &Peer,
+) -> Result<Vec<OwnedEventId>, ApiError> {
+    let room_id = parse_room(room_id)?;
+    require_in_room(state, room_id, peer).await?;
     let pdu = state
         .rooms
-        .get_pdu(&query.event_id)
+        .get_pdu(event_id)
         .await?
         .filter(|p| p.room_id == room_id)
         .ok_or_else(|| ApiError::not_found("Event not found in this room"))?;
@@ -414,7 +438,18 @@ pub async fn get_state_ids_route(
         .state_before(&pdu.event_id)
         .await?
         .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
-    let ids: Vec<OwnedEventId> = before.values().cloned().collect();
+    Ok(before.values().cloned().collect())
+}
+
+/// `GET /_matrix/federation/v1/state_ids/{roomId}?event_id=`: the state before an event and
+/// its auth chain, as IDs.
+pub async fn get_state_ids_route(
+    State(state): State<AppState>,
+    Path(room_id): Path<String>,
+    Query(query): Query<StateQuery>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let ids = state_ids_before(&state, &room_id, &query.event_id, &peer).await?;
     let chain = auth_chain(&state, &ids).await?;
     Ok(Json(json!({
         "pdu_ids": ids,
@@ -430,20 +465,7 @@ pub async fn get_state_route(
     Query(query): Query<StateQuery>,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = parse_room(&room_id)?;
-    require_in_room(&state, room_id, &peer).await?;
-    let pdu = state
-        .rooms
-        .get_pdu(&query.event_id)
-        .await?
-        .filter(|p| p.room_id == room_id)
-        .ok_or_else(|| ApiError::not_found("Event not found in this room"))?;
-    let before = state
-        .rooms
-        .state_before(&pdu.event_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("No state is known at that event"))?;
-    let ids: Vec<OwnedEventId> = before.values().cloned().collect();
+    let ids = state_ids_before(&state, &room_id, &query.event_id, &peer).await?;
     let mut pdus = Vec::new();
     for id in &ids {
         if let Some(pdu) = state.rooms.get_pdu(id).await? {
@@ -674,32 +696,7 @@ pub async fn make_leave_route(
     Path((room_id, user_id)): Path<(String, String)>,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
-    let room_id = parse_room(&room_id)?;
-    let user = <&UserId>::try_from(user_id.as_str())
-        .map_err(|e| ApiError::invalid_param(format!("user ID: {e}")))?;
-    if user.server_name() != peer.origin {
-        return Err(ApiError::forbidden(
-            "The user does not belong to the requesting server",
-        ));
-    }
-    require_acl(&state, room_id, &peer).await?;
-    let t = &peer.territory;
-    let (version, template) = state
-        .rooms
-        .membership_template(
-            room_id,
-            user,
-            "leave",
-            Signer {
-                server_name: t.server_name(),
-                key: &t.key,
-            },
-        )
-        .await?;
-    Ok(Json(json!({
-        "room_version": version.id().as_str(),
-        "event": template,
-    })))
+    make_membership(&state, &room_id, &user_id, &peer, "leave", &[]).await
 }
 
 /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: the peer's signed leave (a user
@@ -710,32 +707,6 @@ pub async fn send_leave_route(
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = parse_room(&room_id)?;
-    let Some(version) = state.rooms.room_version(room_id).await? else {
-        return Err(ApiError::not_found(format!(
-            "Room {room_id} is not known here"
-        )));
-    };
-    require_acl(&state, room_id, &peer).await?;
-    let value: Value =
-        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
-    let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
-    let leave = verify_pdu(state.inbound.key_ring(), object, &version, Some(room_id))
-        .await
-        .map_err(|e| ApiError::forbidden(e.to_string()))?;
-    let content: Value = serde_json::from_str(leave.content.get()).unwrap_or_default();
-    if leave.event_id.as_str() != event_id
-        || leave.kind.to_string() != "m.room.member"
-        || content.get("membership").and_then(Value::as_str) != Some("leave")
-        || leave.state_key.as_deref() != Some(leave.sender.as_str())
-        || leave.sender.server_name() != peer.origin
-    {
-        return Err(ApiError::invalid_param(
-            "Not a leave of a user of the requesting server",
-        ));
-    }
-    match state.rooms.append_remote(leave).await {
-        Ok(_) => Ok(Json(json!({}))),
-        Err(AppendError::Event(err)) => Err(ApiError::forbidden(err.to_string())),
-        Err(err) => Err(err.into()),
-    }
+    receive_membership(&state, room_id, &event_id, &peer, "leave").await?;
+    Ok(Json(json!({})))
 }

@@ -105,6 +105,32 @@ impl Peer {
     }
 }
 
+/// Alice of `a` makes a public room that Bob of `b` joins over federation: Alice's token,
+/// Bob's user ID and token, the room ID.
+async fn shared_room(a: &Peer, b: &Peer) -> (String, String, String, String) {
+    let (_, alice_token) = account(a, "alice").await;
+    let (bob, bob_token) = account(b, "bob").await;
+    let (_, created) = call(
+        a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, reply) = call(
+        b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    (alice_token, bob, bob_token, room)
+}
+
 /// Registers `name` on `peer`: (user ID, access token).
 async fn account(peer: &Peer, name: &str) -> (String, String) {
     let reply: Value = http()
@@ -680,26 +706,7 @@ async fn hostile_events_are_rejected_and_leave_the_room_intact() {
     let a = Peer::start(|_| {}).await;
     let b = Peer::start(|_| {}).await;
     let c = Peer::start(|_| {}).await;
-    let (_, alice_token) = account(&a, "alice").await;
-    let (bob, bob_token) = account(&b, "bob").await;
-    let (_, created) = call(
-        &a,
-        &alice_token,
-        reqwest::Method::POST,
-        "/createRoom",
-        json!({"preset": "public_chat"}),
-    )
-    .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, reply) = call(
-        &b,
-        &bob_token,
-        reqwest::Method::POST,
-        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 200, "{reply}");
+    let (alice_token, bob, _, room) = shared_room(&a, &b).await;
     let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
     let before = a
         .node
@@ -897,26 +904,7 @@ async fn queued(peer: &Peer) -> usize {
 async fn messages_wait_for_a_peer_that_is_down_and_survive_our_restart() {
     let a = Peer::start(|_| {}).await;
     let b = Peer::start(|_| {}).await;
-    let (_, alice_token) = account(&a, "alice").await;
-    let (_, bob_token) = account(&b, "bob").await;
-    let (_, created) = call(
-        &a,
-        &alice_token,
-        reqwest::Method::POST,
-        "/createRoom",
-        json!({"preset": "public_chat"}),
-    )
-    .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, reply) = call(
-        &b,
-        &bob_token,
-        reqwest::Method::POST,
-        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 200, "{reply}");
+    let (alice_token, _, bob_token, room) = shared_room(&a, &b).await;
 
     // B goes down; A's users keep talking: every message waits in A's queue.
     let Peer {

@@ -292,29 +292,15 @@ async fn build(
                 );
             }
             Some("invite") if changed_since => {
-                let mut stripped = Vec::new();
-                for event in current_state_events(state, &room_id).await? {
-                    let kind = event.kind.to_string();
-                    let relevant = matches!(
-                        kind.as_str(),
-                        "m.room.create"
-                            | "m.room.join_rules"
-                            | "m.room.name"
-                            | "m.room.avatar"
-                            | "m.room.canonical_alias"
-                            | "m.room.encryption"
-                    ) || event.event_id == member_id
-                        || (kind == "m.room.member"
-                            && event.state_key.as_deref() == Some(event.sender.as_str())
-                            && {
-                                let invite = state.rooms.get_pdu(&member_id).await?;
-                                invite.is_some_and(|i| i.sender == event.sender)
-                            });
-                    if relevant {
-                        let full = client_event(&event);
-                        stripped.push(json!({"type": full["type"], "state_key": full["state_key"], "sender": full["sender"], "content": full["content"]}));
-                    }
-                }
+                // The room's essentials and the inviter's membership, then the invite itself.
+                let Some(invite_event) = state.rooms.get_pdu(&member_id).await? else {
+                    continue;
+                };
+                let mut stripped =
+                    super::rooms::stripped_state(state, &room_id, &invite_event.sender).await?;
+                let full = client_event(&invite_event);
+                stripped.push(json!({"type": full["type"], "state_key": full["state_key"],
+                    "sender": full["sender"], "content": full["content"]}));
                 invite.insert(
                     room_id.to_string(),
                     json!({"invite_state": {"events": stripped}}),
