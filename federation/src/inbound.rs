@@ -652,6 +652,25 @@ impl Inbound {
             .map(|_| ())
     }
 
+    /// Knocks on a room this node is not in, through `server` (make_knock, our signed knock,
+    /// send_knock): the stripped state the resident server shows knockers.
+    pub async fn knock_remote(
+        &self,
+        local: &LocalServer,
+        user: &ruma::UserId,
+        room_id: &RoomId,
+        server: &str,
+    ) -> Result<Vec<Value>, String> {
+        let (_, _, answer) = self
+            .membership_handshake(local, user, room_id, server, "knock")
+            .await?;
+        Ok(answer
+            .get("knock_room_state")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default())
+    }
+
     /// `make_<membership>` at `server`, a strict check of the template, our own signed event
     /// built from it, `send_<membership>` (v2): the room version, our event and the answer.
     async fn membership_handshake(
@@ -720,7 +739,9 @@ impl Inbound {
                 &resident,
                 http::Method::PUT,
                 &format!(
-                    "/_matrix/federation/v2/send_{membership}/{}/{}",
+                    "/_matrix/federation/{}/send_{membership}/{}/{}",
+                    // send_knock has only a v1; join and leave answer better in v2.
+                    if membership == "knock" { "v1" } else { "v2" },
                     percent(room_id.as_str()),
                     percent(event.event_id.as_str())
                 ),

@@ -710,3 +710,32 @@ pub async fn send_leave_route(
     receive_membership(&state, room_id, &event_id, &peer, "leave").await?;
     Ok(Json(json!({})))
 }
+
+/// `GET /_matrix/federation/v1/make_knock/{roomId}/{userId}`.
+pub async fn make_knock_route(
+    State(state): State<AppState>,
+    Path((room_id, user_id)): Path<(String, String)>,
+    query: axum::extract::RawQuery,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let versions = requested_versions(query.0.as_deref().unwrap_or(""));
+    make_membership(&state, &room_id, &user_id, &peer, "knock", &versions).await
+}
+
+/// `PUT /_matrix/federation/v1/send_knock/{roomId}/{eventId}`: the peer's signed knock; the
+/// answer is what a knocker may see of the room.
+pub async fn send_knock_route(
+    State(state): State<AppState>,
+    Path((room_id, event_id)): Path<(String, String)>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let room_id = parse_room(&room_id)?;
+    let knock_id = receive_membership(&state, room_id, &event_id, &peer, "knock").await?;
+    let knock = state
+        .rooms
+        .get_pdu(&knock_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("The knock was not stored"))?;
+    let stripped = super::client::rooms::stripped_state(&state, room_id, &knock.sender).await?;
+    Ok(Json(json!({ "knock_room_state": stripped })))
+}

@@ -285,6 +285,14 @@ pub fn federation_router(state: AppState) -> Router {
             axum::routing::put(federation_rooms::send_leave_route),
         )
         .route(
+            "/_matrix/federation/v1/make_knock/{room_id}/{user_id}",
+            get(federation_rooms::make_knock_route),
+        )
+        .route(
+            "/_matrix/federation/v1/send_knock/{room_id}/{event_id}",
+            axum::routing::put(federation_rooms::send_knock_route),
+        )
+        .route(
             "/_matrix/federation/v1/query/directory",
             get(federation_rooms::query_directory_route),
         )

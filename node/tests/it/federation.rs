@@ -1077,3 +1077,84 @@ async fn invites_across_nodes_are_accepted_or_declined() {
     b.stop().await;
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_of_another_node_knocks_and_is_let_in() {
+    let a = Peer::start(|_| {}).await;
+    let c = Peer::start(|_| {}).await;
+    let (alice, alice_token) = account(&a, "alice").await;
+    let (carol, carol_token) = account(&c, "carol").await;
+    let (status, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "private_chat", "initial_state": [
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+
+    // Joining straight away is refused; knocking (make_knock/send_knock through A) is not.
+    let (status, _) = call(
+        &c,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
+    assert_ne!(status, 200);
+    let (status, body) = call(
+        &c,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/knock/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({"reason": "let me in"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = a
+        .node
+        .state
+        .rooms
+        .current_state_event_id(&room_id, "m.room.member", &carol)
+        .await
+        .unwrap()
+        .unwrap();
+    let knock = a.node.state.rooms.get_pdu(&id).await.unwrap().unwrap();
+    assert!(
+        knock.content.get().contains("\"knock\""),
+        "{}",
+        knock.content.get()
+    );
+
+    // Alice lets Carol in: an invite (countersigned by C), then Carol's join.
+    let (status, body) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/invite", urlencode(&room)),
+        json!({"user_id": carol}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    await_invite(&c, &carol_token, &room).await;
+    let (status, body) = call(
+        &c,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/join", urlencode(&room)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut both = vec![alice, carol];
+    both.sort();
+    assert_eq!(joined(&a, &alice_token, &room).await, both);
+
+    a.stop().await;
+    c.stop().await;
+}

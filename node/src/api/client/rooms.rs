@@ -429,18 +429,39 @@ pub async fn knock_room_route(
     req: Ruma<knock_room::v3::Request>,
 ) -> Result<knock_room::v3::Response> {
     let user = req.user()?.clone();
+    let mut via: Vec<String> = req.body.via.iter().map(ToString::to_string).collect();
     let room_id = match OwnedRoomId::try_from(req.body.room_id_or_alias.as_str()) {
         Ok(room_id) => room_id,
         Err(_) => {
             let alias = ruma::OwnedRoomAliasId::try_from(req.body.room_id_or_alias.as_str())
                 .map_err(|e| ApiError::invalid_param(e.to_string()))?;
-            super::directory::resolve_alias(&state, &alias).await?
+            let (room_id, servers) =
+                super::directory::resolve_any_alias(&state, &alias, &user.territory).await?;
+            via.extend(servers);
+            room_id
         }
     };
     if state.rooms.current_state(&room_id).await?.is_none() {
-        return Err(ApiError::not_found(format!(
-            "Room {room_id} is not known to this server"
-        )));
+        // A room this node is not in: knock through the servers named (or the room ID's).
+        via.extend(room_id.server_name().map(|s| s.to_string()));
+        via.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+        let mut last = format!("Room {room_id} is not known to this server");
+        for server in &via {
+            match state
+                .inbound
+                .knock_remote(
+                    &user.territory.local_server(),
+                    &user.user_id,
+                    &room_id,
+                    server,
+                )
+                .await
+            {
+                Ok(_) => return Ok(knock_room::v3::Response::new(room_id).into()),
+                Err(err) => last = format!("could not knock through {server}: {err}"),
+            }
+        }
+        return Err(ApiError::not_found(last));
     }
     set_membership(
         &state,
