@@ -189,15 +189,47 @@ impl Inbound {
             )));
         }
         // 1. Every PDU checked on its own (format, ACL, signatures, hashes).
+        //    Signatures are checked on every core: each PDU stands on its own.
         let mut results = serde_json::Map::new();
-        let mut verified: Vec<(Pdu, RoomVersion)> = Vec::new();
+        let mut prepared = Vec::new();
         for value in &pdus {
             let (id, outcome) = self.check_pdu(origin, value).await;
             match outcome {
-                Ok(checked) => verified.push(checked),
+                Ok(checked) => prepared.push((id, checked)),
                 Err(err) => {
                     if let Some(id) = id {
                         results.insert(id.to_string(), json!({"error": err.to_string()}));
+                    }
+                }
+            }
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_task = prepared.len().div_ceil(cores).max(1);
+        let mut tasks = Vec::new();
+        while !prepared.is_empty() {
+            let part: Vec<_> = prepared.drain(..per_task.min(prepared.len())).collect();
+            let key_ring = self.key_ring.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::with_capacity(part.len());
+                for (id, (object, version, room_id)) in part {
+                    let outcome = verify_pdu(&key_ring, object, &version, Some(&room_id)).await;
+                    out.push((id, outcome.map(|pdu| (pdu, version))));
+                }
+                out
+            }));
+        }
+        let mut verified: Vec<(Pdu, RoomVersion)> = Vec::new();
+        for task in tasks {
+            let Ok(outcomes) = task.await else {
+                continue;
+            };
+            for (id, outcome) in outcomes {
+                match outcome {
+                    Ok(checked) => verified.push(checked),
+                    Err(err) => {
+                        if let Some(id) = id {
+                            results.insert(id.to_string(), json!({"error": err.to_string()}));
+                        }
                     }
                 }
             }
@@ -250,15 +282,16 @@ impl Inbound {
         Ok(answer)
     }
 
-    /// The checks of one PDU of a transaction: its event ID (when it could be computed) and the
-    /// verified event with its room's version.
+    /// The checks of one PDU of a transaction before its signatures: its event ID (when it can
+    /// be computed), and the canonical object with its room's version and ID.
+    #[allow(clippy::type_complexity)]
     async fn check_pdu(
         &self,
         origin: &ServerName,
         value: &Value,
     ) -> (
         Option<OwnedEventId>,
-        Result<(Pdu, RoomVersion), AppendError>,
+        Result<(CanonicalJsonObject, RoomVersion, OwnedRoomId), AppendError>,
     ) {
         let room_id = value
             .get("room_id")
@@ -296,11 +329,7 @@ impl Inbound {
         let claimed = ruma::signatures::reference_hash(&object, version.rules())
             .ok()
             .and_then(|hash| OwnedEventId::try_from(format!("${hash}")).ok());
-        let pdu = match verify_pdu(&self.key_ring, object, &version, Some(&room_id)).await {
-            Ok(pdu) => pdu,
-            Err(err) => return (claimed, Err(err.into())),
-        };
-        (Some(pdu.event_id.clone()), Ok((pdu, version)))
+        (claimed, Ok((object, version, room_id)))
     }
 
     /// `/get_missing_events` for the gap between our forward extremities and `pdu`; the events
