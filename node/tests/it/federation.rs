@@ -1158,3 +1158,145 @@ async fn a_user_of_another_node_knocks_and_is_let_in() {
     a.stop().await;
     c.stop().await;
 }
+
+/// `unitas run` as an operator starts it, named `127.0.0.1:<federation port>`, calling loopback
+/// peers with self-signed certificates; returns once it printed that it serves.
+async fn spawn_binary(dir: &std::path::Path, client: u16, federation: u16) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_unitas"))
+        .args([
+            "run",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{client}"),
+            "--federation-listen",
+            &format!("127.0.0.1:{federation}"),
+            "--server-name",
+            &format!("127.0.0.1:{federation}"),
+        ])
+        .env("UNITAS__REGISTRATION__ENABLED", "true")
+        .env("UNITAS__RATE_LIMITS__ENABLED", "false")
+        .env("UNITAS__FEDERATION__VERIFY_TLS", "false")
+        .env("UNITAS__FEDERATION__IP_RANGE_ALLOWLIST", "127.0.0.0/8")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It prints its client URL once it serves: read its output up to that line.
+    let mut child = child;
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let found = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|line| line.contains("Matrix client URL:"));
+        // Keep draining so the node never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        found
+    })
+    .await
+    .unwrap();
+    assert!(ready, "unitas run exited before serving");
+    child
+}
+
+/// A port the OS considers free now (the binary binds it itself).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_a_full_queue_delivers_everything_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_port, federation_port) = (free_port(), free_port());
+    let mut a = spawn_binary(dir.path(), client_port, federation_port).await;
+    let a_name = format!("127.0.0.1:{federation_port}");
+    let a_client = format!("http://127.0.0.1:{client_port}/_matrix/client/v3");
+    let b = Peer::start(|_| {}).await;
+    let (bob, bob_token) = account(&b, "bob").await;
+    let alice: Value = http()
+        .post(format!("{a_client}/register"))
+        .json(&json!({"username": "alice", "password": "correct horse", "auth": {"type": "m.login.dummy"}}))
+        .send().await.unwrap().json().await.unwrap();
+    let alice_token = alice["access_token"].as_str().unwrap().to_owned();
+    let created: Value = http()
+        .post(format!("{a_client}/createRoom"))
+        .bearer_auth(&alice_token)
+        .json(&json!({"preset": "public_chat"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let (status, reply) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a_name)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+
+    // B goes away; A queues 20 messages for it; A is killed with SIGKILL.
+    let Peer {
+        node,
+        config: b_config,
+        _dir: b_dir,
+    } = b;
+    node.shutdown().await;
+    for i in 0..20 {
+        let status = http()
+            .put(format!(
+                "{a_client}/rooms/{}/send/m.room.message/k{i}",
+                urlencode(&room)
+            ))
+            .bearer_auth(&alice_token)
+            .json(&json!({"msgtype": "m.text", "body": format!("queued {i}")}))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_success());
+    }
+    a.kill().unwrap();
+    a.wait().unwrap();
+
+    // Both come back; A's catch-up delivers the queue without anyone asking.
+    let b = Peer::resume(b_config, b_dir).await;
+    let mut a = spawn_binary(dir.path(), client_port, federation_port).await;
+    let mut since: Option<String> = None;
+    let mut seen;
+    loop {
+        seen = history(&b, &bob_token, &room).await;
+        if seen.len() >= 20 {
+            break;
+        }
+        let mut path = "/sync?timeout=5000".to_owned();
+        if let Some(since) = &since {
+            path.push_str(&format!("&since={}", urlencode(since)));
+        }
+        let (status, body) = call(&b, &bob_token, reqwest::Method::GET, &path, Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+    let mut bodies: Vec<&str> = seen.iter().map(|(_, body)| body.as_str()).collect();
+    assert_eq!(bodies.len(), 20, "{bodies:?}");
+    bodies.sort();
+    bodies.dedup();
+    assert_eq!(bodies.len(), 20, "duplicates");
+    let _ = bob;
+
+    a.kill().unwrap();
+    a.wait().unwrap();
+    b.stop().await;
+}
