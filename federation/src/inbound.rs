@@ -504,20 +504,18 @@ impl Inbound {
             .await?;
         let version_id = version.id().as_str().to_owned();
         let verify_all = async |name: &str| -> Result<Vec<Pdu>, String> {
-            let mut out = Vec::new();
+            let mut objects = Vec::new();
             for value in answer
                 .get(name)
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
             {
-                let object = canonical_object(value).map_err(|e| e.to_string())?;
-                let pdu = verify_pdu(&self.key_ring, object, &version, Some(room_id))
-                    .await
-                    .map_err(|e| format!("{name}: {e}"))?;
-                out.push(pdu);
+                objects.push(canonical_object(value).map_err(|e| e.to_string())?);
             }
-            Ok(out)
+            self.verify_many(objects, &version, room_id)
+                .await
+                .map_err(|e| format!("{name}: {e}"))
         };
         let state = verify_all("state").await?;
         let auth_chain = verify_all("auth_chain").await?;
@@ -779,6 +777,42 @@ impl Inbound {
             .await
             .map_err(|e| format!("send_{membership}: {e}"))?;
         Ok((version, event, answer))
+    }
+}
+
+impl Inbound {
+    /// Verifies events on every core (each stands on its own), keeping their order; the first
+    /// failure fails all.
+    pub async fn verify_many(
+        &self,
+        objects: Vec<CanonicalJsonObject>,
+        version: &RoomVersion,
+        room_id: &RoomId,
+    ) -> Result<Vec<Pdu>, EventError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_task = objects.len().div_ceil(cores).max(1);
+        let mut objects = objects;
+        let mut tasks = Vec::new();
+        while !objects.is_empty() {
+            let part: Vec<_> = objects.drain(..per_task.min(objects.len())).collect();
+            let (key_ring, version, room_id) =
+                (self.key_ring.clone(), version.clone(), room_id.to_owned());
+            tasks.push(tokio::spawn(async move {
+                let mut out = Vec::with_capacity(part.len());
+                for object in part {
+                    out.push(verify_pdu(&key_ring, object, &version, Some(&room_id)).await?);
+                }
+                Ok::<_, EventError>(out)
+            }));
+        }
+        let mut all = Vec::new();
+        for task in tasks {
+            let part = task
+                .await
+                .map_err(|e| EventError::Format(format!("verification task: {e}")))??;
+            all.extend(part);
+        }
+        Ok(all)
     }
 }
 
