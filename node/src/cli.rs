@@ -218,6 +218,7 @@ fn run(settings: &Settings) -> Result<(), String> {
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     runtime.block_on(async move {
         let node = Node::start(loaded.config).await.map_err(|e| describe(&e))?;
+        let signalled = wait_for_signal();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "Unitas {} is running.", env!("CARGO_PKG_VERSION"));
         let _ = writeln!(out, "  Matrix client URL:  {}", node.client_url());
@@ -236,7 +237,7 @@ fn run(settings: &Settings) -> Result<(), String> {
         let _ = writeln!(out, "  Database: {}", node.state.store.display_url());
         let _ = out.flush();
         drop(out);
-        wait_for_signal().await;
+        signalled.await;
         tracing::info!("shutting down: finishing in-flight requests");
         node.shutdown().await;
         tracing::info!("stopped");
@@ -244,26 +245,37 @@ fn run(settings: &Settings) -> Result<(), String> {
     })
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-async fn wait_for_signal() {
+/// Starts listening for SIGINT (Ctrl-C) and SIGTERM at once (before the node says it runs: a
+/// signal sent right after must not find the default handler, which kills without a clean
+/// shutdown); the returned future resolves when one arrives.
+fn wait_for_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            match (term, int) {
+                (Some(mut term), Some(mut int)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Some(mut one), None) | (None, Some(mut one)) => {
+                    one.recv().await;
+                }
+                (None, None) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
