@@ -232,6 +232,38 @@ async fn our_membership(node: &Node, room: &str, user: &str) -> Option<String> {
     content["membership"].as_str().map(str::to_owned)
 }
 
+/// Waits, through `/sync` long-polls, until a state event of the room has `field` = `value`.
+async fn await_state(base: &str, token: &str, room: &str, kind: &str, field: &str, value: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut since: Option<String> = None;
+    loop {
+        let (status, content) = request(
+            reqwest::Method::GET,
+            format!("{base}/rooms/{}/state/{kind}/", enc(room)),
+            Some(token),
+            Value::Null,
+        )
+        .await;
+        if status == 200 && content[field] == value {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kind} never became {value}: {content}"
+        );
+        let mut url = format!(
+            "{base}/sync?timeout=5000&filter={}",
+            enc(r#"{"room":{"timeline":{"limit":1}}}"#)
+        );
+        if let Some(since) = &since {
+            url.push_str(&format!("&since={}", enc(since)));
+        }
+        let (status, body) = request(reqwest::Method::GET, url, Some(token), Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        since = body["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
 async fn joined(base: &str, token: &str, room: &str) -> Vec<String> {
     let (status, body) = request(
         reqwest::Method::GET,
@@ -338,6 +370,26 @@ async fn rooms_are_shared_with_synapse_both_ways() {
     );
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
 
+    // A state change made here reaches Synapse.
+    let (status, body) = request(
+        reqwest::Method::PUT,
+        format!("{ours}/rooms/{}/state/m.room.name/", enc(&room)),
+        Some(&alice_token),
+        json!({"name": "Renamed on Unitas"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    node.state.sender.flush_once().await.unwrap();
+    await_state(
+        &theirs,
+        &sam_token,
+        &room,
+        "m.room.name",
+        "name",
+        "Renamed on Unitas",
+    )
+    .await;
+
     // Our room admin kicks the Synapse user: Synapse sees its user leave.
     let (status, body) = request(
         reqwest::Method::POST,
@@ -409,6 +461,25 @@ async fn rooms_are_shared_with_synapse_both_ways() {
         synapse.complaints()
     );
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
+
+    // A state change made on Synapse reaches us.
+    let (status, body) = request(
+        reqwest::Method::PUT,
+        format!("{theirs}/rooms/{}/state/m.room.topic/", enc(&room)),
+        Some(&sam_token),
+        json!({"topic": "Set on Synapse"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    await_state(
+        &ours,
+        &alice_token,
+        &room,
+        "m.room.topic",
+        "topic",
+        "Set on Synapse",
+    )
+    .await;
 
     // Synapse's room admin bans our user: the ban reaches us.
     let (status, body) = request(
