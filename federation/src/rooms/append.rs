@@ -634,11 +634,11 @@ impl Rooms {
         };
         let room_id =
             RoomId::parse(&row.room_id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let version = match self.inner.store.get_room(room_id.as_str()).await? {
-            Some(room) => RoomVersion::parse(&room.room_version),
-            None => None,
-        }
-        .ok_or_else(|| AppendError::UnknownRoom(room_id.clone()))?;
+        // The version from the room in memory: one query per event, not two.
+        let version = self
+            .room_version(&room_id)
+            .await?
+            .ok_or_else(|| AppendError::UnknownRoom(room_id.clone()))?;
         Ok(Some(Arc::new(Pdu::from_json(&row.json, &version, None)?)))
     }
 
