@@ -860,33 +860,8 @@ impl Rooms {
             user.as_str(),
             json!({"membership": membership}),
         );
-        let raw = serde_json::value::to_raw_value(&template.content)
-            .map_err(|e| EventError::Format(e.to_string()))?;
-        let auth_events = auth::auth_event_ids(
-            &entry.version,
-            "m.room.member",
-            user,
-            Some(user.as_str()),
-            &raw,
-            &entry.state,
-        )?;
-        let mut prev_events = entry.extremities.clone();
-        prev_events.sort();
-        prev_events.truncate(MAX_PREV_EVENTS_LOCAL);
-        let object = super::build::unsigned_event(
-            &entry.version,
-            &template,
-            &Placement {
-                room_id: Some(room_id),
-                sender: user,
-                prev_events,
-                auth_events,
-                depth: entry.max_depth.saturating_add(1),
-                origin_server_ts: now_ts(),
-                origin: signer.server_name,
-                key: signer.key,
-            },
-        )?;
+        let placement = placement_on(entry, room_id, user, &template, signer)?;
+        let object = super::build::unsigned_event(&entry.version, &template, &placement)?;
         Ok((entry.version.clone(), object))
     }
 
@@ -1660,6 +1635,20 @@ fn build_on(
     template: &EventTemplate,
     signer: Signer<'_>,
 ) -> Result<Pdu, AppendError> {
+    let placement = placement_on(entry, room_id, sender, template, signer)?;
+    Ok(build_pdu(&entry.version, template, placement)?)
+}
+
+/// Where an event of `sender` goes on the room's current state: prev_events are the forward
+/// extremities, auth_events are chosen from the current state, depth one more than the
+/// deepest.
+fn placement_on<'a>(
+    entry: &RoomEntry,
+    room_id: &'a RoomId,
+    sender: &'a UserId,
+    template: &EventTemplate,
+    signer: Signer<'a>,
+) -> Result<Placement<'a>, AppendError> {
     let mut content = template.content.clone();
     if let (Some(redacts), true) = (
         &template.redacts,
@@ -1680,21 +1669,16 @@ fn build_on(
     let mut prev_events = entry.extremities.clone();
     prev_events.sort();
     prev_events.truncate(MAX_PREV_EVENTS_LOCAL);
-    let pdu = build_pdu(
-        &entry.version,
-        template,
-        Placement {
-            room_id: Some(room_id),
-            sender,
-            prev_events,
-            auth_events,
-            depth: entry.max_depth.saturating_add(1),
-            origin_server_ts: now_ts(),
-            origin: signer.server_name,
-            key: signer.key,
-        },
-    )?;
-    Ok(pdu)
+    Ok(Placement {
+        room_id: Some(room_id),
+        sender,
+        prev_events,
+        auth_events,
+        depth: entry.max_depth.saturating_add(1),
+        origin_server_ts: now_ts(),
+        origin: signer.server_name,
+        key: signer.key,
+    })
 }
 
 /// Who built the event being appended.
