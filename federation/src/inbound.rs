@@ -203,33 +203,16 @@ impl Inbound {
                 }
             }
         }
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_task = prepared.len().div_ceil(cores).max(1);
-        let mut tasks = Vec::new();
-        while !prepared.is_empty() {
-            let part: Vec<_> = prepared.drain(..per_task.min(prepared.len())).collect();
-            let key_ring = self.key_ring.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut out = Vec::with_capacity(part.len());
-                for (id, (object, version, room_id)) in part {
-                    let outcome = verify_pdu(&key_ring, object, &version, Some(&room_id)).await;
-                    out.push((id, outcome.map(|pdu| (pdu, version))));
-                }
-                out
-            }));
-        }
+        let (ids, items): (Vec<_>, Vec<_>) = prepared.into_iter().unzip();
+        let versions: Vec<RoomVersion> = items.iter().map(|(_, v, _)| v.clone()).collect();
+        let outcomes = self.verify_each(items).await;
         let mut verified: Vec<(Pdu, RoomVersion)> = Vec::new();
-        for task in tasks {
-            let Ok(outcomes) = task.await else {
-                continue;
-            };
-            for (id, outcome) in outcomes {
-                match outcome {
-                    Ok(checked) => verified.push(checked),
-                    Err(err) => {
-                        if let Some(id) = id {
-                            results.insert(id.to_string(), json!({"error": err.to_string()}));
-                        }
+        for ((id, version), outcome) in ids.into_iter().zip(versions).zip(outcomes) {
+            match outcome {
+                Ok(pdu) => verified.push((pdu, version)),
+                Err(err) => {
+                    if let Some(id) = id {
+                        results.insert(id.to_string(), json!({"error": err.to_string()}));
                     }
                 }
             }
@@ -789,30 +772,45 @@ impl Inbound {
         version: &RoomVersion,
         room_id: &RoomId,
     ) -> Result<Vec<Pdu>, EventError> {
+        let items = objects
+            .into_iter()
+            .map(|o| (o, version.clone(), room_id.to_owned()))
+            .collect();
+        self.verify_each(items).await.into_iter().collect()
+    }
+
+    /// Verifies events on every core (each stands on its own): one outcome per event, in order.
+    async fn verify_each(
+        &self,
+        items: Vec<(CanonicalJsonObject, RoomVersion, OwnedRoomId)>,
+    ) -> Vec<Result<Pdu, EventError>> {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_task = objects.len().div_ceil(cores).max(1);
-        let mut objects = objects;
+        let per_task = items.len().div_ceil(cores).max(1);
+        let mut items = items;
         let mut tasks = Vec::new();
-        while !objects.is_empty() {
-            let part: Vec<_> = objects.drain(..per_task.min(objects.len())).collect();
-            let (key_ring, version, room_id) =
-                (self.key_ring.clone(), version.clone(), room_id.to_owned());
-            tasks.push(tokio::spawn(async move {
+        while !items.is_empty() {
+            let part: Vec<_> = items.drain(..per_task.min(items.len())).collect();
+            let count = part.len();
+            let key_ring = self.key_ring.clone();
+            let task = tokio::spawn(async move {
                 let mut out = Vec::with_capacity(part.len());
-                for object in part {
-                    out.push(verify_pdu(&key_ring, object, &version, Some(&room_id)).await?);
+                for (object, version, room_id) in part {
+                    out.push(verify_pdu(&key_ring, object, &version, Some(&room_id)).await);
                 }
-                Ok::<_, EventError>(out)
-            }));
+                out
+            });
+            tasks.push((count, task));
         }
         let mut all = Vec::new();
-        for task in tasks {
-            let part = task
-                .await
-                .map_err(|e| EventError::Format(format!("verification task: {e}")))??;
-            all.extend(part);
+        for (count, task) in tasks {
+            match task.await {
+                Ok(part) => all.extend(part),
+                Err(e) => all.extend(
+                    (0..count).map(|_| Err(EventError::Format(format!("verification task: {e}")))),
+                ),
+            }
         }
-        Ok(all)
+        all
     }
 }
 
