@@ -209,19 +209,8 @@ impl FederationClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value, FederationError> {
-        let bytes = body
-            .map(serde_json::to_vec)
-            .transpose()
-            .map_err(|e| FederationError::Sign(e.to_string()))?;
-        let authorization = sign_request(
-            key,
-            origin,
-            destination,
-            &method,
-            path_and_query,
-            bytes.as_deref(),
-        )
-        .map_err(|e| FederationError::Sign(e.to_string()))?;
+        let authorization =
+            Self::authorize(key, origin, destination, &method, path_and_query, body)?;
         self.send(
             destination.as_str(),
             method,
@@ -232,6 +221,99 @@ impl FederationClient {
         .await
     }
 
+    /// A `GET` whose answer is not JSON (media), signed by `signer` (origin and key) when one
+    /// is given: the successful response with its headers and at most `limit` bytes of body.
+    /// Error statuses become [`FederationError::Status`] as for [`FederationClient::request`].
+    pub async fn get_bytes(
+        &self,
+        signer: Option<(&ServerName, &SigningKey)>,
+        destination: &ServerName,
+        path_and_query: &str,
+        limit: usize,
+    ) -> Result<http::Response<Vec<u8>>, FederationError> {
+        let method = http::Method::GET;
+        let authorization = signer
+            .map(|(origin, key)| {
+                Self::authorize(key, origin, destination, &method, path_and_query, None)
+            })
+            .transpose()?;
+        let (status, headers, bytes) = self
+            .exchange(
+                destination.as_str(),
+                method,
+                path_and_query,
+                None,
+                authorization,
+                limit,
+            )
+            .await?;
+        into_response(destination.as_str(), status, headers, bytes)
+    }
+
+    /// An unsigned `GET` of an `https` URL a peer pointed us to (a media `Location`), under the
+    /// same address filter, redirect policy and size limit as every other request.
+    pub async fn get_url(
+        &self,
+        url: &str,
+        limit: usize,
+    ) -> Result<http::Response<Vec<u8>>, FederationError> {
+        let bad = |reason: &str| FederationError::BadResponse {
+            destination: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|_| bad("not a URL"))?;
+        if parsed.scheme() != "https" {
+            return Err(bad("only https locations are followed"));
+        }
+        // Host names go through the filtering resolver; literals are checked here.
+        let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
+        if let Some(ip) = literal.filter(|ip| !self.discovery.filter().allows(*ip)) {
+            return Err(FederationError::Discovery(DiscoveryError::Denied(ip)));
+        }
+        let transport = |reason: String| FederationError::Transport {
+            destination: url.to_owned(),
+            reason,
+        };
+        let response = self
+            .http
+            .get(parsed)
+            .send()
+            .await
+            .map_err(|e| transport(error_chain(&e)))?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = read_limited(response, limit).await.map_err(transport)?;
+        into_response(url, status, headers, bytes)
+    }
+
+    fn authorize(
+        key: &SigningKey,
+        origin: &ServerName,
+        destination: &ServerName,
+        method: &http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<String, FederationError> {
+        let bytes = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| FederationError::Sign(e.to_string()))?;
+        sign_request(
+            key,
+            origin,
+            destination,
+            method,
+            path_and_query,
+            bytes.as_deref(),
+        )
+        .map_err(|e| FederationError::Sign(e.to_string()))
+    }
+
     async fn send(
         &self,
         destination: &str,
@@ -240,6 +322,35 @@ impl FederationClient {
         body: Option<&Value>,
         authorization: Option<String>,
     ) -> Result<Value, FederationError> {
+        let (status, _, bytes) = self
+            .exchange(
+                destination,
+                method,
+                path_and_query,
+                body,
+                authorization,
+                MAX_RESPONSE_BYTES,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(status_error(destination, status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|_| FederationError::BadResponse {
+            destination: destination.to_owned(),
+            reason: "the body is not JSON".into(),
+        })
+    }
+
+    /// One HTTP exchange with `destination`: status, headers and up to `limit` bytes of body.
+    async fn exchange(
+        &self,
+        destination: &str,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+        authorization: Option<String>,
+        limit: usize,
+    ) -> Result<(http::StatusCode, http::HeaderMap, Vec<u8>), FederationError> {
         let target = self.target(destination).await?;
         let transport = |reason: String| FederationError::Transport {
             destination: destination.to_owned(),
@@ -261,28 +372,41 @@ impl FederationClient {
             .await
             .map_err(|e| transport(error_chain(&e)))?;
         let status = response.status();
-        let bytes = read_limited(response, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(transport)?;
-        let value: Option<Value> = serde_json::from_slice(&bytes).ok();
-        if !status.is_success() {
-            let field = |name: &str| {
-                value
-                    .as_ref()
-                    .and_then(|v| v.get(name)?.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            };
-            return Err(FederationError::Status {
-                destination: destination.to_owned(),
-                status: status.as_u16(),
-                errcode: field("errcode"),
-                error: field("error"),
-            });
-        }
-        value.ok_or_else(|| FederationError::BadResponse {
-            destination: destination.to_owned(),
-            reason: "the body is not JSON".into(),
-        })
+        let headers = response.headers().clone();
+        let bytes = read_limited(response, limit).await.map_err(transport)?;
+        Ok((status, headers, bytes))
+    }
+}
+
+fn into_response(
+    destination: &str,
+    status: http::StatusCode,
+    headers: http::HeaderMap,
+    bytes: Vec<u8>,
+) -> Result<http::Response<Vec<u8>>, FederationError> {
+    if !status.is_success() {
+        return Err(status_error(destination, status, &bytes));
+    }
+    let mut response = http::Response::new(bytes);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    Ok(response)
+}
+
+/// The error for a non-success answer, with the Matrix errcode and message when the body has them.
+fn status_error(destination: &str, status: http::StatusCode, bytes: &[u8]) -> FederationError {
+    let value: Option<Value> = serde_json::from_slice(bytes).ok();
+    let field = |name: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.get(name)?.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    FederationError::Status {
+        destination: destination.to_owned(),
+        status: status.as_u16(),
+        errcode: field("errcode"),
+        error: field("error"),
     }
 }
 

@@ -31,6 +31,7 @@ pub use repos::{
 };
 pub use repos::{
     ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,
+    RemoteMediaRow,
 };
 pub use repos::{
     EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RemoteInvite,

@@ -51,6 +51,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "remote_invites",
         include_str!("../migrations/sqlite/0008_remote_invites.sql"),
     ),
+    (
+        9,
+        "remote_media",
+        include_str!("../migrations/sqlite/0009_remote_media.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -93,6 +98,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         8,
         "remote_invites",
         include_str!("../migrations/postgres/0008_remote_invites.sql"),
+    ),
+    (
+        9,
+        "remote_media",
+        include_str!("../migrations/postgres/0009_remote_media.sql"),
     ),
 ];
 

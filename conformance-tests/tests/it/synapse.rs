@@ -590,5 +590,59 @@ async fn invites_cross_to_synapse_and_back() {
     assert_eq!(status, 200, "{body}\n{}", synapse.complaints());
     assert_eq!(joined(&theirs, &sam_token, &room).await, both);
 
+    // Media both ways: each user downloads the other server's upload through their own server
+    // (authenticated media over federation, multipart answers).
+    let ours_root = format!("http://{}", node.client_addr);
+    let theirs_root = format!("https://{}", synapse.name());
+    let our_file = b"a file uploaded to Unitas".to_vec();
+    let their_file = b"a file uploaded to Synapse".to_vec();
+    let our_uri = upload(&ours_root, &alice_token, "ours.txt", our_file.clone()).await;
+    let their_uri = upload(&theirs_root, &sam_token, "theirs.txt", their_file.clone()).await;
+    let (status, body) = download(&theirs_root, &sam_token, &our_uri).await;
+    assert_eq!(
+        (status, body == our_file),
+        (200, true),
+        "{}\n{}",
+        String::from_utf8_lossy(&body),
+        synapse.complaints()
+    );
+    let (status, body) = download(&ours_root, &alice_token, &their_uri).await;
+    assert_eq!(
+        (status, body == their_file),
+        (200, true),
+        "{}\n{}",
+        String::from_utf8_lossy(&body),
+        synapse.complaints()
+    );
+
     node.shutdown().await;
+}
+
+/// Uploads `bytes` as `name` (text/plain) to a server's media API: the `mxc://` URI.
+async fn upload(root: &str, token: &str, name: &str, bytes: Vec<u8>) -> String {
+    let response = http()
+        .post(format!("{root}/_matrix/media/v3/upload?filename={name}"))
+        .bearer_auth(token)
+        .header("content-type", "text/plain")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let reply: Value = response.json().await.unwrap();
+    reply["content_uri"].as_str().unwrap().to_owned()
+}
+
+/// Downloads an `mxc://` URI through a server's authenticated media API: status and body.
+async fn download(root: &str, token: &str, uri: &str) -> (u16, Vec<u8>) {
+    let response = http()
+        .get(format!(
+            "{root}/_matrix/client/v1/media/download/{}",
+            uri.trim_start_matches("mxc://")
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.bytes().await.unwrap().to_vec())
 }

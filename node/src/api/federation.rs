@@ -6,12 +6,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use ruma::api::federation::authenticated_media as fed_media;
 use ruma::{CanonicalJsonObject, ServerName};
 use serde_json::{Value, json};
 use unitas_federation::server_keys::{OldVerifyKey, server_keys_document};
 use unitas_storage::{Accounts, ClientData, SigningKeys};
 
 use super::peer::Peer;
+use super::ruma::RumaResponse;
 use super::{ApiError, Territory};
 use crate::state::{AppState, HostedTerritory};
 
@@ -200,5 +202,55 @@ pub async fn get_server_keys_by_id_route(
 pub async fn get_server_version_route() -> Json<Value> {
     Json(
         json!({"server": {"name": unitas_spec::SOFTWARE_NAME, "version": env!("CARGO_PKG_VERSION")}}),
+    )
+}
+
+/// `GET /_matrix/federation/v1/media/download/{mediaId}`: one of the addressed territory's
+/// uploads, as `multipart/mixed` (metadata, then the file). Files fetched from other servers
+/// are never served on: each server serves its own.
+pub async fn media_download_route(
+    State(state): State<AppState>,
+    Path(media_id): Path<String>,
+    peer: Peer,
+) -> Result<RumaResponse<fed_media::get_content::v1::Response>, ApiError> {
+    let media = crate::media::local(&state, &peer.territory, &media_id).await?;
+    tracing::debug!(origin = %peer.origin, media_id, "media download");
+    Ok(media_answer(media).into())
+}
+
+/// Size and method of a federation thumbnail request.
+#[derive(Debug, serde::Deserialize)]
+pub struct ThumbnailQuery {
+    width: u64,
+    height: u64,
+    method: Option<String>,
+}
+
+/// `GET /_matrix/federation/v1/media/thumbnail/{mediaId}`: a thumbnail of one of our uploads.
+pub async fn media_thumbnail_route(
+    State(state): State<AppState>,
+    Path(media_id): Path<String>,
+    Query(query): Query<ThumbnailQuery>,
+    peer: Peer,
+) -> Result<RumaResponse<fed_media::get_content_thumbnail::v1::Response>, ApiError> {
+    let media = crate::media::local(&state, &peer.territory, &media_id).await?;
+    let side = |v: u64| crate::media::dimension(ruma::UInt::new_saturating(v));
+    let crop = query.method.as_deref() == Some("crop");
+    let media = crate::media::thumbnail(media, side(query.width), side(query.height), crop).await;
+    let fed_media::get_content::v1::Response {
+        metadata, content, ..
+    } = media_answer(media);
+    Ok(fed_media::get_content_thumbnail::v1::Response::new(metadata, content).into())
+}
+
+fn media_answer(media: crate::media::MediaFile) -> fed_media::get_content::v1::Response {
+    let disposition = media.disposition(None);
+    fed_media::get_content::v1::Response::new(
+        fed_media::ContentMetadata::new(),
+        fed_media::FileOrLocation::File(fed_media::Content::new(
+            media.file,
+            media.content_type,
+            disposition,
+        )),
     )
 }

@@ -301,6 +301,14 @@ pub fn federation_router(state: AppState) -> Router {
             get(federation_rooms::public_rooms_route).post(federation_rooms::public_rooms_route),
         )
         .route(
+            "/_matrix/federation/v1/media/download/{media_id}",
+            get(federation::media_download_route),
+        )
+        .route(
+            "/_matrix/federation/v1/media/thumbnail/{media_id}",
+            get(federation::media_thumbnail_route),
+        )
+        .route(
             "/_matrix/federation/v1/version",
             get(federation::get_server_version_route),
         );

@@ -5,7 +5,7 @@ use ruma::ServerName;
 use serde_json::{Value, json};
 use unitas::{Config, Node};
 use unitas_federation::SigningKey;
-use unitas_storage::RemoteServerKeys;
+use unitas_storage::{ClientExtras, RemoteServerKeys};
 
 use crate::support::{http, test_config};
 
@@ -1298,5 +1298,202 @@ async fn a_node_killed_with_a_full_queue_delivers_everything_once_after_restart(
 
     a.kill().unwrap();
     a.wait().unwrap();
+    b.stop().await;
+}
+
+/// A `width` x `height` PNG.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_pixel(width, height, image::Rgb([200, 30, 90]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+/// `GET` of a media path (`/_matrix/...`) on `peer`'s client listener: status, headers, body.
+async fn media_get(
+    peer: &Peer,
+    token: Option<&str>,
+    path: &str,
+) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut request = http().get(format!("http://{}{path}", peer.node.client_addr));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.bytes().await.unwrap().to_vec())
+}
+
+async fn upload(peer: &Peer, token: &str, name: &str, kind: &str, bytes: Vec<u8>) -> String {
+    let reply: Value = http()
+        .post(format!(
+            "http://{}/_matrix/media/v3/upload?filename={name}",
+            peer.node.client_addr
+        ))
+        .bearer_auth(token)
+        .header("content-type", kind)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reply["content_uri"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn media_of_another_node_is_fetched_over_federation_once() {
+    let a = Peer::start(|_| {}).await;
+    // B takes files up to 10 KiB.
+    let b = Peer::start(|c| c.media.max_upload_bytes = 10 * 1024).await;
+    let (_, alice_token) = account(&a, "alice").await;
+    let (_, bob_token) = account(&b, "bob").await;
+    let picture = png(64, 48);
+    let picture_uri = upload(&a, &alice_token, "dot.png", "image/png", picture.clone()).await;
+    let text_uri = upload(
+        &a,
+        &alice_token,
+        "notes.txt",
+        "text/plain",
+        b"hello from A".to_vec(),
+    )
+    .await;
+    let big_uri = upload(
+        &a,
+        &alice_token,
+        "big.bin",
+        "application/octet-stream",
+        vec![7; 20 * 1024],
+    )
+    .await;
+    let path = |uri: &str| uri.trim_start_matches("mxc://").to_owned();
+
+    // Not fetched yet: the unauthenticated legacy path never makes B fetch.
+    let (status, _, _) = media_get(
+        &b,
+        None,
+        &format!("/_matrix/media/v3/download/{}", path(&picture_uri)),
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // Bob downloads Alice's picture through B: same bytes, type and name.
+    let (status, headers, body) = media_get(
+        &b,
+        Some(&bob_token),
+        &format!("/_matrix/client/v1/media/download/{}", path(&picture_uri)),
+    )
+    .await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, picture);
+    assert_eq!(headers["content-type"], "image/png");
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with("inline") && disposition.contains("dot.png"),
+        "{disposition}"
+    );
+
+    // A text file is an attachment; a name in the path overrides the stored one.
+    let (status, headers, body) = media_get(
+        &b,
+        Some(&bob_token),
+        &format!(
+            "/_matrix/client/v1/media/download/{}/renamed.txt",
+            path(&text_uri)
+        ),
+    )
+    .await;
+    assert_eq!((status, body.as_slice()), (200, b"hello from A".as_slice()));
+    let disposition = headers["content-disposition"].to_str().unwrap();
+    assert!(
+        disposition.starts_with("attachment") && disposition.contains("renamed.txt"),
+        "{disposition}"
+    );
+
+    // A thumbnail of the remote picture, scaled on B.
+    let (status, headers, body) = media_get(
+        &b,
+        Some(&bob_token),
+        &format!(
+            "/_matrix/client/v1/media/thumbnail/{}?width=16&height=16&method=scale",
+            path(&picture_uri)
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "image/png");
+    let thumb = image::load_from_memory(&body).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (16, 12));
+
+    // Over B's limit: 502 M_TOO_LARGE, and nothing kept.
+    for _ in 0..2 {
+        let (status, _, body) = media_get(
+            &b,
+            Some(&bob_token),
+            &format!("/_matrix/client/v1/media/download/{}", path(&big_uri)),
+        )
+        .await;
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            (status, error["errcode"].as_str()),
+            (502, Some("M_TOO_LARGE")),
+            "{error}"
+        );
+    }
+    let origin = ServerName::parse(a.name()).unwrap();
+    let big_id = big_uri.rsplit('/').next().unwrap();
+    assert!(
+        b.node
+            .state
+            .store
+            .get_remote_media(origin.as_str(), big_id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Unknown media on A: 404 on B too.
+    let (status, _, body) = media_get(
+        &b,
+        Some(&bob_token),
+        &format!("/_matrix/client/v1/media/download/{}/nosuchmedia", a.name()),
+    )
+    .await;
+    let error: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (status, error["errcode"].as_str()),
+        (404, Some("M_NOT_FOUND"))
+    );
+
+    // A peer must sign: an unsigned federation download is refused.
+    let picture_id = picture_uri.rsplit('/').next().unwrap();
+    let unsigned = http()
+        .get(format!(
+            "https://{}/_matrix/federation/v1/media/download/{picture_id}",
+            a.name()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status().as_u16(), 401);
+
+    // A is gone: B still has the picture, for both its paths.
+    a.stop().await;
+    let (status, _, body) = media_get(
+        &b,
+        Some(&bob_token),
+        &format!("/_matrix/client/v1/media/download/{}", path(&picture_uri)),
+    )
+    .await;
+    assert_eq!((status, body == picture), (200, true));
+    let (status, _, body) = media_get(
+        &b,
+        None,
+        &format!("/_matrix/media/v3/download/{}", path(&picture_uri)),
+    )
+    .await;
+    assert_eq!((status, body == picture), (200, true));
     b.stop().await;
 }

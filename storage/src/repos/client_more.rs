@@ -22,6 +22,23 @@ pub struct MediaRow {
     pub created_ts: i64,
 }
 
+/// A file of another server kept for our users (the bytes are on disk).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RemoteMediaRow {
+    /// The server in the `mxc://` URI.
+    pub origin: String,
+    /// Media ID.
+    pub media_id: String,
+    /// Content type the origin gave.
+    pub content_type: Option<String>,
+    /// File name from the origin's `Content-Disposition`.
+    pub filename: Option<String>,
+    /// Size in bytes.
+    pub size: i64,
+    /// When it was fetched.
+    pub fetched_ts: i64,
+}
+
 /// A receipt to store.
 #[derive(Debug, Clone)]
 pub struct NewReceipt<'a> {
@@ -102,6 +119,14 @@ pub trait ClientExtras {
     fn create_media(&self, media: &MediaRow) -> impl Future<Output = Result<()>> + Send;
     /// An upload's metadata.
     fn get_media(&self, media_id: &str) -> impl Future<Output = Result<Option<MediaRow>>> + Send;
+    /// Records a fetched remote file; a second record of the same file keeps the first.
+    fn put_remote_media(&self, media: &RemoteMediaRow) -> impl Future<Output = Result<()>> + Send;
+    /// A remote file fetched before.
+    fn get_remote_media(
+        &self,
+        origin: &str,
+        media_id: &str,
+    ) -> impl Future<Output = Result<Option<RemoteMediaRow>>> + Send;
     /// Creates an alias; [`StorageError::Conflict`] when taken.
     fn create_alias(
         &self,
@@ -271,6 +296,33 @@ impl ClientExtras for Store {
                  FROM media WHERE media_id = $1",
             )
             .bind(media_id).fetch_optional(pool).await
+        })?)
+    }
+
+    async fn put_remote_media(&self, m: &RemoteMediaRow) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO remote_media (origin, media_id, content_type, filename, size, fetched_ts)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (origin, media_id) DO NOTHING",
+            )
+            .bind(&m.origin).bind(&m.media_id).bind(&m.content_type).bind(&m.filename)
+            .bind(m.size).bind(m.fetched_ts)
+            .execute(pool).await.map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn get_remote_media(
+        &self,
+        origin: &str,
+        media_id: &str,
+    ) -> Result<Option<RemoteMediaRow>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT origin, media_id, content_type, filename, size, fetched_ts
+                 FROM remote_media WHERE origin = $1 AND media_id = $2",
+            )
+            .bind(origin).bind(media_id).fetch_optional(pool).await
         })?)
     }
 

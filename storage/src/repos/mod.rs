@@ -14,7 +14,7 @@ mod territories;
 
 pub use accounts::{Account, Accounts, NewAccount};
 pub use client::{ClientData, ProfileField, ProfileRow};
-pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow};
+pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow, RemoteMediaRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};

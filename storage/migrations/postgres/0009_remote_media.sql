@@ -1,0 +1,11 @@
+-- Files of other servers fetched over federation for our users (the bytes are on disk under
+-- <data_dir>/remote_media/<origin>/). One row per (origin, media ID); written after the file.
+CREATE TABLE remote_media (
+    origin       TEXT NOT NULL,
+    media_id     TEXT NOT NULL,
+    content_type TEXT,
+    filename     TEXT,
+    size         BIGINT NOT NULL,
+    fetched_ts   BIGINT NOT NULL,
+    PRIMARY KEY (origin, media_id)
+);
