@@ -77,6 +77,16 @@ def main():
     call("PUT", f"{c}/devices/{{deviceId}}", {"deviceId": alice["device_id"]}, body={"display_name": "laptop"}, token=a)
     call("PUT", f"{c}/profile/{{userId}}/{{keyName}}", {"userId": ua, "keyName": "displayname"}, body={"displayname": "Alice"}, token=a)
     call("GET", f"{c}/profile/{{userId}}", {"userId": ua}, token=a)
+    dev = alice["device_id"]
+    sig = {ua: {f"ed25519:{dev}": "c2ln"}}
+    call("POST", f"{c}/keys/upload", body={
+        "device_keys": {"user_id": ua, "device_id": dev, "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+                        "keys": {f"curve25519:{dev}": "Y3Vy", f"ed25519:{dev}": "ZWQ"}, "signatures": sig},
+        "one_time_keys": {"signed_curve25519:AAAAAQ": {"key": "b3Rr", "signatures": sig}},
+        "fallback_keys": {"signed_curve25519:AAAAAg": {"key": "ZmI", "fallback": True, "signatures": sig}}}, token=a)
+    call("POST", f"{c}/keys/query", body={"device_keys": {ua: []}}, token=b)
+    call("POST", f"{c}/keys/claim", body={"one_time_keys": {ua: {dev: "signed_curve25519"}}}, token=b)
+    call("POST", f"{c}/keys/upload", body={"device_keys": {"user_id": ua, "device_id": "OTHER", "algorithms": [], "keys": {}, "signatures": {}}}, token=a, status=400)
     filter_id = call("POST", f"{c}/user/{{userId}}/filter", {"userId": ua}, body={"room": {"timeline": {"limit": 5}}}, token=a)["filter_id"]
     call("GET", f"{c}/user/{{userId}}/filter/{{filterId}}", {"userId": ua, "filterId": filter_id}, token=a)
 

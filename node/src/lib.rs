@@ -18,6 +18,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod e2ee;
 pub mod ephemeral;
 pub mod media;
 pub mod node;

@@ -56,6 +56,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "remote_media",
         include_str!("../migrations/sqlite/0009_remote_media.sql"),
     ),
+    (
+        10,
+        "device_keys",
+        include_str!("../migrations/sqlite/0010_device_keys.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -103,6 +108,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         9,
         "remote_media",
         include_str!("../migrations/postgres/0009_remote_media.sql"),
+    ),
+    (
+        10,
+        "device_keys",
+        include_str!("../migrations/postgres/0010_device_keys.sql"),
     ),
 ];
 

@@ -615,7 +615,118 @@ async fn invites_cross_to_synapse_and_back() {
         synapse.complaints()
     );
 
+    // Encryption keys both ways. Sam's client learns of Alice's new keys from Synapse (our
+    // m.device_list_update EDU, seen as device_lists.changed in his sync), reads them and claims
+    // a one-time key through Synapse; Alice does the same with Sam's keys through us.
+    let (_, sam_sync) = request(
+        reqwest::Method::GET,
+        format!("{theirs}/sync?timeout=0"),
+        Some(&sam_token),
+        Value::Null,
+    )
+    .await;
+    let sam_since = sam_sync["next_batch"].as_str().unwrap().to_owned();
+    let alice_device = upload_keys(&ours, &alice_token, &alice).await;
+    let sam_device = upload_keys(&theirs, &sam_token, &sam).await;
+    node.state.sender.flush_once().await.unwrap();
+    await_device_change(&theirs, &sam_token, &sam_since, &alice).await;
+    for (base, token, user, device) in [
+        (&theirs, &sam_token, &alice, &alice_device),
+        (&ours, &alice_token, &sam, &sam_device),
+    ] {
+        let (status, body) = request(
+            reqwest::Method::POST,
+            format!("{base}/keys/query"),
+            Some(token),
+            json!({"device_keys": {user.as_str(): []}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["device_keys"][user.as_str()][device.as_str()]["keys"]
+                [format!("ed25519:{device}")],
+            format!("ed-{device}"),
+            "{body}\n{}",
+            synapse.complaints()
+        );
+        let (status, body) = request(
+            reqwest::Method::POST,
+            format!("{base}/keys/claim"),
+            Some(token),
+            json!({"one_time_keys": {user.as_str(): {device.as_str(): "signed_curve25519"}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["one_time_keys"][user.as_str()][device.as_str()]["signed_curve25519:AAAAAQ"]["key"],
+            format!("otk-{device}"),
+            "{body}\n{}",
+            synapse.complaints()
+        );
+    }
+
     node.shutdown().await;
+}
+
+/// Uploads device keys and one one-time key for the token's device: the device ID.
+async fn upload_keys(base: &str, token: &str, user: &str) -> String {
+    let (_, whoami) = request(
+        reqwest::Method::GET,
+        format!("{base}/account/whoami"),
+        Some(token),
+        Value::Null,
+    )
+    .await;
+    let device = whoami["device_id"].as_str().unwrap().to_owned();
+    let (status, body) = request(
+        reqwest::Method::POST,
+        format!("{base}/keys/upload"),
+        Some(token),
+        json!({
+            "device_keys": {
+                "user_id": user, "device_id": device,
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+                "keys": {format!("curve25519:{device}"): format!("cu-{device}"),
+                         format!("ed25519:{device}"): format!("ed-{device}")},
+                "signatures": {user: {format!("ed25519:{device}"): "sig"}},
+            },
+            "one_time_keys": {"signed_curve25519:AAAAAQ": {
+                "key": format!("otk-{device}"),
+                "signatures": {user: {format!("ed25519:{device}"): "sig"}},
+            }},
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    device
+}
+
+/// Waits, through `/sync` long-polls from `since`, until `user` is in `device_lists.changed`.
+async fn await_device_change(base: &str, token: &str, since: &str, user: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut since = since.to_owned();
+    loop {
+        let (status, body) = request(
+            reqwest::Method::GET,
+            format!("{base}/sync?timeout=5000&since={}", enc(&since)),
+            Some(token),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let changed = body["device_lists"]["changed"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if changed.iter().any(|u| u == user) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no device list change for {user}"
+        );
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
 }
 
 /// Uploads `bytes` as `name` (text/plain) to a server's media API: the `mxc://` URI.

@@ -254,3 +254,115 @@ fn media_answer(media: crate::media::MediaFile) -> fed_media::get_content::v1::R
         )),
     )
 }
+
+/// A user ID of the territory a peer addressed (keys and devices of other territories are not
+/// answered under this name).
+fn own_user(peer: &Peer, user_id: &str) -> Result<(), ApiError> {
+    let user = ruma::UserId::parse(user_id)
+        .map_err(|e| ApiError::invalid_param(format!("user ID: {e}")))?;
+    if user.server_name().as_str() == peer.territory.server_name() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_param(
+            "The user does not belong to this server",
+        ))
+    }
+}
+
+fn json_body(peer: &Peer) -> Result<Value, ApiError> {
+    serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))
+}
+
+/// `GET /_matrix/federation/v1/user/devices/{userId}`: a user's devices with their keys and
+/// names, and the device list version (`stream_id`). Devices without uploaded keys are left out
+/// (the spec's `keys` is required).
+pub async fn user_devices_route(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    use unitas_storage::DeviceKeys;
+    own_user(&peer, &user_id)?;
+    let keys = crate::e2ee::local_device_keys(&state, &user_id, &[]).await?;
+    let devices: Vec<Value> = keys
+        .into_iter()
+        .map(|(device_id, mut keys)| {
+            let name = keys
+                .get_mut("unsigned")
+                .and_then(Value::as_object_mut)
+                .and_then(|u| u.remove("device_display_name"));
+            let mut device = json!({"device_id": device_id, "keys": keys});
+            if let Some(name) = name {
+                device["device_display_name"] = name;
+            }
+            device
+        })
+        .collect();
+    let stream_id = state.store.device_list_version(&user_id).await?;
+    Ok(Json(
+        json!({"user_id": user_id, "stream_id": stream_id, "devices": devices}),
+    ))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/query`: device keys of the addressed territory's
+/// users (others in the request are left out).
+pub async fn user_keys_query_route(
+    State(state): State<AppState>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&peer)?;
+    let Some(Value::Object(wanted)) = body.get("device_keys") else {
+        return Err(ApiError::bad_json("device_keys must be an object"));
+    };
+    let mut device_keys = serde_json::Map::new();
+    for (user_id, devices) in wanted {
+        if own_user(&peer, user_id).is_err() {
+            continue;
+        }
+        let devices: Vec<String> = devices
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|d| d.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        device_keys.insert(
+            user_id.clone(),
+            Value::Object(crate::e2ee::local_device_keys(&state, user_id, &devices).await?),
+        );
+    }
+    Ok(Json(json!({"device_keys": device_keys})))
+}
+
+/// `POST /_matrix/federation/v1/user/keys/claim`: one key per device of the addressed
+/// territory's users.
+pub async fn user_keys_claim_route(
+    State(state): State<AppState>,
+    peer: Peer,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(&peer)?;
+    let Some(Value::Object(wanted)) = body.get("one_time_keys") else {
+        return Err(ApiError::bad_json("one_time_keys must be an object"));
+    };
+    let mut asked = crate::e2ee::Wanted::new();
+    for (user_id, devices) in wanted {
+        if own_user(&peer, user_id).is_err() {
+            continue;
+        }
+        let Some(devices) = devices.as_object() else {
+            return Err(ApiError::bad_json(
+                "one_time_keys: devices must be an object",
+            ));
+        };
+        let devices = devices
+            .iter()
+            .filter_map(|(device, algorithm)| {
+                Some((device.clone(), algorithm.as_str()?.to_owned()))
+            })
+            .collect();
+        asked.insert(user_id.clone(), devices);
+    }
+    let one_time_keys = crate::e2ee::claim_local(&state, &asked).await?;
+    Ok(Json(json!({"one_time_keys": one_time_keys})))
+}

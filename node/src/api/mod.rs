@@ -6,10 +6,10 @@
 //!
 //! The route lists in [`client_router`] and [`federation_router`] are the index of the API.
 
-mod client;
+pub(crate) mod client;
 mod error;
 mod federation;
-mod federation_rooms;
+pub(crate) mod federation_rooms;
 mod health;
 mod json;
 mod peer;
@@ -41,8 +41,8 @@ use crate::state::AppState;
 pub fn client_router(state: AppState) -> Router {
     use ::ruma::api::client as c;
     use client::{
-        account as a, directory as d, ephemeral as e, media as m, rooms as r, security as x,
-        sync as s,
+        account as a, directory as d, ephemeral as e, keys as k, media as m, rooms as r,
+        security as x, sync as s,
     };
     use ruma::route;
     let mut routes = Router::new().route(
@@ -142,6 +142,9 @@ pub fn client_router(state: AppState) -> Router {
     routes = route::<c::tag::get_tags::v3::Request, _, _>(routes, e::get_tags_route);
     routes = route::<c::tag::create_tag::v3::Request, _, _>(routes, e::create_tag_route);
     routes = route::<c::tag::delete_tag::v3::Request, _, _>(routes, e::delete_tag_route);
+    routes = route::<c::keys::upload_keys::v3::Request, _, _>(routes, k::upload_keys_route);
+    routes = route::<c::keys::get_keys::v3::Request, _, _>(routes, k::get_keys_route);
+    routes = route::<c::keys::claim_keys::v3::Request, _, _>(routes, k::claim_keys_route);
     routes = route::<c::media::create_content::v3::Request, _, _>(routes, m::create_content_route);
     routes = route::<c::media::get_content::v3::Request, _, _>(routes, m::get_content_legacy_route);
     routes = route::<c::media::get_content_thumbnail::v3::Request, _, _>(
@@ -299,6 +302,18 @@ pub fn federation_router(state: AppState) -> Router {
         .route(
             "/_matrix/federation/v1/publicRooms",
             get(federation_rooms::public_rooms_route).post(federation_rooms::public_rooms_route),
+        )
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(federation::user_devices_route),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/query",
+            axum::routing::post(federation::user_keys_query_route),
+        )
+        .route(
+            "/_matrix/federation/v1/user/keys/claim",
+            axum::routing::post(federation::user_keys_claim_route),
         )
         .route(
             "/_matrix/federation/v1/media/download/{media_id}",

@@ -1497,3 +1497,160 @@ async fn media_of_another_node_is_fetched_over_federation_once() {
     assert_eq!((status, body == picture), (200, true));
     b.stop().await;
 }
+
+#[tokio::test]
+async fn encryption_keys_are_queried_and_claimed_across_nodes() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (alice, alice_token) = account(&a, "alice").await;
+    let (_, bob_token) = account(&b, "bob").await;
+    let (_, whoami) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::GET,
+        "/account/whoami",
+        Value::Null,
+    )
+    .await;
+    let device = whoami["device_id"].as_str().unwrap().to_owned();
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/devices/{device}"),
+        json!({"display_name": "Alice's laptop"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Keys naming another device are refused and change nothing.
+    let device_keys = |device_id: &str| {
+        json!({
+            "user_id": alice, "device_id": device_id,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {format!("curve25519:{device_id}"): "curve", format!("ed25519:{device_id}"): "edkey"},
+            "signatures": {alice.clone(): {format!("ed25519:{device_id}"): "sig"}},
+        })
+    };
+    let (status, body) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/keys/upload",
+        json!({"device_keys": device_keys("NOTMINE")}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
+
+    let otk = |n: &str| json!({"key": format!("otk-{n}"), "signatures": {alice.clone(): {format!("ed25519:{device}"): "sig"}}});
+    let (status, body) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/keys/upload",
+        json!({
+            "device_keys": device_keys(&device),
+            "one_time_keys": {"signed_curve25519:AAAAAQ": otk("1"), "signed_curve25519:AAAAAg": otk("2")},
+            "fallback_keys": {"signed_curve25519:AAAAAw": {"key": "fallback", "fallback": true}},
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 2);
+
+    // Bob, on B, reads Alice's device keys through his server.
+    let (status, body) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        "/keys/query",
+        json!({"device_keys": {alice.clone(): []}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["failures"], json!({}));
+    let keys = &body["device_keys"][&alice][&device];
+    assert_eq!(keys["keys"][format!("ed25519:{device}")], "edkey", "{body}");
+    assert_eq!(keys["unsigned"]["device_display_name"], "Alice's laptop");
+
+    // Claims: both one-time keys once each, then the fallback key.
+    let mut claimed = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = call(
+            &b,
+            &bob_token,
+            reqwest::Method::POST,
+            "/keys/claim",
+            json!({"one_time_keys": {alice.clone(): {device.clone(): "signed_curve25519"}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let keys = body["one_time_keys"][&alice][&device]
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(keys.len(), 1, "{body}");
+        claimed.extend(
+            keys.into_iter()
+                .map(|(id, key)| (id, key["key"].as_str().unwrap().to_owned())),
+        );
+    }
+    let expected: Vec<(String, String)> = [
+        ("signed_curve25519:AAAAAQ", "otk-1"),
+        ("signed_curve25519:AAAAAg", "otk-2"),
+        ("signed_curve25519:AAAAAw", "fallback"),
+    ]
+    .iter()
+    .map(|(a, b)| ((*a).to_owned(), (*b).to_owned()))
+    .collect();
+    assert_eq!(claimed, expected);
+
+    // Alice's sync shows the keys gone and the fallback key used.
+    let (status, sync) = call(&a, &alice_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(sync["device_one_time_keys_count"], json!({}));
+    assert_eq!(sync["device_unused_fallback_key_types"], json!([]));
+
+    // The federation device list: the device, its keys and name, a version.
+    let devices = b
+        .ask(
+            &a,
+            &format!("/_matrix/federation/v1/user/devices/{}", urlencode(&alice)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(devices["user_id"], alice.as_str());
+    assert_eq!(devices["devices"][0]["device_id"], device.as_str());
+    assert_eq!(
+        devices["devices"][0]["device_display_name"],
+        "Alice's laptop"
+    );
+    assert!(devices["stream_id"].as_i64().unwrap() >= 1);
+    // A user of another server is not answered for.
+    let other = b
+        .ask(
+            &a,
+            "/_matrix/federation/v1/user/devices/@mallory:elsewhere.example",
+        )
+        .await;
+    assert!(other.is_err());
+
+    // A server that cannot be reached is a failure, not an error.
+    let (status, body) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        "/keys/query",
+        json!({"device_keys": {"@carol:127.0.0.1:1": []}, "timeout": 2000}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["failures"]["127.0.0.1:1"].is_object(), "{body}");
+
+    a.stop().await;
+    b.stop().await;
+}

@@ -209,6 +209,23 @@ impl Devices for Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            // The device's encryption keys go with it, and its owner's device list moves on.
+            for table in ["device_keys", "one_time_keys", "fallback_keys"] {
+                sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
+                    .bind(user_id)
+                    .bind(device_id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if deleted > 0 {
+                sqlx::query(
+                    "INSERT INTO device_list_versions (user_id, version) VALUES ($1, 1)
+                     ON CONFLICT (user_id) DO UPDATE SET version = device_list_versions.version + 1",
+                )
+                .bind(user_id)
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(deleted)
         })?;

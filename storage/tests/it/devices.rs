@@ -174,3 +174,88 @@ pub async fn token_needs_a_device(store: Store) {
     assert!(matches!(err, StorageError::NotFound { .. }), "{err:?}");
     assert!(store.find_access_token(&[1; 32]).await.unwrap().is_none());
 }
+
+fn key(algorithm: &str, id: &str) -> unitas_storage::KeyUpload {
+    unitas_storage::KeyUpload {
+        algorithm: algorithm.to_owned(),
+        key_id: id.to_owned(),
+        key_json: format!(r#"{{"key":"{id}"}}"#),
+    }
+}
+
+pub async fn one_time_keys_are_handed_out_once_then_the_fallback(store: Store) {
+    use unitas_storage::DeviceKeys;
+    alice(&store).await;
+    store.create_device(&device("AAA")).await.unwrap();
+    assert_eq!(store.device_list_version(ALICE).await.unwrap(), 0);
+    store
+        .set_device_keys(ALICE, "AAA", r#"{"v":1}"#)
+        .await
+        .unwrap();
+    store
+        .set_device_keys(ALICE, "AAA", r#"{"v":2}"#)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_device_keys(ALICE).await.unwrap(),
+        vec![("AAA".to_owned(), r#"{"v":2}"#.to_owned())]
+    );
+    assert_eq!(store.device_list_version(ALICE).await.unwrap(), 2);
+
+    let otk = "signed_curve25519";
+    store
+        .add_one_time_keys(ALICE, "AAA", &[key(otk, "k1"), key(otk, "k2")])
+        .await
+        .unwrap();
+    // A second upload of the same ID keeps the first key.
+    let mut again = key(otk, "k1");
+    again.key_json = "{}".into();
+    store
+        .add_one_time_keys(ALICE, "AAA", &[again])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.count_one_time_keys(ALICE, "AAA").await.unwrap(),
+        vec![(otk.to_owned(), 2)]
+    );
+    store
+        .set_fallback_keys(ALICE, "AAA", &[key(otk, "f1")])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.unused_fallback_key_types(ALICE, "AAA").await.unwrap(),
+        vec![otk.to_owned()]
+    );
+
+    let first = store.claim_key(ALICE, "AAA", otk).await.unwrap().unwrap();
+    let second = store.claim_key(ALICE, "AAA", otk).await.unwrap().unwrap();
+    assert_eq!(
+        (first.0.as_str(), first.1.as_str(), second.0.as_str()),
+        ("k1", r#"{"key":"k1"}"#, "k2")
+    );
+    // Out of one-time keys: the fallback, as often as asked, but now marked used.
+    for _ in 0..2 {
+        let fallback = store.claim_key(ALICE, "AAA", otk).await.unwrap().unwrap();
+        assert_eq!(fallback.0, "f1");
+    }
+    assert!(
+        store
+            .unused_fallback_key_types(ALICE, "AAA")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .claim_key(ALICE, "AAA", "other_alg")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Deleting the device deletes its keys and moves the device list on.
+    assert!(store.delete_device(ALICE, "AAA").await.unwrap());
+    assert!(store.list_device_keys(ALICE).await.unwrap().is_empty());
+    assert!(store.claim_key(ALICE, "AAA", otk).await.unwrap().is_none());
+    assert_eq!(store.device_list_version(ALICE).await.unwrap(), 3);
+}

@@ -42,6 +42,7 @@ unitas_storage::both_backends!(
     devices::tokens_find_and_delete,
     devices::deleting_a_device_deletes_its_tokens,
     devices::token_needs_a_device,
+    devices::one_time_keys_are_handed_out_once_then_the_fallback,
     keys::current_key_retires_the_previous_one,
     keys::key_id_cannot_change_material,
     keys::remote_keys_keep_the_longest_validity,

@@ -281,6 +281,13 @@ pub async fn update_device_route(
             req.body.display_name.as_deref(),
         )
         .await?;
+    crate::e2ee::device_changed(
+        &state,
+        user.user_id.as_str(),
+        req.body.device_id.as_str(),
+        true,
+    )
+    .await?;
     Ok(update_device::v3::Response::new().into())
 }
 

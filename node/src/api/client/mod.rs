@@ -3,6 +3,7 @@
 pub mod account;
 pub mod directory;
 pub mod ephemeral;
+pub mod keys;
 pub mod media;
 pub mod rooms;
 pub mod security;

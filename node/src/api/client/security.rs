@@ -74,6 +74,13 @@ pub async fn change_password_route(
                     .store
                     .delete_device(user.user_id.as_str(), &device.device_id)
                     .await?;
+                crate::e2ee::device_changed(
+                    &state,
+                    user.user_id.as_str(),
+                    &device.device_id,
+                    false,
+                )
+                .await?;
             }
         }
     }
@@ -151,6 +158,13 @@ pub async fn delete_device_route(
         return Err(ApiError::not_found("No such device"));
     }
     state.tokens.forget_user(&user.user_id);
+    crate::e2ee::device_changed(
+        &state,
+        user.user_id.as_str(),
+        req.body.device_id.as_str(),
+        false,
+    )
+    .await?;
     Ok(delete_device::v3::Response::new().into())
 }
 
@@ -162,10 +176,14 @@ pub async fn delete_devices_route(
     let user = req.user()?.clone();
     require_password(&state, &user, req.body.auth.as_ref()).await?;
     for device in &req.body.devices {
-        state
+        if state
             .store
             .delete_device(user.user_id.as_str(), device.as_str())
-            .await?;
+            .await?
+        {
+            crate::e2ee::device_changed(&state, user.user_id.as_str(), device.as_str(), false)
+                .await?;
+        }
     }
     state.tokens.forget_user(&user.user_id);
     Ok(delete_devices::v3::Response::new().into())

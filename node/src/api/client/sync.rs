@@ -17,7 +17,7 @@ use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::sync::sync_events;
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
-use unitas_storage::{ClientData, ClientExtras, EventRow, RemoteInvites, RoomEvents};
+use unitas_storage::{ClientData, ClientExtras, DeviceKeys, EventRow, RemoteInvites, RoomEvents};
 
 use super::rooms::{client_event, current_state_events, membership, parse_token, visible_event};
 use crate::api::ApiError;
@@ -338,6 +338,19 @@ async fn build(
             json!({"invite_state": {"events": events}}),
         );
     }
+    // What the device's encryption needs to keep enough keys on the server.
+    let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
+    let one_time_keys: serde_json::Map<String, Value> = state
+        .store
+        .count_one_time_keys(user_id, device_id)
+        .await?
+        .into_iter()
+        .map(|(algorithm, count)| (algorithm, count.into()))
+        .collect();
+    let fallback_types = state
+        .store
+        .unused_fallback_key_types(user_id, device_id)
+        .await?;
     let has_updates =
         !(join.is_empty() && invite.is_empty() && leave.is_empty() && global_data.is_empty());
     let mut rooms = HashMap::new();
@@ -351,7 +364,8 @@ async fn build(
         "presence": {"events": []},
         "to_device": {"events": []},
         "device_lists": {"changed": [], "left": []},
-        "device_one_time_keys_count": {},
+        "device_one_time_keys_count": one_time_keys,
+        "device_unused_fallback_key_types": fallback_types,
     });
     Ok((response, has_updates))
 }

@@ -1,0 +1,358 @@
+//! End-to-end encryption key relay: device identity keys, one-time and fallback keys, for our
+//! users and, over federation, for other servers' users.
+//!
+//! ```text
+//!  /keys/query, /keys/claim (client)          /user/keys/query, /user/keys/claim,
+//!        |                                    /user/devices (peers)
+//!        +-- our users: the store  <------------------+
+//!        +-- other servers' users: one signed request per server, concurrently, each
+//!            bounded by the client's timeout; a server that fails is listed in `failures`
+//! ```
+//!
+//! Keys are stored and handed out as the clients uploaded them (signed JSON the server never
+//! needs to read inside). An answer from another server is kept only for that server's users,
+//! and a device's keys only when they name that user and device.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use ruma::ServerName;
+use serde_json::{Map, Value, json};
+use unitas_storage::{ClientData, DeviceKeys, Devices};
+
+use crate::api::ApiError;
+use crate::state::{AppState, HostedTerritory};
+
+/// Users (with the devices asked for; empty: all) of each server.
+pub type Wanted<T> = BTreeMap<String, BTreeMap<String, T>>;
+
+/// The server part of a user ID.
+fn server_of(user_id: &str) -> Option<&str> {
+    user_id.split_once(':').map(|(_, server)| server)
+}
+
+/// Whether `user_id` belongs to one of our territories.
+pub fn is_local(state: &AppState, user_id: &str) -> bool {
+    server_of(user_id).is_some_and(|server| {
+        state
+            .territories
+            .all()
+            .iter()
+            .any(|t| t.server_name() == server)
+    })
+}
+
+/// A local user's device keys (`devices` empty: every device), each with the device's display
+/// name in `unsigned.device_display_name`.
+pub async fn local_device_keys(
+    state: &AppState,
+    user_id: &str,
+    devices: &[String],
+) -> Result<Map<String, Value>, ApiError> {
+    let names: BTreeMap<String, Option<String>> = state
+        .store
+        .list_devices(user_id)
+        .await?
+        .into_iter()
+        .map(|d| (d.device_id, d.display_name))
+        .collect();
+    let mut out = Map::new();
+    for (device_id, key_json) in state.store.list_device_keys(user_id).await? {
+        if !devices.is_empty() && !devices.contains(&device_id) {
+            continue;
+        }
+        let Ok(Value::Object(mut keys)) = serde_json::from_str::<Value>(&key_json) else {
+            continue;
+        };
+        if let Some(Some(name)) = names.get(&device_id) {
+            let unsigned = keys
+                .entry("unsigned")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(unsigned) = unsigned {
+                unsigned.insert("device_display_name".into(), name.clone().into());
+            }
+        }
+        out.insert(device_id, Value::Object(keys));
+    }
+    Ok(out)
+}
+
+/// Claims one key per (local user, device, algorithm): `{user: {device: {"alg:id": key}}}`.
+pub async fn claim_local(
+    state: &AppState,
+    wanted: &Wanted<String>,
+) -> Result<Map<String, Value>, ApiError> {
+    let mut out = Map::new();
+    for (user_id, devices) in wanted {
+        let mut per_device = Map::new();
+        for (device_id, algorithm) in devices {
+            if let Some((key_id, key_json)) =
+                state.store.claim_key(user_id, device_id, algorithm).await?
+                && let Ok(key) = serde_json::from_str::<Value>(&key_json)
+            {
+                per_device.insert(
+                    device_id.clone(),
+                    json!({ format!("{algorithm}:{key_id}"): key }),
+                );
+            }
+        }
+        if !per_device.is_empty() {
+            out.insert(user_id.clone(), Value::Object(per_device));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits `wanted` into our users and other servers' users, by server.
+fn by_server<T: Clone>(
+    state: &AppState,
+    wanted: &Wanted<T>,
+) -> (Wanted<T>, BTreeMap<String, Wanted<T>>) {
+    let mut local = Wanted::new();
+    let mut remote: BTreeMap<String, Wanted<T>> = BTreeMap::new();
+    for (user_id, devices) in wanted {
+        if is_local(state, user_id) {
+            local.insert(user_id.clone(), devices.clone());
+        } else if let Some(server) = server_of(user_id) {
+            remote
+                .entry(server.to_owned())
+                .or_default()
+                .insert(user_id.clone(), devices.clone());
+        }
+    }
+    (local, remote)
+}
+
+/// One signed request per server, concurrently; `(server, answer or failure)`.
+async fn ask_each(
+    state: &AppState,
+    via: &HostedTerritory,
+    requests: Vec<(String, String, Value)>,
+    timeout: Duration,
+) -> Vec<(String, Result<Value, String>)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (server, path, body) in requests {
+        let state = state.clone();
+        let origin = via.server_name().to_owned();
+        let key = std::sync::Arc::clone(&via.key);
+        tasks.spawn(async move {
+            let answer = async {
+                let origin = ServerName::parse(&origin).map_err(|e| e.to_string())?;
+                let destination = ServerName::parse(&server).map_err(|e| e.to_string())?;
+                let call = state.federation.request(
+                    &origin,
+                    &key,
+                    &destination,
+                    http::Method::POST,
+                    &path,
+                    Some(&body),
+                );
+                match tokio::time::timeout(timeout, call).await {
+                    Ok(answer) => answer.map_err(|e| e.to_string()),
+                    Err(_) => Err("timed out".to_owned()),
+                }
+            }
+            .await;
+            (server, answer)
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        if let Ok(pair) = done {
+            out.push(pair);
+        }
+    }
+    out
+}
+
+/// A server's answer for its own users only: `{user: {device: value}}` entries whose user is on
+/// `server`, and (with `check`) whose value names that user and device.
+fn own_users(server: &str, answer: Option<&Value>, check: bool) -> Map<String, Value> {
+    let mut out = Map::new();
+    let Some(Value::Object(users)) = answer else {
+        return out;
+    };
+    for (user_id, devices) in users {
+        if server_of(user_id) != Some(server) {
+            continue;
+        }
+        let Value::Object(devices) = devices else {
+            continue;
+        };
+        let kept: Map<String, Value> = devices
+            .iter()
+            .filter(|(device_id, keys)| {
+                !check
+                    || (keys.get("user_id").and_then(Value::as_str) == Some(user_id.as_str())
+                        && keys.get("device_id").and_then(Value::as_str)
+                            == Some(device_id.as_str()))
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.insert(user_id.clone(), Value::Object(kept));
+    }
+    out
+}
+
+/// `/keys/query` for any users: `(device_keys, failures)`.
+pub async fn query(
+    state: &AppState,
+    via: &HostedTerritory,
+    wanted: &BTreeMap<String, Vec<String>>,
+    timeout: Duration,
+) -> Result<(Map<String, Value>, Map<String, Value>), ApiError> {
+    let as_map: Wanted<()> = wanted
+        .iter()
+        .map(|(user, devices)| {
+            (
+                user.clone(),
+                devices.iter().map(|d| (d.clone(), ())).collect(),
+            )
+        })
+        .collect();
+    let (local, remote) = by_server(state, &as_map);
+    let mut device_keys = Map::new();
+    for (user_id, devices) in &local {
+        let devices: Vec<String> = devices.keys().cloned().collect();
+        device_keys.insert(
+            user_id.clone(),
+            Value::Object(local_device_keys(state, user_id, &devices).await?),
+        );
+    }
+    let requests = remote
+        .into_iter()
+        .map(|(server, users)| {
+            let body: Map<String, Value> = users
+                .into_iter()
+                .map(|(user, devices)| (user, json!(devices.keys().collect::<Vec<_>>())))
+                .collect();
+            (
+                server,
+                "/_matrix/federation/v1/user/keys/query".to_owned(),
+                json!({ "device_keys": body }),
+            )
+        })
+        .collect();
+    let mut failures = Map::new();
+    for (server, answer) in ask_each(state, via, requests, timeout).await {
+        match answer {
+            Ok(answer) => device_keys.extend(own_users(&server, answer.get("device_keys"), true)),
+            Err(reason) => {
+                tracing::info!(%server, reason, "remote key query failed");
+                failures.insert(server, json!({"error": reason}));
+            }
+        }
+    }
+    Ok((device_keys, failures))
+}
+
+/// `/keys/claim` for any users: `(one_time_keys, failures)`.
+pub async fn claim(
+    state: &AppState,
+    via: &HostedTerritory,
+    wanted: &Wanted<String>,
+    timeout: Duration,
+) -> Result<(Map<String, Value>, Map<String, Value>), ApiError> {
+    let (local, remote) = by_server(state, wanted);
+    let mut one_time_keys = claim_local(state, &local).await?;
+    let requests = remote
+        .into_iter()
+        .map(|(server, users)| {
+            (
+                server,
+                "/_matrix/federation/v1/user/keys/claim".to_owned(),
+                json!({ "one_time_keys": users }),
+            )
+        })
+        .collect();
+    let mut failures = Map::new();
+    for (server, answer) in ask_each(state, via, requests, timeout).await {
+        match answer {
+            Ok(answer) => {
+                one_time_keys.extend(own_users(&server, answer.get("one_time_keys"), false));
+            }
+            Err(reason) => {
+                tracing::info!(%server, reason, "remote key claim failed");
+                failures.insert(server, json!({"error": reason}));
+            }
+        }
+    }
+    Ok((one_time_keys, failures))
+}
+
+/// The other servers that share a room with a local user (where their users would need to
+/// hear of the user's device changes).
+async fn servers_sharing_rooms(state: &AppState, user_id: &str) -> Result<Vec<String>, ApiError> {
+    let Ok(user) = ruma::OwnedUserId::try_from(user_id) else {
+        return Ok(Vec::new());
+    };
+    let mut servers = std::collections::BTreeSet::new();
+    for room in state.store.list_membership_rooms(user_id).await? {
+        let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
+            continue;
+        };
+        if crate::api::client::rooms::membership(state, &room_id, &user)
+            .await?
+            .as_deref()
+            != Some("join")
+        {
+            continue;
+        }
+        servers.extend(crate::api::federation_rooms::servers_in_room(state, &room_id).await?);
+    }
+    servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+    Ok(servers.into_iter().collect())
+}
+
+/// Tells the servers sharing a room with a local user that one of the user's devices changed
+/// (keys uploaded, renamed, deleted): an `m.device_list_update` EDU with the device list
+/// version as `stream_id` and the version before it as `prev_id` (a server that missed an
+/// update sees the gap and fetches `/user/devices`). `bump`: move the version on first (a change
+/// the store did not count itself, such as a rename).
+pub async fn device_changed(
+    state: &AppState,
+    user_id: &str,
+    device_id: &str,
+    bump: bool,
+) -> Result<(), ApiError> {
+    let servers = servers_sharing_rooms(state, user_id).await?;
+    let version = if bump {
+        state.store.bump_device_list(user_id).await?
+    } else {
+        state.store.device_list_version(user_id).await?
+    };
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let mut content = json!({
+        "user_id": user_id,
+        "device_id": device_id,
+        "stream_id": version,
+        "prev_id": if version > 1 { vec![version - 1] } else { Vec::new() },
+    });
+    let keys = local_device_keys(state, user_id, &[device_id.to_owned()]).await?;
+    match keys.get(device_id) {
+        Some(keys) => {
+            let mut keys = keys.clone();
+            if let Some(name) = keys
+                .get_mut("unsigned")
+                .and_then(Value::as_object_mut)
+                .and_then(|u| u.remove("device_display_name"))
+            {
+                content["device_display_name"] = name;
+            }
+            content["keys"] = keys;
+        }
+        None if state.store.get_device(user_id, device_id).await?.is_none() => {
+            content["deleted"] = true.into();
+        }
+        None => {}
+    }
+    let origin = server_of(user_id).unwrap_or_default();
+    state.sender.send_edu(
+        origin,
+        &servers,
+        json!({"edu_type": "m.device_list_update", "content": content}),
+    );
+    Ok(())
+}

@@ -1,0 +1,233 @@
+use std::future::Future;
+
+use crate::Result;
+use crate::Store;
+use crate::store::on_pool;
+
+/// A one-time or fallback key to store: algorithm, key ID (without the algorithm), signed JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyUpload {
+    /// `signed_curve25519`, ...
+    pub algorithm: String,
+    /// The part after `algorithm:`.
+    pub key_id: String,
+    /// The key object as uploaded.
+    pub key_json: String,
+}
+
+/// End-to-end encryption keys of our users' devices (stored as uploaded, handed out as stored).
+pub trait DeviceKeys {
+    /// Sets a device's identity keys and moves the user's device list version on.
+    fn set_device_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        key_json: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The identity keys of a user's devices: `(device_id, key JSON)`, by device.
+    fn list_device_keys(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+    /// Adds one-time keys; a key ID already stored keeps its first key.
+    fn add_one_time_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        keys: &[KeyUpload],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Sets fallback keys (one per algorithm; a new one replaces the old, unused again).
+    fn set_fallback_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        keys: &[KeyUpload],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// How many one-time keys a device has left, by algorithm.
+    fn count_one_time_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
+    /// The algorithms of a device's fallback keys not handed out yet.
+    fn unused_fallback_key_types(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Hands out one key of `algorithm` for a device: a one-time key (deleted), or else its
+    /// fallback key (marked used, kept). `(key_id, key JSON)`.
+    fn claim_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
+    /// The user's device list version (0 before any change).
+    fn device_list_version(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// Moves the user's device list version on (a device was added, renamed or deleted).
+    fn bump_device_list(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
+}
+
+const BUMP: &str = "INSERT INTO device_list_versions (user_id, version) VALUES ($1, 1)
+     ON CONFLICT (user_id) DO UPDATE SET version = device_list_versions.version + 1
+     RETURNING version";
+
+impl DeviceKeys for Store {
+    async fn set_device_keys(&self, user_id: &str, device_id: &str, key_json: &str) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+            )
+            .bind(user_id).bind(device_id).bind(key_json)
+            .execute(&mut *tx).await?;
+            sqlx::query(BUMP).bind(user_id).execute(&mut *tx).await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn list_device_keys(&self, user_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT device_id, key_json FROM device_keys WHERE user_id = $1 ORDER BY device_id",
+            )
+            .bind(user_id).fetch_all(pool).await
+        })?)
+    }
+
+    async fn add_one_time_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        keys: &[KeyUpload],
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for key in keys {
+                sqlx::query(
+                    "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+                )
+                .bind(user_id).bind(device_id).bind(&key.algorithm).bind(&key.key_id)
+                .bind(&key.key_json)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn set_fallback_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        keys: &[KeyUpload],
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for key in keys {
+                sqlx::query(
+                    "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used)
+                     VALUES ($1, $2, $3, $4, $5, 0)
+                     ON CONFLICT (user_id, device_id, algorithm) DO UPDATE
+                     SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0",
+                )
+                .bind(user_id).bind(device_id).bind(&key.algorithm).bind(&key.key_id)
+                .bind(&key.key_json)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn count_one_time_keys(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Vec<(String, i64)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT algorithm, COUNT(*) FROM one_time_keys
+                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm ORDER BY algorithm",
+            )
+            .bind(user_id).bind(device_id).fetch_all(pool).await
+        })?)
+    }
+
+    async fn unused_fallback_key_types(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT algorithm FROM fallback_keys
+                 WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
+            )
+            .bind(user_id).bind(device_id).fetch_all(pool).await
+        })?;
+        Ok(rows.into_iter().map(|(a,)| a).collect())
+    }
+
+    async fn claim_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> Result<Option<(String, String)>> {
+        // Two claims racing for the same key: the loser deletes nothing and tries the next one.
+        for _ in 0..3 {
+            let one_time: Option<(String, String)> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2
+                       AND algorithm = $3
+                       AND key_id = (SELECT key_id FROM one_time_keys
+                                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+                                     ORDER BY key_id LIMIT 1)
+                     RETURNING key_id, key_json",
+                )
+                .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
+            })?;
+            if one_time.is_some() {
+                return Ok(one_time);
+            }
+            let left: i64 = on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM one_time_keys
+                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+                )
+                .bind(user_id).bind(device_id).bind(algorithm).fetch_one(pool).await
+            })?;
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "UPDATE fallback_keys SET used = 1
+                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+                 RETURNING key_id, key_json",
+            )
+            .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
+        })?)
+    }
+
+    async fn device_list_version(&self, user_id: &str) -> Result<i64> {
+        let version: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT version FROM device_list_versions WHERE user_id = $1")
+                .bind(user_id).fetch_optional(pool).await
+        })?;
+        Ok(version.unwrap_or(0))
+    }
+
+    async fn bump_device_list(&self, user_id: &str) -> Result<i64> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(BUMP).bind(user_id).fetch_one(pool).await
+        })?)
+    }
+}
