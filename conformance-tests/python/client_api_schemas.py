@@ -86,6 +86,7 @@ def main():
         "fallback_keys": {"signed_curve25519:AAAAAg": {"key": "ZmI", "fallback": True, "signatures": sig}}}, token=a)
     call("POST", f"{c}/keys/query", body={"device_keys": {ua: []}}, token=b)
     call("POST", f"{c}/keys/claim", body={"one_time_keys": {ua: {dev: "signed_curve25519"}}}, token=b)
+    call("PUT", f"{c}/sendToDevice/{{eventType}}/{{txnId}}", {"eventType": "m.dummy", "txnId": "d1"}, body={"messages": {ua: {"*": {}}}}, token=b)
     call("POST", f"{c}/keys/upload", body={"device_keys": {"user_id": ua, "device_id": "OTHER", "algorithms": [], "keys": {}, "signatures": {}}}, token=a, status=400)
     filter_id = call("POST", f"{c}/user/{{userId}}/filter", {"userId": ua}, body={"room": {"timeline": {"limit": 5}}}, token=a)["filter_id"]
     call("GET", f"{c}/user/{{userId}}/filter/{{filterId}}", {"userId": ua, "filterId": filter_id}, token=a)

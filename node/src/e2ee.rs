@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use ruma::ServerName;
 use serde_json::{Map, Value, json};
-use unitas_storage::{ClientData, DeviceKeys, Devices};
+use unitas_storage::{ClientData, DeviceInbox, DeviceKeys, Devices, ToDeviceMessage};
 
 use crate::api::ApiError;
 use crate::state::{AppState, HostedTerritory};
@@ -315,6 +315,7 @@ pub async fn device_changed(
     device_id: &str,
     bump: bool,
 ) -> Result<(), ApiError> {
+    record_change(state, user_id).await?;
     let servers = servers_sharing_rooms(state, user_id).await?;
     let version = if bump {
         state.store.bump_device_list(user_id).await?
@@ -354,5 +355,113 @@ pub async fn device_changed(
         &servers,
         json!({"edu_type": "m.device_list_update", "content": content}),
     );
+    Ok(())
+}
+
+/// Records that a user's devices changed (our users' syncs list it in `device_lists.changed`
+/// when they share a room with the user) and wakes syncing clients.
+pub async fn record_change(state: &AppState, user_id: &str) -> Result<(), ApiError> {
+    let at = state.ephemeral.reserve();
+    state.store.add_device_list_change(user_id, at).await?;
+    state.ephemeral.publish(at);
+    Ok(())
+}
+
+/// Stores to-device messages for our users (`*` as the device: every device of the user) and
+/// wakes syncing clients. `messages`: user -> device -> content. Unknown users and devices are
+/// skipped.
+pub async fn deliver_to_device(
+    state: &AppState,
+    sender: &str,
+    event_type: &str,
+    message_id: &str,
+    messages: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let mut rows = Vec::new();
+    let mut last = None;
+    for (user_id, devices) in messages {
+        let Some(devices) = devices.as_object() else {
+            continue;
+        };
+        if !is_local(state, user_id) {
+            continue;
+        }
+        let known: Vec<String> = state
+            .store
+            .list_devices(user_id)
+            .await?
+            .into_iter()
+            .map(|d| d.device_id)
+            .collect();
+        for (device, content) in devices {
+            let targets: Vec<&String> = if device == "*" {
+                known.iter().collect()
+            } else {
+                known.iter().filter(|d| *d == device).collect()
+            };
+            for device_id in targets {
+                let at = state.ephemeral.reserve();
+                last = Some(at);
+                rows.push(ToDeviceMessage {
+                    user_id: user_id.clone(),
+                    device_id: device_id.clone(),
+                    position: at,
+                    sender: sender.to_owned(),
+                    event_type: event_type.to_owned(),
+                    content: content.to_string(),
+                    message_id: message_id.to_owned(),
+                });
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    state.store.add_to_device(&rows).await?;
+    if let Some(at) = last {
+        state.ephemeral.publish(at);
+    }
+    Ok(())
+}
+
+/// Sends to-device messages from a local user: ours are stored, other servers' go out as one
+/// `m.direct_to_device` EDU per server (not durable, like typing).
+pub async fn send_to_device(
+    state: &AppState,
+    sender: &str,
+    sender_device: &str,
+    event_type: &str,
+    txn_id: &str,
+    messages: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let message_id = format!("{sender_device}:{txn_id}");
+    deliver_to_device(state, sender, event_type, &message_id, messages).await?;
+    let mut remote: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for (user_id, devices) in messages {
+        if is_local(state, user_id) {
+            continue;
+        }
+        if let Some(server) = server_of(user_id) {
+            remote
+                .entry(server.to_owned())
+                .or_default()
+                .insert(user_id.clone(), devices.clone());
+        }
+    }
+    let origin = server_of(sender).unwrap_or_default();
+    // Unique per sender device and transaction (a retried request repeats it, so the peer can
+    // drop the copy), and opaque to the peer.
+    let id = {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(message_id.as_bytes())[..16])
+    };
+    for (server, users) in remote {
+        state.sender.send_edu(
+            origin,
+            &[server],
+            json!({"edu_type": "m.direct_to_device", "content": {
+                "sender": sender, "type": event_type, "message_id": &id, "messages": users}}),
+        );
+    }
     Ok(())
 }

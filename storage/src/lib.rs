@@ -25,9 +25,9 @@ pub mod testing;
 
 pub use error::StorageError;
 pub use repos::{
-    AccessToken, AccessTokens, Account, Accounts, Device, DeviceKeys, Devices, KeyUpload,
-    NewAccessToken, NewAccount, NewDevice, RemoteServerKey, RemoteServerKeys, SigningKeyRecord,
-    SigningKeys, Territories, TerritoryRow,
+    AccessToken, AccessTokens, Account, Accounts, Device, DeviceInbox, DeviceKeys, Devices,
+    KeyUpload, NewAccessToken, NewAccount, NewDevice, RemoteServerKey, RemoteServerKeys,
+    SigningKeyRecord, SigningKeys, Territories, TerritoryRow, ToDeviceMessage,
 };
 pub use repos::{
     ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,

@@ -61,6 +61,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "device_keys",
         include_str!("../migrations/sqlite/0010_device_keys.sql"),
     ),
+    (
+        11,
+        "to_device",
+        include_str!("../migrations/sqlite/0011_to_device.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -113,6 +118,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         10,
         "device_keys",
         include_str!("../migrations/postgres/0010_device_keys.sql"),
+    ),
+    (
+        11,
+        "to_device",
+        include_str!("../migrations/postgres/0011_to_device.sql"),
     ),
 ];
 

@@ -145,6 +145,10 @@ pub fn client_router(state: AppState) -> Router {
     routes = route::<c::keys::upload_keys::v3::Request, _, _>(routes, k::upload_keys_route);
     routes = route::<c::keys::get_keys::v3::Request, _, _>(routes, k::get_keys_route);
     routes = route::<c::keys::claim_keys::v3::Request, _, _>(routes, k::claim_keys_route);
+    routes = route::<c::to_device::send_event_to_device::v3::Request, _, _>(
+        routes,
+        k::send_to_device_route,
+    );
     routes = route::<c::media::create_content::v3::Request, _, _>(routes, m::create_content_route);
     routes = route::<c::media::get_content::v3::Request, _, _>(routes, m::get_content_legacy_route);
     routes = route::<c::media::get_content_thumbnail::v3::Request, _, _>(

@@ -1654,3 +1654,164 @@ async fn encryption_keys_are_queried_and_claimed_across_nodes() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Long-polls `/sync` from `since` until `found` holds for a response: that response.
+async fn sync_until(
+    peer: &Peer,
+    token: &str,
+    since: &str,
+    found: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut since = since.to_owned();
+    loop {
+        let (status, body) = call(
+            peer,
+            token,
+            reqwest::Method::GET,
+            &format!("/sync?timeout=10000&since={}", urlencode(&since)),
+            Value::Null,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        if found(&body) {
+            return body;
+        }
+        assert!(std::time::Instant::now() < deadline, "never came: {body}");
+        since = body["next_batch"].as_str().unwrap().to_owned();
+    }
+}
+
+async fn next_batch(peer: &Peer, token: &str) -> String {
+    let (_, body) = call(
+        peer,
+        token,
+        reqwest::Method::GET,
+        "/sync?timeout=0",
+        Value::Null,
+    )
+    .await;
+    body["next_batch"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn device_changes_and_to_device_messages_reach_the_other_node() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (alice_token, bob, bob_token, _room) = shared_room(&a, &b).await;
+    let (_, me) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::GET,
+        "/account/whoami",
+        Value::Null,
+    )
+    .await;
+    let alice = me["user_id"].as_str().unwrap().to_owned();
+    let alice_device = me["device_id"].as_str().unwrap().to_owned();
+    let (_, me) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::GET,
+        "/account/whoami",
+        Value::Null,
+    )
+    .await;
+    let bob_device = me["device_id"].as_str().unwrap().to_owned();
+    let since = next_batch(&b, &bob_token).await;
+
+    // Alice's new keys: Bob's sync lists her in device_lists.changed.
+    let (status, body) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/keys/upload",
+        json!({"device_keys": {
+            "user_id": alice, "device_id": alice_device, "algorithms": ["m.megolm.v1.aes-sha2"],
+            "keys": {format!("ed25519:{alice_device}"): "ed"}, "signatures": {}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    a.node.state.sender.flush_once().await.unwrap();
+    let seen = sync_until(&b, &bob_token, &since, |s| {
+        s["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == alice.as_str()))
+    })
+    .await;
+    let since = seen["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice sends Bob's device a message (twice with the same transaction ID) and all his
+    // devices another one.
+    for (txn, device, text) in [
+        ("t1", bob_device.as_str(), "one"),
+        ("t1", bob_device.as_str(), "one"),
+        ("t2", "*", "all"),
+    ] {
+        let (status, body) = call(
+            &a,
+            &alice_token,
+            reqwest::Method::PUT,
+            &format!("/sendToDevice/m.room_key_request/{txn}"),
+            json!({"messages": {bob.as_str(): {device: {"text": text}}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    a.node.state.sender.flush_once().await.unwrap();
+    let texts = |s: &Value| -> Vec<String> {
+        s["to_device"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                assert_eq!(e["sender"], alice.as_str());
+                assert_eq!(e["type"], "m.room_key_request");
+                e["content"]["text"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let got = sync_until(&b, &bob_token, &since, |s| texts(s).len() >= 2).await;
+    assert_eq!(texts(&got), ["one", "all"]);
+    // Not acknowledged yet: the same since gives them again; the next token drops them.
+    let (_, again) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::GET,
+        &format!("/sync?timeout=0&since={}", urlencode(&since)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(texts(&again), ["one", "all"]);
+    let next = got["next_batch"].as_str().unwrap();
+    let (_, after) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::GET,
+        &format!("/sync?timeout=0&since={}", urlencode(next)),
+        Value::Null,
+    )
+    .await;
+    assert!(texts(&after).is_empty(), "{after}");
+
+    // Local delivery: Bob to a second user on B.
+    let (carol, carol_token) = account(&b, "carol").await;
+    let since = next_batch(&b, &carol_token).await;
+    let (status, _) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::PUT,
+        "/sendToDevice/m.dummy/t3",
+        json!({"messages": {carol.as_str(): {"*": {"text": "local"}}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let got = sync_until(&b, &carol_token, &since, |s| {
+        !s["to_device"]["events"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(got["to_device"]["events"][0]["content"]["text"], "local");
+
+    a.stop().await;
+    b.stop().await;
+}

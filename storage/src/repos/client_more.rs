@@ -246,7 +246,18 @@ impl ClientExtras for Store {
         let r: Option<i64> = on_pool!(self, pool => {
             sqlx::query_scalar("SELECT MAX(aux_position) FROM receipts").fetch_one(pool).await
         })?;
-        Ok(a.unwrap_or(0).max(r.unwrap_or(0)))
+        let mut max = a.unwrap_or(0).max(r.unwrap_or(0));
+        for query in [
+            "SELECT MAX(position) FROM remote_invites",
+            "SELECT MAX(position) FROM to_device_inbox",
+            "SELECT MAX(position) FROM device_list_changes",
+        ] {
+            let other: Option<i64> = on_pool!(self, pool => {
+                sqlx::query_scalar(query).fetch_one(pool).await
+            })?;
+            max = max.max(other.unwrap_or(0));
+        }
+        Ok(max)
     }
 
     async fn create_refresh_token(

@@ -231,3 +231,120 @@ impl DeviceKeys for Store {
         })?)
     }
 }
+
+/// A to-device message for one of our users' devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToDeviceMessage {
+    /// Recipient.
+    pub user_id: String,
+    /// Recipient device.
+    pub device_id: String,
+    /// Aux position.
+    pub position: i64,
+    /// Sending user.
+    pub sender: String,
+    /// Event type.
+    pub event_type: String,
+    /// Content JSON.
+    pub content: String,
+    /// Deduplication key (see the migration).
+    pub message_id: String,
+}
+
+/// To-device messages and device list changes, by aux position.
+pub trait DeviceInbox {
+    /// Stores messages; one already stored (same recipient, sender and message ID) is skipped.
+    fn add_to_device(
+        &self,
+        messages: &[ToDeviceMessage],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a device's messages up to `acked` (the client has them), then returns the rest up
+    /// to `up_to`: `(sender, type, content)`, oldest first.
+    fn take_to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        acked: Option<i64>,
+        up_to: i64,
+    ) -> impl Future<Output = Result<Vec<(String, String, String)>>> + Send;
+    /// Records that a user's devices changed at `position`.
+    fn add_device_list_change(
+        &self,
+        user_id: &str,
+        position: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Users whose devices changed in `(since, up_to]`.
+    fn list_device_list_changes(
+        &self,
+        since: i64,
+        up_to: i64,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+}
+
+impl DeviceInbox for Store {
+    async fn add_to_device(&self, messages: &[ToDeviceMessage]) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for m in messages {
+                sqlx::query(
+                    "INSERT INTO to_device_inbox
+                       (user_id, device_id, position, sender, event_type, content, message_id)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (user_id, device_id, sender, message_id) DO NOTHING",
+                )
+                .bind(&m.user_id).bind(&m.device_id).bind(m.position).bind(&m.sender)
+                .bind(&m.event_type).bind(&m.content).bind(&m.message_id)
+                .execute(&mut *tx).await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn take_to_device(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        acked: Option<i64>,
+        up_to: i64,
+    ) -> Result<Vec<(String, String, String)>> {
+        if let Some(acked) = acked {
+            on_pool!(self, pool => {
+                sqlx::query(
+                    "DELETE FROM to_device_inbox
+                     WHERE user_id = $1 AND device_id = $2 AND position <= $3",
+                )
+                .bind(user_id).bind(device_id).bind(acked).execute(pool).await.map(|_| ())
+            })?;
+        }
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT sender, event_type, content FROM to_device_inbox
+                 WHERE user_id = $1 AND device_id = $2 AND position <= $3 ORDER BY position",
+            )
+            .bind(user_id).bind(device_id).bind(up_to).fetch_all(pool).await
+        })?)
+    }
+
+    async fn add_device_list_change(&self, user_id: &str, position: i64) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO device_list_changes (user_id, position) VALUES ($1, $2)
+                 ON CONFLICT (position, user_id) DO NOTHING",
+            )
+            .bind(user_id).bind(position).execute(pool).await.map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn list_device_list_changes(&self, since: i64, up_to: i64) -> Result<Vec<String>> {
+        let rows: Vec<(String,)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT DISTINCT user_id FROM device_list_changes
+                 WHERE position > $1 AND position <= $2 ORDER BY user_id",
+            )
+            .bind(since).bind(up_to).fetch_all(pool).await
+        })?;
+        Ok(rows.into_iter().map(|(u,)| u).collect())
+    }
+}

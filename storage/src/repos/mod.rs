@@ -17,7 +17,7 @@ pub use accounts::{Account, Accounts, NewAccount};
 pub use client::{ClientData, ProfileField, ProfileRow};
 pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow, RemoteMediaRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
-pub use e2ee::{DeviceKeys, KeyUpload};
+pub use e2ee::{DeviceInbox, DeviceKeys, KeyUpload, ToDeviceMessage};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
 pub use rooms::{

@@ -122,8 +122,9 @@ async fn store_receipt(
     Ok(())
 }
 
-/// Applies the EDUs of a transaction from `origin`: typing and read receipts of its own users in
-/// rooms it is in. Others (presence, device lists, to-device) are accepted and ignored for now.
+/// Applies the EDUs of a transaction from `origin` about its own users: typing and read
+/// receipts in rooms it is in, device list updates, to-device messages. Presence is accepted and
+/// ignored.
 pub async fn apply_edus(
     state: &AppState,
     origin: &ruma::ServerName,
@@ -183,6 +184,25 @@ pub async fn apply_edus(
                     }
                 }
             }
+            Some("m.device_list_update") => {
+                // Our users' clients re-read the keys of users whose devices changed.
+                // Sync lists the user only to our users who share a joined room with them.
+                if let Some(user) = content["user_id"].as_str().filter(|u| from_origin(u)) {
+                    crate::e2ee::record_change(state, user).await?;
+                }
+            }
+            Some("m.direct_to_device") => {
+                let (Some(sender), Some(kind), Some(messages)) = (
+                    content["sender"].as_str().filter(|u| from_origin(u)),
+                    content["type"].as_str(),
+                    content["messages"].as_object(),
+                ) else {
+                    continue;
+                };
+                let message_id = content["message_id"].as_str().unwrap_or_default();
+                crate::e2ee::deliver_to_device(state, sender, kind, message_id, messages).await?;
+            }
+            // Presence is not kept (yet); anything else is not for us.
             _ => {}
         }
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
+use ruma::api::client::to_device::send_event_to_device;
 use ruma::{OneTimeKeyAlgorithm, UInt};
 use serde_json::{Value, json};
 use unitas_storage::{DeviceKeys, KeyUpload};
@@ -168,4 +169,28 @@ pub async fn claim_keys_route(
     Ok(Json(
         json!({"one_time_keys": one_time_keys, "failures": failures}),
     ))
+}
+
+/// `PUT /_matrix/client/v3/sendToDevice/{eventType}/{txnId}`: messages to devices of our users
+/// and of other servers' users. A repeated transaction ID is stored once.
+pub async fn send_to_device_route(
+    State(state): State<AppState>,
+    req: Ruma<send_event_to_device::v3::Request>,
+) -> Result<RumaResponse<send_event_to_device::v3::Response>, ApiError> {
+    let user = req.user()?.clone();
+    let Value::Object(messages) =
+        serde_json::to_value(&req.body.messages).map_err(|e| ApiError::bad_json(e.to_string()))?
+    else {
+        return Err(ApiError::bad_json("messages must be an object"));
+    };
+    crate::e2ee::send_to_device(
+        &state,
+        user.user_id.as_str(),
+        user.device_id.as_str(),
+        &req.body.event_type.to_string(),
+        req.body.txn_id.as_str(),
+        &messages,
+    )
+    .await?;
+    Ok(send_event_to_device::v3::Response::new().into())
 }

@@ -17,7 +17,9 @@ use ruma::api::client::filter::FilterDefinition;
 use ruma::api::client::sync::sync_events;
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
-use unitas_storage::{ClientData, ClientExtras, DeviceKeys, EventRow, RemoteInvites, RoomEvents};
+use unitas_storage::{
+    ClientData, ClientExtras, DeviceInbox, DeviceKeys, EventRow, RemoteInvites, RoomEvents,
+};
 
 use super::rooms::{client_event, current_state_events, membership, parse_token, visible_event};
 use crate::api::ApiError;
@@ -157,6 +159,16 @@ async fn build(
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
+    // Users whose devices changed since the last sync (incremental syncs only); listed when they
+    // share a joined room with this user, or are this user.
+    let device_changes = match (since, since_aux) {
+        (Some(_), Some(from)) => state.store.list_device_list_changes(from, now_aux).await?,
+        _ => Vec::new(),
+    };
+    let mut changed_devices = std::collections::BTreeSet::new();
+    if device_changes.iter().any(|u| u == user.user_id.as_str()) {
+        changed_devices.insert(user.user_id.to_string());
+    }
     let rooms = state
         .store
         .list_membership_rooms(user.user_id.as_str())
@@ -186,6 +198,20 @@ async fn build(
         let changed_since = since.is_none_or(|s| member_position > s);
         match membership(state, &room_id, &user.user_id).await?.as_deref() {
             Some("join") => {
+                for other in &device_changes {
+                    if changed_devices.contains(other) {
+                        continue;
+                    }
+                    if let Some(id) = current.get(&("m.room.member".to_owned(), other.clone()))
+                        && let Some(pdu) = state.rooms.get_pdu(id).await?
+                        && serde_json::from_str::<Value>(pdu.content.get())
+                            .ok()
+                            .and_then(|c| c.get("membership").cloned())
+                            == Some(Value::from("join"))
+                    {
+                        changed_devices.insert(other.clone());
+                    }
+                }
                 // The newest `limit` events of (since, now], oldest first.
                 let mut rows = state
                     .store
@@ -351,8 +377,23 @@ async fn build(
         .store
         .unused_fallback_key_types(user_id, device_id)
         .await?;
-    let has_updates =
-        !(join.is_empty() && invite.is_empty() && leave.is_empty() && global_data.is_empty());
+    // To-device messages: those before `since` were delivered and are dropped now.
+    let to_device: Vec<Value> = state
+        .store
+        .take_to_device(user_id, device_id, since.and(since_aux), now_aux)
+        .await?
+        .into_iter()
+        .map(|(sender, kind, content)| {
+            json!({"sender": sender, "type": kind,
+                   "content": serde_json::from_str::<Value>(&content).unwrap_or_default()})
+        })
+        .collect();
+    let has_updates = !(join.is_empty()
+        && invite.is_empty()
+        && leave.is_empty()
+        && global_data.is_empty()
+        && to_device.is_empty()
+        && changed_devices.is_empty());
     let mut rooms = HashMap::new();
     rooms.insert("join", Value::Object(join));
     rooms.insert("invite", Value::Object(invite));
@@ -362,8 +403,8 @@ async fn build(
         "rooms": rooms,
         "account_data": {"events": global_data},
         "presence": {"events": []},
-        "to_device": {"events": []},
-        "device_lists": {"changed": [], "left": []},
+        "to_device": {"events": to_device},
+        "device_lists": {"changed": changed_devices, "left": []},
         "device_one_time_keys_count": one_time_keys,
         "device_unused_fallback_key_types": fallback_types,
     });
