@@ -11,7 +11,11 @@
 //!
 //! `/send` handles each PDU on its own: one bad PDU gets an error entry, the others go on. A PDU
 //! whose parents are unknown first fetches them from the origin with `/get_missing_events`
-//! (at most [`MISSING_EVENTS_LIMIT`]), each of them through the same verification.
+//! (at most [`MISSING_EVENTS_LIMIT`]), each of them through the same verification. Parents
+//! still unknown after that (a larger gap) are fetched with the state before them: `/state_ids`
+//! names the state and its auth chain, `/event` fetches what is not stored (the same
+//! verification again), and the parent is stored as an outlier carrying its state, so the chain
+//! after it appends like any fork.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,6 +32,12 @@ use crate::rooms::{AppendError, Appended, EventError, Pdu, RoomVersion, Rooms};
 
 /// Most events one `/get_missing_events` request asks for.
 pub const MISSING_EVENTS_LIMIT: usize = 20;
+/// Most gaps filled through `/state_ids` for one received event.
+const MAX_GAPS: usize = 5;
+/// Most state and auth chain event IDs accepted from one `/state_ids` answer.
+const MAX_GAP_EVENTS: usize = 200_000;
+/// `/event` requests in flight to one server while filling a gap.
+const PARALLEL_FETCHES: usize = 16;
 /// Most PDUs in an inbound transaction (the spec's limit).
 pub const MAX_TRANSACTION_PDUS: usize = 50;
 /// Most EDUs in an inbound transaction (the spec's limit).
@@ -361,6 +371,30 @@ impl Inbound {
             }
         }
         events.sort_by_key(|e| e.depth);
+        // Parents still unknown after that are a larger gap: the state before each comes from
+        // /state_ids, the events from /event, then the chain appends on that state.
+        let mut known: std::collections::HashSet<OwnedEventId> =
+            events.iter().map(|e| e.event_id.clone()).collect();
+        known.insert(pdu.event_id.clone());
+        let mut gaps = Vec::new();
+        for event in events.iter().chain(std::iter::once(pdu)) {
+            for parent in &event.prev_events {
+                if !known.contains(parent)
+                    && !gaps.contains(parent)
+                    && !self.rooms.has_event(parent).await?
+                {
+                    gaps.push(parent.clone());
+                }
+            }
+        }
+        for gap in gaps.into_iter().take(MAX_GAPS) {
+            if let Err(err) = self
+                .fill_gap(local, origin, &pdu.room_id, &gap, version)
+                .await
+            {
+                tracing::info!(%origin, %gap, error = %err, "could not fetch the state at a gap");
+            }
+        }
         for event in events {
             if self.rooms.has_event(&event.event_id).await? {
                 continue;
@@ -370,6 +404,132 @@ impl Inbound {
             }
         }
         Ok(())
+    }
+
+    /// Fetches an event we miss the parents of, and the state before it (`/state_ids`, then
+    /// every event not stored here through `/event`, all through the one verification path),
+    /// and stores them so that its children can be appended.
+    async fn fill_gap(
+        &self,
+        local: &LocalServer,
+        origin: &ServerName,
+        room_id: &RoomId,
+        missing: &OwnedEventId,
+        version: &RoomVersion,
+    ) -> Result<(), AppendError> {
+        let local_name = ServerName::parse(&local.name)
+            .map_err(|e| EventError::Format(format!("our server name: {e}")))?;
+        let answer = self
+            .client
+            .request(
+                &local_name,
+                &local.key,
+                origin,
+                http::Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/state_ids/{}?event_id={}",
+                    percent(room_id.as_str()),
+                    percent(missing.as_str())
+                ),
+                None,
+            )
+            .await
+            .map_err(|e| EventError::Missing(format!("state_ids from {origin}: {e}")))?;
+        let ids = |field: &str| -> Result<Vec<OwnedEventId>, EventError> {
+            let list = answer
+                .get(field)
+                .and_then(Value::as_array)
+                .ok_or_else(|| EventError::Format(format!("state_ids answer without {field}")))?;
+            if list.len() > MAX_GAP_EVENTS {
+                return Err(EventError::TooLarge(format!("{} {field}", list.len())));
+            }
+            Ok(list
+                .iter()
+                .filter_map(|v| v.as_str().and_then(|id| OwnedEventId::try_from(id).ok()))
+                .collect())
+        };
+        let state_ids = ids("pdu_ids")?;
+        let chain_ids = ids("auth_chain_ids")?;
+        // Fetch what is not here yet (the missing event itself too), several at a time.
+        let mut wanted = vec![missing.clone()];
+        for id in state_ids.iter().chain(&chain_ids) {
+            if !wanted.contains(id) && !self.rooms.has_event(id).await? {
+                wanted.push(id.clone());
+            }
+        }
+        let fetched = self
+            .fetch_events(&local_name, local, origin, wanted)
+            .await?;
+        let verified = self.verify_many(fetched, version, room_id).await?;
+        let mut by_id: HashMap<OwnedEventId, Pdu> = verified
+            .into_iter()
+            .map(|p| (p.event_id.clone(), p))
+            .collect();
+        let missing_pdu = by_id
+            .remove(missing)
+            .ok_or_else(|| EventError::Missing(format!("{missing} from {origin}")))?;
+        // Stored events of the state come from here (their state group is not needed).
+        let mut state = Vec::new();
+        for id in &state_ids {
+            match by_id.get(id) {
+                Some(pdu) => state.push(pdu.clone()),
+                None => match self.rooms.get_pdu(id).await? {
+                    Some(pdu) => state.push((*pdu).clone()),
+                    None => return Err(EventError::Missing(format!("state event {id}")).into()),
+                },
+            }
+        }
+        let chain: Vec<Pdu> = chain_ids.iter().filter_map(|id| by_id.remove(id)).collect();
+        self.rooms
+            .store_gap(version, missing_pdu, state, chain)
+            .await
+    }
+
+    /// `/event/{id}` for each of `ids` from `origin`, [`PARALLEL_FETCHES`] at a time: the
+    /// events as canonical objects, in no particular order. Any failure fails the whole.
+    async fn fetch_events(
+        &self,
+        local_name: &ServerName,
+        local: &LocalServer,
+        origin: &ServerName,
+        ids: Vec<OwnedEventId>,
+    ) -> Result<Vec<CanonicalJsonObject>, EventError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut queue = ids.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARALLEL_FETCHES {
+                let Some(id) = queue.next() else { break };
+                let client = self.client.clone();
+                let (local_name, key, origin) =
+                    (local_name.to_owned(), local.key.clone(), origin.to_owned());
+                running.spawn(async move {
+                    let answer = client
+                        .request(
+                            &local_name,
+                            &key,
+                            &origin,
+                            http::Method::GET,
+                            &format!("/_matrix/federation/v1/event/{}", percent(id.as_str())),
+                            None,
+                        )
+                        .await
+                        .map_err(|e| EventError::Missing(format!("event {id}: {e}")))?;
+                    let pdu = answer
+                        .get("pdus")
+                        .and_then(Value::as_array)
+                        .and_then(|p| p.first())
+                        .ok_or_else(|| EventError::Missing(format!("event {id}: no PDU")))?;
+                    canonical_object(pdu)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let object = done.map_err(|e| EventError::Missing(format!("fetch task: {e}")))??;
+            out.push(object);
+        }
+        Ok(out)
     }
 }
 

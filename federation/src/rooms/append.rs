@@ -865,35 +865,22 @@ impl Rooms {
         Ok((entry.version.clone(), object))
     }
 
-    /// Joins a room this node did not know, from a resident server's `send_join` answer: the
-    /// auth chain and state are stored as outliers (each checked against its own auth events),
-    /// the state becomes one full state group, and `join` (our signed join) is appended on it.
-    /// Every event must already have passed signature and hash checks. When the room is known
-    /// here already, the join is appended like any received event.
-    pub async fn join_from_state(
+    /// Checks `pending` (events of `room_id` fetched from a peer, signatures already verified)
+    /// against their own auth events, in memory, parents before children as far as depth tells
+    /// (what still misses an auth event waits for a later pass), and stores the ones not stored
+    /// yet as outliers in batches. Auth events outside `pending` must be stored here already.
+    /// Returns every event looked at, by ID. `what` names the source in errors.
+    async fn store_outliers(
         &self,
         version: &RoomVersion,
-        join: Pdu,
-        state: Vec<Pdu>,
-        auth_chain: Vec<Pdu>,
-    ) -> Result<Appended, AppendError> {
-        let room_id = join.room_id.clone();
-        if self.room_version(&room_id).await?.is_some() {
-            return self.append_remote(join).await;
-        }
-        // Outliers, checked in memory against their own auth events (parents before children
-        // as far as depth tells; what still misses an auth event waits for a later pass), then
-        // written in one batch: a join into a room of 30,000 state events must not wait for
-        // 30,000 commits.
-        let mut pending: Vec<Pdu> = auth_chain
-            .into_iter()
-            .chain(state.iter().cloned())
-            .collect();
+        room_id: &RoomId,
+        mut pending: Vec<Pdu>,
+        what: &str,
+    ) -> Result<HashMap<OwnedEventId, Arc<Pdu>>, AppendError> {
         pending.sort_by_key(|p| p.depth);
         pending.dedup_by(|a, b| a.event_id == b.event_id);
         let in_answer: HashSet<OwnedEventId> = pending.iter().map(|p| p.event_id.clone()).collect();
         let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-        // Auth events the answer leaves out must be stored here already.
         let outside: Vec<OwnedEventId> = pending
             .iter()
             .flat_map(|p| p.auth_events.iter())
@@ -903,7 +890,7 @@ impl Rooms {
         self.load_with_auth_chain(outside, version, &mut known)
             .await?;
         let create_id = if version.room_id_from_create_event() {
-            Some(auth::create_event_id(&room_id)?)
+            Some(auth::create_event_id(room_id)?)
         } else {
             None
         };
@@ -917,7 +904,7 @@ impl Rooms {
                 }
                 if pdu.room_id != room_id {
                     return Err(EventError::WrongRoom(format!(
-                        "{} in the join answer is in another room",
+                        "{} in {what} is in another room",
                         pdu.event_id
                     ))
                     .into());
@@ -935,7 +922,7 @@ impl Rooms {
                 let fetch = |id: &EventId| known.get(id).cloned();
                 auth::check_against_auth_events(version, &pdu, &fetch).map_err(|e| {
                     EventError::Unauthorized(format!(
-                        "{} in the join answer does not pass its auth events: {e}",
+                        "{} in {what} does not pass its auth events: {e}",
                         pdu.event_id
                     ))
                 })?;
@@ -946,7 +933,7 @@ impl Rooms {
             if later.is_empty() || later.len() == before {
                 if let Some(bad) = later.first() {
                     return Err(EventError::Missing(format!(
-                        "auth events of {} are not in the join answer",
+                        "auth events of {} are not in {what}",
                         bad.event_id
                     ))
                     .into());
@@ -985,6 +972,114 @@ impl Rooms {
         for pdu in &accepted {
             self.remember(pdu.clone(), None);
         }
+        Ok(known)
+    }
+
+    /// Fills a gap in a known room: `missing` is an event whose parents we do not have, `state`
+    /// the state before it and `auth_chain` that state's auth chain, as a peer answered
+    /// `/state_ids` (signatures already verified). The state and chain are stored as outliers
+    /// (each checked against its own auth events), `missing` is checked against its auth events
+    /// and stored as an outlier that carries the state after it as a full state group. A child of
+    /// `missing` then appends on that state like on any fork.
+    pub async fn store_gap(
+        &self,
+        version: &RoomVersion,
+        missing: Pdu,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+    ) -> Result<(), AppendError> {
+        let room_id = missing.room_id.clone();
+        if self.room_version(&room_id).await?.is_none() {
+            return Err(AppendError::UnknownRoom(room_id));
+        }
+        if self.has_event(&missing.event_id).await? {
+            return Ok(());
+        }
+        let pending: Vec<Pdu> = auth_chain
+            .into_iter()
+            .chain(state.iter().cloned())
+            .collect();
+        let mut known = self
+            .store_outliers(version, &room_id, pending, "the gap's state")
+            .await?;
+        let mut after = State::new();
+        for pdu in &state {
+            if let Some(slot) = pdu.state_slot() {
+                after.insert(slot, pdu.event_id.clone());
+            }
+        }
+        if !after.contains_key(&("m.room.create".to_owned(), String::new())) {
+            return Err(EventError::Missing("the gap's state has no m.room.create".into()).into());
+        }
+        let mut ids: Vec<OwnedEventId> = missing.auth_events.clone();
+        if version.room_id_from_create_event() {
+            ids.push(auth::create_event_id(&room_id)?);
+        }
+        self.load_with_auth_chain(ids, version, &mut known).await?;
+        let fetch = |id: &EventId| known.get(id).cloned();
+        auth::check_against_auth_events(version, &missing, &fetch).map_err(|e| {
+            EventError::Unauthorized(format!(
+                "{} does not pass its auth events: {e}",
+                missing.event_id
+            ))
+        })?;
+        if let Some(slot) = missing.state_slot() {
+            after.insert(slot, missing.event_id.clone());
+        }
+        let group = self.inner.next_group.fetch_add(1, Ordering::Relaxed);
+        let full_group = NewStateGroup {
+            id: group,
+            room_id: room_id.to_string(),
+            prev_group: None,
+            delta: after
+                .iter()
+                .map(|((kind, key), id)| (kind.clone(), key.clone(), Some(id.to_string())))
+                .collect(),
+        };
+        let (done, rx) = oneshot::channel();
+        let batch = EventBatch {
+            state_groups: vec![full_group],
+            events: vec![NewEvent {
+                row: event_row(&missing, None, None, Some(group), true, false),
+                prev_events: missing.prev_events.iter().map(|e| e.to_string()).collect(),
+            }],
+            ..Default::default()
+        };
+        self.inner
+            .writer
+            .send(WriteRequest { batch, done })
+            .await
+            .map_err(|_| AppendError::WriterGone)?;
+        rx.await.map_err(|_| AppendError::WriterGone)??;
+        self.remember(Arc::new(missing), Some(group));
+        Ok(())
+    }
+
+    /// Joins a room this node did not know, from a resident server's `send_join` answer: the
+    /// auth chain and state are stored as outliers (each checked against its own auth events),
+    /// the state becomes one full state group, and `join` (our signed join) is appended on it.
+    /// Every event must already have passed signature and hash checks. When the room is known
+    /// here already, the join is appended like any received event.
+    pub async fn join_from_state(
+        &self,
+        version: &RoomVersion,
+        join: Pdu,
+        state: Vec<Pdu>,
+        auth_chain: Vec<Pdu>,
+    ) -> Result<Appended, AppendError> {
+        let room_id = join.room_id.clone();
+        if self.room_version(&room_id).await?.is_some() {
+            return self.append_remote(join).await;
+        }
+        // Outliers, checked in memory against their own auth events, written in batches: a
+        // join into a room of 30,000 state events must not wait for 30,000 commits.
+        let pending: Vec<Pdu> = auth_chain
+            .into_iter()
+            .chain(state.iter().cloned())
+            .collect();
+        let known = self
+            .store_outliers(version, &room_id, pending, "the join answer")
+            .await?;
         let mut snapshot = State::new();
         for pdu in &state {
             if let Some(slot) = pdu.state_slot() {

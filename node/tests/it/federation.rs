@@ -1815,3 +1815,126 @@ async fn device_changes_and_to_device_messages_reach_the_other_node() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_gap_larger_than_get_missing_events_is_filled_from_the_state() {
+    use unitas_storage::FederationQueue;
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (alice_token, bob, bob_token, room) = shared_room(&a, &b).await;
+    let (carol, carol_token) = account(&a, "carol").await;
+
+    // B is down while A's room moves on: 30 messages, a new topic, a new member. Then A's
+    // queue for B is lost, so B never gets those events pushed.
+    let Peer {
+        node,
+        config: b_config,
+        _dir: b_dir,
+    } = b;
+    node.shutdown().await;
+    let path = |i: usize| format!("/rooms/{}/send/m.room.message/gap{i}", urlencode(&room));
+    let text = |i: usize| json!({"msgtype": "m.text", "body": format!("during the gap {i}")});
+    for i in 0..10 {
+        let (status, _) = call(&a, &alice_token, reqwest::Method::PUT, &path(i), text(i)).await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/state/m.room.topic/", urlencode(&room)),
+        json!({"topic": "changed while B was away"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, _) = call(
+        &a,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/join/{}", urlencode(&room)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for i in 10..30 {
+        let (status, _) = call(&a, &alice_token, reqwest::Method::PUT, &path(i), text(i)).await;
+        assert_eq!(status, 200);
+    }
+    for (origin, destination) in a
+        .node
+        .state
+        .store
+        .list_outbound_destinations()
+        .await
+        .unwrap()
+    {
+        a.node
+            .state
+            .store
+            .delete_outbound(&origin, &destination, i64::MAX)
+            .await
+            .unwrap();
+    }
+
+    // B is back; A's next message names 30+ unknown ancestors (get_missing_events returns 20).
+    let b = Peer::resume(b_config, b_dir).await;
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/send/m.room.message/after", urlencode(&room)),
+        json!({"msgtype": "m.text", "body": "after the gap"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    a.node.state.sender.flush_once().await.unwrap();
+
+    // B has the new message, the state from before the gap's end: topic and members.
+    let on_b = history(&b, &bob_token, &room).await;
+    assert_eq!(
+        on_b.last().map(|(_, body)| body.as_str()),
+        Some("after the gap"),
+        "{on_b:?}"
+    );
+    let (status, topic) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::GET,
+        &format!("/rooms/{}/state/m.room.topic/", urlencode(&room)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200, "{topic}");
+    assert_eq!(topic["topic"], "changed while B was away");
+    let mut members = vec![bob.clone(), carol.clone()];
+    let (_, me) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::GET,
+        "/account/whoami",
+        Value::Null,
+    )
+    .await;
+    members.push(me["user_id"].as_str().unwrap().to_owned());
+    members.sort();
+    assert_eq!(joined(&b, &bob_token, &room).await, members);
+
+    // And B's next message lands on A after A's latest.
+    let (status, _) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/send/m.room.message/back", urlencode(&room)),
+        json!({"msgtype": "m.text", "body": "B is back"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.node.state.sender.flush_once().await.unwrap();
+    let on_a = history(&a, &alice_token, &room).await;
+    assert_eq!(
+        on_a.last().map(|(_, body)| body.as_str()),
+        Some("B is back")
+    );
+    a.stop().await;
+    b.stop().await;
+}
