@@ -221,6 +221,38 @@ impl FederationClient {
         .await
     }
 
+    /// A signed request whose JSON answer is parsed straight into `T` (large answers: a whole
+    /// room state parsed once, into the types the caller needs).
+    pub async fn request_as<T: serde::de::DeserializeOwned>(
+        &self,
+        origin: &ServerName,
+        key: &SigningKey,
+        destination: &ServerName,
+        method: http::Method,
+        path_and_query: &str,
+        body: Option<&Value>,
+    ) -> Result<T, FederationError> {
+        let authorization =
+            Self::authorize(key, origin, destination, &method, path_and_query, body)?;
+        let (status, _, bytes) = self
+            .exchange(
+                destination.as_str(),
+                method,
+                path_and_query,
+                body,
+                Some(authorization),
+                MAX_RESPONSE_BYTES,
+            )
+            .await?;
+        if !status.is_success() {
+            return Err(status_error(destination.as_str(), status, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| FederationError::BadResponse {
+            destination: destination.to_string(),
+            reason: format!("unexpected answer: {e}"),
+        })
+    }
+
     /// A `GET` whose answer is not JSON (media), signed by `signer` (origin and key) when one
     /// is given: the successful response with its headers and at most `limit` bytes of body.
     /// Error statuses become [`FederationError::Status`] as for [`FederationClient::request`].

@@ -105,6 +105,154 @@ pub async fn verify_pdu(
     }
 }
 
+/// One received event ready for its signature checks: the parsed event, its object (for the
+/// content hash), the bytes the required servers signed, and each (key, signature) to check.
+struct Prepared {
+    pdu: Pdu,
+    object: CanonicalJsonObject,
+    version: RoomVersion,
+    signed: String,
+    checks: Vec<(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature)>,
+}
+
+/// Steps 1 and the key lookups of [`verify_pdu`], without verifying anything yet.
+async fn prepare_pdu(
+    key_ring: &KeyRing,
+    object: CanonicalJsonObject,
+    version: &RoomVersion,
+    expected_room: Option<&RoomId>,
+) -> Result<Prepared, EventError> {
+    let pdu = Pdu::from_object(object.clone(), version, expected_room)?;
+    let rules = version.rules();
+    let servers =
+        ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
+            .map_err(|e| EventError::Signature(e.to_string()))?;
+    let signed = ruma::canonical_json::RedactingSerializer::new()
+        .rules(&rules.redaction)
+        .custom_redacted_root_fields(&["signatures", "unsigned"])
+        .serialize(&object)
+        .map_err(|e| EventError::Format(e.to_string()))?;
+    let at = i64::from(pdu.origin_server_ts.get());
+    let mut checks = Vec::new();
+    for server in &servers {
+        let by_key = match object.get("signatures") {
+            Some(CanonicalJsonValue::Object(signatures)) => match signatures.get(server.as_str()) {
+                Some(CanonicalJsonValue::Object(by_key)) => by_key.clone(),
+                _ => CanonicalJsonObject::new(),
+            },
+            _ => CanonicalJsonObject::new(),
+        };
+        let mut reasons = Vec::new();
+        let before = checks.len();
+        for (key_id, signature) in &by_key {
+            if !key_id.starts_with("ed25519:") {
+                continue;
+            }
+            let public = match key_ring.verify_key(server.as_str(), key_id, at).await {
+                Ok(public) => public,
+                Err(err) => {
+                    reasons.push(err.to_string());
+                    continue;
+                }
+            };
+            let bad = |what: &str| {
+                EventError::Signature(format!("{}: {what} of {server} {key_id}", pdu.event_id))
+            };
+            let key = crate::keys::decode_base64(&public)
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+                .filter(|k| !k.is_weak())
+                .ok_or_else(|| bad("unusable key"))?;
+            let CanonicalJsonValue::String(signature) = signature else {
+                return Err(bad("signature not a string"));
+            };
+            let signature = crate::keys::decode_base64(signature)
+                .and_then(|b| <[u8; 64]>::try_from(b).ok())
+                .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+                .ok_or_else(|| bad("malformed signature"))?;
+            checks.push((key, signature));
+        }
+        if checks.len() == before {
+            return Err(EventError::Signature(format!(
+                "no usable key of {server} signed {}: {}",
+                pdu.event_id,
+                reasons.join("; ")
+            )));
+        }
+    }
+    Ok(Prepared {
+        pdu,
+        object,
+        version: version.clone(),
+        signed,
+        checks,
+    })
+}
+
+/// Step 3 of [`verify_pdu`] for an event whose signatures passed: the content hash, redacting
+/// the event on a mismatch.
+fn finish_pdu(prepared: Prepared) -> Result<Pdu, EventError> {
+    let computed = ruma::signatures::content_hash(&prepared.object)
+        .map_err(|e| EventError::Format(e.to_string()))?;
+    let claimed = match prepared.object.get("hashes") {
+        Some(CanonicalJsonValue::Object(hashes)) => match hashes.get("sha256") {
+            Some(CanonicalJsonValue::String(hash)) => crate::keys::decode_base64(hash),
+            _ => None,
+        },
+        _ => None,
+    };
+    if claimed.as_deref() == Some(computed.as_bytes()) {
+        Ok(prepared.pdu)
+    } else {
+        tracing::info!(event_id = %prepared.pdu.event_id, "content hash mismatch: redacting");
+        crate::rooms::redact::redact_pdu(&prepared.pdu, &prepared.version)
+    }
+}
+
+/// [`verify_pdu`] for many events at once: every signature of every event in one ed25519 batch
+/// (about twice as fast as one by one); when the batch fails, each event is checked on its own
+/// so only the bad ones fail. One outcome per event, in order.
+///
+/// Batch verification is cofactored, single verification (and other servers') is not: a
+/// signature with a small-order component, which only the key's holder can make, could pass
+/// here and fail elsewhere. Weak (small-order) keys are refused outright.
+pub async fn verify_batch(
+    key_ring: &KeyRing,
+    items: Vec<(CanonicalJsonObject, RoomVersion, OwnedRoomId)>,
+) -> Vec<Result<Pdu, EventError>> {
+    let mut prepared = Vec::with_capacity(items.len());
+    for (object, version, room_id) in items {
+        prepared.push(prepare_pdu(key_ring, object, &version, Some(&room_id)).await);
+    }
+    let mut messages: Vec<&[u8]> = Vec::new();
+    let mut signatures = Vec::new();
+    let mut keys = Vec::new();
+    for ready in prepared.iter().flatten() {
+        for (key, signature) in &ready.checks {
+            messages.push(ready.signed.as_bytes());
+            signatures.push(*signature);
+            keys.push(*key);
+        }
+    }
+    let all_good =
+        !messages.is_empty() && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    prepared
+        .into_iter()
+        .map(|ready| {
+            let ready = ready?;
+            if !all_good {
+                for (key, signature) in &ready.checks {
+                    ed25519_dalek::Verifier::verify(key, ready.signed.as_bytes(), signature)
+                        .map_err(|e| {
+                            EventError::Signature(format!("{}: {e}", ready.pdu.event_id))
+                        })?;
+                }
+            }
+            finish_pdu(ready)
+        })
+        .collect()
+}
+
 /// Whether the room's server ACL (if any) lets `server` take part.
 pub async fn acl_allows(
     rooms: &Rooms,
@@ -642,26 +790,29 @@ impl Inbound {
         room_id: &RoomId,
         server: &str,
     ) -> Result<Appended, String> {
+        let started = std::time::Instant::now();
+        /// The parts of a `send_join` answer we use, parsed once from the bytes.
+        #[derive(serde::Deserialize)]
+        struct JoinAnswer {
+            #[serde(default)]
+            state: Vec<CanonicalJsonObject>,
+            #[serde(default)]
+            auth_chain: Vec<CanonicalJsonObject>,
+        }
         let (version, join, answer) = self
-            .membership_handshake(local, user, room_id, server, "join")
+            .membership_handshake::<JoinAnswer>(local, user, room_id, server, "join")
             .await?;
+        let handshake = started.elapsed();
         let version_id = version.id().as_str().to_owned();
-        let verify_all = async |name: &str| -> Result<Vec<Pdu>, String> {
-            let mut objects = Vec::new();
-            for value in answer
-                .get(name)
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                objects.push(canonical_object(value).map_err(|e| e.to_string())?);
-            }
-            self.verify_many(objects, &version, room_id)
-                .await
-                .map_err(|e| format!("{name}: {e}"))
-        };
-        let state = verify_all("state").await?;
-        let auth_chain = verify_all("auth_chain").await?;
+        let state = self
+            .verify_many(answer.state, &version, room_id)
+            .await
+            .map_err(|e| format!("state: {e}"))?;
+        let auth_chain = self
+            .verify_many(answer.auth_chain, &version, room_id)
+            .await
+            .map_err(|e| format!("auth_chain: {e}"))?;
+        let verified = started.elapsed();
         // The room's version is the create event's, not just what make_join said.
         let create = state
             .iter()
@@ -678,10 +829,20 @@ impl Inbound {
                 "make_join said version {version_id}, the room is {declared}"
             ));
         }
-        self.rooms
+        let (events, chain) = (state.len(), auth_chain.len());
+        let outcome = self
+            .rooms
             .join_from_state(&version, join, state, auth_chain)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string());
+        tracing::debug!(
+            %room_id, events, chain,
+            handshake_ms = handshake.as_millis(),
+            verify_ms = (verified - handshake).as_millis(),
+            store_ms = (started.elapsed() - verified).as_millis(),
+            "joined over federation"
+        );
+        outcome
     }
 }
 
@@ -817,7 +978,7 @@ impl Inbound {
         room_id: &RoomId,
         server: &str,
     ) -> Result<(), String> {
-        self.membership_handshake(local, user, room_id, server, "leave")
+        self.membership_handshake::<Value>(local, user, room_id, server, "leave")
             .await
             .map(|_| ())
     }
@@ -832,7 +993,7 @@ impl Inbound {
         server: &str,
     ) -> Result<Vec<Value>, String> {
         let (_, _, answer) = self
-            .membership_handshake(local, user, room_id, server, "knock")
+            .membership_handshake::<Value>(local, user, room_id, server, "knock")
             .await?;
         Ok(answer
             .get("knock_room_state")
@@ -843,14 +1004,14 @@ impl Inbound {
 
     /// `make_<membership>` at `server`, a strict check of the template, our own signed event
     /// built from it, `send_<membership>` (v2): the room version, our event and the answer.
-    async fn membership_handshake(
+    async fn membership_handshake<T: serde::de::DeserializeOwned>(
         &self,
         local: &LocalServer,
         user: &ruma::UserId,
         room_id: &RoomId,
         server: &str,
         membership: &str,
-    ) -> Result<(RoomVersion, Pdu, Value), String> {
+    ) -> Result<(RoomVersion, Pdu, T), String> {
         let local_name = ServerName::parse(&local.name).map_err(|e| e.to_string())?;
         let resident = ServerName::parse(server).map_err(|e| e.to_string())?;
         let answer = self
@@ -903,7 +1064,7 @@ impl Inbound {
             serde_json::from_str(event.federation_json()).map_err(|e| e.to_string())?;
         let answer = self
             .client
-            .request(
+            .request_as(
                 &local_name,
                 &local.key,
                 &resident,
@@ -952,13 +1113,13 @@ impl Inbound {
             let part: Vec<_> = items.drain(..per_task.min(items.len())).collect();
             let count = part.len();
             let key_ring = self.key_ring.clone();
-            let task = tokio::spawn(async move {
-                let mut out = Vec::with_capacity(part.len());
-                for (object, version, room_id) in part {
-                    out.push(verify_pdu(&key_ring, object, &version, Some(&room_id)).await);
-                }
-                out
-            });
+            // On the blocking pool: a verification task never waits (keys are cached), so as
+            // a runtime task it would keep its worker, and the next task spawned from that
+            // worker would wait in its non-stealable LIFO slot instead of running on another
+            // core (measured: two halves of a 30,000-event join ran one after the other).
+            let handle = tokio::runtime::Handle::current();
+            let task =
+                tokio::task::spawn_blocking(move || handle.block_on(verify_batch(&key_ring, part)));
             tasks.push((count, task));
         }
         let mut all = Vec::new();

@@ -55,6 +55,13 @@ async fn register(node: &Node, name: &str) -> (String, String) {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // RUST_LOG=unitas=debug,unitas_federation=debug shows where the time goes.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let state_events: usize = std::env::var("UNITAS_JOIN_STATE")
         .ok()
         .and_then(|v| v.parse().ok())

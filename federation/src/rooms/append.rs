@@ -575,6 +575,24 @@ impl Rooms {
         Ok(guard.as_ref().map(|entry| entry.state.clone()))
     }
 
+    /// The servers with a joined member in a room's current state, sorted (ours included; empty
+    /// for an unknown room). Kept in memory with the state: no event is loaded.
+    pub async fn joined_servers(&self, room_id: &RoomId) -> Result<Vec<String>, AppendError> {
+        let (_slot, guard) = self.lock_room(room_id).await?;
+        let mut servers: Vec<String> = guard
+            .as_ref()
+            .map(|e| {
+                e.servers
+                    .iter()
+                    .filter(|(_, count)| **count > 0)
+                    .map(|(server, _)| server.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        servers.sort();
+        Ok(servers)
+    }
+
     /// The event ID in one slot of a room's current state, without copying the state.
     pub async fn current_state_event_id(
         &self,
@@ -877,6 +895,7 @@ impl Rooms {
         mut pending: Vec<Pdu>,
         what: &str,
     ) -> Result<HashMap<OwnedEventId, Arc<Pdu>>, AppendError> {
+        let started = std::time::Instant::now();
         pending.sort_by_key(|p| p.depth);
         pending.dedup_by(|a, b| a.event_id == b.event_id);
         let in_answer: HashSet<OwnedEventId> = pending.iter().map(|p| p.event_id.clone()).collect();
@@ -942,6 +961,7 @@ impl Rooms {
             }
             pending = later;
         }
+        let checked = started.elapsed();
         let ids: Vec<String> = accepted.iter().map(|p| p.event_id.to_string()).collect();
         let stored = self.inner.store.stored_event_ids(&ids).await?;
         let rows: Vec<NewEvent> = accepted
@@ -972,6 +992,12 @@ impl Rooms {
         for pdu in &accepted {
             self.remember(pdu.clone(), None);
         }
+        tracing::debug!(
+            %room_id, events = accepted.len(),
+            check_ms = checked.as_millis(),
+            write_ms = (started.elapsed() - checked).as_millis(),
+            "outliers stored"
+        );
         Ok(known)
     }
 

@@ -10,7 +10,7 @@ use ruma::{EventId, OwnedEventId, RoomId, ServerName, UserId};
 use serde_json::{Value, json};
 use unitas_federation::inbound::{canonical_object, verify_pdu};
 use unitas_federation::rooms::{AppendError, Pdu, Signer};
-use unitas_storage::{Accounts, RemoteInvites};
+use unitas_storage::{Accounts, RemoteInvites, RoomEvents};
 
 use super::ApiError;
 use super::peer::Peer;
@@ -27,39 +27,17 @@ fn event_json(pdu: &Pdu) -> Result<Value, ApiError> {
     serde_json::from_str(pdu.federation_json()).map_err(|e| ApiError::internal(&e))
 }
 
-/// The server of a user ID (everything after the first `:`; server names may carry a port).
-fn server_of(user_id: &str) -> Option<&str> {
-    user_id.split_once(':').map(|(_, server)| server)
-}
-
 fn now_ms() -> i64 {
     crate::node::now_ms()
 }
 
-/// The servers with a joined member in the room's current state, sorted.
+/// The servers with a joined member in the room's current state, sorted (kept in memory with
+/// the room's state).
 pub(crate) async fn servers_in_room(
     state: &AppState,
     room_id: &RoomId,
 ) -> Result<Vec<String>, ApiError> {
-    let Some(current) = state.rooms.current_state(room_id).await? else {
-        return Ok(Vec::new());
-    };
-    let mut servers = std::collections::BTreeSet::new();
-    for ((kind, key), id) in &current {
-        let Some(server) = server_of(key).filter(|_| kind == "m.room.member") else {
-            continue;
-        };
-        if servers.contains(server) {
-            continue;
-        }
-        if let Some(pdu) = state.rooms.get_pdu(id).await? {
-            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
-            if content.get("membership").and_then(Value::as_str) == Some("join") {
-                servers.insert(server.to_owned());
-            }
-        }
-    }
-    Ok(servers.into_iter().collect())
+    Ok(state.rooms.joined_servers(room_id).await?)
 }
 
 /// Whether `server` has a joined member in the room's current state.
@@ -68,21 +46,10 @@ async fn server_in_room(
     room_id: &RoomId,
     server: &ServerName,
 ) -> Result<bool, ApiError> {
-    let Some(current) = state.rooms.current_state(room_id).await? else {
-        return Ok(false);
-    };
-    for ((kind, key), id) in &current {
-        if kind != "m.room.member" || server_of(key) != Some(server.as_str()) {
-            continue;
-        }
-        if let Some(pdu) = state.rooms.get_pdu(id).await? {
-            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
-            if content.get("membership").and_then(Value::as_str) == Some("join") {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
+    Ok(servers_in_room(state, room_id)
+        .await?
+        .iter()
+        .any(|s| s == server.as_str()))
 }
 
 /// The room's server ACL must let the peer in.
@@ -109,26 +76,55 @@ async fn require_in_room(state: &AppState, room_id: &RoomId, peer: &Peer) -> Res
     }
 }
 
-/// The auth chains of `ids` (not including `ids` themselves unless reached), as PDUs.
-async fn auth_chain(state: &AppState, ids: &[OwnedEventId]) -> Result<Vec<Pdu>, ApiError> {
-    let mut seen: HashSet<OwnedEventId> = HashSet::new();
-    let mut queue: VecDeque<OwnedEventId> = VecDeque::new();
-    for id in ids {
-        if let Some(pdu) = state.rooms.get_pdu(id).await? {
-            queue.extend(pdu.auth_events.iter().cloned());
-        }
+/// Events as stored, `(event_id, JSON)`, straight from the database: answers of whole states
+/// are copied out as they are, never parsed into events.
+type Stored = Vec<(String, String)>;
+
+/// The auth events an event names (only that field is read).
+fn auth_refs(json: &str) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct Refs {
+        #[serde(default)]
+        auth_events: Vec<String>,
     }
+    serde_json::from_str::<Refs>(json)
+        .map(|r| r.auth_events)
+        .unwrap_or_default()
+}
+
+/// The stored JSON of `ids` (those that are stored).
+async fn load_stored(state: &AppState, ids: &[OwnedEventId]) -> Result<Stored, ApiError> {
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    Ok(state.store.get_event_jsons(&ids).await?)
+}
+
+/// The auth chain of `events` (their auth events, theirs, and so on), without `events`
+/// themselves unless one authorises another; loaded a level at a time.
+async fn auth_chain_of(state: &AppState, events: &Stored) -> Result<Stored, ApiError> {
+    let mut seen: HashSet<String> = HashSet::new();
     let mut chain = Vec::new();
-    while let Some(id) = queue.pop_front() {
-        if !seen.insert(id.clone()) || chain.len() >= MAX_ANSWER_EVENTS {
-            continue;
-        }
-        if let Some(pdu) = state.rooms.get_pdu(&id).await? {
-            queue.extend(pdu.auth_events.iter().cloned());
-            chain.push(pdu.as_ref().clone());
-        }
+    let mut level: Vec<String> = events
+        .iter()
+        .flat_map(|(_, json)| auth_refs(json))
+        .collect();
+    while !level.is_empty() && chain.len() < MAX_ANSWER_EVENTS {
+        level.retain(|id| seen.insert(id.clone()));
+        let found = state.store.get_event_jsons(&level).await?;
+        level = found.iter().flat_map(|(_, json)| auth_refs(json)).collect();
+        chain.extend(found);
     }
+    chain.truncate(MAX_ANSWER_EVENTS);
     Ok(chain)
+}
+
+/// Stored events as a JSON array, copied verbatim.
+fn raw_list(events: Stored) -> Result<Vec<Box<serde_json::value::RawValue>>, ApiError> {
+    events
+        .into_iter()
+        .map(|(_, json)| {
+            serde_json::value::RawValue::from_string(json).map_err(|e| ApiError::internal(&e))
+        })
+        .collect()
 }
 
 /// `PUT /_matrix/federation/v1/send/{txnId}`.
@@ -290,42 +286,33 @@ pub async fn send_join_route(
     Query(query): Query<SendJoinQuery>,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
+    let started = std::time::Instant::now();
     let room_id = parse_room(&room_id)?;
     let join_id = receive_membership(&state, room_id, &event_id, &peer, "join").await?;
+    let appended = started.elapsed();
     let before = state
         .rooms
         .state_before(&join_id)
         .await?
         .ok_or_else(|| ApiError::forbidden("The join was not accepted into the room"))?;
-    let mut servers: HashSet<String> = HashSet::new();
-    let mut state_events = Vec::new();
-    let mut state_ids = Vec::new();
-    for ((kind, key), id) in &before {
-        let Some(pdu) = state.rooms.get_pdu(id).await? else {
-            continue;
-        };
-        if kind == "m.room.member" {
-            let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
-            if content.get("membership").and_then(Value::as_str) == Some("join")
-                && let Some(server) = server_of(key)
-            {
-                servers.insert(server.to_owned());
-            }
-            if query.omit_members {
-                continue;
-            }
-        }
-        state_ids.push(id.clone());
-        state_events.push(event_json(&pdu)?);
-    }
-    let chain = auth_chain(&state, &state_ids).await?;
-    let chain: Vec<Value> = chain.iter().map(event_json).collect::<Result<_, _>>()?;
-    let mut servers: Vec<String> = servers.into_iter().collect();
-    servers.sort();
+    let ids: Vec<OwnedEventId> = before
+        .iter()
+        .filter(|((kind, _), _)| !(query.omit_members && kind == "m.room.member"))
+        .map(|(_, id)| id.clone())
+        .collect();
+    let state_events = load_stored(&state, &ids).await?;
+    let chain = auth_chain_of(&state, &state_events).await?;
+    let servers = servers_in_room(&state, room_id).await?;
+    tracing::debug!(
+        %room_id, origin = %peer.origin, events = state_events.len(), chain = chain.len(),
+        append_ms = appended.as_millis(),
+        gather_ms = (started.elapsed() - appended).as_millis(),
+        "send_join answered"
+    );
     Ok(Json(json!({
         "origin": peer.territory.server_name(),
-        "state": state_events,
-        "auth_chain": chain,
+        "state": raw_list(state_events)?,
+        "auth_chain": raw_list(chain)?,
         "members_omitted": query.omit_members,
         "servers_in_room": servers,
     })))
@@ -450,10 +437,11 @@ pub async fn get_state_ids_route(
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
     let ids = state_ids_before(&state, &room_id, &query.event_id, &peer).await?;
-    let chain = auth_chain(&state, &ids).await?;
+    let events = load_stored(&state, &ids).await?;
+    let chain = auth_chain_of(&state, &events).await?;
     Ok(Json(json!({
         "pdu_ids": ids,
-        "auth_chain_ids": chain.iter().map(|p| p.event_id.to_string()).collect::<Vec<_>>(),
+        "auth_chain_ids": chain.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
     })))
 }
 
@@ -466,15 +454,11 @@ pub async fn get_state_route(
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
     let ids = state_ids_before(&state, &room_id, &query.event_id, &peer).await?;
-    let mut pdus = Vec::new();
-    for id in &ids {
-        if let Some(pdu) = state.rooms.get_pdu(id).await? {
-            pdus.push(event_json(&pdu)?);
-        }
-    }
-    let chain = auth_chain(&state, &ids).await?;
-    let chain: Vec<Value> = chain.iter().map(event_json).collect::<Result<_, _>>()?;
-    Ok(Json(json!({ "pdus": pdus, "auth_chain": chain })))
+    let events = load_stored(&state, &ids).await?;
+    let chain = auth_chain_of(&state, &events).await?;
+    Ok(Json(
+        json!({ "pdus": raw_list(events)?, "auth_chain": raw_list(chain)? }),
+    ))
 }
 
 /// `GET /_matrix/federation/v1/backfill/{roomId}?v=...&limit=`: events before the given ones,

@@ -138,6 +138,12 @@ pub trait RoomEvents {
         &self,
         event_ids: &[String],
     ) -> impl Future<Output = Result<std::collections::HashSet<String>>> + Send;
+    /// The stored JSON of each of `event_ids` that is stored: `(event_id, json)`, in no
+    /// particular order (one query per few hundred IDs; answers to peers of whole states).
+    fn get_event_jsons(
+        &self,
+        event_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     /// The room's timeline after `since` (exclusive), oldest first, without soft-failed events or
     /// outliers.
     fn get_room_events_after(
@@ -338,6 +344,24 @@ impl RoomEvents for Store {
                 q.build_query_scalar().persistent(false).fetch_all(pool).await
             })?;
             found.extend(ids);
+        }
+        Ok(found)
+    }
+
+    async fn get_event_jsons(&self, event_ids: &[String]) -> Result<Vec<(String, String)>> {
+        let mut found = Vec::with_capacity(event_ids.len());
+        for chunk in event_ids.chunks(CHUNK) {
+            let rows: Vec<(String, String)> = on_pool!(self, pool => {
+                let mut q =
+                    QueryBuilder::new("SELECT event_id, json FROM events WHERE event_id IN (");
+                let mut list = q.separated(", ");
+                for id in chunk {
+                    list.push_bind(id);
+                }
+                q.push(")");
+                q.build_query_as().persistent(false).fetch_all(pool).await
+            })?;
+            found.extend(rows);
         }
         Ok(found)
     }
