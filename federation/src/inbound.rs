@@ -984,22 +984,23 @@ impl Inbound {
     }
 
     /// Knocks on a room this node is not in, through `server` (make_knock, our signed knock,
-    /// send_knock): the stripped state the resident server shows knockers.
+    /// send_knock): our knock event and the stripped state the resident server shows knockers.
     pub async fn knock_remote(
         &self,
         local: &LocalServer,
         user: &ruma::UserId,
         room_id: &RoomId,
         server: &str,
-    ) -> Result<Vec<Value>, String> {
-        let (_, _, answer) = self
+    ) -> Result<(Pdu, Vec<Value>), String> {
+        let (_, knock, answer) = self
             .membership_handshake::<Value>(local, user, room_id, server, "knock")
             .await?;
-        Ok(answer
+        let state = answer
             .get("knock_room_state")
             .and_then(Value::as_array)
             .cloned()
-            .unwrap_or_default())
+            .unwrap_or_default();
+        Ok((knock, state))
     }
 
     /// `make_<membership>` at `server`, a strict check of the template, our own signed event

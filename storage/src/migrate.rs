@@ -66,6 +66,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "to_device",
         include_str!("../migrations/sqlite/0011_to_device.sql"),
     ),
+    (
+        12,
+        "remote_knocks",
+        include_str!("../migrations/sqlite/0012_remote_knocks.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -123,6 +128,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         11,
         "to_device",
         include_str!("../migrations/postgres/0011_to_device.sql"),
+    ),
+    (
+        12,
+        "remote_knocks",
+        include_str!("../migrations/postgres/0012_remote_knocks.sql"),
     ),
 ];
 

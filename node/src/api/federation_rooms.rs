@@ -667,6 +667,7 @@ pub async fn invite_route(
                     .map_err(|e| ApiError::internal(&e))?,
                 via: peer.origin.to_string(),
                 position,
+                membership: "invite".into(),
             })
             .await?;
         state.ephemeral.publish(position);

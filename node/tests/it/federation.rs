@@ -1130,6 +1130,27 @@ async fn a_user_of_another_node_knocks_and_is_let_in() {
         "{}",
         knock.content.get()
     );
+    // Carol's sync shows the knock, with what the room let her see.
+    let (_, first) = call(&c, &carol_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    let shown = &first["rooms"]["knock"][&room]["knock_state"]["events"];
+    let kinds: Vec<&str> = shown
+        .as_array()
+        .unwrap_or_else(|| panic!("{first}"))
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"m.room.join_rules"), "{shown}");
+    assert!(
+        shown
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "m.room.member"
+                && e["state_key"] == carol.as_str()
+                && e["content"]["membership"] == "knock"),
+        "{shown}"
+    );
+    let since = first["next_batch"].as_str().unwrap().to_owned();
 
     // Alice lets Carol in: an invite (countersigned by C), then Carol's join.
     let (status, body) = call(
@@ -1141,7 +1162,17 @@ async fn a_user_of_another_node_knocks_and_is_let_in() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    await_invite(&c, &carol_token, &room).await;
+    // The invite answers the knock: it replaces it in Carol's sync.
+    let answered = sync_until(&c, &carol_token, &since, |s| {
+        s["rooms"]["invite"].get(&room).is_some()
+    })
+    .await;
+    assert!(
+        answered["rooms"]["knock"].get(&room).is_none(),
+        "{answered}"
+    );
+    let (_, fresh) = call(&c, &carol_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    assert!(fresh["rooms"]["knock"].get(&room).is_none(), "{fresh}");
     let (status, body) = call(
         &c,
         &carol_token,

@@ -90,11 +90,14 @@ pub struct RemoteInvite {
     pub via: String,
     /// Aux stream position of its arrival.
     pub position: i64,
+    /// `invite` (received) or `knock` (sent by the user; `event_json` is the knock and
+    /// `invite_state` what the room showed the knocker).
+    pub membership: String,
 }
 
 /// Invites into rooms this node is not in.
 pub trait RemoteInvites {
-    /// Keeps (or replaces) a user's invite into a room.
+    /// Keeps (or replaces) a user's invite into (or knock on) a room.
     fn store_remote_invite(&self, invite: &RemoteInvite)
     -> impl Future<Output = Result<()>> + Send;
     /// A user's pending invites.
@@ -114,11 +117,13 @@ impl RemoteInvites for Store {
     async fn store_remote_invite(&self, invite: &RemoteInvite) -> Result<()> {
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO remote_invites (user_id, room_id, event_json, invite_state, via, position)
-                 VALUES ($1, $2, $3, $4, $5, $6)
+                "INSERT INTO remote_invites
+                   (user_id, room_id, event_json, invite_state, via, position, membership)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT (user_id, room_id) DO UPDATE SET
                    event_json = excluded.event_json, invite_state = excluded.invite_state,
-                   via = excluded.via, position = excluded.position",
+                   via = excluded.via, position = excluded.position,
+                   membership = excluded.membership",
             )
             .bind(&invite.user_id)
             .bind(&invite.room_id)
@@ -126,6 +131,7 @@ impl RemoteInvites for Store {
             .bind(&invite.invite_state)
             .bind(&invite.via)
             .bind(invite.position)
+            .bind(&invite.membership)
             .execute(pool)
             .await
             .map(|_| ())
@@ -136,7 +142,7 @@ impl RemoteInvites for Store {
     async fn list_remote_invites(&self, user_id: &str) -> Result<Vec<RemoteInvite>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT user_id, room_id, event_json, invite_state, via, position
+                "SELECT user_id, room_id, event_json, invite_state, via, position, membership
                  FROM remote_invites WHERE user_id = $1 ORDER BY position",
             )
             .bind(user_id)

@@ -457,7 +457,25 @@ pub async fn knock_room_route(
                 )
                 .await
             {
-                Ok(_) => return Ok(knock_room::v3::Response::new(room_id).into()),
+                Ok((knock, shown)) => {
+                    // Shown in the knocker's sync (`rooms.knock`) until answered or withdrawn.
+                    let position = state.ephemeral.reserve();
+                    state
+                        .store
+                        .store_remote_invite(&unitas_storage::RemoteInvite {
+                            user_id: user.user_id.to_string(),
+                            room_id: room_id.to_string(),
+                            event_json: knock.federation_json().to_owned(),
+                            invite_state: serde_json::to_string(&shown)
+                                .map_err(|e| ApiError::internal(&e))?,
+                            via: server.clone(),
+                            position,
+                            membership: "knock".into(),
+                        })
+                        .await?;
+                    state.ephemeral.publish(position);
+                    return Ok(knock_room::v3::Response::new(room_id).into());
+                }
                 Err(err) => last = format!("could not knock through {server}: {err}"),
             }
         }
@@ -583,15 +601,16 @@ pub async fn leave_room_route(
 ) -> Result<leave_room::v3::Response> {
     let user = req.user()?.clone();
     if state.rooms.room_version(&req.body.room_id).await?.is_none() {
-        // Declining an invite into a room this node is not in: through the inviting server,
-        // and locally whatever it answers (the user asked to be rid of it).
+        // Declining an invite into (or withdrawing a knock on) a room this node is not in:
+        // through the inviting (knocked-through) server, and locally whatever it answers (the
+        // user asked to be rid of it).
         let pending = state
             .store
             .list_remote_invites(user.user_id.as_str())
             .await?
             .into_iter()
             .find(|i| i.room_id == req.body.room_id.as_str())
-            .ok_or_else(|| ApiError::not_found("You are not invited to this room"))?;
+            .ok_or_else(|| ApiError::not_found("You are not invited to this room nor knocking"))?;
         if let Err(err) = state
             .inbound
             .leave_remote(

@@ -159,6 +159,7 @@ async fn build(
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
+    let mut knock = serde_json::Map::new();
     // Users whose devices changed since the last sync (incremental syncs only); listed when they
     // share a joined room with this user, or are this user.
     let device_changes = match (since, since_aux) {
@@ -317,6 +318,14 @@ async fn build(
                     }),
                 );
             }
+            Some("knock") if changed_since => {
+                // The room's essentials with the knock itself (the user's own membership).
+                let stripped = super::rooms::stripped_state(state, &room_id, &user.user_id).await?;
+                knock.insert(
+                    room_id.to_string(),
+                    json!({"knock_state": {"events": stripped}}),
+                );
+            }
             Some("invite") if changed_since => {
                 // The room's essentials and the inviter's membership, then the invite itself.
                 let Some(invite_event) = state.rooms.get_pdu(&member_id).await? else {
@@ -359,10 +368,23 @@ async fn build(
             continue;
         }
         let events: Value = serde_json::from_str(&pending.invite_state).unwrap_or(json!([]));
-        invite.insert(
-            pending.room_id.clone(),
-            json!({"invite_state": {"events": events}}),
-        );
+        if pending.membership == "knock" {
+            // What the room showed the knocker, then the knock itself.
+            let mut events = events.as_array().cloned().unwrap_or_default();
+            if let Ok(ours) = serde_json::from_str::<Value>(&pending.event_json) {
+                events.push(json!({"type": ours["type"], "state_key": ours["state_key"],
+                    "sender": ours["sender"], "content": ours["content"]}));
+            }
+            knock.insert(
+                pending.room_id.clone(),
+                json!({"knock_state": {"events": events}}),
+            );
+        } else {
+            invite.insert(
+                pending.room_id.clone(),
+                json!({"invite_state": {"events": events}}),
+            );
+        }
     }
     // What the device's encryption needs to keep enough keys on the server.
     let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
@@ -390,6 +412,7 @@ async fn build(
         .collect();
     let has_updates = !(join.is_empty()
         && invite.is_empty()
+        && knock.is_empty()
         && leave.is_empty()
         && global_data.is_empty()
         && to_device.is_empty()
@@ -398,6 +421,7 @@ async fn build(
     rooms.insert("join", Value::Object(join));
     rooms.insert("invite", Value::Object(invite));
     rooms.insert("leave", Value::Object(leave));
+    rooms.insert("knock", Value::Object(knock));
     let response = json!({
         "next_batch": format!("s{now}_{now_aux}"),
         "rooms": rooms,
