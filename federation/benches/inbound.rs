@@ -33,6 +33,13 @@ fn pdu_object(pdu: &unitas_federation::rooms::Pdu) -> CanonicalJsonObject {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
+    // RUST_LOG (e.g. sqlx=debug) shows what the run does.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("sqlite://{}/inbound.db", dir.path().display());
     let store = Store::connect(&url, &StoreOptions::default())

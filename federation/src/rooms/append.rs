@@ -1237,6 +1237,7 @@ impl Rooms {
                     .collect();
             }
         };
+        let started = std::time::Instant::now();
         for (index, pdu) in pdus.into_iter().enumerate() {
             results.push(None);
             if stored.contains(pdu.event_id.as_str()) {
@@ -1251,6 +1252,8 @@ impl Rooms {
                 Err(err) => results[index] = Some(Err(err)),
             }
         }
+        let staged_at = started.elapsed();
+        let count = pending.len();
         for (index, staged, submitted, pdu, slot) in pending {
             results[index] = Some(
                 self.complete(staged, submitted, pdu, &slot)
@@ -1258,6 +1261,12 @@ impl Rooms {
                     .map(|(_, o)| o),
             );
         }
+        tracing::trace!(
+            count,
+            stage_us = staged_at.as_micros(),
+            commit_us = (started.elapsed() - staged_at).as_micros(),
+            "remote batch appended"
+        );
         results
             .into_iter()
             .map(|r| r.unwrap_or(Err(AppendError::WriterGone)))

@@ -93,9 +93,20 @@ impl Pdu {
     /// Checks and parses an event's canonical JSON (see the module doc for the steps).
     /// `expected_room` is the room the event arrived for, when known.
     pub fn from_object(
+        object: CanonicalJsonObject,
+        version: &RoomVersion,
+        expected_room: Option<&RoomId>,
+    ) -> Result<Pdu, EventError> {
+        Self::from_object_with_hash(object, version, expected_room, None)
+    }
+
+    /// [`Pdu::from_object`] with the reference hash already computed (it is the SHA-256 of the
+    /// bytes every signature covers, so the verification path computes them once for both).
+    pub fn from_object_with_hash(
         mut object: CanonicalJsonObject,
         version: &RoomVersion,
         expected_room: Option<&RoomId>,
+        reference_hash: Option<String>,
     ) -> Result<Pdu, EventError> {
         let format = |msg: String| EventError::Format(msg);
         // Events travel without `event_id` (room versions 3+); a peer that adds one gets it ignored.
@@ -146,8 +157,11 @@ impl Pdu {
         }
 
         // 2. Event ID.
-        let hash = ruma::signatures::reference_hash(&object, version.rules())
-            .map_err(|e| format(format!("cannot compute the reference hash: {e}")))?;
+        let hash = match reference_hash {
+            Some(hash) => hash,
+            None => ruma::signatures::reference_hash(&object, version.rules())
+                .map_err(|e| format(format!("cannot compute the reference hash: {e}")))?,
+        };
         let event_id = EventId::parse(format!("${hash}")).map_err(|e| format(e.to_string()))?;
 
         // 3. Room ID.
