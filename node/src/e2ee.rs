@@ -362,8 +362,8 @@ pub async fn device_changed(
 /// when they share a room with the user) and wakes syncing clients.
 pub async fn record_change(state: &AppState, user_id: &str) -> Result<(), ApiError> {
     let at = state.ephemeral.reserve();
-    state.store.add_device_list_change(user_id, at).await?;
-    state.ephemeral.publish(at);
+    state.store.add_device_list_change(user_id, at.at()).await?;
+    drop(at);
     Ok(())
 }
 
@@ -378,7 +378,8 @@ pub async fn deliver_to_device(
     messages: &Map<String, Value>,
 ) -> Result<(), ApiError> {
     let mut rows = Vec::new();
-    let mut last = None;
+    // Held until the rows are written (dropping them publishes the positions).
+    let mut reserved = Vec::new();
     for (user_id, devices) in messages {
         let Some(devices) = devices.as_object() else {
             continue;
@@ -401,16 +402,16 @@ pub async fn deliver_to_device(
             };
             for device_id in targets {
                 let at = state.ephemeral.reserve();
-                last = Some(at);
                 rows.push(ToDeviceMessage {
                     user_id: user_id.clone(),
                     device_id: device_id.clone(),
-                    position: at,
+                    position: at.at(),
                     sender: sender.to_owned(),
                     event_type: event_type.to_owned(),
                     content: content.to_string(),
                     message_id: message_id.to_owned(),
                 });
+                reserved.push(at);
             }
         }
     }
@@ -418,9 +419,7 @@ pub async fn deliver_to_device(
         return Ok(());
     }
     state.store.add_to_device(&rows).await?;
-    if let Some(at) = last {
-        state.ephemeral.publish(at);
-    }
+    drop(reserved);
     Ok(())
 }
 

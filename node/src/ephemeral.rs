@@ -13,10 +13,32 @@ use std::time::{Duration, Instant};
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use tokio::sync::watch;
 
+/// A reserved aux position; dropping it publishes the change (see [`Ephemeral::reserve`]).
+#[derive(Debug)]
+pub struct Reserved<'a> {
+    owner: &'a Ephemeral,
+    at: i64,
+}
+
+impl Reserved<'_> {
+    /// The position.
+    pub fn at(&self) -> i64 {
+        self.at
+    }
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        self.owner.finish(self.at);
+    }
+}
+
 /// Who is typing in which room, and the aux positions of changes.
 #[derive(Debug)]
 pub struct Ephemeral {
     next: AtomicI64,
+    /// Reserved positions whose change is not written yet.
+    pending: Mutex<std::collections::BTreeSet<i64>>,
     position: watch::Sender<i64>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
 }
@@ -35,19 +57,36 @@ impl Ephemeral {
     pub fn new(max_stored: i64) -> Ephemeral {
         Ephemeral {
             next: AtomicI64::new(max_stored + 1),
+            pending: Mutex::default(),
             position: watch::channel(max_stored).0,
             typing: Mutex::default(),
         }
     }
 
-    /// Reserves the position for a change about to be stored.
-    pub fn reserve(&self) -> i64 {
-        self.next.fetch_add(1, Ordering::Relaxed)
+    /// Reserves the position for a change about to be stored. The change becomes visible to
+    /// syncs when the returned guard is dropped (stored or failed, either way), and only once
+    /// every position before it is done too: a sync never reads past a change still being
+    /// written, so a client's acknowledgement (its next `since`) never covers a change it has
+    /// not seen (a to-device message stored late would otherwise be deleted unseen).
+    pub fn reserve(&self) -> Reserved<'_> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let at = self.next.fetch_add(1, Ordering::Relaxed);
+        pending.insert(at);
+        Reserved { owner: self, at }
     }
 
-    /// Publishes a stored (or in-memory) change at `at`: wakes syncing clients.
-    pub fn publish(&self, at: i64) {
-        self.position.send_modify(|p| *p = (*p).max(at));
+    /// Marks `at` done and publishes the highest position below which nothing is pending:
+    /// wakes syncing clients.
+    fn finish(&self, at: i64) {
+        let visible = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.remove(&at);
+            match pending.first() {
+                Some(first) => first - 1,
+                None => self.next.load(Ordering::Relaxed) - 1,
+            }
+        };
+        self.position.send_modify(|p| *p = (*p).max(visible));
     }
 
     /// The published position.
@@ -57,7 +96,8 @@ impl Ephemeral {
 
     /// Sets or clears `user`'s typing in `room`.
     pub fn set_typing(&self, room: &RoomId, user: &UserId, timeout: Option<Duration>) {
-        let at = self.reserve();
+        let reserved = self.reserve();
+        let at = reserved.at();
         {
             let mut typing = self.typing.lock().unwrap_or_else(|e| e.into_inner());
             let entry = typing.entry(room.to_owned()).or_default();
@@ -73,7 +113,7 @@ impl Ephemeral {
             }
             entry.changed_at = at;
         }
-        self.publish(at);
+        drop(reserved);
     }
 
     /// Who is typing in `room` now, if that changed after `since`.
@@ -92,5 +132,27 @@ impl Ephemeral {
             .collect();
         users.sort();
         Some(users)
+    }
+}
+
+#[cfg(test)]
+mod position_tests {
+    use super::Ephemeral;
+
+    #[test]
+    fn a_change_is_visible_only_when_every_earlier_one_is_written() {
+        let aux = Ephemeral::new(10);
+        let watch = aux.subscribe();
+        let first = aux.reserve();
+        let second = aux.reserve();
+        assert_eq!((first.at(), second.at()), (11, 12));
+        // The later change finishes first: a sync must not read past the earlier one.
+        drop(second);
+        assert_eq!(*watch.borrow(), 10);
+        drop(first);
+        assert_eq!(*watch.borrow(), 12);
+        // A failed write (guard dropped without a row) does not hold the stream back.
+        drop(aux.reserve());
+        assert_eq!(*watch.borrow(), 13);
     }
 }

@@ -666,11 +666,11 @@ pub async fn invite_route(
                 invite_state: serde_json::to_string(&stripped)
                     .map_err(|e| ApiError::internal(&e))?,
                 via: peer.origin.to_string(),
-                position,
+                position: position.at(),
                 membership: "invite".into(),
             })
             .await?;
-        state.ephemeral.publish(position);
+        drop(position);
     }
     Ok(Json(json!({ "event": signed })))
 }

@@ -94,10 +94,10 @@ async fn store_receipt(
             thread_id: thread,
             event_id,
             ts: now_ms(),
-            aux: at,
+            aux: at.at(),
         })
         .await?;
-    state.ephemeral.publish(at);
+    drop(at);
     // Public receipts of local users go to the room's other servers.
     if kind == "m.read"
         && state
@@ -219,9 +219,9 @@ async fn store_account_data(
     let at = state.ephemeral.reserve();
     state
         .store
-        .set_account_data(user.as_str(), room, kind, &content.to_string(), at)
+        .set_account_data(user.as_str(), room, kind, &content.to_string(), at.at())
         .await?;
-    state.ephemeral.publish(at);
+    drop(at);
     Ok(())
 }
 

@@ -469,11 +469,11 @@ pub async fn knock_room_route(
                             invite_state: serde_json::to_string(&shown)
                                 .map_err(|e| ApiError::internal(&e))?,
                             via: server.clone(),
-                            position,
+                            position: position.at(),
                             membership: "knock".into(),
                         })
                         .await?;
-                    state.ephemeral.publish(position);
+                    drop(position);
                     return Ok(knock_room::v3::Response::new(room_id).into());
                 }
                 Err(err) => last = format!("could not knock through {server}: {err}"),
@@ -627,7 +627,8 @@ pub async fn leave_room_route(
             .store
             .delete_remote_invite(user.user_id.as_str(), req.body.room_id.as_str())
             .await?;
-        state.ephemeral.publish(state.ephemeral.reserve());
+        // Wakes syncing clients (the invite or knock is gone).
+        drop(state.ephemeral.reserve());
         return Ok(leave_room::v3::Response::new().into());
     }
     set_membership(
