@@ -44,65 +44,26 @@ pub const MAX_TRANSACTION_PDUS: usize = 50;
 pub const MAX_TRANSACTION_EDUS: usize = 100;
 
 /// Checks a received event's format, signatures (keys from the key ring, valid when the event
-/// was sent) and content hash (redacting the event when it does not match).
+/// was sent) and content hash (redacting the event when it does not match). Many events at
+/// once: [`verify_batch`].
 pub async fn verify_pdu(
     key_ring: &KeyRing,
     object: CanonicalJsonObject,
     version: &RoomVersion,
     expected_room: Option<&RoomId>,
 ) -> Result<Pdu, EventError> {
-    // 1. Format first: nothing is fetched for an event that cannot be one.
-    let parsed = Pdu::from_object(object.clone(), version, expected_room)?;
-    let rules = version.rules();
-    let servers =
-        ruma::signatures::required_server_signatures_to_verify_event(&object, &rules.signatures)
-            .map_err(|e| EventError::Signature(e.to_string()))?;
-    // 2. Signatures.
-    let at = i64::from(parsed.origin_server_ts.get());
-    let mut keys = ruma::signatures::PublicKeyMap::new();
-    for server in &servers {
-        let key_ids: Vec<String> = match object.get("signatures") {
-            Some(CanonicalJsonValue::Object(signatures)) => match signatures.get(server.as_str()) {
-                Some(CanonicalJsonValue::Object(by_key)) => by_key
-                    .keys()
-                    .filter(|k| k.starts_with("ed25519:"))
-                    .cloned()
-                    .collect(),
-                _ => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        let mut set = ruma::signatures::PublicKeySet::new();
-        let mut reasons = Vec::new();
-        for key_id in key_ids {
-            match key_ring.verify_key(server.as_str(), &key_id, at).await {
-                Ok(public) => {
-                    if let Some(bytes) = crate::keys::decode_base64(&public) {
-                        set.insert(key_id, ruma::serde::Base64::new(bytes));
-                    }
-                }
-                Err(err) => reasons.push(err.to_string()),
-            }
-        }
-        if set.is_empty() {
-            return Err(EventError::Signature(format!(
-                "no usable key of {server} signed {}: {}",
-                parsed.event_id,
-                reasons.join("; ")
-            )));
-        }
-        keys.insert(server.to_string(), set);
+    let prepared = prepare_pdu(key_ring, object, version, expected_room).await?;
+    check_signatures(&prepared)?;
+    finish_pdu(prepared)
+}
+
+/// Every signature of a prepared event, one by one (`verify`, as ruma and other servers do).
+fn check_signatures(prepared: &Prepared) -> Result<(), EventError> {
+    for (key, signature) in &prepared.checks {
+        ed25519_dalek::Verifier::verify(key, prepared.signed.as_bytes(), signature)
+            .map_err(|e| EventError::Signature(format!("{}: {e}", prepared.pdu.event_id)))?;
     }
-    let verified = ruma::signatures::verify_event(&keys, &object, rules)
-        .map_err(|e| EventError::Signature(format!("{}: {e}", parsed.event_id)))?;
-    // 3. Hashes.
-    match verified {
-        ruma::signatures::Verified::All => Ok(parsed),
-        ruma::signatures::Verified::Signatures => {
-            tracing::info!(event_id = %parsed.event_id, "content hash mismatch: redacting");
-            crate::rooms::redact::redact_pdu(&parsed, version)
-        }
-    }
+    Ok(())
 }
 
 /// One received event ready for its signature checks: the parsed event, whether its content
@@ -115,9 +76,9 @@ struct Prepared {
     checks: Vec<(ed25519_dalek::VerifyingKey, ed25519_dalek::Signature)>,
 }
 
-/// Steps 1 and 3 of [`verify_pdu`] and the key lookups of step 2, without verifying signatures
-/// yet. The redacted canonical form is serialised once: the signatures cover it and its SHA-256
-/// is the reference hash (the event ID).
+/// Everything [`verify_pdu`] does before the signatures: the format (the event parsed), the
+/// content hash, and the keys of every required server. The redacted canonical form is
+/// serialised once: the signatures cover it and its SHA-256 is the reference hash (event ID).
 async fn prepare_pdu(
     key_ring: &KeyRing,
     object: CanonicalJsonObject,
@@ -220,8 +181,7 @@ async fn prepare_pdu(
     })
 }
 
-/// Step 3 of [`verify_pdu`] for an event whose signatures passed: redacted on a content hash
-/// mismatch.
+/// An event whose signatures passed: redacted on a content hash mismatch.
 fn finish_pdu(prepared: Prepared) -> Result<Pdu, EventError> {
     if prepared.hash_ok {
         Ok(prepared.pdu)
@@ -263,12 +223,7 @@ pub async fn verify_batch(
         .map(|ready| {
             let ready = ready?;
             if !all_good {
-                for (key, signature) in &ready.checks {
-                    ed25519_dalek::Verifier::verify(key, ready.signed.as_bytes(), signature)
-                        .map_err(|e| {
-                            EventError::Signature(format!("{}: {e}", ready.pdu.event_id))
-                        })?;
-                }
+                check_signatures(&ready)?;
             }
             finish_pdu(ready)
         })

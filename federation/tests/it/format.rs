@@ -269,9 +269,9 @@ fn spec_vectors_canonical_json() {
     }
 }
 
-/// The batched verification path (one redacted serialisation for the event ID and the
-/// signatures, ed25519 batches) reaches the same verdicts as ruma's `verify_event` one by one:
-/// same event IDs, same redaction on a content hash mismatch, same refusals.
+/// Our verification, one by one and batched (one redacted serialisation for the event ID and
+/// the signatures, ed25519 batches), reaches ruma's verdicts (`verify_event`,
+/// `reference_hash`): same event IDs, same redaction on a content hash mismatch, same refusals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batched_verification_agrees_with_one_by_one() {
     use unitas_federation::client::{ClientOptions, FederationClient};
@@ -353,9 +353,41 @@ async fn batched_verification_agrees_with_one_by_one() {
         });
         tamper(&mut objects[3], &|_| "not base64!".into());
 
+        // The reference: ruma's own verification and reference hash, one event at a time.
+        let mut keys = ruma::signatures::PublicKeySet::new();
+        keys.insert(
+            key.key_id(),
+            ruma::serde::Base64::parse(key.public_key_base64()).unwrap(),
+        );
+        let mut key_map = ruma::signatures::PublicKeyMap::new();
+        key_map.insert("b.test".into(), keys);
+        let reference: Vec<Result<(ruma::OwnedEventId, bool), ()>> = objects
+            .iter()
+            .map(|object| {
+                let verified = ruma::signatures::verify_event(&key_map, object, version.rules())
+                    .map_err(|_| ())?;
+                let hash = ruma::signatures::reference_hash(object, version.rules()).unwrap();
+                let id = ruma::OwnedEventId::try_from(format!("${hash}")).unwrap();
+                Ok((id, verified == ruma::signatures::Verified::All))
+            })
+            .collect();
         let mut one_by_one = Vec::new();
         for object in &objects {
             one_by_one.push(verify_pdu(&key_ring, object.clone(), &version, Some(&room)).await);
+        }
+        for (ours, theirs) in one_by_one.iter().zip(&reference) {
+            match (ours, theirs) {
+                (Ok(pdu), Ok((event_id, intact))) => {
+                    assert_eq!(&pdu.event_id, event_id, "v{id}");
+                    assert_eq!(
+                        pdu.content.get() != "{}",
+                        *intact,
+                        "v{id}: redacted iff hash mismatch"
+                    );
+                }
+                (Err(_), Err(())) => {}
+                (ours, theirs) => panic!("v{id}: ours {ours:?}, ruma {theirs:?}"),
+            }
         }
         let items = objects
             .iter()
