@@ -33,13 +33,7 @@ fn server_of(user_id: &str) -> Option<&str> {
 
 /// Whether `user_id` belongs to one of our territories.
 pub fn is_local(state: &AppState, user_id: &str) -> bool {
-    server_of(user_id).is_some_and(|server| {
-        state
-            .territories
-            .all()
-            .iter()
-            .any(|t| t.server_name() == server)
-    })
+    server_of(user_id).is_some_and(|server| state.territories.hosts(server))
 }
 
 /// A local user's device keys (`devices` empty: every device), each with the device's display
@@ -75,6 +69,14 @@ pub async fn local_device_keys(
         out.insert(device_id, Value::Object(keys));
     }
     Ok(out)
+}
+
+/// Takes the display name back out of keys from [`local_device_keys`] (peers get it beside
+/// the keys, not inside them).
+pub fn take_display_name(keys: &mut Value) -> Option<Value> {
+    keys.get_mut("unsigned")
+        .and_then(Value::as_object_mut)
+        .and_then(|u| u.remove("device_display_name"))
 }
 
 /// Claims one key per (local user, device, algorithm): `{user: {device: {"alg:id": key}}}`.
@@ -300,7 +302,7 @@ async fn servers_sharing_rooms(state: &AppState, user_id: &str) -> Result<Vec<St
         }
         servers.extend(crate::api::federation_rooms::servers_in_room(state, &room_id).await?);
     }
-    servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+    servers.retain(|s| !state.territories.hosts(s));
     Ok(servers.into_iter().collect())
 }
 
@@ -331,15 +333,10 @@ pub async fn device_changed(
         "stream_id": version,
         "prev_id": if version > 1 { vec![version - 1] } else { Vec::new() },
     });
-    let keys = local_device_keys(state, user_id, &[device_id.to_owned()]).await?;
-    match keys.get(device_id) {
-        Some(keys) => {
-            let mut keys = keys.clone();
-            if let Some(name) = keys
-                .get_mut("unsigned")
-                .and_then(Value::as_object_mut)
-                .and_then(|u| u.remove("device_display_name"))
-            {
+    let mut keys = local_device_keys(state, user_id, &[device_id.to_owned()]).await?;
+    match keys.remove(device_id) {
+        Some(mut keys) => {
+            if let Some(name) = take_display_name(&mut keys) {
                 content["device_display_name"] = name;
             }
             content["keys"] = keys;

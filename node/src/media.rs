@@ -143,12 +143,7 @@ pub async fn find(
     media_id: &str,
     via: Option<&HostedTerritory>,
 ) -> Result<MediaFile, ApiError> {
-    if let Some(territory) = state
-        .territories
-        .all()
-        .iter()
-        .find(|t| t.server_name() == server_name.as_str())
-    {
+    if let Some(territory) = state.territories.by_server_name(server_name.as_str()) {
         return local(state, territory, media_id).await;
     }
     if !valid_media_id(media_id) {

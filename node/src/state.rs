@@ -76,6 +76,16 @@ impl HostedTerritories {
         self.list.first()
     }
 
+    /// The territory whose server name is exactly `name`.
+    pub fn by_server_name(&self, name: &str) -> Option<&Arc<HostedTerritory>> {
+        self.list.iter().find(|t| t.server_name() == name)
+    }
+
+    /// Whether `name` is the server name of one of our territories.
+    pub fn hosts(&self, name: &str) -> bool {
+        self.by_server_name(name).is_some()
+    }
+
     /// The territory a request addressed to `host` (a Host header, `name[:port]`) is for:
     /// exact match on a name with port first, then on the host name alone. With one
     /// territory, that one whatever the host.

@@ -83,12 +83,7 @@ async fn notary_answer(
         let Ok(name) = ServerName::parse(&server) else {
             continue;
         };
-        let own = state
-            .territories
-            .all()
-            .iter()
-            .find(|t| t.server_name() == server)
-            .cloned();
+        let own = state.territories.by_server_name(&server).cloned();
         let document: Option<CanonicalJsonObject> = match own {
             Some(t) => serde_json::from_value(own_document(state, &t).await?).ok(),
             None => match state.key_ring.document_for_notary(&name, minimum).await {
@@ -287,10 +282,7 @@ pub async fn user_devices_route(
     let devices: Vec<Value> = keys
         .into_iter()
         .map(|(device_id, mut keys)| {
-            let name = keys
-                .get_mut("unsigned")
-                .and_then(Value::as_object_mut)
-                .and_then(|u| u.remove("device_display_name"));
+            let name = crate::e2ee::take_display_name(&mut keys);
             let mut device = json!({"device_id": device_id, "keys": keys});
             if let Some(name) = name {
                 device["device_display_name"] = name;

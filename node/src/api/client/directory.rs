@@ -23,12 +23,7 @@ use crate::state::AppState;
 type Result<T> = std::result::Result<RumaResponse<T>, ApiError>;
 
 fn local_alias(state: &AppState, alias: &RoomAliasId) -> std::result::Result<(), ApiError> {
-    if state
-        .territories
-        .all()
-        .iter()
-        .any(|t| t.server_name() == alias.server_name().as_str())
-    {
+    if state.territories.hosts(alias.server_name().as_str()) {
         Ok(())
     } else {
         Err(ApiError::invalid_param(format!(

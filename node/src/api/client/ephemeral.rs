@@ -67,7 +67,7 @@ pub async fn federate_edu(
     edu: Value,
 ) -> std::result::Result<(), ApiError> {
     let mut servers = crate::api::federation_rooms::servers_in_room(state, room).await?;
-    servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+    servers.retain(|s| !state.territories.hosts(s));
     if !servers.is_empty() {
         state
             .sender
@@ -99,13 +99,7 @@ async fn store_receipt(
         .await?;
     drop(at);
     // Public receipts of local users go to the room's other servers.
-    if kind == "m.read"
-        && state
-            .territories
-            .all()
-            .iter()
-            .any(|t| t.server_name() == user.server_name().as_str())
-    {
+    if kind == "m.read" && state.territories.hosts(user.server_name().as_str()) {
         let mut data = serde_json::json!({"ts": now_ms()});
         if !thread.is_empty() {
             data["thread_id"] = thread.into();

@@ -349,7 +349,7 @@ async fn join(
         if let Some(pending) = &pending {
             servers.insert(0, pending.via.clone());
         }
-        servers.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+        servers.retain(|s| !state.territories.hosts(s));
         servers.dedup();
         if servers.is_empty() {
             return Err(ApiError::not_found(format!(
@@ -444,7 +444,7 @@ pub async fn knock_room_route(
     if state.rooms.current_state(&room_id).await?.is_none() {
         // A room this node is not in: knock through the servers named (or the room ID's).
         via.extend(room_id.server_name().map(|s| s.to_string()));
-        via.retain(|s| !state.territories.all().iter().any(|t| t.server_name() == s));
+        via.retain(|s| !state.territories.hosts(s));
         let mut last = format!("Room {room_id} is not known to this server");
         for server in &via {
             match state
@@ -509,12 +509,7 @@ pub async fn invite_user_route(
     };
     require_joined(&state, &req.body.room_id, &user.user_id).await?;
     let target_server = recipient.user_id.server_name();
-    if state
-        .territories
-        .all()
-        .iter()
-        .any(|t| t.server_name() == target_server.as_str())
-    {
+    if state.territories.hosts(target_server.as_str()) {
         set_membership(
             &state,
             &user,
