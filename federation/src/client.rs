@@ -209,16 +209,8 @@ impl FederationClient {
         path_and_query: &str,
         body: Option<&Value>,
     ) -> Result<Value, FederationError> {
-        let authorization =
-            Self::authorize(key, origin, destination, &method, path_and_query, body)?;
-        self.send(
-            destination.as_str(),
-            method,
-            path_and_query,
-            body,
-            Some(authorization),
-        )
-        .await
+        self.request_as(origin, key, destination, method, path_and_query, body)
+            .await
     }
 
     /// A signed request whose JSON answer is parsed straight into `T` (large answers: a whole
@@ -234,23 +226,14 @@ impl FederationClient {
     ) -> Result<T, FederationError> {
         let authorization =
             Self::authorize(key, origin, destination, &method, path_and_query, body)?;
-        let (status, _, bytes) = self
-            .exchange(
-                destination.as_str(),
-                method,
-                path_and_query,
-                body,
-                Some(authorization),
-                MAX_RESPONSE_BYTES,
-            )
-            .await?;
-        if !status.is_success() {
-            return Err(status_error(destination.as_str(), status, &bytes));
-        }
-        serde_json::from_slice(&bytes).map_err(|e| FederationError::BadResponse {
-            destination: destination.to_string(),
-            reason: format!("unexpected answer: {e}"),
-        })
+        self.send(
+            destination.as_str(),
+            method,
+            path_and_query,
+            body,
+            Some(authorization),
+        )
+        .await
     }
 
     /// A `GET` whose answer is not JSON (media), signed by `signer` (origin and key) when one
@@ -346,14 +329,14 @@ impl FederationClient {
         .map_err(|e| FederationError::Sign(e.to_string()))
     }
 
-    async fn send(
+    async fn send<T: serde::de::DeserializeOwned>(
         &self,
         destination: &str,
         method: http::Method,
         path_and_query: &str,
         body: Option<&Value>,
         authorization: Option<String>,
-    ) -> Result<Value, FederationError> {
+    ) -> Result<T, FederationError> {
         let (status, _, bytes) = self
             .exchange(
                 destination,
@@ -367,9 +350,9 @@ impl FederationClient {
         if !status.is_success() {
             return Err(status_error(destination, status, &bytes));
         }
-        serde_json::from_slice(&bytes).map_err(|_| FederationError::BadResponse {
+        serde_json::from_slice(&bytes).map_err(|e| FederationError::BadResponse {
             destination: destination.to_owned(),
-            reason: "the body is not JSON".into(),
+            reason: format!("unexpected answer: {e}"),
         })
     }
 
