@@ -428,6 +428,20 @@ async fn state_ids_before(
     Ok(before.values().cloned().collect())
 }
 
+/// The state before an event of the room (IDs, then the stored events) and its auth chain,
+/// for a peer in the room: what `/state` and `/state_ids` answer.
+async fn state_with_chain(
+    state: &AppState,
+    room_id: &str,
+    event_id: &EventId,
+    peer: &Peer,
+) -> Result<(Vec<OwnedEventId>, Stored, Stored), ApiError> {
+    let ids = state_ids_before(state, room_id, event_id, peer).await?;
+    let events = load_stored(state, &ids).await?;
+    let chain = auth_chain_of(state, &events).await?;
+    Ok((ids, events, chain))
+}
+
 /// `GET /_matrix/federation/v1/state_ids/{roomId}?event_id=`: the state before an event and
 /// its auth chain, as IDs.
 pub async fn get_state_ids_route(
@@ -436,9 +450,7 @@ pub async fn get_state_ids_route(
     Query(query): Query<StateQuery>,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
-    let ids = state_ids_before(&state, &room_id, &query.event_id, &peer).await?;
-    let events = load_stored(&state, &ids).await?;
-    let chain = auth_chain_of(&state, &events).await?;
+    let (ids, _, chain) = state_with_chain(&state, &room_id, &query.event_id, &peer).await?;
     Ok(Json(json!({
         "pdu_ids": ids,
         "auth_chain_ids": chain.into_iter().map(|(id, _)| id).collect::<Vec<_>>(),
@@ -453,9 +465,7 @@ pub async fn get_state_route(
     Query(query): Query<StateQuery>,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
-    let ids = state_ids_before(&state, &room_id, &query.event_id, &peer).await?;
-    let events = load_stored(&state, &ids).await?;
-    let chain = auth_chain_of(&state, &events).await?;
+    let (_, events, chain) = state_with_chain(&state, &room_id, &query.event_id, &peer).await?;
     Ok(Json(
         json!({ "pdus": raw_list(events)?, "auth_chain": raw_list(chain)? }),
     ))
