@@ -436,3 +436,44 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod location_tests {
+    use super::{ClientOptions, FederationClient, FederationError};
+    use crate::discovery::DiscoveryError;
+
+    #[tokio::test]
+    async fn a_media_location_must_be_https_and_pass_the_address_filter() {
+        // The node's default denies private ranges (config); here the filter is given.
+        let deny = ["127.0.0.0/8", "10.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let options = ClientOptions {
+            filter: crate::discovery::IpFilter::new(Vec::new(), deny),
+            ..ClientOptions::default()
+        };
+        let client = FederationClient::new(options).unwrap_or_else(|e| panic!("{e}"));
+        let plain = client.get_url("http://media.example/file", 1024).await;
+        assert!(
+            matches!(plain, Err(FederationError::BadResponse { .. })),
+            "{plain:?}"
+        );
+        for private in [
+            "https://10.1.2.3/file",
+            "https://[::1]/file",
+            "https://127.0.0.1:8448/x",
+        ] {
+            let answer = client.get_url(private, 1024).await;
+            assert!(
+                matches!(
+                    answer,
+                    Err(FederationError::Discovery(DiscoveryError::Denied(_)))
+                ),
+                "{private}: {answer:?}"
+            );
+        }
+        let nonsense = client.get_url("not a url", 1024).await;
+        assert!(matches!(nonsense, Err(FederationError::BadResponse { .. })));
+    }
+}

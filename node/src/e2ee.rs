@@ -461,3 +461,37 @@ pub async fn send_to_device(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::own_users;
+
+    #[test]
+    fn a_server_answers_only_for_its_own_users_and_their_devices() {
+        let answer = json!({
+            "@alice:b.test": {
+                "GOOD": {"user_id": "@alice:b.test", "device_id": "GOOD", "keys": {}},
+                "SWAPPED": {"user_id": "@alice:b.test", "device_id": "OTHER", "keys": {}},
+                "FOREIGN": {"user_id": "@carol:c.test", "device_id": "FOREIGN", "keys": {}},
+            },
+            "@carol:c.test": {
+                "X": {"user_id": "@carol:c.test", "device_id": "X", "keys": {}},
+            },
+            "not-a-map": 5,
+        });
+        let kept = own_users("b.test", Some(&answer), true);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["@alice:b.test"]);
+        let devices = kept["@alice:b.test"].as_object().unwrap();
+        assert_eq!(devices.keys().collect::<Vec<_>>(), ["GOOD"]);
+        // Claims carry keys, not device descriptions: only the user's server is checked.
+        let claims = json!({
+            "@alice:b.test": {"GOOD": {"signed_curve25519:A": {"key": "k"}}},
+            "@carol:c.test": {"X": {"signed_curve25519:B": {"key": "k"}}},
+        });
+        let kept = own_users("b.test", Some(&claims), false);
+        assert_eq!(kept.keys().collect::<Vec<_>>(), ["@alice:b.test"]);
+        assert!(own_users("b.test", None, true).is_empty());
+    }
+}
