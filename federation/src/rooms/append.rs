@@ -138,10 +138,32 @@ struct RoomEntry {
 type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
 type RoomGuard = tokio::sync::OwnedMutexGuard<Option<RoomEntry>>;
 
+/// Where the writer answers a request: the stream positions of its timeline events, or why the
+/// batch was not written.
+type Done = oneshot::Sender<Result<Vec<i64>, StorageError>>;
+
 struct WriteRequest {
     batch: EventBatch,
-    /// The stream positions the writer gave this request's timeline events, in order.
-    done: oneshot::Sender<Result<Vec<i64>, StorageError>>,
+    /// Who waits for which events of the batch, in order: each gets the stream positions the
+    /// writer gave its timeline events (several after [`WriteRequest::merge`]).
+    done: Vec<(Done, usize)>,
+}
+
+impl WriteRequest {
+    fn new(batch: EventBatch, done: Done) -> Self {
+        let count = batch.events.len();
+        WriteRequest {
+            batch,
+            done: vec![(done, count)],
+        }
+    }
+
+    /// One request (one commit) for two, each waiter still answered for its own events.
+    fn merge(mut self, other: WriteRequest) -> WriteRequest {
+        self.batch.extend(other.batch);
+        self.done.extend(other.done);
+        self
+    }
 }
 
 /// Marks a timeline event whose stream position the writer assigns at commit time.
@@ -249,12 +271,12 @@ impl RoomWriter {
 
     /// Writes `first` and everything queued behind it, in one transaction.
     async fn write(&mut self, first: WriteRequest) {
-        let mut waiters = vec![(first.done, first.batch.events.len())];
+        let mut waiters = first.done;
         let mut batch = first.batch;
         while batch.events.len() < MAX_BATCH_EVENTS {
             match self.requests.try_recv() {
                 Ok(next) => {
-                    waiters.push((next.done, next.batch.events.len()));
+                    waiters.extend(next.done);
                     batch.extend(next.batch);
                 }
                 Err(_) => break,
@@ -981,7 +1003,7 @@ impl Rooms {
             };
             self.inner
                 .writer
-                .send(WriteRequest { batch, done })
+                .send(WriteRequest::new(batch, done))
                 .await
                 .map_err(|_| AppendError::WriterGone)?;
             waits.push(rx);
@@ -1073,7 +1095,7 @@ impl Rooms {
         };
         self.inner
             .writer
-            .send(WriteRequest { batch, done })
+            .send(WriteRequest::new(batch, done))
             .await
             .map_err(|_| AppendError::WriterGone)?;
         rx.await.map_err(|_| AppendError::WriterGone)??;
@@ -1222,8 +1244,7 @@ impl Rooms {
     /// event, in order; a rejected event does not stop the ones after it.
     pub async fn append_remote_batch(&self, pdus: Vec<Pdu>) -> Vec<Result<Appended, AppendError>> {
         let mut results: Vec<Option<Result<Appended, AppendError>>> =
-            Vec::with_capacity(pdus.len());
-        let mut pending = Vec::new();
+            pdus.iter().map(|_| None).collect();
         // One query for the whole batch instead of one per event; what is staged meanwhile is
         // caught by the event cache under the room's lock.
         let ids: Vec<String> = pdus.iter().map(|p| p.event_id.to_string()).collect();
@@ -1238,18 +1259,65 @@ impl Rooms {
             }
         };
         let started = std::time::Instant::now();
+        let mut todo = Vec::new();
         for (index, pdu) in pdus.into_iter().enumerate() {
-            results.push(None);
             if stored.contains(pdu.event_id.as_str()) {
                 results[index] = Some(Ok(Appended::Duplicate));
-                continue;
+            } else {
+                todo.push((index, pdu));
             }
-            match self.stage_built(pdu, Origin::Remote, false).await {
-                Ok(Ok((staged, submitted, pdu, slot))) => {
-                    pending.push((index, staged, submitted, pdu, slot))
+        }
+        // Each run of one room's events is staged under one hold of its lock and written as
+        // ONE request (one commit), submitted before the lock is let go: stream positions
+        // follow the staging order, as for events staged one at a time.
+        let mut pending = Vec::new();
+        let mut todo = todo.into_iter().peekable();
+        while let Some((index, pdu)) = todo.next() {
+            let room_id = pdu.room_id.clone();
+            let mut run = vec![(index, pdu)];
+            while let Some(next) = todo.next_if(|(_, p)| p.room_id == room_id) {
+                run.push(next);
+            }
+            let (slot, mut guard) = match self.lock_room(&room_id).await {
+                Ok(locked) => locked,
+                Err(err) => {
+                    let message = err.to_string();
+                    for (index, _) in run {
+                        results[index] = Some(Err(AppendError::Storage(StorageError::Corrupt(
+                            message.clone(),
+                        ))));
+                    }
+                    continue;
                 }
-                Ok(Err(done)) => results[index] = Some(Ok(done)),
-                Err(err) => results[index] = Some(Err(err)),
+            };
+            let mut staged_run = Vec::new();
+            for (index, pdu) in run {
+                let Some(entry) = guard.as_mut() else {
+                    results[index] = Some(Err(AppendError::UnknownRoom(room_id.clone())));
+                    continue;
+                };
+                match self.stage_on(entry, pdu, Origin::Remote, false).await {
+                    Ok(Ok((staged, pdu))) => staged_run.push((index, staged, pdu)),
+                    Ok(Err(done)) => results[index] = Some(Ok(done)),
+                    Err(err) => results[index] = Some(Err(err)),
+                }
+            }
+            let merged = staged_run
+                .iter_mut()
+                .filter_map(|(_, staged, _)| staged.request.take())
+                .reduce(WriteRequest::merge);
+            let submitted = match merged {
+                Some(request) => self.inner.writer.send(request).await.is_ok(),
+                None => true,
+            };
+            drop(guard);
+            for (index, staged, pdu) in staged_run {
+                let submitted = if submitted {
+                    Ok(())
+                } else {
+                    Err(AppendError::WriterGone)
+                };
+                pending.push((index, staged, submitted, pdu, slot.clone()));
             }
         }
         let staged_at = started.elapsed();
@@ -1288,6 +1356,25 @@ impl Rooms {
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(pdu.room_id.clone()));
         };
+        let (mut staged, pdu) = match self.stage_on(entry, pdu, origin, check_database).await? {
+            Ok(staged) => staged,
+            Err(done) => return Ok(Err(done)),
+        };
+        let submitted = self.submit(&mut staged).await;
+        drop(guard);
+        Ok(Ok((staged, submitted, pdu, slot)))
+    }
+
+    /// The checks and staging of a built event on its room's entry (the caller holds the
+    /// room's lock and submits the write before letting it go); `Ok(Err(outcome))` for a
+    /// duplicate.
+    async fn stage_on(
+        &self,
+        entry: &mut RoomEntry,
+        pdu: Pdu,
+        origin: Origin,
+        check_database: bool,
+    ) -> Result<Result<(Staged, Arc<Pdu>), Appended>, AppendError> {
         let known = if check_database {
             self.is_stored(&pdu.event_id).await?
         } else {
@@ -1299,10 +1386,7 @@ impl Rooms {
         let version = entry.version.clone();
         self.preload_for_auth(&pdu, entry, &version).await?;
         let fork = self.fork_state(&pdu, entry, &version).await?;
-        let (mut staged, pdu) = self.stage(Some((entry, false)), pdu, fork, origin)?;
-        let submitted = self.submit(&mut staged).await;
-        drop(guard);
-        Ok(Ok((staged, submitted, pdu, slot)))
+        Ok(Ok(self.stage(Some((entry, false)), pdu, fork, origin)?))
     }
 
     /// Stores an event without its state (an outlier: auth events and state fetched from peers).
@@ -1333,7 +1417,7 @@ impl Rooms {
         let (done, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(WriteRequest { batch, done })
+            .send(WriteRequest::new(batch, done))
             .await
             .map_err(|_| AppendError::WriterGone)?;
         rx.await.map_err(|_| AppendError::WriterGone)??;
@@ -1625,7 +1709,7 @@ impl Rooms {
         let (done, rx) = oneshot::channel();
         Ok((
             Staged {
-                request: Some(WriteRequest { batch, done }),
+                request: Some(WriteRequest::new(batch, done)),
                 rx,
                 destinations,
                 wake,
