@@ -28,13 +28,21 @@ pub fn python() -> Option<PathBuf> {
     }
 }
 
+/// This crate's folder in the checkout the tests run from: cargo and nextest say it at run
+/// time. The compile-time path is only the fallback: a build cache shared by checkouts in
+/// different places can hand a test a library built in another checkout (cargo does not
+/// rebuild a path package that merely moved), whose baked-in path may not exist here.
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The Matrix spec's OpenAPI folder (`../shared/spec/matrix` by default).
 pub fn spec_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("UNITAS_MATRIX_SPEC_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/spec/matrix")
-        });
+        .unwrap_or_else(|| manifest_dir().join("../../shared/spec/matrix"));
     if dir.join("client-server.json").is_file() && dir.join("server-server.json").is_file() {
         Some(dir)
     } else {
@@ -52,14 +60,10 @@ pub fn node_js() -> Option<PathBuf> {
 
 /// A script in `conformance-tests/js/`.
 pub fn js_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("js")
-        .join(name)
+    manifest_dir().join("js").join(name)
 }
 
 /// A script in `conformance-tests/python/`.
 pub fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("python")
-        .join(name)
+    manifest_dir().join("python").join(name)
 }

@@ -244,7 +244,10 @@ fn secrets_never_show() {
 /// The committed example is exactly what the docs generate.
 #[test]
 fn example_config_matches_the_docs() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/unitas.toml");
+    // The checkout the test runs from (a shared build cache may hold a binary built elsewhere).
+    let dir =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let path = Path::new(&dir).join("../examples/unitas.toml");
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     let generated = example::render(&example::InitValues::default());
     assert!(
