@@ -996,17 +996,11 @@ impl Rooms {
             .collect();
         let mut waits = Vec::new();
         for chunk in rows.chunks(MAX_BATCH_EVENTS) {
-            let (done, rx) = oneshot::channel();
             let batch = EventBatch {
                 events: chunk.to_vec(),
                 ..Default::default()
             };
-            self.inner
-                .writer
-                .send(WriteRequest::new(batch, done))
-                .await
-                .map_err(|_| AppendError::WriterGone)?;
-            waits.push(rx);
+            waits.push(self.enqueue_write(batch).await?);
         }
         for rx in waits {
             rx.await.map_err(|_| AppendError::WriterGone)??;
@@ -1084,7 +1078,6 @@ impl Rooms {
                 .map(|((kind, key), id)| (kind.clone(), key.clone(), Some(id.to_string())))
                 .collect(),
         };
-        let (done, rx) = oneshot::channel();
         let batch = EventBatch {
             state_groups: vec![full_group],
             events: vec![NewEvent {
@@ -1093,12 +1086,7 @@ impl Rooms {
             }],
             ..Default::default()
         };
-        self.inner
-            .writer
-            .send(WriteRequest::new(batch, done))
-            .await
-            .map_err(|_| AppendError::WriterGone)?;
-        rx.await.map_err(|_| AppendError::WriterGone)??;
+        self.write_and_wait(batch).await?;
         self.remember(Arc::new(missing), Some(group));
         Ok(())
     }
@@ -1414,15 +1402,30 @@ impl Rooms {
             events: vec![NewEvent { row, prev_events }],
             ..Default::default()
         };
+        self.write_and_wait(batch).await?;
+        self.remember(Arc::new(pdu), None);
+        Ok(Appended::Outlier)
+    }
+
+    /// Hands a batch to the group commit: the receiver of its outcome.
+    async fn enqueue_write(
+        &self,
+        batch: EventBatch,
+    ) -> Result<oneshot::Receiver<Result<Vec<i64>, StorageError>>, AppendError> {
         let (done, rx) = oneshot::channel();
         self.inner
             .writer
             .send(WriteRequest::new(batch, done))
             .await
             .map_err(|_| AppendError::WriterGone)?;
+        Ok(rx)
+    }
+
+    /// Writes a batch through the group commit and waits until it is durable.
+    async fn write_and_wait(&self, batch: EventBatch) -> Result<(), AppendError> {
+        let rx = self.enqueue_write(batch).await?;
         rx.await.map_err(|_| AppendError::WriterGone)??;
-        self.remember(Arc::new(pdu), None);
-        Ok(Appended::Outlier)
+        Ok(())
     }
 
     /// For an event whose parents are not exactly the forward extremities: the state before it
