@@ -476,15 +476,23 @@ impl Inbound {
             )
             .await
             .map_err(|e| EventError::Missing(format!("get_missing_events from {origin}: {e}")))?;
-        let mut events = Vec::new();
+        let mut items = Vec::new();
         for value in answer
             .get("events")
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
         {
-            let object = canonical_object(value)?;
-            match verify_pdu(&self.key_ring, object, version, Some(&pdu.room_id)).await {
+            items.push((
+                canonical_object(value)?,
+                version.clone(),
+                pdu.room_id.clone(),
+            ));
+        }
+        // The transactions' path: batched signatures on every core, one outcome per event.
+        let mut events = Vec::new();
+        for outcome in self.verify_each(items).await {
+            match outcome {
                 Ok(event) => events.push(event),
                 Err(err) => tracing::info!(%origin, error = %err, "missing event rejected"),
             }
