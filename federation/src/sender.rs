@@ -3,7 +3,10 @@
 //! ```text
 //!  append path --(same DB transaction as the event)--> federation_outbound rows
 //!       '--> OutboundSink::enqueue: wake the (origin, destination) worker
-//!  worker: oldest <= 50 PDUs -> PUT /send/{first-last} signed by origin -> 200: delete them
+//!  send_edu_durable (to-device, device lists) --> federation_outbound_edus rows, wake
+//!  send_edu (typing, receipts, presence) --> in-memory queue, wake
+//!  worker: oldest <= 50 PDUs + <= 100 EDUs (durable first) -> PUT /send/{txn} signed by
+//!          origin -> 200: delete them
 //!          failure: back off (2 s doubling to 10 min, +-50 % jitter), the rows stay
 //!  start(): a worker for every pair with rows left (catch-up after our restart)
 //! ```
@@ -39,7 +42,8 @@ struct Queue {
     wake: Notify,
     /// Held while a transaction of this pair is in flight.
     in_flight: tokio::sync::Mutex<()>,
-    /// EDUs waiting for the next transaction (in memory: they are ephemeral).
+    /// Ephemeral EDUs (typing, receipts, presence) waiting for the next transaction; durable
+    /// ones wait in the database.
     edus: Mutex<std::collections::VecDeque<Value>>,
 }
 
@@ -172,18 +176,27 @@ impl FederationSender {
             .store
             .peek_outbound(origin, destination, MAX_PDUS_PER_TRANSACTION)
             .await?;
+        let durable = self
+            .inner
+            .store
+            .peek_outbound_edus(origin, destination, MAX_EDUS_PER_TRANSACTION as i64)
+            .await?;
         let edus: Vec<Value> = {
             let mut waiting = queue.edus.lock().unwrap_or_else(|e| e.into_inner());
-            let n = waiting.len().min(MAX_EDUS_PER_TRANSACTION);
+            let n = waiting
+                .len()
+                .min(MAX_EDUS_PER_TRANSACTION.saturating_sub(durable.len()));
             waiting.drain(..n).collect()
         };
-        if rows.is_empty() && edus.is_empty() {
+        if rows.is_empty() && edus.is_empty() && durable.is_empty() {
             return Ok(0);
         }
-        let (first, last) = match (rows.first(), rows.last()) {
-            (Some((first, _)), Some((last, _))) => (*first, *last),
-            _ => (0, 0),
-        };
+        let last_durable = durable.last().map(|(id, _)| *id);
+        let mut all_edus: Vec<Value> = durable
+            .iter()
+            .filter_map(|(_, json)| serde_json::from_str(json).ok())
+            .collect();
+        all_edus.extend(edus.iter().cloned());
         let key = self
             .inner
             .keys
@@ -204,19 +217,17 @@ impl FederationSender {
             "origin": origin,
             "origin_server_ts": ruma::MilliSecondsSinceUnixEpoch::now(),
             "pdus": pdus,
-            "edus": edus,
+            "edus": all_edus,
         });
-        // Stable over retries for the same PDUs; EDU-only transactions get a fresh ID each.
-        let txn = if rows.is_empty() {
-            format!(
-                "e{}",
+        let txn = transaction_id(
+            rows.first().zip(rows.last()).map(|(f, l)| (f.0, l.0)),
+            durable.first().zip(durable.last()).map(|(f, l)| (f.0, l.0)),
+            || {
                 self.inner
                     .edu_txn
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            )
-        } else {
-            format!("{first}-{last}")
-        };
+            },
+        );
         let sent = self
             .inner
             .client
@@ -248,13 +259,39 @@ impl FederationSender {
                 }
             }
         }
-        if !rows.is_empty() {
+        if let Some((last, _)) = rows.last() {
             self.inner
                 .store
-                .delete_outbound(origin, destination, last)
+                .delete_outbound(origin, destination, *last)
+                .await?;
+        }
+        if let Some(last) = last_durable {
+            self.inner
+                .store
+                .delete_outbound_edus(origin, destination, last)
                 .await?;
         }
         Ok(rows.len() + usize::from(!edus_empty(&body)))
+    }
+
+    /// Queues an EDU that must survive the peer's downtime and our restart (to-device messages,
+    /// device list updates): written to the database before this returns, sent in order with
+    /// the pair's other traffic, deleted after the peer's 200.
+    pub async fn send_edu_durable(
+        &self,
+        origin: &str,
+        destinations: &[String],
+        edu: &Value,
+    ) -> Result<(), SendError> {
+        let now = i64::try_from(ruma::MilliSecondsSinceUnixEpoch::now().get()).unwrap_or(i64::MAX);
+        self.inner
+            .store
+            .queue_outbound_edu(origin, destinations, &edu.to_string(), now)
+            .await?;
+        for destination in destinations {
+            self.queue(origin, destination).wake.notify_one();
+        }
+        Ok(())
     }
 
     /// Queues an EDU (typing, receipt) from our server `origin` for `destinations`.
@@ -310,6 +347,24 @@ impl FederationSender {
     }
 }
 
+/// A transaction's ID: made of the queue ids of the PDUs and durable EDUs it carries, so a retry
+/// after a crash or a lost answer repeats the same ID for the same content and the peer can
+/// recognise it; transactions of in-memory EDUs alone get a fresh number each.
+fn transaction_id(
+    pdus: Option<(i64, i64)>,
+    durable_edus: Option<(i64, i64)>,
+    fresh: impl FnOnce() -> u64,
+) -> String {
+    match (pdus, durable_edus) {
+        (Some((first, last)), None) => format!("{first}-{last}"),
+        (Some((first, last)), Some((e_first, e_last))) => {
+            format!("{first}-{last}.d{e_first}-{e_last}")
+        }
+        (None, Some((e_first, e_last))) => format!("d{e_first}-{e_last}"),
+        (None, None) => format!("e{}", fresh()),
+    }
+}
+
 fn edus_empty(body: &Value) -> bool {
     body.get("edus")
         .and_then(Value::as_array)
@@ -322,5 +377,18 @@ impl OutboundSink for FederationSender {
         for destination in destinations {
             self.queue(origin, destination).wake.notify_one();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transaction_id;
+
+    #[test]
+    fn transaction_ids_repeat_for_the_same_queued_content() {
+        assert_eq!(transaction_id(Some((3, 9)), None, || 7), "3-9");
+        assert_eq!(transaction_id(Some((3, 9)), Some((1, 2)), || 7), "3-9.d1-2");
+        assert_eq!(transaction_id(None, Some((1, 2)), || 7), "d1-2");
+        assert_eq!(transaction_id(None, None, || 7), "e7");
     }
 }

@@ -347,11 +347,15 @@ pub async fn device_changed(
         None => {}
     }
     let origin = server_of(user_id).unwrap_or_default();
-    state.sender.send_edu(
-        origin,
-        &servers,
-        json!({"edu_type": "m.device_list_update", "content": content}),
-    );
+    state
+        .sender
+        .send_edu_durable(
+            origin,
+            &servers,
+            &json!({"edu_type": "m.device_list_update", "content": content}),
+        )
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
     Ok(())
 }
 
@@ -421,7 +425,7 @@ pub async fn deliver_to_device(
 }
 
 /// Sends to-device messages from a local user: ours are stored, other servers' go out as one
-/// `m.direct_to_device` EDU per server (not durable, like typing).
+/// `m.direct_to_device` EDU per server, queued durably before the request is answered.
 pub async fn send_to_device(
     state: &AppState,
     sender: &str,
@@ -452,12 +456,16 @@ pub async fn send_to_device(
         hex::encode(&sha2::Sha256::digest(message_id.as_bytes())[..16])
     };
     for (server, users) in remote {
-        state.sender.send_edu(
-            origin,
-            &[server],
-            json!({"edu_type": "m.direct_to_device", "content": {
-                "sender": sender, "type": event_type, "message_id": &id, "messages": users}}),
-        );
+        state
+            .sender
+            .send_edu_durable(
+                origin,
+                &[server],
+                &json!({"edu_type": "m.direct_to_device", "content": {
+                    "sender": sender, "type": event_type, "message_id": &id, "messages": users}}),
+            )
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
     }
     Ok(())
 }

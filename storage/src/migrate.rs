@@ -71,6 +71,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "remote_knocks",
         include_str!("../migrations/sqlite/0012_remote_knocks.sql"),
     ),
+    (
+        13,
+        "outbound_edus",
+        include_str!("../migrations/sqlite/0013_outbound_edus.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -133,6 +138,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         12,
         "remote_knocks",
         include_str!("../migrations/postgres/0012_remote_knocks.sql"),
+    ),
+    (
+        13,
+        "outbound_edus",
+        include_str!("../migrations/postgres/0013_outbound_edus.sql"),
     ),
 ];
 

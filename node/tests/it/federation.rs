@@ -900,11 +900,27 @@ async fn queued(peer: &Peer) -> usize {
     total
 }
 
+/// Durably queued EDUs of all pairs.
+async fn queued_edus(peer: &Peer) -> usize {
+    use unitas_storage::FederationQueue;
+    let store = &peer.node.state.store;
+    let mut total = 0;
+    for (origin, destination) in store.list_outbound_destinations().await.unwrap() {
+        total += store
+            .peek_outbound_edus(&origin, &destination, 10_000)
+            .await
+            .unwrap()
+            .len();
+    }
+    total
+}
+
 #[tokio::test]
 async fn messages_wait_for_a_peer_that_is_down_and_survive_our_restart() {
     let a = Peer::start(|_| {}).await;
     let b = Peer::start(|_| {}).await;
-    let (alice_token, _, bob_token, room) = shared_room(&a, &b).await;
+    let (alice_token, bob, bob_token, room) = shared_room(&a, &b).await;
+    let bob_since = next_batch(&b, &bob_token).await;
 
     // B goes down; A's users keep talking: every message waits in A's queue.
     let Peer {
@@ -924,15 +940,34 @@ async fn messages_wait_for_a_peer_that_is_down_and_survive_our_restart() {
         .await;
         assert_eq!(status, 200);
     }
+    // A to-device message (an encryption key, say) waits as well.
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        "/sendToDevice/m.room_key_request/down1",
+        json!({"messages": {bob.as_str(): {"*": {"text": "kept"}}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
     assert!(a.node.state.sender.flush_once().await.is_err(), "B is down");
     assert_eq!(queued(&a).await, 30);
+    assert_eq!(queued_edus(&a).await, 1);
 
-    // A restarts (its queue is in its database), then B comes back: all 30 arrive, once.
+    // A restarts (its queue is in its database), then B comes back: all 30 arrive, once, and
+    // the to-device message too.
     let a = a.restart().await;
     assert_eq!(queued(&a).await, 30);
+    assert_eq!(queued_edus(&a).await, 1);
     let b = Peer::resume(b_config, b_dir).await;
     a.node.state.sender.flush_once().await.unwrap();
     assert_eq!(queued(&a).await, 0);
+    assert_eq!(queued_edus(&a).await, 0);
+    let got = sync_until(&b, &bob_token, &bob_since, |s| {
+        !s["to_device"]["events"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(got["to_device"]["events"][0]["content"]["text"], "kept");
     let on_a = history(&a, &alice_token, &room).await;
     let on_b = history(&b, &bob_token, &room).await;
     assert_eq!(on_b.len(), 30, "{on_b:?}");

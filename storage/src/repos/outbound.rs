@@ -25,13 +25,37 @@ pub trait FederationQueue {
         destination: &str,
         up_to: i64,
     ) -> impl Future<Output = Result<u64>> + Send;
+    /// Queues one EDU (JSON) from `origin` for each of `destinations`, durably.
+    fn queue_outbound_edu(
+        &self,
+        origin: &str,
+        destinations: &[String],
+        edu: &str,
+        now_ms: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The oldest durably queued EDUs for a pair: `(queue id, EDU JSON)`, oldest first.
+    fn peek_outbound_edus(
+        &self,
+        origin: &str,
+        destination: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
+    /// Removes a pair's durably queued EDUs up to and including queue id `up_to`.
+    fn delete_outbound_edus(
+        &self,
+        origin: &str,
+        destination: &str,
+        up_to: i64,
+    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 impl FederationQueue for Store {
     async fn list_outbound_destinations(&self) -> Result<Vec<(String, String)>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT DISTINCT origin, destination FROM federation_outbound
+                "SELECT origin, destination FROM federation_outbound
+                 UNION
+                 SELECT origin, destination FROM federation_outbound_edus
                  ORDER BY origin, destination",
             )
             .fetch_all(pool)
@@ -64,6 +88,70 @@ impl FederationQueue for Store {
         Ok(on_pool!(self, pool => {
             sqlx::query(
                 "DELETE FROM federation_outbound WHERE origin = $1 AND destination = $2 AND id <= $3",
+            )
+            .bind(origin)
+            .bind(destination)
+            .bind(up_to)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })?)
+    }
+
+    async fn queue_outbound_edu(
+        &self,
+        origin: &str,
+        destinations: &[String],
+        edu: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        if destinations.is_empty() {
+            return Ok(());
+        }
+        on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO federation_outbound_edus (origin, destination, edu, created_ts) ",
+            );
+            q.push_values(destinations, |mut row, destination| {
+                row.push_bind(origin)
+                    .push_bind(destination)
+                    .push_bind(edu)
+                    .push_bind(now_ms);
+            });
+            q.build().execute(pool).await.map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn peek_outbound_edus(
+        &self,
+        origin: &str,
+        destination: &str,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, edu FROM federation_outbound_edus
+                 WHERE origin = $1 AND destination = $2 ORDER BY id LIMIT $3",
+            )
+            .bind(origin)
+            .bind(destination)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    async fn delete_outbound_edus(
+        &self,
+        origin: &str,
+        destination: &str,
+        up_to: i64,
+    ) -> Result<u64> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query(
+                "DELETE FROM federation_outbound_edus
+                 WHERE origin = $1 AND destination = $2 AND id <= $3",
             )
             .bind(origin)
             .bind(destination)

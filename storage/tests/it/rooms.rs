@@ -154,3 +154,53 @@ pub async fn outbound_queue_follows_its_events(store: Store) {
         2
     );
 }
+
+/// Durable EDUs are queued per destination, listed with the pairs that have events, read oldest
+/// first and deleted up to an acknowledged id without touching other destinations.
+pub async fn outbound_edus_wait_per_destination(store: Store) {
+    let peers = vec!["b.example".to_owned(), "c.example".to_owned()];
+    for n in 0..3 {
+        store
+            .queue_outbound_edu("a.example", &peers, &format!("{{\"n\":{n}}}"), 1)
+            .await
+            .unwrap();
+    }
+    store
+        .queue_outbound_edu("a.example", &[], "{}", 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_outbound_destinations().await.unwrap(),
+        vec![
+            ("a.example".to_owned(), "b.example".to_owned()),
+            ("a.example".to_owned(), "c.example".to_owned())
+        ]
+    );
+    let queued = store
+        .peek_outbound_edus("a.example", "b.example", 2)
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = queued.iter().map(|(_, e)| e.as_str()).collect();
+    assert_eq!(bodies, ["{\"n\":0}", "{\"n\":1}"]);
+    assert_eq!(
+        store
+            .delete_outbound_edus("a.example", "b.example", queued[1].0)
+            .await
+            .unwrap(),
+        2
+    );
+    let left = store
+        .peek_outbound_edus("a.example", "b.example", 10)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1, "{\"n\":2}");
+    assert_eq!(
+        store
+            .peek_outbound_edus("a.example", "c.example", 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
