@@ -2014,3 +2014,113 @@ async fn a_gap_larger_than_get_missing_events_is_filled_from_the_state() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Whether a sync's `device_lists.<field>` names `user`.
+fn lists(sync: &Value, field: &str, user: &str) -> bool {
+    sync["device_lists"][field]
+        .as_array()
+        .is_some_and(|users| users.iter().any(|u| u == user))
+}
+
+/// Whether a sync's timeline of `room` has `user`'s membership event `membership`.
+fn membership_in_timeline(sync: &Value, room: &str, user: &str, membership: &str) -> bool {
+    ["join", "leave"].iter().any(|section| {
+        sync["rooms"][section][room]["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| {
+                events.iter().any(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == user
+                        && e["content"]["membership"] == membership
+                })
+            })
+    })
+}
+
+#[tokio::test]
+async fn device_lists_follow_who_shares_a_room() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (alice_token, carol, carol_token, first) = shared_room(&a, &b).await;
+    let (_, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let second = created["room_id"].as_str().unwrap().to_owned();
+    let (dave, dave_token) = account(&a, "dave").await;
+    let (status, _) = call(
+        &a,
+        &dave_token,
+        reqwest::Method::POST,
+        &format!("/join/{}", urlencode(&first)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let since = next_batch(&a, &alice_token).await;
+
+    // Carol (of the other node) joins the second room: Alice's clients learn her devices.
+    let (status, body) = call(
+        &b,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&second), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = sync_until(&a, &alice_token, &since, |s| lists(s, "changed", &carol)).await;
+    let since = seen["next_batch"].as_str().unwrap().to_owned();
+
+    // She leaves the first room: she still shares the second, so she is not `left`.
+    let (status, _) = call(
+        &b,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/leave", urlencode(&first)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.node.state.sender.flush_once().await.unwrap();
+    let seen = sync_until(&a, &alice_token, &since, |s| {
+        assert!(!lists(s, "left", &carol), "still shares a room: {s}");
+        membership_in_timeline(s, &first, &carol, "leave")
+    })
+    .await;
+    let since = seen["next_batch"].as_str().unwrap().to_owned();
+
+    // She leaves the second too: now she is `left`.
+    let (status, _) = call(
+        &b,
+        &carol_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/leave", urlencode(&second)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.node.state.sender.flush_once().await.unwrap();
+    let seen = sync_until(&a, &alice_token, &since, |s| lists(s, "left", &carol)).await;
+    let since = seen["next_batch"].as_str().unwrap().to_owned();
+
+    // Alice leaves the first room herself: Dave, whom she shared only that room with, is `left`.
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        &format!("/rooms/{}/leave", urlencode(&first)),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let seen = sync_until(&a, &alice_token, &since, |s| lists(s, "left", &dave)).await;
+    assert!(!lists(&seen, "changed", &dave), "{seen}");
+
+    a.stop().await;
+    b.stop().await;
+}

@@ -152,6 +152,14 @@ pub trait RoomEvents {
         since: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+    /// Users whose membership event in the room is in the stream range `(after, up_to]`
+    /// (sync's `device_lists`: who started or stopped sharing a room).
+    fn list_member_changes(
+        &self,
+        room_id: &str,
+        after: i64,
+        up_to: i64,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// The room's timeline before `before` (exclusive), newest first.
     fn get_room_events_before(
         &self,
@@ -409,6 +417,27 @@ impl RoomEvents for Store {
         );
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql).bind(room_id).bind(since).bind(limit).fetch_all(pool).await
+        })?)
+    }
+
+    async fn list_member_changes(
+        &self,
+        room_id: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<String>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT state_key FROM events
+                 WHERE room_id = $1 AND stream_ordering > $2 AND stream_ordering <= $3
+                   AND event_type = 'm.room.member' AND state_key IS NOT NULL
+                   AND soft_failed = FALSE AND outlier = FALSE",
+            )
+            .bind(room_id)
+            .bind(after)
+            .bind(up_to)
+            .fetch_all(pool)
+            .await
         })?)
     }
 

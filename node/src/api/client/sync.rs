@@ -170,6 +170,10 @@ async fn build(
     if device_changes.iter().any(|u| u == user.user_id.as_str()) {
         changed_devices.insert(user.user_id.to_string());
     }
+    // Users who may have stopped sharing every room with this user since the last sync, and the
+    // current state of the rooms the user is joined to (to check them against).
+    let mut maybe_left = std::collections::BTreeSet::new();
+    let mut joined_rooms = Vec::new();
     let rooms = state
         .store
         .list_membership_rooms(user.user_id.as_str())
@@ -199,6 +203,29 @@ async fn build(
         let changed_since = since.is_none_or(|s| member_position > s);
         match membership(state, &room_id, &user.user_id).await?.as_deref() {
             Some("join") => {
+                // device_lists: users who started sharing this room with the user (everyone in
+                // it when the user is the one who joined) are `changed`; who left may be `left`.
+                joined_rooms.push(room_id.clone());
+                if let Some(since) = since {
+                    let others = if changed_since {
+                        member_keys(&current)
+                    } else {
+                        state
+                            .store
+                            .list_member_changes(room_id.as_str(), since, now)
+                            .await?
+                    };
+                    for other in others {
+                        if other == user.user_id.as_str() {
+                            continue;
+                        }
+                        if is_joined(state, &current, &other).await? {
+                            changed_devices.insert(other);
+                        } else if !changed_since {
+                            maybe_left.insert(other);
+                        }
+                    }
+                }
                 for other in &device_changes {
                     if changed_devices.contains(other) {
                         continue;
@@ -342,6 +369,12 @@ async fn build(
                 );
             }
             Some("leave" | "ban") if since.is_some() && changed_since => {
+                // Everyone the user shared this room with may now share nothing with them.
+                for other in member_keys(&current) {
+                    if is_joined(state, &current, &other).await? {
+                        maybe_left.insert(other);
+                    }
+                }
                 let mut rows = state
                     .store
                     .get_room_events_before(room_id.as_str(), member_position + 1, limit)
@@ -357,6 +390,25 @@ async fn build(
             _ => {}
         }
     }
+    // `left`: users who share no joined room with the user any more.
+    maybe_left.retain(|other| other != user.user_id.as_str() && !changed_devices.contains(other));
+    if !maybe_left.is_empty() {
+        for room_id in &joined_rooms {
+            let Some(current) = state.rooms.current_state(room_id).await? else {
+                continue;
+            };
+            let mut still_shared = Vec::new();
+            for other in &maybe_left {
+                if is_joined(state, &current, other).await? {
+                    still_shared.push(other.clone());
+                }
+            }
+            for other in still_shared {
+                maybe_left.remove(&other);
+            }
+        }
+    }
+    let left_devices: Vec<String> = maybe_left.into_iter().collect();
     // Invites into rooms this node is not in (received over federation).
     for pending in state
         .store
@@ -416,7 +468,8 @@ async fn build(
         && leave.is_empty()
         && global_data.is_empty()
         && to_device.is_empty()
-        && changed_devices.is_empty());
+        && changed_devices.is_empty()
+        && left_devices.is_empty());
     let mut rooms = HashMap::new();
     rooms.insert("join", Value::Object(join));
     rooms.insert("invite", Value::Object(invite));
@@ -428,9 +481,34 @@ async fn build(
         "account_data": {"events": global_data},
         "presence": {"events": []},
         "to_device": {"events": to_device},
-        "device_lists": {"changed": changed_devices, "left": []},
+        "device_lists": {"changed": changed_devices, "left": left_devices},
         "device_one_time_keys_count": one_time_keys,
         "device_unused_fallback_key_types": fallback_types,
     });
     Ok((response, has_updates))
+}
+
+/// The users with a membership event in a room's state.
+fn member_keys(current: &unitas_federation::rooms::auth::State) -> Vec<String> {
+    current
+        .keys()
+        .filter(|(kind, _)| kind == "m.room.member")
+        .map(|(_, key)| key.clone())
+        .collect()
+}
+
+/// Whether `user` is joined in a room's state.
+async fn is_joined(
+    state: &AppState,
+    current: &unitas_federation::rooms::auth::State,
+    user: &str,
+) -> Result<bool, ApiError> {
+    let Some(id) = current.get(&("m.room.member".to_owned(), user.to_owned())) else {
+        return Ok(false);
+    };
+    let Some(pdu) = state.rooms.get_pdu(id).await? else {
+        return Ok(false);
+    };
+    let content: Value = serde_json::from_str(pdu.content.get()).unwrap_or_default();
+    Ok(content["membership"] == "join")
 }
