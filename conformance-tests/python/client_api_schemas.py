@@ -127,7 +127,14 @@ def main():
     call("PUT", f"{c}/user/{{userId}}/rooms/{{roomId}}/tags/{{tag}}", {"userId": ub, "roomId": room, "tag": "m.favourite"}, body={"order": 0.5}, token=b)
     call("GET", f"{c}/user/{{userId}}/rooms/{{roomId}}/tags", {"userId": ub, "roomId": room}, token=b)
     call("DELETE", f"{c}/user/{{userId}}/rooms/{{roomId}}/tags/{{tag}}", {"userId": ub, "roomId": room, "tag": "m.favourite"}, token=b)
+    call("PUT", f"{c}/presence/{{userId}}/status", {"userId": ub}, body={"presence": "unavailable", "status_msg": "in a meeting"}, token=b)
+    status = call("GET", f"{c}/presence/{{userId}}/status", {"userId": ub}, token=a)
+    if status is not None and (status.get("presence"), status.get("status_msg")) != ("unavailable", "in a meeting"):
+        failures.append(f"presence as set is not what is read back: {status}")
+    call("PUT", f"{c}/presence/{{userId}}/status", {"userId": ua}, body={"presence": "online"}, token=b, status=403)
     sync = call("GET", f"{c}/sync", token=b)
+    if sync is not None and not any(e.get("sender") == ub for e in sync.get("presence", {}).get("events", [])):
+        failures.append(f"an initial sync does not show the user's own presence: {sync.get('presence')}")
     call("GET", f"{c}/sync", query={"since": sync["next_batch"], "timeout": "0"}, token=b)
     call("GET", f"{c}/sync", query={"filter": filter_id, "full_state": "true"}, token=a)
     call("POST", f"{c}/user_directory/search", body={"search_term": "schema", "limit": 5}, token=a)

@@ -283,7 +283,7 @@ impl FederationSender {
         destinations: &[String],
         edu: &Value,
     ) -> Result<(), SendError> {
-        let now = i64::try_from(ruma::MilliSecondsSinceUnixEpoch::now().get()).unwrap_or(i64::MAX);
+        let now = i64::from(ruma::MilliSecondsSinceUnixEpoch::now().get());
         self.inner
             .store
             .queue_outbound_edu(origin, destinations, &edu.to_string(), now)

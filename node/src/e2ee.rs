@@ -284,7 +284,10 @@ pub async fn claim(
 
 /// The other servers that share a room with a local user (where their users would need to
 /// hear of the user's device changes).
-async fn servers_sharing_rooms(state: &AppState, user_id: &str) -> Result<Vec<String>, ApiError> {
+pub(crate) async fn servers_sharing_rooms(
+    state: &AppState,
+    user_id: &str,
+) -> Result<Vec<String>, ApiError> {
     let Ok(user) = ruma::OwnedUserId::try_from(user_id) else {
         return Ok(Vec::new());
     };

@@ -49,16 +49,25 @@ struct RoomTyping {
     changed_at: i64,
 }
 
+/// Microseconds since the epoch (0 if the clock is before it).
+fn clock_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Longest typing notification honoured.
 const MAX_TYPING: Duration = Duration::from_secs(120);
 
 impl Ephemeral {
     /// Starts after `max_stored`, the highest aux position in the database.
     pub fn new(max_stored: i64) -> Ephemeral {
+        let start = max_stored.max(clock_us());
         Ephemeral {
-            next: AtomicI64::new(max_stored + 1),
+            next: AtomicI64::new(start + 1),
             pending: Mutex::default(),
-            position: watch::channel(max_stored).0,
+            position: watch::channel(start).0,
             typing: Mutex::default(),
         }
     }
@@ -68,9 +77,16 @@ impl Ephemeral {
     /// every position before it is done too: a sync never reads past a change still being
     /// written, so a client's acknowledgement (its next `since`) never covers a change it has
     /// not seen (a to-device message stored late would otherwise be deleted unseen).
+    ///
+    /// Positions follow the clock in microseconds (or count on from the last one when changes
+    /// come faster): typing and presence take positions but are not stored, so after a restart
+    /// the highest stored position may be below one a client already holds in its token; a
+    /// clock-based start keeps every new position above it, so nothing stored after the
+    /// restart (a to-device message) hides below the client's `since`.
     pub fn reserve(&self) -> Reserved<'_> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let at = self.next.fetch_add(1, Ordering::Relaxed);
+        let at = self.next.load(Ordering::Relaxed).max(clock_us());
+        self.next.store(at + 1, Ordering::Relaxed);
         pending.insert(at);
         Reserved { owner: self, at }
     }
@@ -143,16 +159,34 @@ mod position_tests {
     fn a_change_is_visible_only_when_every_earlier_one_is_written() {
         let aux = Ephemeral::new(10);
         let watch = aux.subscribe();
+        let start = *watch.borrow();
         let first = aux.reserve();
         let second = aux.reserve();
-        assert_eq!((first.at(), second.at()), (11, 12));
+        let (first_at, second_at) = (first.at(), second.at());
+        assert!(start < first_at && first_at < second_at);
         // The later change finishes first: a sync must not read past the earlier one.
         drop(second);
-        assert_eq!(*watch.borrow(), 10);
+        assert!(*watch.borrow() < first_at);
         drop(first);
-        assert_eq!(*watch.borrow(), 12);
+        assert_eq!(*watch.borrow(), second_at);
         // A failed write (guard dropped without a row) does not hold the stream back.
-        drop(aux.reserve());
-        assert_eq!(*watch.borrow(), 13);
+        let third = aux.reserve();
+        let third_at = third.at();
+        drop(third);
+        assert_eq!(*watch.borrow(), third_at);
+    }
+
+    #[test]
+    fn positions_after_a_restart_stay_above_unstored_ones() {
+        // Typing and presence take positions that are never stored: a node restarting with
+        // nothing stored still starts above them.
+        let before = Ephemeral::new(0);
+        let typing = before.reserve().at();
+        let after = Ephemeral::new(0);
+        assert!(*after.subscribe().borrow() >= typing);
+        assert!(after.reserve().at() > typing);
+        // A stored position ahead of the clock is respected too.
+        let ahead = Ephemeral::new(i64::MAX / 2);
+        assert_eq!(ahead.reserve().at(), i64::MAX / 2 + 1);
     }
 }

@@ -22,6 +22,7 @@ pub mod e2ee;
 pub mod ephemeral;
 pub mod media;
 pub mod node;
+pub mod presence;
 pub mod ratelimit;
 pub mod serve;
 pub mod state;

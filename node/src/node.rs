@@ -225,6 +225,7 @@ impl Node {
             key_ring.clone(),
             federation.clone(),
         ));
+        let presence = Arc::new(crate::presence::Presence::new(config.presence.enabled));
         let state = AppState {
             inbound,
             federation,
@@ -235,6 +236,7 @@ impl Node {
             territories,
             rooms,
             ephemeral,
+            presence,
             rate_limiter,
             tokens: Default::default(),
             transactions: Default::default(),
@@ -265,6 +267,12 @@ impl Node {
             tokio::join!(client, federation);
             let _ = serving_done.send(true);
         });
+        if state.presence.enabled() {
+            tasks.spawn(crate::presence::sweep_loop(
+                state.clone(),
+                shutdown_signalled(shutdown_rx.clone()),
+            ));
+        }
         if store.sqlite_path().is_some() && !checkpoint_every.is_zero() {
             tasks.spawn(checkpoint_loop(
                 store,

@@ -128,6 +128,8 @@ pub struct AppState {
     pub rooms: unitas_federation::rooms::Rooms,
     /// Account data, receipts and typing positions.
     pub ephemeral: Arc<crate::ephemeral::Ephemeral>,
+    /// Who is online.
+    pub presence: Arc<crate::presence::Presence>,
     /// Transaction IDs of the devices that sent since start.
     pub transactions: Arc<crate::tokens::TransactionCache>,
     /// Access tokens already looked up.

@@ -117,6 +117,8 @@ pub fn client_router(state: AppState) -> Router {
         routes,
         e::create_typing_event_route,
     );
+    routes = route::<c::presence::set_presence::v3::Request, _, _>(routes, e::set_presence_route);
+    routes = route::<c::presence::get_presence::v3::Request, _, _>(routes, e::get_presence_route);
     routes =
         route::<c::receipt::create_receipt::v3::Request, _, _>(routes, e::create_receipt_route);
     routes = route::<c::read_marker::set_read_marker::v3::Request, _, _>(

@@ -48,6 +48,8 @@ pub struct Config {
     pub rate_limits: RateLimitsConfig,
     /// Uploaded media.
     pub media: MediaConfig,
+    /// Presence (online, unavailable, offline).
+    pub presence: PresenceConfig,
     /// Logging.
     pub log: LogConfig,
     /// The territories this node hosts, one `[[territory]]` table each. Each has its own server
@@ -276,6 +278,22 @@ impl Default for RateLimitsConfig {
             per_second: 50.0,
             burst: 300,
         }
+    }
+}
+
+/// `[presence]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct PresenceConfig {
+    /// Keep, show and federate presence. Off: nothing is kept or sent, clients' presence
+    /// updates are accepted and ignored, and everyone shows offline. Presence lives in memory:
+    /// after a restart users are offline until their clients sync again.
+    pub enabled: bool,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { enabled: true }
     }
 }
 

@@ -2124,3 +2124,126 @@ async fn device_lists_follow_who_shares_a_room() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The `m.presence` event of `user` in a sync, if any.
+fn presence_of(sync: &Value, user: &str) -> Option<Value> {
+    sync["presence"]["events"]
+        .as_array()?
+        .iter()
+        .rev()
+        .find(|e| e["sender"] == user)
+        .map(|e| e["content"].clone())
+}
+
+#[tokio::test]
+async fn presence_crosses_to_the_other_node_unless_turned_off() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (alice_token, bob, bob_token, _room) = shared_room(&a, &b).await;
+    let (_, me) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::GET,
+        "/account/whoami",
+        Value::Null,
+    )
+    .await;
+    let alice = me["user_id"].as_str().unwrap().to_owned();
+    let since = next_batch(&b, &bob_token).await;
+
+    // Alice says she is away: Bob's sync on the other node shows it.
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/presence/{}/status", urlencode(&alice)),
+        json!({"presence": "unavailable", "status_msg": "at lunch"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    a.node.state.sender.flush_once().await.unwrap();
+    let seen = sync_until(&b, &bob_token, &since, |s| {
+        presence_of(s, &alice).is_some_and(|p| p["presence"] == "unavailable")
+    })
+    .await;
+    let content = presence_of(&seen, &alice).unwrap();
+    assert_eq!(content["status_msg"], "at lunch");
+    let (status, got) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::GET,
+        &format!("/presence/{}/status", urlencode(&alice)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(got["presence"], "unavailable");
+
+    // Bob is online because his client syncs: Alice sees it.
+    b.node.state.sender.flush_once().await.unwrap();
+    let (_, first) = call(&a, &alice_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    if presence_of(&first, &bob).is_none_or(|p| p["presence"] != "online") {
+        sync_until(&a, &alice_token, &since, |s| {
+            presence_of(s, &bob).is_some_and(|p| p["presence"] == "online")
+        })
+        .await;
+    }
+    // Someone else may not set Bob's presence.
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/presence/{}/status", urlencode(&bob)),
+        json!({"presence": "offline"}),
+    )
+    .await;
+    assert_eq!(status, 403);
+    a.stop().await;
+    b.stop().await;
+
+    // A node with presence off keeps nothing from its peers and shows nothing.
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|c| c.presence.enabled = false).await;
+    let (alice_token, _, bob_token, room) = shared_room(&a, &b).await;
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!(
+            "/presence/{}/status",
+            urlencode(&alice_user(&a, &alice_token).await)
+        ),
+        json!({"presence": "online", "status_msg": "here"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // A message after the presence update: once it is on B, the EDU before it was handled.
+    let (status, _) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/send/m.room.message/p1", urlencode(&room)),
+        json!({"msgtype": "m.text", "body": "after presence"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    a.node.state.sender.flush_once().await.unwrap();
+    assert_eq!(history(&b, &bob_token, &room).await.len(), 1);
+    let (_, synced) = call(&b, &bob_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    assert_eq!(synced["presence"]["events"], json!([]), "{synced}");
+    a.stop().await;
+    b.stop().await;
+}
+
+async fn alice_user(peer: &Peer, token: &str) -> String {
+    let (_, me) = call(
+        peer,
+        token,
+        reqwest::Method::GET,
+        "/account/whoami",
+        Value::Null,
+    )
+    .await;
+    me["user_id"].as_str().unwrap().to_owned()
+}

@@ -65,6 +65,12 @@ pub trait ClientData {
         &self,
         user_id: &str,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Rooms where any stored membership event of the user is, outliers included (a remote
+    /// user's join often arrives as part of a room's state, stored as an outlier).
+    fn list_rooms_with_member_event(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
 }
 
 /// A user directory hit: `(user_id, displayname, avatar_url)`.
@@ -223,6 +229,18 @@ impl ClientData for Store {
             sqlx::query_scalar(
                 "SELECT DISTINCT room_id FROM events
                  WHERE state_key = $1 AND event_type = 'm.room.member' AND outlier = FALSE",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await
+        })?)
+    }
+
+    async fn list_rooms_with_member_event(&self, user_id: &str) -> Result<Vec<String>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT DISTINCT room_id FROM events
+                 WHERE state_key = $1 AND event_type = 'm.room.member'",
             )
             .bind(user_id)
             .fetch_all(pool)

@@ -7,11 +7,13 @@ use axum::extract::State;
 use ruma::api::client::config::{
     get_global_account_data, get_room_account_data, set_global_account_data, set_room_account_data,
 };
+use ruma::api::client::presence::{get_presence, set_presence};
 use ruma::api::client::read_marker::set_read_marker;
 use ruma::api::client::receipt::create_receipt;
 use ruma::api::client::tag::{create_tag, delete_tag, get_tags};
 use ruma::api::client::typing::create_typing_event;
 use ruma::events::receipt::ReceiptThread;
+use ruma::presence::PresenceState;
 use ruma::serde::Raw;
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
@@ -57,6 +59,67 @@ pub async fn create_typing_event_route(
     )
     .await?;
     Ok(create_typing_event::v3::Response::new().into())
+}
+
+/// `PUT /_matrix/client/v3/presence/{userId}/status`: accepted and ignored when presence is off.
+pub async fn set_presence_route(
+    State(state): State<AppState>,
+    req: Ruma<set_presence::v3::Request>,
+) -> Result<set_presence::v3::Response> {
+    let user = req.user()?.clone();
+    own(&user.user_id, &req.body.user_id)?;
+    let presence = req.body.presence;
+    if !matches!(
+        presence,
+        PresenceState::Online | PresenceState::Unavailable | PresenceState::Offline
+    ) {
+        return Err(ApiError::invalid_param(
+            "presence must be online, unavailable or offline",
+        ));
+    }
+    if let Some(status) = &req.body.status_msg
+        && status.len() > MAX_STATUS_BYTES
+    {
+        return Err(ApiError::invalid_param(
+            "status_msg is longer than 1024 bytes",
+        ));
+    }
+    let currently_active = presence == PresenceState::Online;
+    crate::presence::set_local(
+        &state,
+        &user.user_id,
+        crate::presence::Change {
+            presence,
+            status_msg: Some(req.body.status_msg),
+            last_active_ms: crate::presence::now(),
+            currently_active,
+        },
+    )
+    .await?;
+    Ok(set_presence::v3::Response::new().into())
+}
+
+/// Longest presence status message accepted.
+const MAX_STATUS_BYTES: usize = 1024;
+
+/// `GET /_matrix/client/v3/presence/{userId}/status`: what is known, else offline.
+pub async fn get_presence_route(
+    State(state): State<AppState>,
+    req: Ruma<get_presence::v3::Request>,
+) -> Result<get_presence::v3::Response> {
+    req.user()?;
+    let Some(entry) = state.presence.get(&req.body.user_id) else {
+        return Ok(get_presence::v3::Response::new(PresenceState::Offline).into());
+    };
+    let mut response = get_presence::v3::Response::new(entry.presence);
+    response.status_msg = entry.status_msg;
+    response.currently_active = Some(entry.currently_active);
+    if entry.last_active_ms > 0 {
+        response.last_active_ago = Some(std::time::Duration::from_millis(
+            crate::presence::now().saturating_sub(entry.last_active_ms),
+        ));
+    }
+    Ok(response.into())
 }
 
 /// Sends an EDU about a local user to the other servers in the room.
@@ -117,8 +180,7 @@ async fn store_receipt(
 }
 
 /// Applies the EDUs of a transaction from `origin` about its own users: typing and read
-/// receipts in rooms it is in, device list updates, to-device messages. Presence is accepted and
-/// ignored.
+/// receipts in rooms it is in, presence, device list updates, to-device messages.
 pub async fn apply_edus(
     state: &AppState,
     origin: &ruma::ServerName,
@@ -196,7 +258,8 @@ pub async fn apply_edus(
                 let message_id = content["message_id"].as_str().unwrap_or_default();
                 crate::e2ee::deliver_to_device(state, sender, kind, message_id, messages).await?;
             }
-            // Presence is not kept (yet); anything else is not for us.
+            Some("m.presence") => crate::presence::apply_edu(state, origin, content).await?,
+            // Anything else is not for us.
             _ => {}
         }
     }

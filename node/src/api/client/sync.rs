@@ -44,7 +44,9 @@ pub async fn sync_events_route(
         .as_deref()
         .and_then(|t| t.split_once('_'))
         .and_then(|(_, a)| a.parse::<i64>().ok());
-    let (limit, lazy_members) = sync_filter(&state, &user, body.filter.as_ref()).await?;
+    let (limit, lazy_members, presence) = sync_filter(&state, &user, body.filter.as_ref()).await?;
+    // The user is online while a client syncs (unless it asks otherwise), until the guard drops.
+    let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
     let deadline = tokio::time::Instant::now() + timeout;
     // Subscribe before reading positions: a commit in between still wakes the wait below.
@@ -62,8 +64,13 @@ pub async fn sync_events_route(
             since_aux: since.map(|_| since_aux.unwrap_or(0)),
             now_aux,
         };
-        let (response, has_updates) =
-            build(&state, &user, window, body.full_state, limit, lazy_members).await?;
+        let options = Options {
+            full_state: body.full_state,
+            limit,
+            lazy_members,
+            presence,
+        };
+        let (response, has_updates) = build(&state, &user, window, options).await?;
         if since.is_none() || has_updates || body.full_state {
             return Ok(Json(response));
         }
@@ -90,12 +97,25 @@ struct Window {
     now_aux: i64,
 }
 
-/// What the sync filter asks for: the timeline limit and whether members are lazy-loaded.
+/// What a sync asks for besides its window.
+#[derive(Debug, Clone, Copy)]
+struct Options {
+    full_state: bool,
+    /// Timeline events per room.
+    limit: i64,
+    /// Members only for the timeline's senders.
+    lazy_members: bool,
+    /// Presence events wanted.
+    presence: bool,
+}
+
+/// What the sync filter asks for: the timeline limit, whether members are lazy-loaded, and
+/// whether presence is wanted.
 async fn sync_filter(
     state: &AppState,
     user: &ClientUser,
     filter: Option<&sync_events::v3::Filter>,
-) -> Result<(i64, bool), ApiError> {
+) -> Result<(i64, bool, bool), ApiError> {
     let definition: Option<FilterDefinition> = match filter {
         Some(sync_events::v3::Filter::FilterDefinition(definition)) => Some(definition.clone()),
         Some(sync_events::v3::Filter::FilterId(id)) => match id.parse::<i64>() {
@@ -110,12 +130,22 @@ async fn sync_filter(
     let lazy = definition
         .as_ref()
         .is_some_and(|d| !d.room.state.lazy_load_options.is_disabled());
+    let presence = definition.as_ref().is_none_or(|d| {
+        let filter = &d.presence;
+        let excluded = |t: &String| t == "*" || t == "m.presence";
+        filter.limit.is_none_or(|l| u64::from(l) > 0)
+            && filter
+                .types
+                .as_ref()
+                .is_none_or(|types| types.iter().any(|t| t == "*" || t == "m.presence"))
+            && !filter.not_types.iter().any(excluded)
+    });
     let limit = definition
         .and_then(|d| d.room.timeline.limit)
         .map(|l| i64::try_from(u64::from(l)).unwrap_or(DEFAULT_TIMELINE_LIMIT))
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, 1000);
-    Ok((limit, lazy))
+    Ok((limit, lazy, presence))
 }
 
 async fn events_of(state: &AppState, rows: &[EventRow]) -> Result<Vec<Value>, ApiError> {
@@ -136,9 +166,7 @@ async fn build(
     state: &AppState,
     user: &ClientUser,
     window: Window,
-    full_state: bool,
-    limit: i64,
-    lazy_members: bool,
+    options: Options,
 ) -> Result<(Value, bool), ApiError> {
     let Window {
         since,
@@ -146,6 +174,12 @@ async fn build(
         since_aux,
         now_aux,
     } = window;
+    let Options {
+        full_state,
+        limit,
+        lazy_members,
+        presence: wants_presence,
+    } = options;
     let account_data = state
         .store
         .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
@@ -409,6 +443,22 @@ async fn build(
         }
     }
     let left_devices: Vec<String> = maybe_left.into_iter().collect();
+    // Presence of the user and of users sharing a joined room with them.
+    let mut presence = Vec::new();
+    if wants_presence {
+        for (other, entry) in state.presence.changed_since(since_aux, now_aux) {
+            let mut shares = other == user.user_id;
+            for room_id in &joined_rooms {
+                if shares {
+                    break;
+                }
+                shares = membership(state, room_id, &other).await?.as_deref() == Some("join");
+            }
+            if shares {
+                presence.push(crate::presence::client_event(&other, &entry));
+            }
+        }
+    }
     // Invites into rooms this node is not in (received over federation).
     for pending in state
         .store
@@ -469,7 +519,8 @@ async fn build(
         && global_data.is_empty()
         && to_device.is_empty()
         && changed_devices.is_empty()
-        && left_devices.is_empty());
+        && left_devices.is_empty()
+        && presence.is_empty());
     let mut rooms = HashMap::new();
     rooms.insert("join", Value::Object(join));
     rooms.insert("invite", Value::Object(invite));
@@ -479,7 +530,7 @@ async fn build(
         "next_batch": format!("s{now}_{now_aux}"),
         "rooms": rooms,
         "account_data": {"events": global_data},
-        "presence": {"events": []},
+        "presence": {"events": presence},
         "to_device": {"events": to_device},
         "device_lists": {"changed": changed_devices, "left": left_devices},
         "device_one_time_keys_count": one_time_keys,
