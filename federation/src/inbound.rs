@@ -17,7 +17,7 @@
 //! verification again), and the parent is stored as an outlier carrying its state, so the chain
 //! after it appends like any fork.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use ruma::{
@@ -1112,6 +1112,130 @@ impl Inbound {
             }
         }
         all
+    }
+}
+
+/// Most events asked for in one `/backfill`.
+pub const MAX_BACKFILL: usize = 100;
+/// Rounds of fetching auth events a backfill answer refers to but does not carry.
+const BACKFILL_AUTH_ROUNDS: usize = 4;
+
+impl Inbound {
+    /// History of a room before its earliest event here (what a member paging back through
+    /// `/messages` reaches after a join or a gap), from `/backfill` on the other servers in the
+    /// room, one after the other until one answers. The events go through the one verification
+    /// path, auth events they name that we lack come through `/event`, and
+    /// [`Rooms::store_backfill`] checks and stores them. Returns how many events were added (0:
+    /// the room starts here, or no server had more).
+    pub async fn backfill(
+        &self,
+        local: &LocalServer,
+        room_id: &RoomId,
+        limit: usize,
+    ) -> Result<usize, AppendError> {
+        let Some(version) = self.rooms.room_version(room_id).await? else {
+            return Err(AppendError::UnknownRoom(room_id.to_owned()));
+        };
+        let Some(earliest) = self.rooms.earliest_event(room_id).await? else {
+            return Ok(0);
+        };
+        if earliest.prev_events.is_empty() {
+            return Ok(0);
+        }
+        let local_name = ServerName::parse(&local.name)
+            .map_err(|e| EventError::Format(format!("our server name: {e}")))?;
+        let mut query = format!("limit={}", limit.clamp(1, MAX_BACKFILL));
+        for id in &earliest.prev_events {
+            query.push_str(&format!("&v={}", percent(id.as_str())));
+        }
+        let mut last_error = None;
+        for server in self.rooms.joined_servers(room_id).await? {
+            if self.rooms.is_local_server(&server) {
+                continue;
+            }
+            let Ok(origin) = ServerName::parse(&server) else {
+                continue;
+            };
+            match self
+                .backfill_from(local, &local_name, &origin, room_id, &version, &query)
+                .await
+            {
+                Ok(added) => return Ok(added),
+                Err(err) => {
+                    tracing::info!(%room_id, server = %origin, error = %err, "backfill failed");
+                    last_error = Some(err);
+                }
+            }
+        }
+        match last_error {
+            Some(err) => Err(err),
+            None => Ok(0),
+        }
+    }
+
+    async fn backfill_from(
+        &self,
+        local: &LocalServer,
+        local_name: &ServerName,
+        origin: &ServerName,
+        room_id: &RoomId,
+        version: &RoomVersion,
+        query: &str,
+    ) -> Result<usize, AppendError> {
+        let answer = self
+            .client
+            .request(
+                local_name,
+                &local.key,
+                origin,
+                http::Method::GET,
+                &format!(
+                    "/_matrix/federation/v1/backfill/{}?{query}",
+                    percent(room_id.as_str())
+                ),
+                None,
+            )
+            .await
+            .map_err(|e| EventError::Missing(format!("backfill from {origin}: {e}")))?;
+        let pdus = answer
+            .get("pdus")
+            .and_then(Value::as_array)
+            .ok_or_else(|| EventError::Format("backfill answer without pdus".into()))?;
+        let mut items = Vec::new();
+        for value in pdus.iter().take(MAX_BACKFILL) {
+            items.push((
+                canonical_object(value)?,
+                version.clone(),
+                room_id.to_owned(),
+            ));
+        }
+        let mut history = Vec::new();
+        for outcome in self.verify_each(items).await {
+            match outcome {
+                Ok(pdu) => history.push(pdu),
+                Err(err) => tracing::info!(%origin, error = %err, "backfilled event rejected"),
+            }
+        }
+        // Auth events named but neither in the answer nor stored: fetched, then theirs.
+        let mut auth: Vec<Pdu> = Vec::new();
+        for _ in 0..BACKFILL_AUTH_ROUNDS {
+            let have: HashSet<&OwnedEventId> =
+                history.iter().chain(&auth).map(|p| &p.event_id).collect();
+            let mut wanted = Vec::new();
+            for id in history.iter().chain(&auth).flat_map(|p| &p.auth_events) {
+                if !have.contains(id) && !wanted.contains(id) && !self.rooms.has_event(id).await? {
+                    wanted.push(id.clone());
+                }
+            }
+            if wanted.is_empty() {
+                break;
+            }
+            let fetched = self.fetch_events(local_name, local, origin, wanted).await?;
+            auth.extend(self.verify_many(fetched, version, room_id).await?);
+        }
+        self.rooms
+            .store_backfill(version, room_id, history, auth)
+            .await
     }
 }
 

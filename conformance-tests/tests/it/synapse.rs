@@ -416,6 +416,18 @@ async fn rooms_are_shared_with_synapse_both_ways() {
     .await;
     assert_eq!(status, 200, "{created}");
     let room = created["room_id"].as_str().unwrap().to_owned();
+    // History from before our user joins: we fetch it from Synapse with /backfill when she
+    // pages back.
+    for i in 0..5 {
+        send(
+            &theirs,
+            &sam_token,
+            &room,
+            &format!("e{i}"),
+            &format!("early {i}"),
+        )
+        .await;
+    }
     let (status, reply) = request(
         reqwest::Method::POST,
         format!("{ours}/join/{}?via={}", enc(&room), enc(&synapse.name())),
@@ -430,6 +442,17 @@ async fn rooms_are_shared_with_synapse_both_ways() {
         synapse.complaints()
     );
     assert_eq!(joined(&ours, &alice_token, &room).await, both);
+    let early: Vec<String> = messages(&ours, &alice_token, &room)
+        .await
+        .into_iter()
+        .map(|(_, body)| body)
+        .collect();
+    assert_eq!(
+        early,
+        (0..5).map(|i| format!("early {i}")).collect::<Vec<_>>(),
+        "history before the join, backfilled from Synapse\n{}",
+        synapse.complaints()
+    );
     for i in 0..10 {
         send(
             &theirs,
@@ -440,7 +463,7 @@ async fn rooms_are_shared_with_synapse_both_ways() {
         )
         .await;
     }
-    await_messages(&ours, &alice_token, &room, 10).await;
+    await_messages(&ours, &alice_token, &room, 15).await;
     for i in 0..10 {
         send(
             &ours,
@@ -452,8 +475,8 @@ async fn rooms_are_shared_with_synapse_both_ways() {
         .await;
     }
     node.state.sender.flush_once().await.unwrap();
-    let on_us = await_messages(&ours, &alice_token, &room, 20).await;
-    let on_them = await_messages(&theirs, &sam_token, &room, 20).await;
+    let on_us = await_messages(&ours, &alice_token, &room, 25).await;
+    let on_them = await_messages(&theirs, &sam_token, &room, 25).await;
     assert_eq!(
         on_us,
         on_them,

@@ -166,8 +166,9 @@ impl WriteRequest {
     }
 }
 
-/// Marks a timeline event whose stream position the writer assigns at commit time.
-const POSITION_PENDING: i64 = -1;
+/// Marks a timeline event whose stream position the writer assigns at commit time (a value no
+/// real position takes: backfilled history counts down from 0).
+const POSITION_PENDING: i64 = i64::MIN;
 
 /// Events recently used, bounded (oldest dropped first).
 #[derive(Default)]
@@ -214,6 +215,8 @@ struct Inner {
     local_servers: HashSet<String>,
     /// Per local user: bumped when a committed event concerns them (their syncs wait on it).
     user_watches: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
+    /// The lowest stream position handed to backfilled history (`None`: not read yet).
+    history_floor: tokio::sync::Mutex<Option<i64>>,
 }
 
 /// The rooms service: the append path and room state. Cheap to clone.
@@ -352,6 +355,7 @@ impl Rooms {
             outbound,
             local_servers: local_servers.into_iter().collect(),
             user_watches: Mutex::new(HashMap::new()),
+            history_floor: tokio::sync::Mutex::new(None),
         };
         let writer = RoomWriter {
             store,
@@ -448,6 +452,11 @@ impl Rooms {
 
     fn is_local(&self, user_id: &str) -> bool {
         server_of(user_id).is_some_and(|server| self.inner.local_servers.contains(server))
+    }
+
+    /// Whether `server` is one of our territories.
+    pub fn is_local_server(&self, server: &str) -> bool {
+        self.inner.local_servers.contains(server)
     }
 
     /// The durable stream position, for waiters (sync): changes after each group commit.
@@ -914,27 +923,76 @@ impl Rooms {
         &self,
         version: &RoomVersion,
         room_id: &RoomId,
-        mut pending: Vec<Pdu>,
+        pending: Vec<Pdu>,
         what: &str,
     ) -> Result<HashMap<OwnedEventId, Arc<Pdu>>, AppendError> {
         let started = std::time::Instant::now();
+        let (known, accepted) = self
+            .check_against_own_auth(version, room_id, pending, what)
+            .await?;
+        let checked = started.elapsed();
+        let ids: Vec<String> = accepted.iter().map(|p| p.event_id.to_string()).collect();
+        let stored = self.inner.store.stored_event_ids(&ids).await?;
+        let rows: Vec<NewEvent> = accepted
+            .iter()
+            .filter(|p| !stored.contains(p.event_id.as_str()))
+            .map(|p| NewEvent {
+                row: event_row(p, None, None, None, true, false),
+                prev_events: p.prev_events.iter().map(|e| e.to_string()).collect(),
+            })
+            .collect();
+        let mut waits = Vec::new();
+        for chunk in rows.chunks(MAX_BATCH_EVENTS) {
+            let batch = EventBatch {
+                events: chunk.to_vec(),
+                ..Default::default()
+            };
+            waits.push(self.enqueue_write(batch).await?);
+        }
+        for rx in waits {
+            rx.await.map_err(|_| AppendError::WriterGone)??;
+        }
+        for pdu in &accepted {
+            self.remember(pdu.clone(), None);
+        }
+        tracing::debug!(
+            %room_id, events = accepted.len(),
+            check_ms = checked.as_millis(),
+            write_ms = (started.elapsed() - checked).as_millis(),
+            "outliers stored"
+        );
+        Ok(known)
+    }
+
+    /// The check half of [`Rooms::store_outliers`]: every event looked at by ID, and the events
+    /// of `pending` that passed, parents first.
+    async fn check_against_own_auth(
+        &self,
+        version: &RoomVersion,
+        room_id: &RoomId,
+        mut pending: Vec<Pdu>,
+        what: &str,
+    ) -> Result<(HashMap<OwnedEventId, Arc<Pdu>>, Vec<Arc<Pdu>>), AppendError> {
         pending.sort_by_key(|p| p.depth);
         pending.dedup_by(|a, b| a.event_id == b.event_id);
         let in_answer: HashSet<OwnedEventId> = pending.iter().map(|p| p.event_id.clone()).collect();
         let mut known: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-        let outside: Vec<OwnedEventId> = pending
-            .iter()
-            .flat_map(|p| p.auth_events.iter())
-            .filter(|id| !in_answer.contains(*id))
-            .cloned()
-            .collect();
-        self.load_with_auth_chain(outside, version, &mut known)
-            .await?;
         let create_id = if version.room_id_from_create_event() {
             Some(auth::create_event_id(room_id)?)
         } else {
             None
         };
+        // Auth events not in `pending` (the create event too, which rooms of version 12 do not
+        // list) must be stored here.
+        let outside: Vec<OwnedEventId> = pending
+            .iter()
+            .flat_map(|p| p.auth_events.iter())
+            .chain(create_id.iter())
+            .filter(|id| !in_answer.contains(*id))
+            .cloned()
+            .collect();
+        self.load_with_auth_chain(outside, version, &mut known)
+            .await?;
         let mut accepted: Vec<Arc<Pdu>> = Vec::new();
         loop {
             let before = pending.len();
@@ -983,38 +1041,89 @@ impl Rooms {
             }
             pending = later;
         }
-        let checked = started.elapsed();
-        let ids: Vec<String> = accepted.iter().map(|p| p.event_id.to_string()).collect();
-        let stored = self.inner.store.stored_event_ids(&ids).await?;
-        let rows: Vec<NewEvent> = accepted
-            .iter()
-            .filter(|p| !stored.contains(p.event_id.as_str()))
-            .map(|p| NewEvent {
-                row: event_row(p, None, None, None, true, false),
-                prev_events: p.prev_events.iter().map(|e| e.to_string()).collect(),
-            })
-            .collect();
-        let mut waits = Vec::new();
-        for chunk in rows.chunks(MAX_BATCH_EVENTS) {
-            let batch = EventBatch {
-                events: chunk.to_vec(),
-                ..Default::default()
-            };
-            waits.push(self.enqueue_write(batch).await?);
+        Ok((known, accepted))
+    }
+
+    /// The room's earliest event in this server's timeline (lowest stream position).
+    pub async fn earliest_event(&self, room_id: &RoomId) -> Result<Option<Arc<Pdu>>, AppendError> {
+        let rows = self
+            .inner
+            .store
+            .get_room_events_after(room_id.as_str(), i64::MIN, 1)
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(None);
+        };
+        let id = EventId::parse(&row.event_id).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        self.get_pdu(&id).await
+    }
+
+    /// Stores events a peer answered to `/backfill` (signatures already verified) as the room's
+    /// history before its earliest event here. `auth` are auth events of theirs fetched on the
+    /// side (kept as outliers). Every event is checked against its own auth events (the whole
+    /// answer is refused if one fails), then the history events not yet in the timeline get
+    /// stream positions below every position in use, older events lower, so `/messages` pages
+    /// back into them while sync (which only moves forward) never shows them. Events stored
+    /// before as outliers (a join's state) join the timeline in place. Returns how many
+    /// events joined the timeline.
+    pub async fn store_backfill(
+        &self,
+        version: &RoomVersion,
+        room_id: &RoomId,
+        history: Vec<Pdu>,
+        auth: Vec<Pdu>,
+    ) -> Result<usize, AppendError> {
+        if self.room_version(room_id).await?.is_none() {
+            return Err(AppendError::UnknownRoom(room_id.to_owned()));
         }
-        for rx in waits {
-            rx.await.map_err(|_| AppendError::WriterGone)??;
-        }
+        let wanted: HashSet<OwnedEventId> = history.iter().map(|p| p.event_id.clone()).collect();
+        let pending: Vec<Pdu> = history.into_iter().chain(auth).collect();
+        let (_, accepted) = self
+            .check_against_own_auth(version, room_id, pending, "a backfill answer")
+            .await?;
+        // One backfill at a time hands out positions, so a later (older) batch sits lower.
+        let mut lowest = self.inner.history_floor.lock().await;
+        let floor = match *lowest {
+            Some(floor) => floor,
+            None => self.inner.store.get_min_stream_ordering().await?.min(1),
+        };
+        let mut rows = Vec::new();
+        let mut timeline = Vec::new();
         for pdu in &accepted {
-            self.remember(pdu.clone(), None);
+            let stored = self.inner.store.get_event(pdu.event_id.as_str()).await?;
+            if wanted.contains(&pdu.event_id) && stored.as_ref().is_none_or(|r| r.outlier) {
+                timeline.push(pdu.clone());
+            } else if stored.is_none() {
+                rows.push(NewEvent {
+                    row: event_row(pdu, None, None, None, true, false),
+                    prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+                });
+            }
         }
-        tracing::debug!(
-            %room_id, events = accepted.len(),
-            check_ms = checked.as_millis(),
-            write_ms = (started.elapsed() - checked).as_millis(),
-            "outliers stored"
-        );
-        Ok(known)
+        timeline.sort_by_key(|p| (p.depth, p.origin_server_ts.0));
+        let count = timeline.len();
+        let first = floor - i64::try_from(count).unwrap_or(i64::MAX / 2);
+        for (i, pdu) in timeline.iter().enumerate() {
+            let position = first + i64::try_from(i).unwrap_or(0);
+            rows.push(NewEvent {
+                row: event_row(pdu, Some(position), None, None, false, false),
+                prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+            });
+        }
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.write_and_wait(EventBatch {
+            events: rows,
+            ..Default::default()
+        })
+        .await?;
+        *lowest = Some(first);
+        for pdu in accepted {
+            self.remember(pdu, None);
+        }
+        tracing::debug!(%room_id, events = count, lowest = first, "history backfilled");
+        Ok(count)
     }
 
     /// Fills a gap in a known room: `missing` is an event whose parents we do not have, `state`

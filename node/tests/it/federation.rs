@@ -2247,3 +2247,94 @@ async fn alice_user(peer: &Peer, token: &str) -> String {
     .await;
     me["user_id"].as_str().unwrap().to_owned()
 }
+
+/// The room's events as `token` pages back through `/messages` `page` at a time from the end:
+/// `(type, body or state key)`, oldest first.
+async fn page_back(peer: &Peer, token: &str, room: &str, page: usize) -> Vec<(String, String)> {
+    let mut from: Option<String> = None;
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let mut path = format!("/rooms/{}/messages?dir=b&limit={page}", urlencode(room));
+        if let Some(from) = &from {
+            path.push_str(&format!("&from={}", urlencode(from)));
+        }
+        let (status, body) = call(peer, token, reqwest::Method::GET, &path, Value::Null).await;
+        assert_eq!(status, 200, "{body}");
+        for event in body["chunk"].as_array().unwrap() {
+            let what = event["content"]["body"]
+                .as_str()
+                .or(event["state_key"].as_str())
+                .unwrap_or_default();
+            out.push((event["type"].as_str().unwrap().to_owned(), what.to_owned()));
+        }
+        match body["end"].as_str() {
+            Some(end) => from = Some(end.to_owned()),
+            None => {
+                out.reverse();
+                return out;
+            }
+        }
+    }
+    panic!("paging never ended");
+}
+
+#[tokio::test]
+async fn history_from_before_a_join_is_backfilled_from_the_other_node() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (_, alice_token) = account(&a, "alice").await;
+    let (_, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat", "name": "old times"}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    for i in 0..30 {
+        let (status, _) = call(
+            &a,
+            &alice_token,
+            reqwest::Method::PUT,
+            &format!("/rooms/{}/send/m.room.message/h{i}", urlencode(&room)),
+            json!({"msgtype": "m.text", "body": format!("before {i}")}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (bob, bob_token) = account(&b, "bob").await;
+    let (status, reply) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::POST,
+        &format!("/join/{}?via={}", urlencode(&room), urlencode(&a.name())),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+
+    // Bob pages back 7 at a time: the history before his join comes from A, in A's order,
+    // down to the room's creation, each event once.
+    let on_b = page_back(&b, &bob_token, &room, 7).await;
+    let on_a = page_back(&a, &alice_token, &room, 100).await;
+    assert_eq!(on_b.first().unwrap().0, "m.room.create", "{on_b:?}");
+    assert_eq!(
+        on_b.last().unwrap(),
+        &("m.room.member".to_owned(), bob.clone())
+    );
+    let messages = |events: &[(String, String)]| -> Vec<String> {
+        events
+            .iter()
+            .filter(|(kind, _)| kind == "m.room.message")
+            .map(|(_, body)| body.clone())
+            .collect()
+    };
+    let expected: Vec<String> = (0..30).map(|i| format!("before {i}")).collect();
+    assert_eq!(messages(&on_b), expected);
+    assert_eq!(on_b, on_a, "both servers show the same history");
+    // Paging again needs no peer: the history is stored.
+    a.stop().await;
+    assert_eq!(page_back(&b, &bob_token, &room, 100).await, on_b);
+    b.stop().await;
+}

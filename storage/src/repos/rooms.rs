@@ -190,6 +190,8 @@ pub trait RoomEvents {
     ) -> impl Future<Output = Result<Vec<(String, String, String)>>> + Send;
     /// Highest stream position and state group ID in use (0 when none).
     fn get_max_ids(&self) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// Lowest stream position in use (backfilled history sits below 1; 1 when none).
+    fn get_min_stream_ordering(&self) -> impl Future<Output = Result<i64>> + Send;
     /// Number of rows in a table (for tests of what a write costs).
     fn count_rows(&self, table: &str) -> impl Future<Output = Result<i64>> + Send;
 }
@@ -287,7 +289,13 @@ impl RoomEvents for Store {
                         .push_bind(r.soft_failed)
                         .push_bind(&r.redacted_by);
                 });
-                q.push(" ON CONFLICT (event_id) DO NOTHING");
+                // An event stored as an outlier (part of a state) that now joins the timeline
+                // (backfilled history) takes its position; anything else stays as it is.
+                q.push(
+                    " ON CONFLICT (event_id) DO UPDATE SET
+                       stream_ordering = excluded.stream_ordering, outlier = excluded.outlier
+                     WHERE events.outlier = TRUE AND excluded.outlier = FALSE",
+                );
                 end_statement!(q, queries, single);
             }
             for chunk in edges.chunks(CHUNK) {
@@ -540,6 +548,15 @@ impl RoomEvents for Store {
             sqlx::query_scalar("SELECT MAX(id) FROM state_groups").fetch_one(pool).await
         })?;
         Ok((stream.unwrap_or(0), group.unwrap_or(0)))
+    }
+
+    async fn get_min_stream_ordering(&self) -> Result<i64> {
+        let min: Option<i64> = on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MIN(stream_ordering) FROM events")
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok(min.unwrap_or(1))
     }
 
     async fn count_rows(&self, table: &str) -> Result<i64> {

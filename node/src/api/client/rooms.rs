@@ -1151,6 +1151,24 @@ pub fn parse_token(token: &str) -> std::result::Result<i64, ApiError> {
         .ok_or_else(|| ApiError::invalid_param(format!("Invalid pagination token {token:?}")))
 }
 
+/// Fetches history older than this server's earliest event of the room from the other servers
+/// in it, signing as the user's territory: the number of events added (0 on failure: paging
+/// then simply ends where this server's history does).
+async fn backfill(state: &AppState, user: &ClientUser, room_id: &RoomId, limit: i64) -> usize {
+    let wanted = usize::try_from(limit).unwrap_or(unitas_federation::inbound::MAX_BACKFILL);
+    match state
+        .inbound
+        .backfill(&user.territory.local_server(), room_id, wanted)
+        .await
+    {
+        Ok(added) => added,
+        Err(err) => {
+            tracing::info!(%room_id, error = %err, "no history from other servers");
+            0
+        }
+    }
+}
+
 /// `GET /_matrix/client/v3/rooms/{roomId}/messages`. Tokens are stream positions: backwards
 /// from `s<n>` returns n and below, forwards from `s<n>` returns what follows n.
 pub async fn get_message_events_route(
@@ -1173,10 +1191,20 @@ pub async fn get_message_events_route(
                 .map(parse_token)
                 .transpose()?
                 .unwrap_or(now);
-            let rows = state
+            let mut rows = state
                 .store
                 .get_room_events_before(body.room_id.as_str(), from + 1, limit)
                 .await?;
+            // At the start of what this server has: older history may be on the other servers.
+            if (rows.len() as i64) < limit
+                && to.is_none()
+                && backfill(&state, &user, &body.room_id, limit).await > 0
+            {
+                rows = state
+                    .store
+                    .get_room_events_before(body.room_id.as_str(), from + 1, limit)
+                    .await?;
+            }
             let rows: Vec<_> = rows
                 .into_iter()
                 .filter(|r| to.is_none_or(|to| r.stream_ordering.unwrap_or(0) > to))
@@ -1189,7 +1217,8 @@ pub async fn get_message_events_route(
                 .as_deref()
                 .map(parse_token)
                 .transpose()?
-                .unwrap_or(0);
+                // Backfilled history sits below position 1.
+                .unwrap_or(i64::MIN);
             let rows = state
                 .store
                 .get_room_events_after(body.room_id.as_str(), from, limit)
