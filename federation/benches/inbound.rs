@@ -6,9 +6,11 @@
 //! cargo bench -p unitas-federation --bench inbound
 //! ```
 //!
-//! Three figures: verification alone on one core; verification then append, one PDU after the
-//! other, each waiting for its commit; and transactions of 50: verification spread over every
-//! core, then the 50 appended in order sharing group commits (what `/send` does).
+//! Figures: verification alone on one core (one by one, and in batches of 50); verification then
+//! append, one PDU after the other, each waiting for its commit; transactions of 50 from one
+//! server: verification spread over every core, then the 50 appended in order sharing group
+//! commits (what `/send` does); and the same from several servers at once, each with one
+//! transaction in flight as the spec asks, each in a room of its own.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -26,35 +28,27 @@ use unitas_storage::{RemoteServerKey, RemoteServerKeys, Store, StoreOptions};
 const EVENTS: usize = 20_000;
 const LOCAL: &str = "a.test";
 const REMOTE: &str = "b.test";
+/// Servers sending at once in the last figure, each in a room of its own.
+const ORIGINS: usize = 4;
 
 fn pdu_object(pdu: &unitas_federation::rooms::Pdu) -> CanonicalJsonObject {
     serde_json::from_str(pdu.federation_json()).expect("json")
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() {
-    // RUST_LOG (e.g. sqlx=debug) shows what the run does.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let url = format!("sqlite://{}/inbound.db", dir.path().display());
-    let store = Store::connect(&url, &StoreOptions::default())
-        .await
-        .expect("store");
-    store.migrate().await.expect("migrate");
-    let (rooms, writer) = Rooms::new(store.clone(), [LOCAL.to_owned()], Arc::new(NoOutbound))
-        .await
-        .expect("rooms");
-    tokio::spawn(writer.run(std::future::pending()));
-    let local_key = SigningKey::generate().expect("key");
+/// A public room of ours that a user of `remote` joined, and `count` messages of that user,
+/// each on the previous one, signed by `remote` (its key stored in the key cache).
+async fn origin_room(
+    store: &Store,
+    rooms: &Rooms,
+    key_ring: &KeyRing,
+    local_key: &SigningKey,
+    remote: &str,
+    count: usize,
+) -> (ruma::OwnedRoomId, Vec<CanonicalJsonObject>) {
     let remote_key = SigningKey::generate().expect("key");
     store
         .store_remote_server_key(&RemoteServerKey {
-            server_name: REMOTE.into(),
+            server_name: remote.into(),
             key_id: remote_key.key_id(),
             public_key: remote_key.public_key_base64(),
             valid_until_ts: i64::MAX / 2,
@@ -63,18 +57,14 @@ async fn main() {
         })
         .await
         .expect("remote key");
-    let client = Arc::new(FederationClient::new(ClientOptions::default()).expect("client"));
-    let key_ring = KeyRing::new(store.clone(), client, vec![], vec![]);
-
-    // A public room of ours that a user of the remote server joins.
     let version = RoomVersion::parse("12").expect("v12");
     let alice = UserId::parse(format!("@alice:{LOCAL}")).expect("user");
-    let bob = UserId::parse(format!("@bob:{REMOTE}")).expect("user");
+    let bob = UserId::parse(format!("@bob:{remote}")).expect("user");
     let room_id = rooms
         .create_room(
             Signer {
                 server_name: LOCAL,
-                key: &local_key,
+                key: local_key,
             },
             &alice,
             NewRoom {
@@ -98,7 +88,7 @@ async fn main() {
         auth_events: auth,
         depth,
         origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
-        origin: REMOTE,
+        origin: remote,
         key: &remote_key,
     };
     let extremities = rooms
@@ -119,19 +109,17 @@ async fn main() {
     )
     .expect("join");
     let join_id = join.event_id.clone();
-    let join = verify_pdu(&key_ring, pdu_object(&join), &version, Some(&room_id))
+    let join = verify_pdu(key_ring, pdu_object(&join), &version, Some(&room_id))
         .await
         .expect("verify join");
     rooms.append_remote(join).await.expect("append join");
-
-    // The remote server's messages, each on the previous one.
     let auth: Vec<OwnedEventId> = [slot("m.room.power_levels", ""), Some(join_id.clone())]
         .into_iter()
         .flatten()
         .collect();
     let mut prev = join_id;
-    let mut objects = Vec::with_capacity(EVENTS * 2);
-    for i in 0..(EVENTS * 2) {
+    let mut objects = Vec::with_capacity(count);
+    for i in 0..count {
         let pdu = build_pdu(
             &version,
             &EventTemplate::message(
@@ -144,16 +132,47 @@ async fn main() {
         prev = pdu.event_id.clone();
         objects.push(pdu_object(&pdu));
     }
-    let (first, second) = objects.split_at(EVENTS);
+    (room_id, objects)
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    // RUST_LOG (e.g. sqlx=debug) shows what the run does.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite://{}/inbound.db", dir.path().display());
+    let store = Store::connect(&url, &StoreOptions::default())
+        .await
+        .expect("store");
+    store.migrate().await.expect("migrate");
+    let (rooms, writer) = Rooms::new(store.clone(), [LOCAL.to_owned()], Arc::new(NoOutbound))
+        .await
+        .expect("rooms");
+    tokio::spawn(writer.run(std::future::pending()));
+    let local_key = SigningKey::generate().expect("key");
+    let client = Arc::new(FederationClient::new(ClientOptions::default()).expect("client"));
+    let key_ring = KeyRing::new(store.clone(), client, vec![], vec![]);
+    let version = RoomVersion::parse("12").expect("v12");
+    // UNITAS_INBOUND_ORIGINS_ONLY=1: only the several-servers figure (for profiling it).
+    let origins_only = std::env::var_os("UNITAS_INBOUND_ORIGINS_ONLY").is_some();
+    let setup_events = if origins_only { 2 } else { EVENTS * 2 };
+    let (room_id, objects) =
+        origin_room(&store, &rooms, &key_ring, &local_key, REMOTE, setup_events).await;
+    let (first, second) = objects.split_at(setup_events / 2);
     // Without the first half appended, the second half's first event has an unknown parent.
-    let second = if std::env::var_os("UNITAS_INBOUND_SEND_ONLY").is_some() {
-        &objects[..EVENTS]
+    let second = if std::env::var_os("UNITAS_INBOUND_SEND_ONLY").is_some() || origins_only {
+        &objects[..setup_events / 2]
     } else {
         second
     };
 
     // UNITAS_INBOUND_SEND_ONLY=1: only the /send figure (for profiling it).
-    let send_only = std::env::var_os("UNITAS_INBOUND_SEND_ONLY").is_some();
+    let send_only = std::env::var_os("UNITAS_INBOUND_SEND_ONLY").is_some() || origins_only;
     let mut verify_rate = f64::NAN;
     let mut batch_rate = f64::NAN;
     let mut sequential_rate = f64::NAN;
@@ -191,6 +210,12 @@ async fn main() {
     }
 
     // 3. The /send path: transactions of 50 (verification on every core, gaps, one batch).
+    let key_ring_for_setup = KeyRing::new(
+        store.clone(),
+        Arc::new(FederationClient::new(ClientOptions::default()).expect("client")),
+        vec![],
+        vec![],
+    );
     let key_ring = Arc::new(key_ring);
     let client = Arc::new(FederationClient::new(ClientOptions::default()).expect("client"));
     let inbound = unitas_federation::inbound::Inbound::new(rooms.clone(), key_ring, client);
@@ -209,11 +234,53 @@ async fn main() {
             .expect("transaction");
         assert!(answer.to_string().find("error").is_none(), "{answer}");
     }
-    let parallel_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+    let parallel_rate = second.len() as f64 / started.elapsed().as_secs_f64();
+
+    // 4. Several servers at once, each with one transaction in flight (the spec's rule), each
+    //    in a room of its own: what a node in a network of peers takes in.
+    let inbound = Arc::new(inbound);
+    let per_origin = EVENTS / ORIGINS;
+    let mut senders = Vec::new();
+    for k in 0..ORIGINS {
+        let remote = format!("c{k}.test");
+        let (_, objects) = origin_room(
+            &store,
+            &rooms,
+            &key_ring_for_setup,
+            &local_key,
+            &remote,
+            per_origin,
+        )
+        .await;
+        senders.push((remote, objects));
+    }
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (remote, objects) in senders {
+        let inbound = inbound.clone();
+        let local = local.clone();
+        tasks.spawn(async move {
+            let origin = ruma::ServerName::parse(&remote).expect("server name");
+            for (n, batch) in objects.chunks(50).enumerate() {
+                let body =
+                    json!({"origin": remote, "origin_server_ts": 1, "pdus": batch, "edus": []});
+                let answer = inbound
+                    .handle_transaction(&local, &origin, &format!("t{n}"), &body)
+                    .await
+                    .expect("transaction");
+                assert!(answer.to_string().find("error").is_none(), "{answer}");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("sender task");
+    }
+    let origins_rate = (per_origin * ORIGINS) as f64 / started.elapsed().as_secs_f64();
 
     println!("inbound PDUs of another server, SQLite, {EVENTS} messages each, {cores} cores");
     println!("  verify only (1 core)                 {verify_rate:>9.0} PDUs/s");
     println!("  verify in batches of 50 (1 core)     {batch_rate:>9.0} PDUs/s");
     println!("  verify + append, one by one          {sequential_rate:>9.0} PDUs/s");
     println!("  transactions of 50 (all cores)       {parallel_rate:>9.0} PDUs/s");
+    println!("  {ORIGINS} servers at once, 50 per txn       {origins_rate:>9.0} PDUs/s");
 }

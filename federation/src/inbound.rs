@@ -103,12 +103,11 @@ async fn prepare_pdu(
         base64::engine::general_purpose::URL_SAFE_NO_PAD
             .encode(sha2::Sha256::digest(signed.as_bytes()))
     });
-    let computed =
-        ruma::signatures::content_hash(&object).map_err(|e| EventError::Format(e.to_string()))?;
+    let computed = content_hash(&object)?;
     let hash_ok = match object.get("hashes") {
         Some(CanonicalJsonValue::Object(hashes)) => match hashes.get("sha256") {
             Some(CanonicalJsonValue::String(hash)) => {
-                crate::keys::decode_base64(hash).as_deref() == Some(computed.as_bytes())
+                crate::keys::decode_base64(hash).as_deref() == Some(computed.as_slice())
             }
             _ => false,
         },
@@ -150,10 +149,8 @@ async fn prepare_pdu(
             let bad = |what: &str| {
                 EventError::Signature(format!("{}: {what} of {server} {key_id}", pdu.event_id))
             };
-            let key = crate::keys::decode_base64(&public)
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
-                .filter(|k| !k.is_weak())
+            let key = key_ring
+                .decode(&public)
                 .ok_or_else(|| bad("unusable key"))?;
             let CanonicalJsonValue::String(signature) = signature else {
                 return Err(bad("signature not a string"));
@@ -179,6 +176,26 @@ async fn prepare_pdu(
         signed,
         checks,
     })
+}
+
+/// The SHA-256 of the event's canonical JSON without `signatures`, `unsigned` and `hashes`
+/// (spec: "Calculating the content hash"), serialised straight from the object (ruma's
+/// `content_hash` copies the whole object first).
+fn content_hash(object: &CanonicalJsonObject) -> Result<[u8; 32], EventError> {
+    struct Hashed<'a>(&'a CanonicalJsonObject);
+    impl serde::Serialize for Hashed<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(
+                self.0
+                    .iter()
+                    .filter(|(k, _)| !matches!(k.as_str(), "signatures" | "unsigned" | "hashes")),
+            )
+        }
+    }
+    let json =
+        serde_json::to_vec(&Hashed(object)).map_err(|e| EventError::Format(e.to_string()))?;
+    use sha2::Digest as _;
+    Ok(sha2::Sha256::digest(&json).into())
 }
 
 /// An event whose signatures passed: redacted on a content hash mismatch.
@@ -1250,4 +1267,24 @@ pub fn percent(segment: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod content_hash_tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_content_hash_is_rumas() {
+        let object = super::canonical_object(&json!({
+            "type": "m.room.message", "sender": "@a:x.test", "room_id": "!r:x.test",
+            "content": {"body": "h\u{e9}llo \"quoted\" \u{1F600}", "n": 5, "nested": {"z": [1, {"b": null, "a": true}]}},
+            "hashes": {"sha256": "abc"}, "signatures": {"x.test": {"ed25519:1": "sig"}},
+            "unsigned": {"age": 4}, "depth": 3, "prev_events": ["$p"], "auth_events": [],
+            "origin_server_ts": 1
+        }))
+        .unwrap();
+        let ours = super::content_hash(&object).unwrap();
+        let rumas = ruma::signatures::content_hash(&object).unwrap();
+        assert_eq!(ours.as_slice(), rumas.as_bytes());
+    }
 }

@@ -204,6 +204,9 @@ pub struct KeyRing {
     cache: Mutex<HashMap<String, Vec<RemoteServerKey>>>,
     /// One fetch per server at a time: concurrent askers wait for it.
     fetches: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Public keys (unpadded base64) decoded into curve points, `None` when unusable: decoding
+    /// is a point decompression, as costly as a third of a signature check.
+    decoded: Mutex<HashMap<String, Option<ed25519_dalek::VerifyingKey>>>,
 }
 
 impl KeyRing {
@@ -225,7 +228,27 @@ impl KeyRing {
                 .collect(),
             cache: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
+            decoded: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A public key (unpadded base64) as an ed25519 verifying key; `None` when it is not 32
+    /// bytes, not a curve point, or weak (small order). Remembered per key.
+    pub fn decode(&self, public: &str) -> Option<ed25519_dalek::VerifyingKey> {
+        let mut decoded = self.decoded.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = decoded.get(public) {
+            return *known;
+        }
+        let key = crate::keys::decode_base64(public)
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .and_then(|b| ed25519_dalek::VerifyingKey::from_bytes(&b).ok())
+            .filter(|k| !k.is_weak());
+        // Keys come from servers we verified, a handful each; the bound only guards memory.
+        if decoded.len() >= 10_000 {
+            decoded.clear();
+        }
+        decoded.insert(public.to_owned(), key);
+        key
     }
 
     fn cached(&self, server: &str, key_id: &str, at_ts: i64) -> Option<String> {

@@ -178,6 +178,11 @@ struct EventCache {
 }
 
 const EVENT_CACHE_SIZE: usize = 4_000;
+/// Events loaded for an event's checks, held by the check itself: the shared cache may evict
+/// them meanwhile (other rooms append concurrently), and a check that misses an auth event
+/// would wrongly reject.
+type Preloaded = HashMap<OwnedEventId, Arc<Pdu>>;
+
 /// Most appends one group commit carries.
 const MAX_BATCH_EVENTS: usize = 2_000;
 /// Most prev_events a new local event names.
@@ -217,6 +222,8 @@ struct Inner {
     user_watches: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
     /// The lowest stream position handed to backfilled history (`None`: not read yet).
     history_floor: tokio::sync::Mutex<Option<i64>>,
+    /// The timestamp of the last create event made here (see [`Rooms::create_ts`]).
+    last_create_ts: AtomicI64,
 }
 
 /// The rooms service: the append path and room state. Cheap to clone.
@@ -356,6 +363,7 @@ impl Rooms {
             local_servers: local_servers.into_iter().collect(),
             user_watches: Mutex::new(HashMap::new()),
             history_floor: tokio::sync::Mutex::new(None),
+            last_create_ts: AtomicI64::new(0),
         };
         let writer = RoomWriter {
             store,
@@ -736,7 +744,7 @@ impl Rooms {
                 prev_events: vec![],
                 auth_events: vec![],
                 depth: 1,
-                origin_server_ts: now_ts(),
+                origin_server_ts: self.create_ts(),
                 origin: signer.server_name,
                 key: signer.key,
             },
@@ -791,6 +799,30 @@ impl Rooms {
         Ok(room_id)
     }
 
+    /// A timestamp for a new room's create event, later than every one before it here: the ID
+    /// of a version 12 room is the hash of its create event, so two rooms made by the same user
+    /// with the same options in the same millisecond would otherwise be one room.
+    fn create_ts(&self) -> MilliSecondsSinceUnixEpoch {
+        let now = i64::from(now_ts().0);
+        let mut last = self.inner.last_create_ts.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self.inner.last_create_ts.compare_exchange(
+                last,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return MilliSecondsSinceUnixEpoch(
+                        ruma::UInt::try_from(next).unwrap_or_else(|_| now_ts().0),
+                    );
+                }
+                Err(seen) => last = seen,
+            }
+        }
+    }
+
     async fn append_create(&self, create: Pdu, version: &RoomVersion) -> Result<(), AppendError> {
         let slot = self.slot(&create.room_id);
         let mut guard = slot.lock().await;
@@ -820,6 +852,7 @@ impl Rooms {
             guard.as_mut().map(|e| (e, true)),
             create,
             None,
+            &Preloaded::new(),
             Origin::Local,
         ) {
             Ok(staged) => staged,
@@ -863,8 +896,9 @@ impl Rooms {
         };
         let pdu = build_on(entry, room_id, sender, template, signer)?;
         let version = entry.version.clone();
-        self.preload_for_auth(&pdu, entry, &version).await?;
-        let (mut staged, pdu) = self.stage(Some((entry, false)), pdu, None, Origin::Local)?;
+        let preloaded = self.preload_for_auth(&pdu, entry, &version).await?;
+        let (mut staged, pdu) =
+            self.stage(Some((entry, false)), pdu, None, &preloaded, Origin::Local)?;
         if let (Some((device, txn)), Some(request)) = (transaction, staged.request.as_mut()) {
             request.batch.transactions.push((
                 sender.to_string(),
@@ -1278,6 +1312,7 @@ impl Rooms {
             guard.as_mut().map(|e| (e, false)),
             join,
             Some(fork),
+            &Preloaded::new(),
             Origin::Remote,
         );
         let (mut staged, pdu) = match staged {
@@ -1481,9 +1516,15 @@ impl Rooms {
             return Ok(Err(Appended::Duplicate));
         }
         let version = entry.version.clone();
-        self.preload_for_auth(&pdu, entry, &version).await?;
+        let preloaded = self.preload_for_auth(&pdu, entry, &version).await?;
         let fork = self.fork_state(&pdu, entry, &version).await?;
-        Ok(Ok(self.stage(Some((entry, false)), pdu, fork, origin)?))
+        Ok(Ok(self.stage(
+            Some((entry, false)),
+            pdu,
+            fork,
+            &preloaded,
+            origin,
+        )?))
     }
 
     /// Stores an event without its state (an outlier: auth events and state fetched from peers).
@@ -1603,13 +1644,14 @@ impl Rooms {
         }))
     }
 
-    /// Makes sure the events auth will look at are in the cache.
+    /// Loads the events auth will look at (the auth events, and the current state's create, power
+    /// levels, join rules and memberships of the sender and target), for the check to hold.
     async fn preload_for_auth(
         &self,
         pdu: &Pdu,
         entry: &RoomEntry,
         version: &RoomVersion,
-    ) -> Result<(), AppendError> {
+    ) -> Result<Preloaded, AppendError> {
         let mut ids: Vec<OwnedEventId> = pdu.auth_events.clone();
         if version.room_id_from_create_event() {
             ids.push(auth::create_event_id(&pdu.room_id)?);
@@ -1634,10 +1676,13 @@ impl Rooms {
                 ids.push(id.clone());
             }
         }
+        let mut loaded = Preloaded::new();
         for id in ids {
-            self.load_event(&id, version).await?;
+            if let Some((pdu, _)) = self.load_event(&id, version).await? {
+                loaded.insert(id, pdu);
+            }
         }
-        Ok(())
+        Ok(loaded)
     }
 
     /// Steps 2-6 of the append path (see the module doc), under the room's lock. Changes the
@@ -1647,6 +1692,7 @@ impl Rooms {
         entry: Option<(&mut RoomEntry, bool)>,
         pdu: Pdu,
         fork: Option<Fork>,
+        preloaded: &Preloaded,
         origin: Origin,
     ) -> Result<(Staged, Arc<Pdu>), AppendError> {
         let Some((entry, is_create)) = entry else {
@@ -1662,6 +1708,7 @@ impl Rooms {
             }
             known
                 .and_then(|k| k.get(id).cloned())
+                .or_else(|| preloaded.get(id).cloned())
                 .or_else(|| self.cached(id).map(|(pdu, _)| pdu))
         };
 
@@ -1695,12 +1742,14 @@ impl Rooms {
             }
         };
         if !is_create {
-            auth::check_against_state(
-                &version,
-                &pdu,
-                state_before.unwrap_or(&entry.state),
-                &fetch,
-            )?;
+            let before = state_before.unwrap_or(&entry.state);
+            // A received event that passed against its auth events needs no second check when
+            // the state before holds exactly those events in the slots the rules read.
+            let decided =
+                origin == Origin::Remote && auth::auth_events_match_state(&version, &pdu, before)?;
+            if !decided {
+                auth::check_against_state(&version, &pdu, before, &fetch)?;
+            }
             if state_before.is_some() {
                 soft_failed =
                     auth::check_against_state(&version, &pdu, &entry.state, &fetch).is_err();

@@ -76,6 +76,39 @@ pub fn create_event_id(room_id: &ruma::RoomId) -> Result<OwnedEventId, EventErro
         .map_err(|e| EventError::WrongRoom(format!("{room_id} is not a version 12 room ID: {e}")))
 }
 
+/// Whether the events `state` holds for every slot the auth rules read for `pdu` are exactly
+/// `pdu`'s auth events: then checking `pdu` against that state decides the same as checking it
+/// against its auth events (the rules read the same events), and one check is enough. (The
+/// auth events must have passed the state-independent rules: no slot beyond the selection.)
+pub fn auth_events_match_state(
+    version: &RoomVersion,
+    pdu: &Pdu,
+    state: &State,
+) -> Result<bool, EventError> {
+    let mut selected = auth_event_ids(
+        version,
+        &pdu.kind.to_string(),
+        &pdu.sender,
+        pdu.state_key.as_deref(),
+        &pdu.content,
+        state,
+    )?;
+    let mut listed = pdu.auth_events.clone();
+    if version.room_id_from_create_event() {
+        // Version 12 events never list the create event; the rules find it by the room ID,
+        // which is the same for both.
+        let create = create_event_id(&pdu.room_id)?;
+        selected.retain(|id| *id != create);
+        listed.retain(|id| *id != create);
+        if state.get(&("m.room.create".to_owned(), String::new())) != Some(&create) {
+            return Ok(false);
+        }
+    }
+    listed.sort();
+    listed.dedup();
+    Ok(selected == listed)
+}
+
 /// Checks `pdu` against a state given as IDs, fetching the events it needs.
 pub fn check_against_state(
     version: &RoomVersion,

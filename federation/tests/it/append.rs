@@ -482,3 +482,17 @@ pub async fn only_concerned_users_are_woken(store: Store) {
     assert!(!bobs.has_changed().unwrap());
     let _ = carols.borrow_and_update();
 }
+
+/// Version 12 room IDs are hashes of the create event: two identical rooms made by one user in
+/// the same millisecond must still be two rooms.
+pub async fn rooms_made_at_once_are_different_rooms(store: Store) {
+    let world = World::new(store).await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(world.public_room("12").await);
+    }
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+}

@@ -11,6 +11,7 @@ mod support;
 
 unitas_storage::both_backends!(
     append::rooms_of_every_version,
+    append::rooms_made_at_once_are_different_rooms,
     append::a_message_writes_no_state_rows,
     append::appending_twice_is_a_no_op,
     append::a_sender_without_permission_is_rejected,
