@@ -25,6 +25,10 @@ use unitas_federation::rooms::build::{Placement, build_pdu};
 use unitas_federation::rooms::{EventTemplate, NewRoom, NoOutbound, RoomVersion, Rooms, Signer};
 use unitas_storage::{RemoteServerKey, RemoteServerKeys, Store, StoreOptions};
 
+/// The node's allocator (see `node/src/main.rs`), so the figures are the node's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const EVENTS: usize = 20_000;
 const LOCAL: &str = "a.test";
 const REMOTE: &str = "b.test";
