@@ -1,8 +1,14 @@
-//! Unitas territories: codes now; the signed registry, the Kademlia DHT, routing and migration
-//! follow in the territories issue.
+//! Unitas territories: codes, the territories that ship as data, and the signed registry
+//! records; the Kademlia DHT, routing and migration follow (issue 6).
 //!
 //! Map:
 //! - [`TerritoryCode`]: a validated territory code.
+//! - [`catalog`]: every ISO 3166-1 country and the four launch regions.
+//! - [`record`]: territory records (signed by the registry authority) and node records (signed
+//!   by the node), their checks and which one wins.
+
+pub mod catalog;
+pub mod record;
 
 use std::fmt;
 
