@@ -33,6 +33,9 @@ enum Command {
     /// sync wake-up delay, server RSS. The server must allow open registration and should have
     /// rate limits off.
     Bench(BenchArgs),
+    /// The territory registry: authority keys, signed territory records.
+    #[command(subcommand)]
+    Registry(crate::registry_cli::RegistryCommand),
 }
 
 #[derive(Debug, Args)]
@@ -178,6 +181,7 @@ pub fn main() -> ExitCode {
             check(file.as_deref(), &settings)
         }
         Command::Bench(args) => bench(args),
+        Command::Registry(command) => crate::registry_cli::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -437,3 +437,77 @@ async fn json_logs_carry_a_span_per_request() {
         "query strings are never logged"
     );
 }
+
+fn stdout_of(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+#[test]
+fn the_registry_authority_signs_records_that_nodes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    let authority = stdout_of(&run_to_end(
+        path,
+        &["registry", "keygen", "--out", "authority.key"],
+    ));
+    let authority = authority.trim();
+    assert!(authority.starts_with("ed25519:"), "{authority}");
+    // A key is never overwritten.
+    let again = run_to_end(path, &["registry", "keygen", "--out", "authority.key"]);
+    assert!(!again.status.success());
+    let other = stdout_of(&run_to_end(
+        path,
+        &["registry", "keygen", "--out", "other.key"],
+    ));
+    let node_id = other.trim().split_once('=').unwrap().1.to_owned();
+
+    // UK is the United Kingdom (GB), in the eu launch region, named from the shipped data.
+    let record = stdout_of(&run_to_end(
+        path,
+        &[
+            "registry",
+            "sign",
+            "--key",
+            "authority.key",
+            "--code",
+            "UK",
+            "--server-name",
+            "gb.unitas.example",
+            "--node-id",
+            &node_id,
+            "--record-version",
+            "3",
+        ],
+    ));
+    let parsed: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(parsed["code"], "GB");
+    assert_eq!(parsed["region"], "eu");
+    assert_eq!(parsed["name"], "United Kingdom");
+    std::fs::write(path.join("gb.json"), &record).unwrap();
+    let checked = stdout_of(&run_to_end(
+        path,
+        &["registry", "verify", "gb.json", "--authority", authority],
+    ));
+    assert!(checked.starts_with("valid: GB"), "{checked}");
+
+    // Checked against another authority, or changed after signing: refused.
+    let stranger = run_to_end(
+        path,
+        &["registry", "verify", "gb.json", "--authority", other.trim()],
+    );
+    assert!(!stranger.status.success());
+    assert!(String::from_utf8_lossy(&stranger.stderr).contains("registry authority"));
+    let moved = record.replace("gb.unitas.example", "evil.example");
+    std::fs::write(path.join("moved.json"), moved).unwrap();
+    let tampered = run_to_end(
+        path,
+        &["registry", "verify", "moved.json", "--authority", authority],
+    );
+    assert!(!tampered.status.success());
+    assert!(String::from_utf8_lossy(&tampered.stderr).contains("bad signature"));
+}

@@ -1,0 +1,150 @@
+//! `unitas registry ...`: the registry authority's offline tools (key generation, signing
+//! territory records) and checking a record as a node would.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use unitas_federation::SigningKey;
+use unitas_territory::TerritoryCode;
+use unitas_territory::record::{AuthorityKey, Signatures, TerritoryRecord};
+
+/// `unitas registry`.
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Generate a registry authority signing key (kept offline by the network's operators) and
+    /// print its public form, `ed25519:<id>=<key>`, for every node's config.
+    Keygen {
+        /// Where to write the key (refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Sign a territory record with an authority key and print it as JSON (works offline).
+    Sign(SignArgs),
+    /// Check a territory record (JSON file, `-` for stdin) as every node does: fields, validity
+    /// window, and a signature by one of the given authority keys.
+    Verify {
+        /// The record.
+        file: PathBuf,
+        /// Authority public key, `ed25519:<id>=<key>` (repeatable).
+        #[arg(long = "authority", value_name = "KEY", required = true)]
+        authorities: Vec<String>,
+    },
+}
+
+/// `unitas registry sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// The authority key file (from `unitas registry keygen`).
+    #[arg(long, value_name = "FILE")]
+    key: PathBuf,
+    /// Territory code (`DK`, or a region such as `eu`).
+    #[arg(long)]
+    code: String,
+    /// The territory's Matrix server name.
+    #[arg(long)]
+    server_name: String,
+    /// The serving node's ID (its ed25519 public key, unpadded base64).
+    #[arg(long)]
+    node_id: String,
+    /// Region code (default: the launch region of the country).
+    #[arg(long)]
+    region: Option<String>,
+    /// Record version; must be higher than the version in force.
+    #[arg(long = "record-version", value_name = "N")]
+    record_version: u64,
+    /// English name (default: the shipped ISO 3166-1 or region name).
+    #[arg(long)]
+    name: Option<String>,
+    /// Days the record is valid from now.
+    #[arg(long, default_value_t = 30)]
+    valid_days: u64,
+}
+
+/// Runs a registry command; prints to stdout.
+pub fn run(command: RegistryCommand) -> Result<(), String> {
+    match command {
+        RegistryCommand::Keygen { out } => keygen(&out),
+        RegistryCommand::Sign(args) => sign(&args),
+        RegistryCommand::Verify { file, authorities } => verify(&file, &authorities),
+    }
+}
+
+fn now_ms() -> u64 {
+    u64::try_from(crate::node::now_ms()).unwrap_or(0)
+}
+
+fn keygen(out: &Path) -> Result<(), String> {
+    if out.exists() {
+        return Err(format!("{} exists; not overwriting a key", out.display()));
+    }
+    let key = SigningKey::generate().map_err(|e| e.to_string())?;
+    key.write_new(out).map_err(|e| e.to_string())?;
+    println!("{}", AuthorityKey::of(&key));
+    Ok(())
+}
+
+fn sign(args: &SignArgs) -> Result<(), String> {
+    let text = std::fs::read_to_string(&args.key)
+        .map_err(|e| format!("reading {}: {e}", args.key.display()))?;
+    let key = SigningKey::from_key_file(&text, &args.key).map_err(|e| e.to_string())?;
+    let code_text = unitas_territory::catalog::iso_code(&args.code);
+    let code = TerritoryCode::parse(code_text).map_err(|e| e.to_string())?;
+    let region = match &args.region {
+        Some(region) => region.clone(),
+        None if !code.is_country() => code.to_string(),
+        None => unitas_territory::catalog::region_of(code.as_str())
+            .map(|r| r.code.to_owned())
+            .ok_or_else(|| format!("{code} is in no launch region: give --region"))?,
+    };
+    let region = TerritoryCode::parse(&region).map_err(|e| e.to_string())?;
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => unitas_territory::catalog::name_of(code.as_str())
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no shipped name for {code}: give --name"))?,
+    };
+    let now = now_ms();
+    let record = TerritoryRecord {
+        code,
+        name,
+        server_name: args.server_name.clone(),
+        node_id: args.node_id.clone(),
+        region,
+        version: args.record_version,
+        not_before: now,
+        not_after: now + args.valid_days.max(1) * 86_400_000,
+        signatures: Signatures::new(),
+    }
+    .sign(&key)
+    .map_err(|e| e.to_string())?;
+    // What we print must pass the check nodes make.
+    record
+        .verify(&[AuthorityKey::of(&key)], now)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+fn verify(file: &Path, authorities: &[String]) -> Result<(), String> {
+    let text = if file == Path::new("-") {
+        std::io::read_to_string(std::io::stdin()).map_err(|e| format!("reading stdin: {e}"))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))?
+    };
+    let record: TerritoryRecord =
+        serde_json::from_str(&text).map_err(|e| format!("not a territory record: {e}"))?;
+    let keys = authorities
+        .iter()
+        .map(|k| AuthorityKey::parse(k))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    record.verify(&keys, now_ms()).map_err(|e| e.to_string())?;
+    println!(
+        "valid: {} -> {} (node {}), version {}",
+        record.code, record.server_name, record.node_id, record.version
+    );
+    Ok(())
+}
