@@ -52,6 +52,21 @@ pub struct Entry {
     last_sync_end: Option<Instant>,
 }
 
+impl Entry {
+    /// A user nothing is known of yet: offline, never shown.
+    fn unknown() -> Entry {
+        Entry {
+            presence: PresenceState::Offline,
+            status_msg: None,
+            last_active_ms: 0,
+            currently_active: false,
+            position: 0,
+            syncs: 0,
+            last_sync_end: None,
+        }
+    }
+}
+
 /// What a change sets: the state, and the status message (`None`: keep the current one).
 #[derive(Debug, Clone)]
 pub struct Change {
@@ -95,15 +110,7 @@ impl Presence {
         let reserved;
         {
             let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            let entry = users.entry(user.to_owned()).or_insert_with(|| Entry {
-                presence: PresenceState::Offline,
-                status_msg: None,
-                last_active_ms: 0,
-                currently_active: false,
-                position: 0,
-                syncs: 0,
-                last_sync_end: None,
-            });
+            let entry = users.entry(user.to_owned()).or_insert_with(Entry::unknown);
             let status_msg = change
                 .status_msg
                 .unwrap_or_else(|| entry.status_msg.clone());
@@ -163,15 +170,7 @@ impl Presence {
             return None;
         }
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = users.entry(user.to_owned()).or_insert_with(|| Entry {
-            presence: PresenceState::Offline,
-            status_msg: None,
-            last_active_ms: 0,
-            currently_active: false,
-            position: 0,
-            syncs: 0,
-            last_sync_end: None,
-        });
+        let entry = users.entry(user.to_owned()).or_insert_with(Entry::unknown);
         entry.syncs += 1;
         let now = now();
         match asked {

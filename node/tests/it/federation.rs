@@ -1765,24 +1765,10 @@ async fn device_changes_and_to_device_messages_reach_the_other_node() {
     let a = Peer::start(|_| {}).await;
     let b = Peer::start(|_| {}).await;
     let (alice_token, bob, bob_token, _room) = shared_room(&a, &b).await;
-    let (_, me) = call(
-        &a,
-        &alice_token,
-        reqwest::Method::GET,
-        "/account/whoami",
-        Value::Null,
-    )
-    .await;
+    let me = whoami(&a, &alice_token).await;
     let alice = me["user_id"].as_str().unwrap().to_owned();
     let alice_device = me["device_id"].as_str().unwrap().to_owned();
-    let (_, me) = call(
-        &b,
-        &bob_token,
-        reqwest::Method::GET,
-        "/account/whoami",
-        Value::Null,
-    )
-    .await;
+    let me = whoami(&b, &bob_token).await;
     let bob_device = me["device_id"].as_str().unwrap().to_owned();
     let since = next_batch(&b, &bob_token).await;
 
@@ -1983,14 +1969,7 @@ async fn a_gap_larger_than_get_missing_events_is_filled_from_the_state() {
     assert_eq!(status, 200, "{topic}");
     assert_eq!(topic["topic"], "changed while B was away");
     let mut members = vec![bob.clone(), carol.clone()];
-    let (_, me) = call(
-        &a,
-        &alice_token,
-        reqwest::Method::GET,
-        "/account/whoami",
-        Value::Null,
-    )
-    .await;
+    let me = whoami(&a, &alice_token).await;
     members.push(me["user_id"].as_str().unwrap().to_owned());
     members.sort();
     assert_eq!(joined(&b, &bob_token, &room).await, members);
@@ -2140,14 +2119,7 @@ async fn presence_crosses_to_the_other_node_unless_turned_off() {
     let a = Peer::start(|_| {}).await;
     let b = Peer::start(|_| {}).await;
     let (alice_token, bob, bob_token, _room) = shared_room(&a, &b).await;
-    let (_, me) = call(
-        &a,
-        &alice_token,
-        reqwest::Method::GET,
-        "/account/whoami",
-        Value::Null,
-    )
-    .await;
+    let me = whoami(&a, &alice_token).await;
     let alice = me["user_id"].as_str().unwrap().to_owned();
     let since = next_batch(&b, &bob_token).await;
 
@@ -2212,7 +2184,7 @@ async fn presence_crosses_to_the_other_node_unless_turned_off() {
         reqwest::Method::PUT,
         &format!(
             "/presence/{}/status",
-            urlencode(&alice_user(&a, &alice_token).await)
+            urlencode(whoami(&a, &alice_token).await["user_id"].as_str().unwrap())
         ),
         json!({"presence": "online", "status_msg": "here"}),
     )
@@ -2236,8 +2208,9 @@ async fn presence_crosses_to_the_other_node_unless_turned_off() {
     b.stop().await;
 }
 
-async fn alice_user(peer: &Peer, token: &str) -> String {
-    let (_, me) = call(
+/// `/account/whoami` as `token`: `user_id` and `device_id`.
+async fn whoami(peer: &Peer, token: &str) -> Value {
+    let (status, me) = call(
         peer,
         token,
         reqwest::Method::GET,
@@ -2245,7 +2218,8 @@ async fn alice_user(peer: &Peer, token: &str) -> String {
         Value::Null,
     )
     .await;
-    me["user_id"].as_str().unwrap().to_owned()
+    assert_eq!(status, 200, "{me}");
+    me
 }
 
 /// The room's events as `token` pages back through `/messages` `page` at a time from the end:
