@@ -290,6 +290,9 @@ pub struct Inbound {
     client: Arc<FederationClient>,
     /// Answers of recent transactions, by (origin, txn ID): a retry gets the same answer.
     seen: Mutex<HashMap<(String, String), Value>>,
+    /// (room, earliest event here) pairs a server answered `/backfill` for with nothing new:
+    /// paging back there again asks nobody.
+    exhausted: Mutex<HashSet<(OwnedRoomId, OwnedEventId)>>,
 }
 
 impl Inbound {
@@ -300,6 +303,7 @@ impl Inbound {
             key_ring,
             client,
             seen: Mutex::new(HashMap::new()),
+            exhausted: Mutex::new(HashSet::new()),
         }
     }
 
@@ -1134,6 +1138,8 @@ impl Inbound {
 
 /// Most events asked for in one `/backfill`.
 pub const MAX_BACKFILL: usize = 100;
+/// Servers asked in turn for one page of history.
+const MAX_BACKFILL_SERVERS: usize = 5;
 /// Rounds of fetching auth events a backfill answer refers to but does not carry.
 const BACKFILL_AUTH_ROUNDS: usize = 4;
 
@@ -1156,7 +1162,14 @@ impl Inbound {
         let Some(earliest) = self.rooms.earliest_event(room_id).await? else {
             return Ok(0);
         };
-        if earliest.prev_events.is_empty() {
+        let key = (room_id.to_owned(), earliest.event_id.clone());
+        if earliest.prev_events.is_empty()
+            || self
+                .exhausted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&key)
+        {
             return Ok(0);
         }
         let local_name = ServerName::parse(&local.name)
@@ -1166,18 +1179,35 @@ impl Inbound {
             query.push_str(&format!("&v={}", percent(id.as_str())));
         }
         let mut last_error = None;
-        for server in self.rooms.joined_servers(room_id).await? {
-            if self.rooms.is_local_server(&server) {
-                continue;
-            }
-            let Ok(origin) = ServerName::parse(&server) else {
+        let servers = self.rooms.joined_servers(room_id).await?;
+        let others = servers.iter().filter(|s| !self.rooms.is_local_server(s));
+        for server in others.take(MAX_BACKFILL_SERVERS) {
+            let Ok(origin) = ServerName::parse(server) else {
                 continue;
             };
             match self
-                .backfill_from(local, &local_name, &origin, room_id, &version, &query)
+                .backfill_from(
+                    local,
+                    &local_name,
+                    &origin,
+                    room_id,
+                    &version,
+                    &query,
+                    &earliest.prev_events,
+                )
                 .await
             {
-                Ok(added) => return Ok(added),
+                Ok(added) => {
+                    if added == 0 {
+                        let mut exhausted =
+                            self.exhausted.lock().unwrap_or_else(|e| e.into_inner());
+                        if exhausted.len() >= 10_000 {
+                            exhausted.clear();
+                        }
+                        exhausted.insert(key);
+                    }
+                    return Ok(added);
+                }
                 Err(err) => {
                     tracing::info!(%room_id, server = %origin, error = %err, "backfill failed");
                     last_error = Some(err);
@@ -1190,6 +1220,7 @@ impl Inbound {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn backfill_from(
         &self,
         local: &LocalServer,
@@ -1198,6 +1229,7 @@ impl Inbound {
         room_id: &RoomId,
         version: &RoomVersion,
         query: &str,
+        from: &[OwnedEventId],
     ) -> Result<usize, AppendError> {
         let answer = self
             .client
@@ -1226,12 +1258,27 @@ impl Inbound {
                 room_id.to_owned(),
             ));
         }
-        let mut history = Vec::new();
+        let mut verified = HashMap::new();
         for outcome in self.verify_each(items).await {
             match outcome {
-                Ok(pdu) => history.push(pdu),
+                Ok(pdu) => {
+                    verified.insert(pdu.event_id.clone(), pdu);
+                }
                 Err(err) => tracing::info!(%origin, error = %err, "backfilled event rejected"),
             }
+        }
+        // Only the history asked for: the events named and their ancestors within the answer
+        // (anything else is an event the peer slipped in, however well signed).
+        let mut history = Vec::new();
+        let mut walk: Vec<OwnedEventId> = from.to_vec();
+        while let Some(id) = walk.pop() {
+            if let Some(pdu) = verified.remove(&id) {
+                walk.extend(pdu.prev_events.iter().cloned());
+                history.push(pdu);
+            }
+        }
+        if !verified.is_empty() {
+            tracing::info!(%origin, dropped = verified.len(), "backfilled events outside the history asked for");
         }
         // Auth events named but neither in the answer nor stored: fetched, then theirs.
         let mut auth: Vec<Pdu> = Vec::new();

@@ -30,6 +30,10 @@ use crate::state::AppState;
 
 /// A local user whose clients stopped syncing this long ago goes offline.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest status message kept (longer ones from other servers are dropped).
+pub const MAX_STATUS_BYTES: usize = 1024;
+/// Most updates taken from one `m.presence` EDU.
+const MAX_PUSH_ITEMS: usize = 100;
 /// How often the sweeper looks for such users.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -209,31 +213,30 @@ impl Presence {
         now: Instant,
         timeout: Duration,
     ) -> Vec<OwnedUserId> {
-        let gone: Vec<OwnedUserId> = {
-            let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            users
-                .iter()
-                .filter(|(_, e)| {
-                    e.syncs == 0
-                        && e.presence != PresenceState::Offline
-                        && e.last_sync_end
-                            .is_some_and(|end| now.saturating_duration_since(end) >= timeout)
-                })
-                .map(|(u, _)| u.clone())
-                .collect()
-        };
-        for user in &gone {
-            self.set(
-                ephemeral,
-                user,
-                Change {
-                    presence: PresenceState::Offline,
-                    status_msg: None,
-                    last_active_ms: 0,
-                    currently_active: false,
-                },
-            );
+        // Decided and changed under one lock hold: a sync starting meanwhile keeps its user on.
+        let mut gone = Vec::new();
+        let mut reserved = Vec::new();
+        {
+            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+            for (user, entry) in users.iter_mut() {
+                let idle = entry.syncs == 0
+                    && entry.presence != PresenceState::Offline
+                    && entry
+                        .last_sync_end
+                        .is_some_and(|end| now.saturating_duration_since(end) >= timeout);
+                if !idle {
+                    continue;
+                }
+                let at = ephemeral.reserve();
+                entry.presence = PresenceState::Offline;
+                entry.currently_active = false;
+                entry.position = at.at();
+                reserved.push(at);
+                gone.push(user.clone());
+            }
         }
+        // Dropping the reservations publishes the positions.
+        drop(reserved);
         gone
     }
 }
@@ -334,7 +337,7 @@ pub async fn apply_edu(
         return Ok(());
     };
     let now = now();
-    for item in push {
+    for item in push.iter().take(MAX_PUSH_ITEMS) {
         let Some(Ok(user)) = item["user_id"].as_str().map(OwnedUserId::try_from) else {
             continue;
         };
@@ -353,7 +356,12 @@ pub async fn apply_edu(
             &user,
             Change {
                 presence,
-                status_msg: Some(item["status_msg"].as_str().map(str::to_owned)),
+                status_msg: Some(
+                    item["status_msg"]
+                        .as_str()
+                        .filter(|m| m.len() <= MAX_STATUS_BYTES)
+                        .map(str::to_owned),
+                ),
                 last_active_ms: now.saturating_sub(ago),
                 currently_active: item["currently_active"].as_bool().unwrap_or(false),
             },

@@ -144,8 +144,13 @@ pub enum RecordError {
     },
 }
 
+/// A public key that can sign: 32 bytes, a curve point, not of small order (a weak key lets
+/// anyone make "signatures" that check).
 fn decoded_key(public: &str) -> Option<[u8; 32]> {
-    unitas_federation::keys::decode_base64(public).and_then(|b| <[u8; 32]>::try_from(b).ok())
+    let bytes = unitas_federation::keys::decode_base64(public)
+        .and_then(|b| <[u8; 32]>::try_from(b).ok())?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+    (!key.is_weak()).then_some(bytes)
 }
 
 fn canonical<T: Serialize>(record: &T) -> Result<CanonicalJsonObject, RecordError> {
@@ -315,6 +320,10 @@ mod tests {
     use super::*;
 
     const NOW: u64 = 1_800_000_000_000;
+
+    fn unpadded_base64(bytes: &[u8]) -> String {
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(bytes.to_vec()).encode()
+    }
     const DAY: u64 = 86_400_000;
 
     fn record(node: &SigningKey, version: u64) -> TerritoryRecord {
@@ -429,6 +438,16 @@ mod tests {
         let mut impostor = record.clone();
         impostor.node_id = other.public_key_base64();
         assert!(impostor.verify(NOW, 60_000).is_err());
+        // A weak (small-order) key as the node ID: the identity point, whose "signatures"
+        // anyone can make, is refused before any signature is looked at.
+        let mut weak = record.clone();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        weak.node_id = unpadded_base64(&identity);
+        assert!(matches!(
+            weak.verify(NOW, 60_000),
+            Err(RecordError::Invalid(_))
+        ));
         // Changed after signing.
         let mut changed = record.clone();
         changed.client_url = "https://evil.example".into();

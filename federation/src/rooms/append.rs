@@ -664,7 +664,8 @@ impl Rooms {
         let Some(row) = self.inner.store.get_event(event_id.as_str()).await? else {
             return Ok(None);
         };
-        if row.outlier {
+        // Outliers and backfilled history are stored without their state.
+        if row.outlier || row.state_group_after.is_none() {
             return Ok(None);
         }
         Ok(Some(self.load_state(row.state_group_after).await?))
@@ -675,7 +676,9 @@ impl Rooms {
         let Some(row) = self.inner.store.get_event(event_id.as_str()).await? else {
             return Ok(None);
         };
-        if row.outlier {
+        // Outliers and backfilled history are stored without their state (the create event
+        // alone has an empty state before it).
+        if row.outlier || (row.state_group_before.is_none() && row.event_type != "m.room.create") {
             return Ok(None);
         }
         Ok(Some(self.load_state(row.state_group_before).await?))
@@ -1110,9 +1113,9 @@ impl Rooms {
         if self.room_version(room_id).await?.is_none() {
             return Err(AppendError::UnknownRoom(room_id.to_owned()));
         }
-        let wanted: HashSet<OwnedEventId> = history.iter().map(|p| p.event_id.clone()).collect();
+        let wanted: Vec<OwnedEventId> = history.iter().map(|p| p.event_id.clone()).collect();
         let pending: Vec<Pdu> = history.into_iter().chain(auth).collect();
-        let (_, accepted) = self
+        let (known, accepted) = self
             .check_against_own_auth(version, room_id, pending, "a backfill answer")
             .await?;
         // One backfill at a time hands out positions, so a later (older) batch sits lower.
@@ -1121,37 +1124,65 @@ impl Rooms {
             Some(floor) => floor,
             None => self.inner.store.get_min_stream_ordering().await?.min(1),
         };
+        // New events are written; history events stored before as outliers (a join's state,
+        // checked when they were stored) move into the timeline; timeline events stay.
         let mut rows = Vec::new();
         let mut timeline = Vec::new();
+        let mut promoted = Vec::new();
         for pdu in &accepted {
             let stored = self.inner.store.get_event(pdu.event_id.as_str()).await?;
-            if wanted.contains(&pdu.event_id) && stored.as_ref().is_none_or(|r| r.outlier) {
-                timeline.push(pdu.clone());
-            } else if stored.is_none() {
-                rows.push(NewEvent {
+            match stored {
+                None if wanted.contains(&pdu.event_id) => timeline.push((pdu.clone(), false)),
+                None => rows.push(NewEvent {
                     row: event_row(pdu, None, None, None, true, false),
+                    prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
+                }),
+                Some(row) if row.outlier && wanted.contains(&pdu.event_id) => {
+                    timeline.push((pdu.clone(), true));
+                }
+                Some(_) => {}
+            }
+        }
+        // Answer events the check found stored already (auth events of stored outliers).
+        for id in &wanted {
+            if timeline.iter().any(|(p, _)| &p.event_id == id) {
+                continue;
+            }
+            if let (Some(pdu), Some(row)) = (
+                known.get(id),
+                self.inner.store.get_event(id.as_str()).await?,
+            ) && row.outlier
+            {
+                timeline.push((pdu.clone(), true));
+            }
+        }
+        timeline.sort_by_key(|(p, _)| (p.depth, p.origin_server_ts.0));
+        let count = timeline.len();
+        let first = floor - i64::try_from(count).unwrap_or(i64::MAX / 2);
+        for (i, (pdu, stored)) in timeline.iter().enumerate() {
+            let position = first + i64::try_from(i).unwrap_or(0);
+            if *stored {
+                promoted.push((pdu.event_id.to_string(), position));
+            } else {
+                rows.push(NewEvent {
+                    row: event_row(pdu, Some(position), None, None, false, false),
                     prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
                 });
             }
         }
-        timeline.sort_by_key(|p| (p.depth, p.origin_server_ts.0));
-        let count = timeline.len();
-        let first = floor - i64::try_from(count).unwrap_or(i64::MAX / 2);
-        for (i, pdu) in timeline.iter().enumerate() {
-            let position = first + i64::try_from(i).unwrap_or(0);
-            rows.push(NewEvent {
-                row: event_row(pdu, Some(position), None, None, false, false),
-                prev_events: pdu.prev_events.iter().map(|e| e.to_string()).collect(),
-            });
-        }
-        if rows.is_empty() {
+        if rows.is_empty() && promoted.is_empty() {
             return Ok(0);
         }
-        self.write_and_wait(EventBatch {
-            events: rows,
-            ..Default::default()
-        })
-        .await?;
+        if !rows.is_empty() {
+            self.write_and_wait(EventBatch {
+                events: rows,
+                ..Default::default()
+            })
+            .await?;
+        }
+        if !promoted.is_empty() {
+            self.inner.store.promote_outliers(&promoted).await?;
+        }
         *lowest = Some(first);
         for pdu in accepted {
             self.remember(pdu, None);
@@ -1605,6 +1636,13 @@ impl Rooms {
                 ))
                 .into());
             }
+            // A parent stored without its state (an outlier, or backfilled history) cannot say
+            // what the state before this event is: as good as missing.
+            if group.is_none() && parent_pdu.kind.to_string() != "m.room.create" {
+                return Err(
+                    EventError::Missing(format!("the state at prev_event {parent}")).into(),
+                );
+            }
             states.push((group, self.load_state(group).await?));
         }
         let mut known = HashMap::new();
@@ -1656,26 +1694,16 @@ impl Rooms {
         if version.room_id_from_create_event() {
             ids.push(auth::create_event_id(&pdu.room_id)?);
         }
-        for slot in [
-            ("m.room.create", ""),
-            ("m.room.power_levels", ""),
-            ("m.room.join_rules", ""),
-        ] {
-            if let Some(id) = entry.state.get(&(slot.0.to_owned(), slot.1.to_owned())) {
-                ids.push(id.clone());
-            }
-        }
-        for user in [Some(pdu.sender.as_str()), pdu.state_key.as_deref()]
-            .into_iter()
-            .flatten()
-        {
-            if let Some(id) = entry
-                .state
-                .get(&("m.room.member".to_owned(), user.to_owned()))
-            {
-                ids.push(id.clone());
-            }
-        }
+        // The current state's events for every slot the rules read for this event (the same
+        // selection as for a new event's auth events).
+        ids.extend(auth::auth_event_ids(
+            version,
+            &pdu.kind.to_string(),
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &entry.state,
+        )?);
         let mut loaded = Preloaded::new();
         for id in ids {
             if let Some((pdu, _)) = self.load_event(&id, version).await? {

@@ -190,6 +190,13 @@ pub trait RoomEvents {
     ) -> impl Future<Output = Result<Vec<(String, String, String)>>> + Send;
     /// Highest stream position and state group ID in use (0 when none).
     fn get_max_ids(&self) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// Puts events stored as outliers into the timeline at the given positions (backfilled
+    /// history that was known as part of a state); events not stored as outliers are left as
+    /// they are. Returns how many moved.
+    fn promote_outliers(
+        &self,
+        positions: &[(String, i64)],
+    ) -> impl Future<Output = Result<u64>> + Send;
     /// Lowest stream position in use (backfilled history sits below 1; 1 when none).
     fn get_min_stream_ordering(&self) -> impl Future<Output = Result<i64>> + Send;
     /// Number of rows in a table (for tests of what a write costs).
@@ -289,13 +296,7 @@ impl RoomEvents for Store {
                         .push_bind(r.soft_failed)
                         .push_bind(&r.redacted_by);
                 });
-                // An event stored as an outlier (part of a state) that now joins the timeline
-                // (backfilled history) takes its position; anything else stays as it is.
-                q.push(
-                    " ON CONFLICT (event_id) DO UPDATE SET
-                       stream_ordering = excluded.stream_ordering, outlier = excluded.outlier
-                     WHERE events.outlier = TRUE AND excluded.outlier = FALSE",
-                );
+                q.push(" ON CONFLICT (event_id) DO NOTHING");
                 end_statement!(q, queries, single);
             }
             for chunk in edges.chunks(CHUNK) {
@@ -548,6 +549,25 @@ impl RoomEvents for Store {
             sqlx::query_scalar("SELECT MAX(id) FROM state_groups").fetch_one(pool).await
         })?;
         Ok((stream.unwrap_or(0), group.unwrap_or(0)))
+    }
+
+    async fn promote_outliers(&self, positions: &[(String, i64)]) -> Result<u64> {
+        Ok(on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let mut moved = 0;
+            for (event_id, position) in positions {
+                moved += sqlx::query(
+                    "UPDATE events SET stream_ordering = $1, outlier = FALSE
+                     WHERE event_id = $2 AND outlier = TRUE",
+                )
+                .bind(position)
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            }
+            tx.commit().await.map(|()| moved)
+        })?)
     }
 
     async fn get_min_stream_ordering(&self) -> Result<i64> {

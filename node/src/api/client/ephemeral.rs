@@ -78,7 +78,7 @@ pub async fn set_presence_route(
         ));
     }
     if let Some(status) = &req.body.status_msg
-        && status.len() > MAX_STATUS_BYTES
+        && status.len() > crate::presence::MAX_STATUS_BYTES
     {
         return Err(ApiError::invalid_param(
             "status_msg is longer than 1024 bytes",
@@ -98,9 +98,6 @@ pub async fn set_presence_route(
     .await?;
     Ok(set_presence::v3::Response::new().into())
 }
-
-/// Longest presence status message accepted.
-const MAX_STATUS_BYTES: usize = 1024;
 
 /// `GET /_matrix/client/v3/presence/{userId}/status`: what is known, else offline.
 pub async fn get_presence_route(
