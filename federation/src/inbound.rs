@@ -1267,18 +1267,9 @@ impl Inbound {
                 Err(err) => tracing::info!(%origin, error = %err, "backfilled event rejected"),
             }
         }
-        // Only the history asked for: the events named and their ancestors within the answer
-        // (anything else is an event the peer slipped in, however well signed).
-        let mut history = Vec::new();
-        let mut walk: Vec<OwnedEventId> = from.to_vec();
-        while let Some(id) = walk.pop() {
-            if let Some(pdu) = verified.remove(&id) {
-                walk.extend(pdu.prev_events.iter().cloned());
-                history.push(pdu);
-            }
-        }
-        if !verified.is_empty() {
-            tracing::info!(%origin, dropped = verified.len(), "backfilled events outside the history asked for");
+        let (history, dropped) = asked_history(verified, from);
+        if dropped > 0 {
+            tracing::info!(%origin, dropped, "backfilled events outside the history asked for");
         }
         // Auth events named but neither in the answer nor stored: fetched, then theirs.
         let mut auth: Vec<Pdu> = Vec::new();
@@ -1301,6 +1292,24 @@ impl Inbound {
             .store_backfill(version, room_id, history, auth)
             .await
     }
+}
+
+/// The history asked for in a backfill answer: the events named in `from` and their ancestors
+/// (through `prev_events`) within the answer; anything else is an event the peer slipped in,
+/// however well signed. Returns them and how many were dropped.
+fn asked_history(
+    mut answer: HashMap<OwnedEventId, Pdu>,
+    from: &[OwnedEventId],
+) -> (Vec<Pdu>, usize) {
+    let mut history = Vec::new();
+    let mut walk: Vec<OwnedEventId> = from.to_vec();
+    while let Some(id) = walk.pop() {
+        if let Some(pdu) = answer.remove(&id) {
+            walk.extend(pdu.prev_events.iter().cloned());
+            history.push(pdu);
+        }
+    }
+    (history, answer.len())
 }
 
 /// Percent-encodes one path segment (room and event IDs carry `!`, `$`, `:`).
@@ -1333,5 +1342,48 @@ mod content_hash_tests {
         let ours = super::content_hash(&object).unwrap();
         let rumas = ruma::signatures::content_hash(&object).unwrap();
         assert_eq!(ours.as_slice(), rumas.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod backfill_tests {
+    use std::collections::HashMap;
+
+    use ruma::OwnedEventId;
+    use serde_json::json;
+
+    use super::asked_history;
+    use crate::rooms::{Pdu, RoomVersion};
+
+    /// A v12 message whose parents are `prev`, sent at `ts` (its ID is the hash of its redacted
+    /// form, so the body alone does not tell two apart).
+    fn message(ts: u64, prev: &[&OwnedEventId]) -> Pdu {
+        let value = json!({
+            "type": "m.room.message", "sender": "@a:x.test", "room_id": "!r:x.test",
+            "content": {"body": "hi"}, "depth": 5, "origin_server_ts": ts,
+            "prev_events": prev, "auth_events": [], "hashes": {"sha256": "x"},
+            "signatures": {},
+        });
+        Pdu::from_json(&value.to_string(), &RoomVersion::parse("12").unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn only_the_asked_for_events_and_their_ancestors_are_kept() {
+        let root = OwnedEventId::try_from("$root").unwrap();
+        let old = message(1, &[&root]);
+        let asked = message(2, &[&old.event_id]);
+        // Signed by the peer, in the room, but on no path from what we asked for.
+        let slipped = message(3, &[&root]);
+        let answer: HashMap<OwnedEventId, Pdu> = [old.clone(), asked.clone(), slipped]
+            .into_iter()
+            .map(|p| (p.event_id.clone(), p))
+            .collect();
+        let (history, dropped) = asked_history(answer, std::slice::from_ref(&asked.event_id));
+        let mut kept: Vec<OwnedEventId> = history.into_iter().map(|p| p.event_id).collect();
+        kept.sort();
+        let mut expected = vec![old.event_id, asked.event_id];
+        expected.sort();
+        assert_eq!(kept, expected);
+        assert_eq!(dropped, 1);
     }
 }

@@ -259,16 +259,15 @@ impl FederationSender {
                 }
             }
         }
-        if let Some((last, _)) = rows.last() {
+        if !rows.is_empty() || last_durable.is_some() {
             self.inner
                 .store
-                .delete_outbound(origin, destination, *last)
-                .await?;
-        }
-        if let Some(last) = last_durable {
-            self.inner
-                .store
-                .delete_outbound_edus(origin, destination, last)
+                .delete_sent(
+                    origin,
+                    destination,
+                    rows.last().map(|(id, _)| *id),
+                    last_durable,
+                )
                 .await?;
         }
         Ok(rows.len() + usize::from(!edus_empty(&body)))

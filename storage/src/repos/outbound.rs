@@ -25,6 +25,15 @@ pub trait FederationQueue {
         destination: &str,
         up_to: i64,
     ) -> impl Future<Output = Result<u64>> + Send;
+    /// Removes what a delivered transaction carried, PDUs and durable EDUs up to the given
+    /// queue ids, in one database transaction (so a retry never carries half of it again).
+    fn delete_sent(
+        &self,
+        origin: &str,
+        destination: &str,
+        pdus_up_to: Option<i64>,
+        edus_up_to: Option<i64>,
+    ) -> impl Future<Output = Result<()>> + Send;
     /// Queues one EDU (JSON) from `origin` for each of `destinations`, durably.
     fn queue_outbound_edu(
         &self,
@@ -96,6 +105,34 @@ impl FederationQueue for Store {
             .await
             .map(|r| r.rows_affected())
         })?)
+    }
+
+    async fn delete_sent(
+        &self,
+        origin: &str,
+        destination: &str,
+        pdus_up_to: Option<i64>,
+        edus_up_to: Option<i64>,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for (table, up_to) in [
+                ("federation_outbound", pdus_up_to),
+                ("federation_outbound_edus", edus_up_to),
+            ] {
+                let Some(up_to) = up_to else { continue };
+                sqlx::query(&format!(
+                    "DELETE FROM {table} WHERE origin = $1 AND destination = $2 AND id <= $3"
+                ))
+                .bind(origin)
+                .bind(destination)
+                .bind(up_to)
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        })?;
+        Ok(())
     }
 
     async fn queue_outbound_edu(

@@ -195,6 +195,18 @@ pub async fn outbound_edus_wait_per_destination(store: Store) {
         .unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1, "{\"n\":2}");
+    // What one delivered transaction carried goes at once; other destinations keep theirs.
+    store
+        .delete_sent("a.example", "b.example", None, Some(left[0].0))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .peek_outbound_edus("a.example", "b.example", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store
             .peek_outbound_edus("a.example", "c.example", 10)
