@@ -24,6 +24,7 @@ pub mod media;
 pub mod node;
 pub mod presence;
 pub mod ratelimit;
+pub mod registry;
 pub mod registry_cli;
 pub mod serve;
 pub mod state;

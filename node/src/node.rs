@@ -56,6 +56,10 @@ pub enum StartError {
         #[source]
         source: KeyError,
     },
+    /// The registry settings are unusable (a malformed authority key, an unreadable
+    /// records directory).
+    #[error("registry: {0}")]
+    Registry(String),
     /// The federation TLS certificate could not be loaded or made.
     #[error("federation TLS: {0}")]
     Tls(#[from] TlsError),
@@ -226,6 +230,9 @@ impl Node {
             federation.clone(),
         ));
         let presence = Arc::new(crate::presence::Presence::new(config.presence.enabled));
+        let registry = Arc::new(std::sync::RwLock::new(crate::registry::load(
+            &config.registry,
+        )?));
         let state = AppState {
             inbound,
             federation,
@@ -237,6 +244,7 @@ impl Node {
             rooms,
             ephemeral,
             presence,
+            registry,
             rate_limiter,
             tokens: Default::default(),
             transactions: Default::default(),

@@ -130,6 +130,8 @@ pub struct AppState {
     pub ephemeral: Arc<crate::ephemeral::Ephemeral>,
     /// Who is online.
     pub presence: Arc<crate::presence::Presence>,
+    /// The territory registry as this node knows it.
+    pub registry: Arc<std::sync::RwLock<unitas_territory::registry::Registry>>,
     /// Transaction IDs of the devices that sent since start.
     pub transactions: Arc<crate::tokens::TransactionCache>,
     /// Access tokens already looked up.

@@ -6,9 +6,11 @@
 //! - [`catalog`]: every ISO 3166-1 country and the four launch regions.
 //! - [`record`]: territory records (signed by the registry authority) and node records (signed
 //!   by the node), their checks and which one wins.
+//! - [`registry`]: what a node knows of the registry (the newest valid records) and routes.
 
 pub mod catalog;
 pub mod record;
+pub mod registry;
 
 use std::fmt;
 

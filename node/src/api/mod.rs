@@ -45,10 +45,23 @@ pub fn client_router(state: AppState) -> Router {
         security as x, sync as s,
     };
     use ruma::route;
-    let mut routes = Router::new().route(
-        "/_matrix/client/versions",
-        get(versions::get_versions_route),
-    );
+    let mut routes = Router::new()
+        .route(
+            "/_matrix/client/versions",
+            get(versions::get_versions_route),
+        )
+        .route(
+            "/_unitas/client/v1/territories",
+            get(crate::registry::list_territories_route),
+        )
+        .route(
+            "/_unitas/client/v1/territories/{code}",
+            get(crate::registry::get_territory_route),
+        )
+        .route(
+            "/_unitas/client/v1/route",
+            get(crate::registry::route_route),
+        );
     routes =
         route::<c::session::get_login_types::v3::Request, _, _>(routes, a::get_login_types_route);
     routes = route::<c::session::login::v3::Request, _, _>(routes, a::login_route);

@@ -50,6 +50,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Presence (online, unavailable, offline).
     pub presence: PresenceConfig,
+    /// The territory registry: which node serves which territory.
+    pub registry: RegistryConfig,
     /// Logging.
     pub log: LogConfig,
     /// The territories this node hosts, one `[[territory]]` table each. Each has its own server
@@ -279,6 +281,19 @@ impl Default for RateLimitsConfig {
             burst: 300,
         }
     }
+}
+
+/// `[registry]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct RegistryConfig {
+    /// The network's registry authority public keys, `ed25519:<id>=<key>` as `unitas registry
+    /// keygen` prints them. Territory records signed by none of them are refused.
+    pub authorities: Vec<String>,
+    /// A directory of signed records (`*.json`: territory records from `unitas registry sign`,
+    /// and node records) read at start; each is checked, and the ones that fail are logged and
+    /// left out. (The DHT will carry them; this seeds a node until then.)
+    pub records_dir: Option<PathBuf>,
 }
 
 /// `[presence]`

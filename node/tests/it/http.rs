@@ -494,3 +494,133 @@ async fn each_territory_serves_its_own_users() {
     assert!(json["signatures"].get("no.test:8448").is_some(), "{json}");
     t.node.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_registry_routes_clients_from_checked_records_only() {
+    use unitas_federation::SigningKey;
+    use unitas_territory::record::{AuthorityKey, NodeRecord, Signatures, TerritoryRecord};
+
+    let authority = SigningKey::generate().unwrap();
+    let forger = SigningKey::generate().unwrap();
+    let dk_node = SigningKey::generate().unwrap();
+    let records = tempfile::tempdir().unwrap();
+    let now = u64::try_from(unitas::node::now_ms()).unwrap();
+    let record = |code: &str, server: &str, node: &SigningKey, version: u64| TerritoryRecord {
+        code: TerritoryCode::parse(code).unwrap(),
+        name: code.into(),
+        server_name: server.into(),
+        node_id: node.public_key_base64(),
+        region: TerritoryCode::parse("eu").unwrap(),
+        version,
+        not_before: now - 60_000,
+        not_after: now + 86_400_000,
+        signatures: Signatures::new(),
+    };
+    let write = |name: &str, value: &dyn erased::Json| {
+        std::fs::write(records.path().join(name), value.json()).unwrap();
+    };
+    // Files are read in name order: the newer DK record first, then an old one replayed.
+    write(
+        "a-dk-v2.json",
+        &record("DK", "dk.example", &dk_node, 2)
+            .sign(&authority)
+            .unwrap(),
+    );
+    write(
+        "b-dk-v1.json",
+        &record("DK", "old.example", &dk_node, 1)
+            .sign(&authority)
+            .unwrap(),
+    );
+    write(
+        "c-se-forged.json",
+        &record("SE", "se.example", &forger, 1)
+            .sign(&forger)
+            .unwrap(),
+    );
+    write(
+        "d-dk-node.json",
+        &NodeRecord {
+            node_id: String::new(),
+            client_url: "https://dk.example".into(),
+            federation_url: "https://dk.example:8448".into(),
+            dht_addrs: vec![],
+            region: TerritoryCode::parse("eu").unwrap(),
+            territories: vec![TerritoryCode::parse("DK").unwrap()],
+            updated_at: now,
+            signatures: Signatures::new(),
+        }
+        .sign(&dk_node)
+        .unwrap(),
+    );
+    std::fs::write(records.path().join("e-garbage.json"), "{not json").unwrap();
+
+    let records_dir = records.path().to_owned();
+    let authority_key = AuthorityKey::of(&authority).to_string();
+    let node = TestNode::start_with(move |c| {
+        c.registry.authorities = vec![authority_key];
+        c.registry.records_dir = Some(records_dir);
+    })
+    .await;
+
+    let (status, list) = get_json(&node.client("/_unitas/client/v1/territories"), None).await;
+    assert_eq!(status, 200);
+    let codes: Vec<&str> = list["territories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["DK"], "the forged SE record is refused: {list}");
+    let (status, dk) = get_json(&node.client("/_unitas/client/v1/territories/DK"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(dk["version"], 2, "the replayed version 1 lost: {dk}");
+    assert_eq!(dk["server_name"], "dk.example");
+    assert_eq!(dk["client_url"], "https://dk.example");
+    assert_eq!(dk["hosted_here"], false);
+
+    let (status, route) = get_json(
+        &node.client("/_unitas/client/v1/route?user_id=%40alice%3Adk.example"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(route["code"], "DK");
+    assert_eq!(route["client_url"], "https://dk.example");
+    for (path, expected, errcode) in [
+        ("/_unitas/client/v1/route?territory=SE", 404, "M_NOT_FOUND"),
+        ("/_unitas/client/v1/territories/SE", 404, "M_NOT_FOUND"),
+        ("/_unitas/client/v1/route", 400, "M_INVALID_PARAM"),
+        (
+            "/_unitas/client/v1/route?user_id=alice",
+            400,
+            "M_INVALID_PARAM",
+        ),
+    ] {
+        let (status, body) = get_json(&node.client(path), None).await;
+        assert_eq!(status, expected, "{path}: {body}");
+        assert_eq!(body["errcode"], errcode, "{path}");
+    }
+
+    // A malformed authority key stops the node at start, with the key named.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path(), None);
+    config.registry.authorities = vec!["ed25519:x=notakey".into()];
+    let Err(err) = Node::start(config).await else {
+        panic!("a malformed authority key must stop the node")
+    };
+    assert!(err.to_string().contains("registry.authorities"), "{err}");
+    node.node.shutdown().await;
+}
+
+/// Records as JSON for the test above, whatever their type.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> String;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> String {
+            serde_json::to_string(self).unwrap()
+        }
+    }
+}
