@@ -143,3 +143,26 @@ pub async fn route_route(
     .ok_or_else(|| ApiError::not_found("No such territory in the registry"))?;
     Ok(Json(describe(&state, &route)))
 }
+
+/// The answer to a user of another territory (login here with another territory's user ID):
+/// `403 ORG.UNITAS.WRONG_TERRITORY` naming the user's territory and where its node is, when the
+/// registry knows; a plain `403 M_FORBIDDEN` when it does not.
+pub fn wrong_territory(state: &AppState, user_id: &ruma::UserId) -> ApiError {
+    let server = user_id.server_name().as_str();
+    let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+    let Some(route) = registry.route_server(server, now()) else {
+        return ApiError::forbidden(format!("{user_id} is not a user of this territory"));
+    };
+    let home = describe(state, &route);
+    ApiError::new(
+        http::StatusCode::FORBIDDEN,
+        unitas_spec::errcodes::WRONG_TERRITORY,
+        format!(
+            "{user_id} belongs to territory {}: log in on its node",
+            route.territory.code
+        ),
+    )
+    .with_extra("territory", home["code"].clone())
+    .with_extra("home_server_name", home["server_name"].clone())
+    .with_extra("home_client_url", home["client_url"].clone())
+}

@@ -2,6 +2,7 @@
 //!
 //! Map (grows with each feature issue):
 //! - [`prefixes`]: where Unitas' own APIs live and how its own event types are named.
+//! - [`errcodes`]: Unitas' own error codes.
 //!
 //! Unitas' own endpoints are declared here once, ruma-style (one module per endpoint, with
 //! method, path and a link to the doc), together with their JSON Schema; the node and the tests
@@ -17,6 +18,19 @@ pub mod prefixes {
     pub const ADMIN_V1: &str = "/_unitas/admin/v1";
     /// Namespace of Unitas event types (`org.unitas.community`, `org.unitas.course.lesson`).
     pub const EVENT_NAMESPACE: &str = "org.unitas";
+}
+
+/// Unitas' own error codes (custom codes use the Java package convention the spec asks for).
+pub mod errcodes {
+    /// The user belongs to a territory this node does not serve (login with another territory's
+    /// user ID). HTTP 403, with `territory` (the code), `home_server_name` and `home_client_url`
+    /// (the client URL of the node that serves it, from the registry; `null` when unknown):
+    ///
+    /// ```json
+    /// {"errcode": "ORG.UNITAS.WRONG_TERRITORY", "error": "...", "territory": "DK",
+    ///  "home_server_name": "dk.unitas.example", "home_client_url": "https://eu.unitas.example"}
+    /// ```
+    pub const WRONG_TERRITORY: &str = "ORG.UNITAS.WRONG_TERRITORY";
 }
 
 /// The software name reported to peers (`/_matrix/federation/v1/version`) and clients.

@@ -602,6 +602,28 @@ async fn the_registry_routes_clients_from_checked_records_only() {
         assert_eq!(body["errcode"], errcode, "{path}");
     }
 
+    // A DK user logging in here is sent to DK's node; a user of an unknown server is refused.
+    for (user, errcode) in [
+        ("@alice:dk.example", "ORG.UNITAS.WRONG_TERRITORY"),
+        ("@alice:nowhere.example", "M_FORBIDDEN"),
+    ] {
+        let response = http()
+            .post(node.client("/_matrix/client/v3/login"))
+            .json(&json!({"type": "m.login.password", "password": "x",
+                "identifier": {"type": "m.id.user", "user": user}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403);
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["errcode"], errcode, "{body}");
+        if errcode.starts_with("ORG.") {
+            assert_eq!(body["territory"], "DK");
+            assert_eq!(body["home_server_name"], "dk.example");
+            assert_eq!(body["home_client_url"], "https://dk.example");
+        }
+    }
+
     // A malformed authority key stops the node at start, with the key named.
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), None);

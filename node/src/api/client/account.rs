@@ -59,9 +59,7 @@ pub async fn login_route(
         Err(_) => users::user_id_for(&territory, &localpart.to_lowercase())?,
     };
     if user_id.server_name().as_str() != territory.server_name() {
-        return Err(ApiError::forbidden(format!(
-            "{user_id} is not a user of this territory"
-        )));
+        return Err(crate::registry::wrong_territory(&state, &user_id));
     }
     users::check_password(&state, &user_id, &password.password).await?;
     let session = users::login(
