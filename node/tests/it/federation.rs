@@ -1933,7 +1933,7 @@ async fn a_gap_larger_than_get_missing_events_is_filled_from_the_state() {
         a.node
             .state
             .store
-            .delete_outbound(&origin, &destination, i64::MAX)
+            .delete_sent(&origin, &destination, Some(i64::MAX), None)
             .await
             .unwrap();
     }

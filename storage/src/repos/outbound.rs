@@ -18,22 +18,16 @@ pub trait FederationQueue {
         destination: &str,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
-    /// Removes a pair's queued events up to and including queue id `up_to`.
-    fn delete_outbound(
-        &self,
-        origin: &str,
-        destination: &str,
-        up_to: i64,
-    ) -> impl Future<Output = Result<u64>> + Send;
-    /// Removes what a delivered transaction carried, PDUs and durable EDUs up to the given
-    /// queue ids, in one database transaction (so a retry never carries half of it again).
+    /// Removes what a delivered transaction carried, a pair's PDUs and durable EDUs up to and
+    /// including the given queue ids, in one database transaction (so a retry never carries
+    /// half of it again): how many of each went.
     fn delete_sent(
         &self,
         origin: &str,
         destination: &str,
         pdus_up_to: Option<i64>,
         edus_up_to: Option<i64>,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<(u64, u64)>> + Send;
     /// Queues one EDU (JSON) from `origin` for each of `destinations`, durably.
     fn queue_outbound_edu(
         &self,
@@ -49,13 +43,6 @@ pub trait FederationQueue {
         destination: &str,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<(i64, String)>>> + Send;
-    /// Removes a pair's durably queued EDUs up to and including queue id `up_to`.
-    fn delete_outbound_edus(
-        &self,
-        origin: &str,
-        destination: &str,
-        up_to: i64,
-    ) -> impl Future<Output = Result<u64>> + Send;
 }
 
 impl FederationQueue for Store {
@@ -93,46 +80,33 @@ impl FederationQueue for Store {
         })?)
     }
 
-    async fn delete_outbound(&self, origin: &str, destination: &str, up_to: i64) -> Result<u64> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query(
-                "DELETE FROM federation_outbound WHERE origin = $1 AND destination = $2 AND id <= $3",
-            )
-            .bind(origin)
-            .bind(destination)
-            .bind(up_to)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected())
-        })?)
-    }
-
     async fn delete_sent(
         &self,
         origin: &str,
         destination: &str,
         pdus_up_to: Option<i64>,
         edus_up_to: Option<i64>,
-    ) -> Result<()> {
-        on_pool!(self, pool => {
+    ) -> Result<(u64, u64)> {
+        Ok(on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for (table, up_to) in [
-                ("federation_outbound", pdus_up_to),
-                ("federation_outbound_edus", edus_up_to),
+            let mut deleted = [0u64; 2];
+            for (n, table, up_to) in [
+                (0, "federation_outbound", pdus_up_to),
+                (1, "federation_outbound_edus", edus_up_to),
             ] {
                 let Some(up_to) = up_to else { continue };
-                sqlx::query(&format!(
+                deleted[n] = sqlx::query(&format!(
                     "DELETE FROM {table} WHERE origin = $1 AND destination = $2 AND id <= $3"
                 ))
                 .bind(origin)
                 .bind(destination)
                 .bind(up_to)
                 .execute(&mut *tx)
-                .await?;
+                .await?
+                .rows_affected();
             }
-            tx.commit().await
-        })?;
-        Ok(())
+            tx.commit().await.map(|()| (deleted[0], deleted[1]))
+        })?)
     }
 
     async fn queue_outbound_edu(
@@ -176,26 +150,6 @@ impl FederationQueue for Store {
             .bind(limit)
             .fetch_all(pool)
             .await
-        })?)
-    }
-
-    async fn delete_outbound_edus(
-        &self,
-        origin: &str,
-        destination: &str,
-        up_to: i64,
-    ) -> Result<u64> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query(
-                "DELETE FROM federation_outbound_edus
-                 WHERE origin = $1 AND destination = $2 AND id <= $3",
-            )
-            .bind(origin)
-            .bind(destination)
-            .bind(up_to)
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected())
         })?)
     }
 }

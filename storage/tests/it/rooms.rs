@@ -134,10 +134,10 @@ pub async fn outbound_queue_follows_its_events(store: Store) {
     );
     assert_eq!(
         store
-            .delete_outbound("a.example", "b.example", queued[0].0)
+            .delete_sent("a.example", "b.example", Some(queued[0].0), None)
             .await
             .unwrap(),
-        1
+        (1, 0)
     );
     let left = store
         .peek_outbound("a.example", "b.example", 10)
@@ -184,10 +184,10 @@ pub async fn outbound_edus_wait_per_destination(store: Store) {
     assert_eq!(bodies, ["{\"n\":0}", "{\"n\":1}"]);
     assert_eq!(
         store
-            .delete_outbound_edus("a.example", "b.example", queued[1].0)
+            .delete_sent("a.example", "b.example", None, Some(queued[1].0))
             .await
             .unwrap(),
-        2
+        (0, 2)
     );
     let left = store
         .peek_outbound_edus("a.example", "b.example", 10)
@@ -196,10 +196,13 @@ pub async fn outbound_edus_wait_per_destination(store: Store) {
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1, "{\"n\":2}");
     // What one delivered transaction carried goes at once; other destinations keep theirs.
-    store
-        .delete_sent("a.example", "b.example", None, Some(left[0].0))
-        .await
-        .unwrap();
+    assert_eq!(
+        store
+            .delete_sent("a.example", "b.example", None, Some(left[0].0))
+            .await
+            .unwrap(),
+        (0, 1)
+    );
     assert!(
         store
             .peek_outbound_edus("a.example", "b.example", 10)
