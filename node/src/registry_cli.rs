@@ -20,6 +20,22 @@ pub enum RegistryCommand {
     },
     /// Sign a territory record with an authority key and print it as JSON (works offline).
     Sign(SignArgs),
+    /// The territories this node's registry knows (from `[registry]` of the config: the
+    /// authorities and the records that pass their checks): code, server name, version, node,
+    /// client URL, valid until.
+    Status {
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// One territory's record as this node's registry holds it, as JSON.
+    Show {
+        /// Territory code (`DK`; `UK` finds `GB`).
+        code: String,
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Check a territory record (JSON file, `-` for stdin) as every node does: fields, validity
     /// window, and a signature by one of the given authority keys.
     Verify {
@@ -66,7 +82,68 @@ pub fn run(command: RegistryCommand) -> Result<(), String> {
         RegistryCommand::Keygen { out } => keygen(&out),
         RegistryCommand::Sign(args) => sign(&args),
         RegistryCommand::Verify { file, authorities } => verify(&file, &authorities),
+        RegistryCommand::Status { config } => status(config.as_deref()),
+        RegistryCommand::Show { code, config } => show(&code, config.as_deref()),
     }
+}
+
+/// The registry as a node with this config would start with.
+fn node_registry(config: Option<&Path>) -> Result<unitas_territory::registry::Registry, String> {
+    let file = config
+        .map(Path::to_owned)
+        .or_else(|| std::env::var_os("UNITAS_CONFIG").map(PathBuf::from))
+        .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.exists()));
+    let loaded = crate::config::Config::load(
+        file.as_deref(),
+        std::env::vars(),
+        &crate::config::Overrides::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    crate::registry::load(&loaded.config.registry).map_err(|e| e.to_string())
+}
+
+fn status(config: Option<&Path>) -> Result<(), String> {
+    let registry = node_registry(config)?;
+    let now = now_ms();
+    let routes = registry.routes(now);
+    if routes.is_empty() {
+        println!("no territory records (see [registry] in the config)");
+    }
+    for route in routes {
+        let t = route.territory;
+        let seen = route
+            .node
+            .map(|n| {
+                format!(
+                    "node updated {} s ago",
+                    now.saturating_sub(n.updated_at) / 1000
+                )
+            })
+            .unwrap_or_else(|| "no node record".into());
+        println!(
+            "{:<6} {:<32} v{:<4} node {} ({}) client {} valid {} h more",
+            t.code,
+            t.server_name,
+            t.version,
+            t.node_id,
+            seen,
+            route.node.map_or("-", |n| n.client_url.as_str()),
+            t.not_after.saturating_sub(now) / 3_600_000,
+        );
+    }
+    Ok(())
+}
+
+fn show(code: &str, config: Option<&Path>) -> Result<(), String> {
+    let registry = node_registry(config)?;
+    let route = registry
+        .route(code, now_ms())
+        .ok_or_else(|| format!("no valid record of {code} in this node's registry"))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(route.territory).map_err(|e| e.to_string())?
+    );
+    Ok(())
 }
 
 fn now_ms() -> u64 {

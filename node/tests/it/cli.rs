@@ -510,4 +510,27 @@ fn the_registry_authority_signs_records_that_nodes_check() {
     );
     assert!(!tampered.status.success());
     assert!(String::from_utf8_lossy(&tampered.stderr).contains("bad signature"));
+
+    // A node configured with the authority and a records directory holding both files: its
+    // registry has the signed record, not the tampered one.
+    std::fs::create_dir(path.join("records")).unwrap();
+    std::fs::copy(path.join("gb.json"), path.join("records/gb.json")).unwrap();
+    std::fs::copy(path.join("moved.json"), path.join("records/moved.json")).unwrap();
+    std::fs::write(
+        path.join("unitas.toml"),
+        format!("[registry]\nauthorities = [\"{authority}\"]\nrecords_dir = \"records\"\n"),
+    )
+    .unwrap();
+    let status = stdout_of(&run_to_end(path, &["registry", "status"]));
+    assert!(status.starts_with("GB "), "{status}");
+    assert!(
+        status.contains("gb.unitas.example") && !status.contains("evil"),
+        "{status}"
+    );
+    let shown = stdout_of(&run_to_end(path, &["registry", "show", "UK"]));
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["server_name"], "gb.unitas.example");
+    assert_eq!(shown["version"], 3);
+    let missing = run_to_end(path, &["registry", "show", "DK"]);
+    assert!(!missing.status.success());
 }
