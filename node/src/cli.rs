@@ -36,6 +36,28 @@ enum Command {
     /// The territory registry: authority keys, signed territory records.
     #[command(subcommand)]
     Registry(crate::registry_cli::RegistryCommand),
+    /// The territories this node hosts.
+    #[command(subcommand)]
+    Territory(TerritoryCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TerritoryCommand {
+    /// Add a territory to the config file, with a new signing key of its own (restart the node
+    /// to serve it; the registry authority signs its record).
+    Add {
+        /// Territory code: ISO 3166-1 alpha-2 (`DK`; `UK` means `GB`) or a region (`eu`).
+        code: String,
+        /// The territory's server name (its users are `@name:<server_name>`; never changes).
+        #[arg(long)]
+        server_name: String,
+        /// Display name (default: the shipped ISO 3166-1 or region name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The config file to add it to.
+        #[arg(long, value_name = "FILE", default_value = "unitas.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +204,12 @@ pub fn main() -> ExitCode {
         }
         Command::Bench(args) => bench(args),
         Command::Registry(command) => crate::registry_cli::run(command),
+        Command::Territory(TerritoryCommand::Add {
+            code,
+            server_name,
+            name,
+            config,
+        }) => territory_add(&code, &server_name, name.as_deref(), &config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -281,6 +309,82 @@ fn wait_for_signal() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// `unitas territory add`: appends a `[[territory]]` table to the config (checked by loading
+/// the result before it replaces the file) and makes the territory's signing key.
+fn territory_add(
+    code: &str,
+    server_name: &str,
+    name: Option<&str>,
+    file: &Path,
+) -> Result<(), String> {
+    let code = unitas_territory::TerritoryCode::parse(unitas_territory::catalog::iso_code(code))
+        .map_err(|e| e.to_string())?;
+    let name = name
+        .map(str::to_owned)
+        .or_else(|| unitas_territory::catalog::name_of(code.as_str()).map(str::to_owned));
+    let loaded = Config::load(Some(file), std::env::vars(), &Overrides::default())
+        .map_err(|e| describe(&e))?;
+    let config = loaded.config;
+    if config.territories.is_empty() {
+        return Err(format!(
+            "{} lists no [[territory]]: the node serves its default territory ({}) implicitly, \
+             and adding one would replace it; list it first (unitas init writes it)",
+            file.display(),
+            config.server.server_name
+        ));
+    }
+    if let Some(taken) = config
+        .territories
+        .iter()
+        .find(|t| t.code == code || t.server_name == server_name)
+    {
+        return Err(format!(
+            "territory {} ({}) is already configured",
+            taken.code, taken.server_name
+        ));
+    }
+    let key_file = config
+        .server
+        .data_dir
+        .join("keys")
+        .join(format!("{code}.signing.key"));
+    let mut text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    if !text.ends_with('\n') {
+        text.push('\n');
+    }
+    let quote = |value: &str| toml::Value::String(value.to_owned()).to_string();
+    text.push_str(&format!(
+        "\n[[territory]]\ncode = {}\nserver_name = {}\n",
+        quote(code.as_str()),
+        quote(server_name)
+    ));
+    if let Some(name) = &name {
+        text.push_str(&format!("name = {}\n", quote(name)));
+    }
+    text.push_str(&format!(
+        "signing_key_file = {}\n",
+        quote(&key_file.display().to_string())
+    ));
+    // Check the result as the node will read it before it replaces the file.
+    let draft = file.with_extension("toml.new");
+    std::fs::write(&draft, &text).map_err(|e| format!("{}: {e}", draft.display()))?;
+    if let Err(err) = Config::load(Some(&draft), std::env::vars(), &Overrides::default()) {
+        let _ = std::fs::remove_file(&draft);
+        return Err(describe(&err));
+    }
+    let (key, _) =
+        unitas_federation::SigningKey::load_or_generate(&key_file).map_err(|e| describe(&e))?;
+    std::fs::rename(&draft, file).map_err(|e| format!("{}: {e}", file.display()))?;
+    println!(
+        "Added territory {code} ({server_name}) to {}; signing key {}: {}",
+        file.display(),
+        key.key_id(),
+        key_file.display()
+    );
+    println!("Restart the node to serve it; the registry authority signs its record.");
+    Ok(())
 }
 
 fn init(args: &InitArgs) -> Result<(), String> {

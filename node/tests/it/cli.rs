@@ -534,3 +534,47 @@ fn the_registry_authority_signs_records_that_nodes_check() {
     let missing = run_to_end(path, &["registry", "show", "DK"]);
     assert!(!missing.status.success());
 }
+
+#[test]
+fn a_territory_is_added_with_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    stdout_of(&run_to_end(
+        path,
+        &[
+            "init",
+            "--data-dir",
+            "data",
+            "--code",
+            "eu",
+            "--server-name",
+            "eu.example",
+        ],
+    ));
+    let added = stdout_of(&run_to_end(
+        path,
+        &["territory", "add", "UK", "--server-name", "gb.example"],
+    ));
+    assert!(added.contains("Added territory GB (gb.example)"), "{added}");
+    assert!(path.join("data/keys/GB.signing.key").exists());
+    let checked = stdout_of(&run_to_end(path, &["config", "check"]));
+    assert!(
+        checked.contains("gb.example") && checked.contains("eu.example"),
+        "{checked}"
+    );
+    assert!(checked.contains("United Kingdom"), "{checked}");
+    // Neither the code nor the server name can be added twice; the file stays as it was.
+    let before = std::fs::read_to_string(path.join("unitas.toml")).unwrap();
+    for args in [
+        ["territory", "add", "GB", "--server-name", "other.example"],
+        ["territory", "add", "DK", "--server-name", "gb.example"],
+    ] {
+        let refused = run_to_end(path, &args);
+        assert!(!refused.status.success());
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("already configured"));
+    }
+    assert_eq!(
+        std::fs::read_to_string(path.join("unitas.toml")).unwrap(),
+        before
+    );
+}
