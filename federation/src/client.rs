@@ -9,6 +9,7 @@
 //! Redirects are never followed (a redirect could lead around the address filter), responses
 //! are read up to [`MAX_RESPONSE_BYTES`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ruma::ServerName;
@@ -142,12 +143,23 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(body)
 }
 
+/// Where a server name goes when something other than DNS knows (the territory registry):
+/// the federation base URL of the node serving it.
+pub type Router = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// The federation client. Cheap to share behind an `Arc`.
-#[derive(Debug)]
 pub struct FederationClient {
     http: reqwest::Client,
     resolver: FilteringResolver,
     discovery: Discovery<NetLookup>,
+    /// Asked before discovery (see [`FederationClient::set_router`]).
+    router: std::sync::RwLock<Option<Router>>,
+}
+
+impl std::fmt::Debug for FederationClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationClient").finish_non_exhaustive()
+    }
 }
 
 impl FederationClient {
@@ -177,14 +189,55 @@ impl FederationClient {
             discovery: Discovery::new(lookup, options.filter),
             http,
             resolver,
+            router: std::sync::RwLock::new(None),
         })
     }
 
-    /// Where requests for `destination` go.
+    /// Sets what is asked before standard discovery: a server name it knows goes to the base
+    /// URL it gives (the `Host` header stays the server name), through the same address filter.
+    pub fn set_router(&self, router: Router) {
+        *self.router.write().unwrap_or_else(|e| e.into_inner()) = Some(router);
+    }
+
+    /// Where requests for `destination` go: the router's answer, else discovery.
     pub async fn target(&self, destination: &str) -> Result<Target, FederationError> {
-        let target = self.discovery.resolve(destination).await?;
+        let routed = {
+            let router = self.router.read().unwrap_or_else(|e| e.into_inner());
+            router.as_ref().and_then(|route| route(destination))
+        };
+        let target = match routed {
+            Some(base_url) => self.routed_target(destination, &base_url)?,
+            None => self.discovery.resolve(destination).await?,
+        };
         self.resolver.remember(&target);
         Ok(target)
+    }
+
+    /// A target from a router's base URL (`https://host[:port]`, 8448 by default).
+    fn routed_target(&self, destination: &str, base_url: &str) -> Result<Target, FederationError> {
+        let bad = |reason: &str| FederationError::Transport {
+            destination: destination.to_owned(),
+            reason: format!("registry route {base_url:?}: {reason}"),
+        };
+        let url = reqwest::Url::parse(base_url).map_err(|_| bad("not a URL"))?;
+        if url.scheme() != "https" {
+            return Err(bad("federation is https only"));
+        }
+        let host = url.host_str().ok_or_else(|| bad("no host"))?.to_owned();
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
+        if let Some(ip) = literal.filter(|ip| !self.discovery.filter().allows(*ip)) {
+            return Err(FederationError::Discovery(DiscoveryError::Denied(ip)));
+        }
+        Ok(Target {
+            host,
+            port: url.port().unwrap_or(8448),
+            host_header: destination.to_owned(),
+            connect_name: None,
+        })
     }
 
     /// An unauthenticated request (key server, notary queries).

@@ -233,6 +233,7 @@ impl Node {
         let registry = Arc::new(std::sync::RwLock::new(crate::registry::load(
             &config.registry,
         )?));
+        federation.set_router(crate::registry::federation_router(registry.clone()));
         let state = AppState {
             inbound,
             federation,

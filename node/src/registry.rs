@@ -166,3 +166,18 @@ pub fn wrong_territory(state: &AppState, user_id: &ruma::UserId) -> ApiError {
     .with_extra("home_server_name", home["server_name"].clone())
     .with_extra("home_client_url", home["client_url"].clone())
 }
+
+/// Federation's first stop for a server name: a territory in the registry goes to its node's
+/// federation URL (no DNS needed between Unitas nodes); anything else through standard Matrix
+/// discovery.
+pub fn federation_router(
+    registry: std::sync::Arc<std::sync::RwLock<Registry>>,
+) -> unitas_federation::client::Router {
+    std::sync::Arc::new(move |server_name: &str| {
+        let registry = registry.read().unwrap_or_else(|e| e.into_inner());
+        registry
+            .route_server(server_name, now())
+            .and_then(|route| route.node)
+            .map(|node| node.federation_url.clone())
+    })
+}

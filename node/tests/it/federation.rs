@@ -2312,3 +2312,104 @@ async fn history_from_before_a_join_is_backfilled_from_the_other_node() {
     assert_eq!(page_back(&b, &bob_token, &room, 100).await, on_b);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn registered_territories_are_reached_without_dns() {
+    use unitas_territory::TerritoryCode;
+    use unitas_territory::record::{AuthorityKey, NodeRecord, Signatures, TerritoryRecord};
+
+    // A's territory has a name no resolver knows; the registry says where its node is.
+    let a = Peer::start(|c| c.server.server_name = "a.unitas.test".into()).await;
+    let authority = SigningKey::generate().unwrap();
+    let node_key = SigningKey::generate().unwrap();
+    let now = u64::try_from(unitas::node::now_ms()).unwrap();
+    let records = tempfile::tempdir().unwrap();
+    let territory = TerritoryRecord {
+        code: TerritoryCode::parse("DK").unwrap(),
+        name: "Denmark".into(),
+        server_name: "a.unitas.test".into(),
+        node_id: node_key.public_key_base64(),
+        region: TerritoryCode::parse("eu").unwrap(),
+        version: 1,
+        not_before: now - 60_000,
+        not_after: now + 3_600_000,
+        signatures: Signatures::new(),
+    }
+    .sign(&authority)
+    .unwrap();
+    let node = NodeRecord {
+        node_id: String::new(),
+        client_url: format!("http://{}", a.node.client_addr),
+        federation_url: format!("https://{}", a.node.federation_addr),
+        dht_addrs: vec![],
+        region: TerritoryCode::parse("eu").unwrap(),
+        territories: vec![TerritoryCode::parse("DK").unwrap()],
+        updated_at: now,
+        signatures: Signatures::new(),
+    }
+    .sign(&node_key)
+    .unwrap();
+    for (file, json) in [
+        ("dk.json", serde_json::to_string(&territory).unwrap()),
+        ("node.json", serde_json::to_string(&node).unwrap()),
+    ] {
+        std::fs::write(records.path().join(file), json).unwrap();
+    }
+    let records_dir = records.path().to_owned();
+    let authority_key = AuthorityKey::of(&authority).to_string();
+    let b = Peer::start(move |c| {
+        c.registry.authorities = vec![authority_key];
+        c.registry.records_dir = Some(records_dir);
+    })
+    .await;
+    let c = Peer::start(|_| {}).await;
+
+    let (_, alice_token) = account(&a, "alice").await;
+    let (_, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let join_path = format!("/join/{}?via=a.unitas.test", urlencode(&room));
+
+    // Without the registry, the name leads nowhere.
+    let (_, carol_token) = account(&c, "carol").await;
+    let (status, _) = call(
+        &c,
+        &carol_token,
+        reqwest::Method::POST,
+        &join_path,
+        json!({}),
+    )
+    .await;
+    assert_ne!(status, 200);
+
+    // With it, B's user joins and both sides talk.
+    let (bob, bob_token) = account(&b, "bob").await;
+    let (status, reply) = call(&b, &bob_token, reqwest::Method::POST, &join_path, json!({})).await;
+    assert_eq!(status, 200, "{reply}");
+    let (status, _) = call(
+        &b,
+        &bob_token,
+        reqwest::Method::PUT,
+        &format!("/rooms/{}/send/m.room.message/r1", urlencode(&room)),
+        json!({"msgtype": "m.text", "body": "routed by the registry"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    b.node.state.sender.flush_once().await.unwrap();
+    let on_a = history(&a, &alice_token, &room).await;
+    assert_eq!(
+        on_a.last().map(|(_, body)| body.as_str()),
+        Some("routed by the registry")
+    );
+    assert!(joined(&a, &alice_token, &room).await.contains(&bob));
+
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
