@@ -20,6 +20,23 @@ pub enum RegistryCommand {
     },
     /// Sign a territory record with an authority key and print it as JSON (works offline).
     Sign(SignArgs),
+    /// Print this node's own record, signed with its node key (`<data_dir>/keys/node.signing.key`,
+    /// made on first use): its ID, URLs, region and the territories of its config. Goes into
+    /// other nodes' `[registry] records_dir` (the DHT will carry it).
+    NodeRecord {
+        /// The federation base URL peers use (`https://eu.unitas.example:8448`).
+        #[arg(long)]
+        federation_url: String,
+        /// The client API base URL (default: the config's public base URL).
+        #[arg(long)]
+        client_url: Option<String>,
+        /// The node's region (default: the launch region of its first territory).
+        #[arg(long)]
+        region: Option<String>,
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The territories this node's registry knows (from `[registry]` of the config: the
     /// authorities and the records that pass their checks): code, server name, version, node,
     /// client URL, valid until.
@@ -83,23 +100,83 @@ pub fn run(command: RegistryCommand) -> Result<(), String> {
         RegistryCommand::Sign(args) => sign(&args),
         RegistryCommand::Verify { file, authorities } => verify(&file, &authorities),
         RegistryCommand::Status { config } => status(config.as_deref()),
+        RegistryCommand::NodeRecord {
+            federation_url,
+            client_url,
+            region,
+            config,
+        } => node_record(&federation_url, client_url, region, config.as_deref()),
         RegistryCommand::Show { code, config } => show(&code, config.as_deref()),
     }
 }
 
-/// The registry as a node with this config would start with.
-fn node_registry(config: Option<&Path>) -> Result<unitas_territory::registry::Registry, String> {
+/// The node's config: the file given, `$UNITAS_CONFIG`, or `./unitas.toml` when present.
+fn node_config(config: Option<&Path>) -> Result<crate::config::Config, String> {
     let file = config
         .map(Path::to_owned)
         .or_else(|| std::env::var_os("UNITAS_CONFIG").map(PathBuf::from))
         .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.exists()));
-    let loaded = crate::config::Config::load(
+    crate::config::Config::load(
         file.as_deref(),
         std::env::vars(),
         &crate::config::Overrides::default(),
     )
+    .map(|loaded| loaded.config)
+    .map_err(|e| e.to_string())
+}
+
+/// The registry as a node with this config would start with.
+fn node_registry(config: Option<&Path>) -> Result<unitas_territory::registry::Registry, String> {
+    crate::registry::load(&node_config(config)?.registry).map_err(|e| e.to_string())
+}
+
+fn node_record(
+    federation_url: &str,
+    client_url: Option<String>,
+    region: Option<String>,
+    config: Option<&Path>,
+) -> Result<(), String> {
+    let config = node_config(config)?;
+    let territories: Vec<TerritoryCode> = config
+        .resolved_territories()
+        .into_iter()
+        .map(|t| t.code)
+        .collect();
+    let region = match region {
+        Some(region) => region,
+        None => territories
+            .first()
+            .and_then(|t| {
+                if t.is_country() {
+                    unitas_territory::catalog::region_of(t.as_str()).map(|r| r.code.to_owned())
+                } else {
+                    Some(t.to_string())
+                }
+            })
+            .ok_or("the node's region is not known from its territories: give --region")?,
+    };
+    let key_file = config.server.data_dir.join("keys").join("node.signing.key");
+    let (key, _) = SigningKey::load_or_generate(&key_file).map_err(|e| e.to_string())?;
+    let record = unitas_territory::record::NodeRecord {
+        node_id: String::new(),
+        client_url: client_url.unwrap_or_else(|| config.client_base_url()),
+        federation_url: federation_url.to_owned(),
+        dht_addrs: Vec::new(),
+        region: TerritoryCode::parse(&region).map_err(|e| e.to_string())?,
+        territories,
+        updated_at: now_ms(),
+        signatures: Signatures::new(),
+    }
+    .sign(&key)
     .map_err(|e| e.to_string())?;
-    crate::registry::load(&loaded.config.registry).map_err(|e| e.to_string())
+    record
+        .verify(now_ms(), 0)
+        .map_err(|e| format!("the record would be refused: {e}"))?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&record).map_err(|e| e.to_string())?
+    );
+    Ok(())
 }
 
 fn status(config: Option<&Path>) -> Result<(), String> {

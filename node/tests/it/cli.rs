@@ -533,6 +533,50 @@ fn the_registry_authority_signs_records_that_nodes_check() {
     assert_eq!(shown["version"], 3);
     let missing = run_to_end(path, &["registry", "show", "DK"]);
     assert!(!missing.status.success());
+
+    // The node's own record, signed with its node key; GB's next version points at it, and the
+    // node's registry then knows where GB's users go.
+    let node = stdout_of(&run_to_end(
+        path,
+        &[
+            "registry",
+            "node-record",
+            "--federation-url",
+            "https://gb-node.example:8448",
+            "--client-url",
+            "https://gb-node.example",
+            "--region",
+            "eu",
+        ],
+    ));
+    let parsed: serde_json::Value = serde_json::from_str(&node).unwrap();
+    let node_id = parsed["node_id"].as_str().unwrap().to_owned();
+    assert!(parsed["signatures"][node_id.as_str()].is_object(), "{node}");
+    std::fs::write(path.join("records/node.json"), &node).unwrap();
+    let next = stdout_of(&run_to_end(
+        path,
+        &[
+            "registry",
+            "sign",
+            "--key",
+            "authority.key",
+            "--code",
+            "GB",
+            "--server-name",
+            "gb.unitas.example",
+            "--node-id",
+            &node_id,
+            "--record-version",
+            "4",
+        ],
+    ));
+    std::fs::write(path.join("records/gb-v4.json"), next).unwrap();
+    let status = stdout_of(&run_to_end(path, &["registry", "status"]));
+    assert!(status.contains("v4"), "{status}");
+    assert!(
+        status.contains("client https://gb-node.example"),
+        "{status}"
+    );
 }
 
 #[test]
