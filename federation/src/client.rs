@@ -213,6 +213,20 @@ impl FederationClient {
         Ok(target)
     }
 
+    /// Refuses a URL host that is an IP literal the address filter denies (host names go
+    /// through the filtering resolver when they are looked up).
+    fn check_literal(&self, host: &str) -> Result<(), FederationError> {
+        let literal = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .ok();
+        match literal.filter(|ip| !self.discovery.filter().allows(*ip)) {
+            Some(ip) => Err(FederationError::Discovery(DiscoveryError::Denied(ip))),
+            None => Ok(()),
+        }
+    }
+
     /// A target from a router's base URL (`https://host[:port]`, 8448 by default).
     fn routed_target(&self, destination: &str, base_url: &str) -> Result<Target, FederationError> {
         let bad = |reason: &str| FederationError::Transport {
@@ -224,14 +238,7 @@ impl FederationClient {
             return Err(bad("federation is https only"));
         }
         let host = url.host_str().ok_or_else(|| bad("no host"))?.to_owned();
-        let literal = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .ok();
-        if let Some(ip) = literal.filter(|ip| !self.discovery.filter().allows(*ip)) {
-            return Err(FederationError::Discovery(DiscoveryError::Denied(ip)));
-        }
+        self.check_literal(&host)?;
         Ok(Target {
             host,
             port: url.port().unwrap_or(8448),
@@ -333,16 +340,8 @@ impl FederationClient {
         if parsed.scheme() != "https" {
             return Err(bad("only https locations are followed"));
         }
-        // Host names go through the filtering resolver; literals are checked here.
         let host = parsed.host_str().ok_or_else(|| bad("no host"))?;
-        let literal = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .ok();
-        if let Some(ip) = literal.filter(|ip| !self.discovery.filter().allows(*ip)) {
-            return Err(FederationError::Discovery(DiscoveryError::Denied(ip)));
-        }
+        self.check_literal(host)?;
         let transport = |reason: String| FederationError::Transport {
             destination: url.to_owned(),
             reason,
