@@ -144,7 +144,8 @@ pub async fn route_route(
     Ok(Json(describe(&state, &route)))
 }
 
-/// The answer to a user of another territory (login here with another territory's user ID):
+/// The answer to a user of another territory (login or registration here with another
+/// territory's user ID):
 /// `403 ORG.UNITAS.WRONG_TERRITORY` naming the user's territory and where its node is, when the
 /// registry knows; a plain `403 M_FORBIDDEN` when it does not.
 pub fn wrong_territory(state: &AppState, user_id: &ruma::UserId) -> ApiError {

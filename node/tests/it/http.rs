@@ -624,6 +624,18 @@ async fn the_registry_routes_clients_from_checked_records_only() {
         }
     }
 
+    // Registering here as a DK user ID: told where DK's node is, before any auth step.
+    let response = http()
+        .post(node.client("/_matrix/client/v3/register"))
+        .json(&json!({"username": "@bob:dk.example", "password": "correct horse"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["errcode"], "ORG.UNITAS.WRONG_TERRITORY", "{body}");
+    assert_eq!(body["home_client_url"], "https://dk.example");
+
     // A malformed authority key stops the node at start, with the key named.
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path(), None);

@@ -156,6 +156,21 @@ pub async fn register_route(
     State(state): State<AppState>,
     req: Ruma<register::v3::Request>,
 ) -> Result<register::v3::Response> {
+    let territory = req.territory.clone();
+    let mut body = req.body;
+    // A full user ID as the username: ours is its localpart; another territory's is told where
+    // its node is (first, so the client learns it whatever this node's registration rules).
+    if let Some(Ok(full)) = body
+        .username
+        .as_deref()
+        .filter(|name| name.starts_with('@'))
+        .map(UserId::parse)
+    {
+        if full.server_name().as_str() != territory.server_name() {
+            return Err(crate::registry::wrong_territory(&state, &full));
+        }
+        body.username = Some(full.localpart().to_owned());
+    }
     let tokens = state.config.registration_tokens()?;
     let open = state.config.registration.enabled;
     if !open && tokens.is_empty() {
@@ -163,7 +178,6 @@ pub async fn register_route(
             "Registration is disabled on this server",
         ));
     }
-    let body = req.body;
     if body.kind == register::RegistrationKind::Guest {
         return Err(ApiError::forbidden("Guest access is disabled"));
     }
@@ -204,7 +218,7 @@ pub async fn register_route(
     };
     let (user_id, session) = users::register(
         &state,
-        &req.territory,
+        &territory,
         NewUser {
             localpart: &localpart,
             password: body.password,
