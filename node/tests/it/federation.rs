@@ -2150,6 +2150,18 @@ async fn presence_crosses_to_the_other_node_unless_turned_off() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(got["presence"], "unavailable");
+    // Someone who shares no room with Alice may not see it.
+    let (_, dave_token) = account(&b, "dave").await;
+    let (status, body) = call(
+        &b,
+        &dave_token,
+        reqwest::Method::GET,
+        &format!("/presence/{}/status", urlencode(&alice)),
+        Value::Null,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errcode"], "M_FORBIDDEN");
 
     // Bob is online because his client syncs: Alice sees it.
     b.node.state.sender.flush_once().await.unwrap();

@@ -17,7 +17,7 @@ use ruma::presence::PresenceState;
 use ruma::serde::Raw;
 use ruma::{RoomId, UserId};
 use serde_json::{Value, json};
-use unitas_storage::ClientExtras;
+use unitas_storage::{ClientData, ClientExtras};
 
 use super::rooms::require_joined;
 use crate::api::ApiError;
@@ -99,13 +99,20 @@ pub async fn set_presence_route(
     Ok(set_presence::v3::Response::new().into())
 }
 
-/// `GET /_matrix/client/v3/presence/{userId}/status`: what is known, else offline.
+/// `GET /_matrix/client/v3/presence/{userId}/status`: what is known, else offline; only for
+/// oneself and users sharing a joined room (`403 M_FORBIDDEN` otherwise, as Synapse does).
 pub async fn get_presence_route(
     State(state): State<AppState>,
     req: Ruma<get_presence::v3::Request>,
 ) -> Result<get_presence::v3::Response> {
-    req.user()?;
-    let Some(entry) = state.presence.get(&req.body.user_id) else {
+    let user = req.user()?.clone();
+    let target = &req.body.user_id;
+    if *target != user.user_id && !shares_a_room(&state, &user.user_id, target).await? {
+        return Err(ApiError::forbidden(
+            "You may see the presence of users you share a room with",
+        ));
+    }
+    let Some(entry) = state.presence.get(target) else {
         return Ok(get_presence::v3::Response::new(PresenceState::Offline).into());
     };
     let mut response = get_presence::v3::Response::new(entry.presence);
@@ -117,6 +124,25 @@ pub async fn get_presence_route(
         ));
     }
     Ok(response.into())
+}
+
+/// Whether `user` and `other` are both joined to a room (presence is theirs to see then).
+async fn shares_a_room(
+    state: &AppState,
+    user: &UserId,
+    other: &UserId,
+) -> std::result::Result<bool, ApiError> {
+    for room in state.store.list_membership_rooms(user.as_str()).await? {
+        let Ok(room) = ruma::OwnedRoomId::try_from(room) else {
+            continue;
+        };
+        if require_joined(state, &room, user).await.is_ok()
+            && require_joined(state, &room, other).await.is_ok()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Sends an EDU about a local user to the other servers in the room.
