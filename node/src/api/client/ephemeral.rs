@@ -132,17 +132,15 @@ async fn shares_a_room(
     user: &UserId,
     other: &UserId,
 ) -> std::result::Result<bool, ApiError> {
+    let mut joined = Vec::new();
     for room in state.store.list_membership_rooms(user.as_str()).await? {
-        let Ok(room) = ruma::OwnedRoomId::try_from(room) else {
-            continue;
-        };
-        if require_joined(state, &room, user).await.is_ok()
-            && require_joined(state, &room, other).await.is_ok()
+        if let Ok(room) = ruma::OwnedRoomId::try_from(room)
+            && require_joined(state, &room, user).await.is_ok()
         {
-            return Ok(true);
+            joined.push(room);
         }
     }
-    Ok(false)
+    super::rooms::joined_to_any(state, &joined, other).await
 }
 
 /// Sends an EDU about a local user to the other servers in the room.

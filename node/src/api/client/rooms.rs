@@ -130,6 +130,21 @@ pub async fn membership(
     Ok(content["membership"].as_str().map(str::to_owned))
 }
 
+/// Whether `user` is joined to any of `rooms` (each looked up in its current state, without
+/// copying it).
+pub async fn joined_to_any(
+    state: &AppState,
+    rooms: &[ruma::OwnedRoomId],
+    user: &UserId,
+) -> std::result::Result<bool, ApiError> {
+    for room_id in rooms {
+        if membership(state, room_id, user).await?.as_deref() == Some("join") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// `M_FORBIDDEN` unless `user` is joined to the room.
 pub async fn require_joined(
     state: &AppState,

@@ -21,7 +21,9 @@ use unitas_storage::{
     ClientData, ClientExtras, DeviceInbox, DeviceKeys, EventRow, RemoteInvites, RoomEvents,
 };
 
-use super::rooms::{client_event, current_state_events, membership, parse_token, visible_event};
+use super::rooms::{
+    client_event, current_state_events, joined_to_any, membership, parse_token, visible_event,
+};
 use crate::api::ApiError;
 use crate::api::ruma::{ClientUser, Ruma};
 use crate::state::AppState;
@@ -426,35 +428,20 @@ async fn build(
     }
     // `left`: users who share no joined room with the user any more.
     maybe_left.retain(|other| other != user.user_id.as_str() && !changed_devices.contains(other));
-    if !maybe_left.is_empty() {
-        for room_id in &joined_rooms {
-            let Some(current) = state.rooms.current_state(room_id).await? else {
-                continue;
-            };
-            let mut still_shared = Vec::new();
-            for other in &maybe_left {
-                if is_joined(state, &current, other).await? {
-                    still_shared.push(other.clone());
-                }
-            }
-            for other in still_shared {
-                maybe_left.remove(&other);
-            }
+    let mut left_devices = Vec::new();
+    for other in maybe_left {
+        let Ok(other_id) = ruma::OwnedUserId::try_from(other.as_str()) else {
+            continue;
+        };
+        if !joined_to_any(state, &joined_rooms, &other_id).await? {
+            left_devices.push(other);
         }
     }
-    let left_devices: Vec<String> = maybe_left.into_iter().collect();
     // Presence of the user and of users sharing a joined room with them.
     let mut presence = Vec::new();
     if wants_presence {
         for (other, entry) in state.presence.changed_since(since_aux, now_aux) {
-            let mut shares = other == user.user_id;
-            for room_id in &joined_rooms {
-                if shares {
-                    break;
-                }
-                shares = membership(state, room_id, &other).await?.as_deref() == Some("join");
-            }
-            if shares {
+            if other == user.user_id || joined_to_any(state, &joined_rooms, &other).await? {
                 presence.push(crate::presence::client_event(&other, &entry));
             }
         }
