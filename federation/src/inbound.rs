@@ -1172,12 +1172,6 @@ impl Inbound {
         {
             return Ok(0);
         }
-        let local_name = ServerName::parse(&local.name)
-            .map_err(|e| EventError::Format(format!("our server name: {e}")))?;
-        let mut query = format!("limit={}", limit.clamp(1, MAX_BACKFILL));
-        for id in &earliest.prev_events {
-            query.push_str(&format!("&v={}", percent(id.as_str())));
-        }
         let mut last_error = None;
         let servers = self.rooms.joined_servers(room_id).await?;
         let others = servers.iter().filter(|s| !self.rooms.is_local_server(s));
@@ -1188,12 +1182,11 @@ impl Inbound {
             match self
                 .backfill_from(
                     local,
-                    &local_name,
                     &origin,
                     room_id,
                     &version,
-                    &query,
                     &earliest.prev_events,
+                    limit,
                 )
                 .await
             {
@@ -1220,21 +1213,26 @@ impl Inbound {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// One server's `/backfill` answer for the history before `from`, checked and stored.
     async fn backfill_from(
         &self,
         local: &LocalServer,
-        local_name: &ServerName,
         origin: &ServerName,
         room_id: &RoomId,
         version: &RoomVersion,
-        query: &str,
         from: &[OwnedEventId],
+        limit: usize,
     ) -> Result<usize, AppendError> {
+        let local_name = ServerName::parse(&local.name)
+            .map_err(|e| EventError::Format(format!("our server name: {e}")))?;
+        let mut query = format!("limit={}", limit.clamp(1, MAX_BACKFILL));
+        for id in from {
+            query.push_str(&format!("&v={}", percent(id.as_str())));
+        }
         let answer = self
             .client
             .request(
-                local_name,
+                &local_name,
                 &local.key,
                 origin,
                 http::Method::GET,
@@ -1285,7 +1283,9 @@ impl Inbound {
             if wanted.is_empty() {
                 break;
             }
-            let fetched = self.fetch_events(local_name, local, origin, wanted).await?;
+            let fetched = self
+                .fetch_events(&local_name, local, origin, wanted)
+                .await?;
             auth.extend(self.verify_many(fetched, version, room_id).await?);
         }
         self.rooms
