@@ -177,8 +177,7 @@ impl Settings {
         explicit
             .map(Path::to_owned)
             .or_else(|| self.config.clone())
-            .or_else(|| std::env::var_os("UNITAS_CONFIG").map(PathBuf::from))
-            .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.is_file()))
+            .or_else(crate::config::default_config_file)
     }
 
     fn load(

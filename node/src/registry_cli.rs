@@ -114,8 +114,7 @@ pub fn run(command: RegistryCommand) -> Result<(), String> {
 fn node_config(config: Option<&Path>) -> Result<crate::config::Config, String> {
     let file = config
         .map(Path::to_owned)
-        .or_else(|| std::env::var_os("UNITAS_CONFIG").map(PathBuf::from))
-        .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.exists()));
+        .or_else(crate::config::default_config_file);
     crate::config::Config::load(
         file.as_deref(),
         std::env::vars(),

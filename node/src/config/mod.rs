@@ -469,6 +469,14 @@ pub struct Loaded {
     pub unknown_keys: Vec<String>,
 }
 
+/// The config file a command reads when none is given on its command line: `$UNITAS_CONFIG`,
+/// else `./unitas.toml` when it is a file, else none.
+pub fn default_config_file() -> Option<PathBuf> {
+    std::env::var_os("UNITAS_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("unitas.toml")).filter(|p| p.is_file()))
+}
+
 impl Config {
     /// Loads defaults < `file` < environment (`vars`, normally `std::env::vars()`) < `overrides`,
     /// then validates. `file` must exist when given.
