@@ -516,29 +516,30 @@ async fn the_registry_routes_clients_from_checked_records_only() {
         not_after: now + 86_400_000,
         signatures: Signatures::new(),
     };
-    let write = |name: &str, value: &dyn erased::Json| {
-        std::fs::write(records.path().join(name), value.json()).unwrap();
-    };
     // Files are read in name order: the newer DK record first, then an old one replayed.
-    write(
+    write_json(
+        records.path(),
         "a-dk-v2.json",
         &record("DK", "dk.example", &dk_node, 2)
             .sign(&authority)
             .unwrap(),
     );
-    write(
+    write_json(
+        records.path(),
         "b-dk-v1.json",
         &record("DK", "old.example", &dk_node, 1)
             .sign(&authority)
             .unwrap(),
     );
-    write(
+    write_json(
+        records.path(),
         "c-se-forged.json",
         &record("SE", "se.example", &forger, 1)
             .sign(&forger)
             .unwrap(),
     );
-    write(
+    write_json(
+        records.path(),
         "d-dk-node.json",
         &NodeRecord {
             node_id: String::new(),
@@ -647,14 +648,7 @@ async fn the_registry_routes_clients_from_checked_records_only() {
     node.node.shutdown().await;
 }
 
-/// Records as JSON for the test above, whatever their type.
-mod erased {
-    pub trait Json {
-        fn json(&self) -> String;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> String {
-            serde_json::to_string(self).unwrap()
-        }
-    }
+/// Writes `value` as JSON to `dir/name`.
+fn write_json(dir: &std::path::Path, name: &str, value: &impl serde::Serialize) {
+    std::fs::write(dir.join(name), serde_json::to_string(value).unwrap()).unwrap();
 }
