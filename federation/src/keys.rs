@@ -153,6 +153,12 @@ impl SigningKey {
         })
     }
 
+    /// The private 32-byte seed (for deriving the same identity elsewhere, such as the node's
+    /// DHT identity; never log or send it).
+    pub fn secret_seed(&self) -> [u8; 32] {
+        self.seed
+    }
+
     /// The key file line for this key (contains the private seed).
     pub fn to_key_file(&self) -> String {
         format!(

@@ -1,5 +1,5 @@
-//! Unitas territories: codes, the territories that ship as data, and the signed registry
-//! records; the Kademlia DHT, routing and migration follow (issue 6).
+//! Unitas territories: codes, the territories that ship as data, the signed registry records,
+//! and the Kademlia DHT that carries them.
 //!
 //! Map:
 //! - [`TerritoryCode`]: a validated territory code.
@@ -7,8 +7,10 @@
 //! - [`record`]: territory records (signed by the registry authority) and node records (signed
 //!   by the node), their checks and which one wins.
 //! - [`registry`]: what a node knows of the registry (the newest valid records) and routes.
+//! - [`dht`]: the libp2p-kad DHT that carries the records between nodes, checking each.
 
 pub mod catalog;
+pub mod dht;
 pub mod record;
 pub mod registry;
 

@@ -1,6 +1,8 @@
 //! What a node knows of the registry: the valid territory record of each territory (the highest
-//! version) and the newest node record of each node, each checked on the way in. The DHT will
-//! feed it; today records come from files (`[registry] records_dir`).
+//! version) and the newest node record of each node, each checked on the way in. Records come
+//! from files (`[registry] records_dir`) and from the DHT ([`crate::dht`]), which stores a
+//! record under [`territory_key`] or [`node_key`] and hands every record it meets to
+//! [`Registry::admit`].
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,30 @@ use crate::record::{AuthorityKey, NodeRecord, RecordError, TerritoryRecord};
 
 /// Largest clock skew allowed on a node record's `updated_at` (ms).
 pub const NODE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// The DHT key of a territory's record: `/unitas/territory/<code>`.
+pub fn territory_key(code: &str) -> String {
+    format!("/unitas/territory/{code}")
+}
+
+/// The DHT key of a node's record: `/unitas/node/<node_id>`.
+pub fn node_key(node_id: &str) -> String {
+    format!("/unitas/node/{node_id}")
+}
+
+/// What [`Registry::admit`] made of a record it took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admitted {
+    /// A territory record newer than the one known (`node_id` serves it now).
+    NewTerritory {
+        /// The node the record names.
+        node_id: String,
+    },
+    /// A node record newer than the one known.
+    NewNode(NodeRecord),
+    /// The very record already known (a republish): worth storing, nothing learnt.
+    Known,
+}
 
 /// The registry as this node knows it.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +90,76 @@ impl Registry {
         }
         self.nodes.insert(record.node_id.clone(), record);
         Ok(())
+    }
+
+    /// Takes a record as the DHT carries it (JSON under its key): the key must name the record
+    /// (`/unitas/territory/DK` holds DK's record, `/unitas/node/<id>` that node's), the record
+    /// must pass the checks of [`Registry::offer_territory`] / [`Registry::offer_node`], and it
+    /// may be the record already known (republished) but not an older one nor another record
+    /// with the same version.
+    pub fn admit(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        now_ms: u64,
+    ) -> Result<Admitted, RecordError> {
+        let key = std::str::from_utf8(key)
+            .map_err(|_| RecordError::Invalid("record key is not UTF-8".into()))?;
+        let wrong_key = || RecordError::Invalid(format!("record stored under another key ({key})"));
+        if key.starts_with("/unitas/territory/") {
+            let record: TerritoryRecord = serde_json::from_slice(value)
+                .map_err(|e| RecordError::Invalid(format!("territory record: {e}")))?;
+            if key != territory_key(record.code.as_str()) {
+                return Err(wrong_key());
+            }
+            if let Some(known) = self.territories.get(&record.code)
+                && known.version == record.version
+            {
+                return if *known == record {
+                    Ok(Admitted::Known)
+                } else {
+                    Err(RecordError::Invalid(format!(
+                        "another record of {} with version {}",
+                        record.code, record.version
+                    )))
+                };
+            }
+            let node_id = record.node_id.clone();
+            self.offer_territory(record, now_ms)?;
+            Ok(Admitted::NewTerritory { node_id })
+        } else if key.starts_with("/unitas/node/") {
+            let record: NodeRecord = serde_json::from_slice(value)
+                .map_err(|e| RecordError::Invalid(format!("node record: {e}")))?;
+            if key != node_key(&record.node_id) {
+                return Err(wrong_key());
+            }
+            if self.nodes.get(&record.node_id) == Some(&record) {
+                return Ok(Admitted::Known);
+            }
+            self.offer_node(record.clone(), now_ms)?;
+            Ok(Admitted::NewNode(record))
+        } else {
+            Err(RecordError::Invalid(format!("unknown record key {key}")))
+        }
+    }
+
+    /// The known node record of `node_id`.
+    pub fn node(&self, node_id: &str) -> Option<&NodeRecord> {
+        self.nodes.get(node_id)
+    }
+
+    /// Every known node record.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeRecord> {
+        self.nodes.values()
+    }
+
+    /// Territory records naming a node whose record is not known (to look up).
+    pub fn nodes_missing(&self) -> Vec<String> {
+        self.territories
+            .values()
+            .filter(|t| !self.nodes.contains_key(&t.node_id))
+            .map(|t| t.node_id.clone())
+            .collect()
     }
 
     /// Every known territory, by code, with its node when known. Records whose window closed
