@@ -119,7 +119,7 @@ impl Node {
     /// [`Node::start`] on listeners bound by the caller (tests that must know the federation
     /// port before they can name the territory `127.0.0.1:<port>`).
     pub async fn start_on(
-        config: Config,
+        mut config: Config,
         client_listener: TcpListener,
         federation_listener: TcpListener,
     ) -> Result<Node, StartError> {
@@ -134,6 +134,10 @@ impl Node {
             "federation API",
             config.server.federation_listen,
         )?;
+        // The effective config names the bound addresses (port 0 becomes the real port), so
+        // every URL derived from them (well-known, node record) is reachable.
+        config.server.listen = client_addr;
+        config.server.federation_listen = federation_addr;
 
         let store = Store::connect(&config.database_url(), &config.store_options()?).await?;
         store.migrate().await?;
@@ -234,6 +238,39 @@ impl Node {
             &config.registry,
         )?));
         federation.set_router(crate::registry::federation_router(registry.clone()));
+        // The DHT and the node record, when [dht] listen is set.
+        let mut dht_parts = None;
+        if !config.dht.listen.is_empty() {
+            let (node_key, _) = unitas_federation::SigningKey::load_or_generate(
+                &crate::registry::node_key_file(&config),
+            )
+            .map_err(|e| StartError::Registry(format!("node key: {e}")))?;
+            let identity = crate::registry::NodeIdentity {
+                key: Arc::new(node_key),
+                client_url: config.client_base_url(),
+                federation_url: config.registry.federation_url.clone().unwrap_or_else(|| {
+                    let host = if federation_addr.ip().is_unspecified() {
+                        "localhost".to_owned()
+                    } else if federation_addr.is_ipv6() {
+                        format!("[{}]", federation_addr.ip())
+                    } else {
+                        federation_addr.ip().to_string()
+                    };
+                    format!("https://{host}:{}", federation_addr.port())
+                }),
+                region: crate::registry::node_region(&config).map_err(StartError::Registry)?,
+                territories: territories
+                    .all()
+                    .iter()
+                    .map(|t| t.config.code.clone())
+                    .collect(),
+            };
+            if let Some((client, event_loop)) =
+                crate::registry::start_dht(&config, &identity.key, registry.clone())?
+            {
+                dht_parts = Some((client, event_loop, identity));
+            }
+        }
         let state = AppState {
             inbound,
             federation,
@@ -246,6 +283,7 @@ impl Node {
             ephemeral,
             presence,
             registry,
+            dht: dht_parts.as_ref().map(|(client, _, _)| client.clone()),
             rate_limiter,
             tokens: Default::default(),
             transactions: Default::default(),
@@ -276,6 +314,15 @@ impl Node {
             tokio::join!(client, federation);
             let _ = serving_done.send(true);
         });
+        if let Some((client, event_loop, identity)) = dht_parts {
+            tasks.spawn(event_loop.run(shutdown_signalled(shutdown_rx.clone())));
+            tasks.spawn(crate::registry::publish_loop(
+                state.clone(),
+                client,
+                identity,
+                shutdown_signalled(shutdown_rx.clone()),
+            ));
+        }
         if state.presence.enabled() {
             tasks.spawn(crate::presence::sweep_loop(
                 state.clone(),

@@ -1,15 +1,22 @@
-//! The registry on a node: loading the records it starts with, and the client routing
-//! endpoints (`/_unitas/client/v1/territories[/{code}]`, `/_unitas/client/v1/route`) that answer
-//! from them on any node.
+//! The registry on a node: loading the records it starts with, joining the DHT and publishing
+//! the node's own record (its liveness) and the records of the territories it serves, and the
+//! client routing endpoints (`/_unitas/client/v1/territories[/{code}]`,
+//! `/_unitas/client/v1/route`, `/_unitas/client/v1/nodes`) that answer from them on any node.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
-use unitas_territory::record::{AuthorityKey, NodeRecord, TerritoryRecord};
-use unitas_territory::registry::{Registry, Route};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use unitas_federation::SigningKey;
+use unitas_territory::TerritoryCode;
+use unitas_territory::dht::{DhtClient, DhtConfig, EventLoop, Multiaddr};
+use unitas_territory::record::{AuthorityKey, NodeRecord, Signatures, TerritoryRecord};
+use unitas_territory::registry::{Registry, Route, node_key, territory_key};
 
 use crate::api::ApiError;
-use crate::config::RegistryConfig;
+use crate::config::{Config, RegistryConfig};
 use crate::node::StartError;
 use crate::state::AppState;
 
@@ -50,6 +57,200 @@ pub fn load(config: &RegistryConfig) -> Result<Registry, StartError> {
     Ok(registry)
 }
 
+/// Where the node key lives: `<data_dir>/keys/node.signing.key`. It signs the node record and is
+/// the node's DHT identity.
+pub fn node_key_file(config: &Config) -> std::path::PathBuf {
+    config.server.data_dir.join("keys").join("node.signing.key")
+}
+
+/// The node's region: `[registry] region`, else the launch region of its first territory (a
+/// region territory is its own region).
+pub fn node_region(config: &Config) -> Result<TerritoryCode, String> {
+    let region = match &config.registry.region {
+        Some(region) => region.clone(),
+        None => config
+            .resolved_territories()
+            .first()
+            .and_then(|t| {
+                if t.code.is_country() {
+                    unitas_territory::catalog::region_of(t.code.as_str()).map(|r| r.code.to_owned())
+                } else {
+                    Some(t.code.to_string())
+                }
+            })
+            .ok_or("the node's region is not known from its territories: set registry.region")?,
+    };
+    TerritoryCode::parse(&region).map_err(|e| e.to_string())
+}
+
+/// What the node says about itself in its record.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// The node key.
+    pub key: Arc<SigningKey>,
+    /// Client API base URL.
+    pub client_url: String,
+    /// Federation base URL.
+    pub federation_url: String,
+    /// Region.
+    pub region: TerritoryCode,
+    /// Codes of the hosted territories.
+    pub territories: Vec<TerritoryCode>,
+}
+
+impl NodeIdentity {
+    /// The node record as of now, signed.
+    pub fn record(&self, dht_addrs: Vec<String>) -> Result<NodeRecord, String> {
+        NodeRecord {
+            node_id: String::new(),
+            client_url: self.client_url.clone(),
+            federation_url: self.federation_url.clone(),
+            dht_addrs,
+            region: self.region.clone(),
+            territories: self.territories.clone(),
+            updated_at: now(),
+            signatures: Signatures::new(),
+        }
+        .sign(&self.key)
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// Joins the DHT when `[dht] listen` is set: the swarm runs with the node key's identity and
+/// feeds `registry`.
+pub fn start_dht(
+    config: &Config,
+    key: &SigningKey,
+    registry: Arc<RwLock<Registry>>,
+) -> Result<Option<(DhtClient, EventLoop)>, StartError> {
+    if config.dht.listen.is_empty() {
+        return Ok(None);
+    }
+    let parse = |addrs: &[String]| {
+        addrs
+            .iter()
+            .map(|a| a.parse::<Multiaddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StartError::Registry(format!("dht address: {e}")))
+    };
+    let dht_config = DhtConfig {
+        listen: parse(&config.dht.listen)?,
+        bootstrap: parse(&config.dht.bootstrap)?,
+        sweep_interval: Duration::from_secs(config.dht.sweep_interval_secs),
+        ..DhtConfig::default()
+    };
+    unitas_territory::dht::start(key.secret_seed(), dht_config, registry)
+        .map(Some)
+        .map_err(|e| StartError::Registry(e.to_string()))
+}
+
+/// Publishes the node's record (re-signed, so `updated_at` says it is alive) and the records of
+/// the territories it serves, now and every `[dht] publish_interval_secs`, until `stop`.
+pub async fn publish_loop(
+    state: AppState,
+    dht: DhtClient,
+    identity: NodeIdentity,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(Duration::from_secs(
+        state.config.dht.publish_interval_secs.max(1),
+    ));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = publish_once(&state, &dht, &identity).await {
+            tracing::warn!(%error, "publishing registry records failed");
+        }
+    }
+}
+
+/// One round of [`publish_loop`].
+pub async fn publish_once(
+    state: &AppState,
+    dht: &DhtClient,
+    identity: &NodeIdentity,
+) -> Result<(), String> {
+    let addrs: Vec<String> = if state.config.dht.announce.is_empty() {
+        dht.listen_addrs()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .filter(|a| !a.to_string().contains("/0.0.0.0/") && !a.to_string().contains("/::/"))
+            .map(ToString::to_string)
+            .collect()
+    } else {
+        let ours = dht.peer_id();
+        state
+            .config
+            .dht
+            .announce
+            .iter()
+            .filter_map(|a| a.parse::<Multiaddr>().ok())
+            .map(|a| a.with_p2p(ours).unwrap_or_else(|a| a).to_string())
+            .collect()
+    };
+    let record = identity.record(addrs)?;
+    let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+    dht.publish(node_key(&record.node_id), value)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The territory records naming this node for territories it hosts.
+    let served: Vec<TerritoryRecord> = {
+        let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+        registry
+            .routes(now())
+            .iter()
+            .filter(|r| {
+                r.territory.node_id == record.node_id
+                    && state.territories.hosts(&r.territory.server_name)
+            })
+            .map(|r| r.territory.clone())
+            .collect()
+    };
+    for territory in served {
+        let value = serde_json::to_vec(&territory).map_err(|e| e.to_string())?;
+        dht.publish(territory_key(territory.code.as_str()), value)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Asks the DHT for a territory's record (and its node's) when the registry lacks it, so a
+/// route asked of any node is answered even before that node's sweep met the record.
+async fn learn(state: &AppState, code: &str) {
+    let Some(dht) = &state.dht else { return };
+    let code = unitas_territory::catalog::iso_code(code).to_owned();
+    let missing_node = {
+        let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+        match registry.route(&code, now()) {
+            Some(route) if route.node.is_some() => return,
+            Some(route) => Some(route.territory.node_id.clone()),
+            None => None,
+        }
+    };
+    let ask = async {
+        if missing_node.is_none() {
+            let _ = dht.lookup(territory_key(&code)).await;
+        }
+        let node_id = {
+            let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+            registry
+                .route(&code, now())
+                .filter(|r| r.node.is_none())
+                .map(|r| r.territory.node_id.clone())
+        };
+        if let Some(node_id) = node_id {
+            let _ = dht.lookup(node_key(&node_id)).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), ask).await;
+}
+
 /// Offers a record (territory or node, told apart by its fields) to the registry.
 fn offer(registry: &mut Registry, text: &str, now: u64) -> Result<(), String> {
     let value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
@@ -85,6 +286,7 @@ fn describe(state: &AppState, route: &Route<'_>) -> Value {
         "version": t.version,
         "client_url": client_url,
         "hosted_here": hosted,
+        "node_last_seen_ms": route.node.map(|n| n.updated_at),
     })
 }
 
@@ -105,11 +307,14 @@ pub async fn get_territory_route(
     State(state): State<AppState>,
     Path(code): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    learn(&state, &code).await;
     let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
     let route = registry
         .route(&code, now())
         .ok_or_else(|| ApiError::not_found(format!("No territory {code} in the registry")))?;
-    Ok(Json(describe(&state, &route)))
+    let mut answer = describe(&state, &route);
+    answer["record"] = serde_json::to_value(route.territory).unwrap_or_default();
+    Ok(Json(answer))
 }
 
 /// Query of `/route`.
@@ -125,6 +330,9 @@ pub async fn route_route(
     State(state): State<AppState>,
     Query(query): Query<RouteQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    if let (None, Some(code)) = (&query.user_id, &query.territory) {
+        learn(&state, code).await;
+    }
     let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
     let now = now();
     let route = match (&query.user_id, &query.territory) {
@@ -142,6 +350,27 @@ pub async fn route_route(
     }
     .ok_or_else(|| ApiError::not_found("No such territory in the registry"))?;
     Ok(Json(describe(&state, &route)))
+}
+
+/// `GET /_unitas/client/v1/nodes`: every node record this node knows (public: URLs, region,
+/// territories, and `updated_at`, the last time the node republished it, i.e. was seen alive).
+pub async fn list_nodes_route(State(state): State<AppState>) -> Json<Value> {
+    let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+    let nodes: Vec<Value> = registry
+        .nodes()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id,
+                "client_url": n.client_url,
+                "federation_url": n.federation_url,
+                "dht_addrs": n.dht_addrs,
+                "region": n.region,
+                "territories": n.territories,
+                "updated_at": n.updated_at,
+            })
+        })
+        .collect();
+    Json(json!({ "nodes": nodes, "now": now() }))
 }
 
 /// The answer to a user of another territory (login or registration here with another
@@ -171,10 +400,8 @@ pub fn wrong_territory(state: &AppState, user_id: &ruma::UserId) -> ApiError {
 /// Federation's first stop for a server name: a territory in the registry goes to its node's
 /// federation URL (no DNS needed between Unitas nodes); anything else through standard Matrix
 /// discovery.
-pub fn federation_router(
-    registry: std::sync::Arc<std::sync::RwLock<Registry>>,
-) -> unitas_federation::client::Router {
-    std::sync::Arc::new(move |server_name: &str| {
+pub fn federation_router(registry: Arc<RwLock<Registry>>) -> unitas_federation::client::Router {
+    Arc::new(move |server_name: &str| {
         let registry = registry.read().unwrap_or_else(|e| e.into_inner());
         registry
             .route_server(server_name, now())

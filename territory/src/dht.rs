@@ -17,8 +17,10 @@
 //! - when a peer enters the routing table, every stored record whose closest known peers include
 //!   it is put to it at once (the rule of the Kademlia paper), so a node that restarts or joins
 //!   late gets the records from its first peers;
-//! - after the first bootstrap and every sweep interval, the loop looks up the record of every
-//!   ISO 3166-1 country and launch region, and the node record of every territory's node it lacks.
+//! - [`FIRST_SWEEP_DELAY`] after start and then every sweep interval, the loop looks up the
+//!   record of every ISO 3166-1 country and launch region, and the node record of every
+//!   territory's node it lacks (after the handing-over above, so a joining network is not
+//!   flooded with lookups while it forms).
 //!
 //! Identity: the swarm's key is the node's ed25519 key, so the libp2p peer ID and the registry
 //! node ID (the unpadded base64 of the same public key) name the same node; a node record whose
@@ -33,8 +35,10 @@ use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::kad::{self, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify, identity, noise, tcp, yamux};
+use libp2p::{PeerId, StreamProtocol, Swarm, identify, identity, noise, tcp, yamux};
 use tokio::sync::{mpsc, oneshot};
+
+pub use libp2p::Multiaddr;
 
 use crate::record::RecordError;
 use crate::registry::{Admitted, Registry, node_key, territory_key};
@@ -46,6 +50,8 @@ pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/unitas/kad/1.0.0"
 pub const IDENTIFY_PROTOCOL: &str = "/unitas/id/1.0.0";
 /// How often kad re-puts every stored record to the closest peers.
 pub const REPLICATION_INTERVAL: Duration = Duration::from_secs(600);
+/// When the first sweep runs after start.
+pub const FIRST_SWEEP_DELAY: Duration = Duration::from_secs(30);
 /// How long a record lives in a node's store without being put again.
 pub const RECORD_TTL: Duration = Duration::from_secs(48 * 3600);
 
@@ -58,8 +64,8 @@ pub struct DhtConfig {
     /// Peers to join through (`/ip4/10.0.0.5/tcp/4001`, optionally ending in `/p2p/<peer id>`).
     /// Dialled at start and again while the routing table is empty.
     pub bootstrap: Vec<Multiaddr>,
-    /// Look up every country's and region's record this often (and once after the first
-    /// bootstrap).
+    /// Look up every country's and region's record this often (the first time
+    /// [`FIRST_SWEEP_DELAY`] after start, or this interval if shorter).
     pub sweep_interval: Duration,
     /// How long one query may take.
     pub query_timeout: Duration,
@@ -133,7 +139,7 @@ enum Command {
         reply: oneshot::Sender<u64>,
     },
     /// Tests: put a record as a misbehaving peer would, without our own checks.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     PutUnchecked {
         key: String,
         value: Vec<u8>,
@@ -157,7 +163,7 @@ impl std::fmt::Debug for Command {
             Command::WaitPeers { .. } => "WaitPeers",
             Command::Peers { .. } => "Peers",
             Command::Refused { .. } => "Refused",
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testing"))]
             Command::PutUnchecked { .. } => "PutUnchecked",
         })
     }
@@ -194,7 +200,8 @@ impl DhtClient {
         self.ask(|reply| Command::Lookup { key, reply }).await
     }
 
-    /// The addresses we listen on, each ending in `/p2p/<our peer id>`.
+    /// The addresses we listen on, each ending in `/p2p/<our peer id>` (once the first
+    /// listener is up, when there are listeners).
     pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, DhtError> {
         self.ask(|reply| Command::ListenAddrs { reply }).await
     }
@@ -207,6 +214,14 @@ impl DhtClient {
     /// How many peers the routing table holds.
     pub async fn peers(&self) -> Result<usize, DhtError> {
         self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Puts a record to the closest peers as a misbehaving peer would, without our own checks
+    /// (tests of the other nodes' defences; feature `testing`).
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn put_unchecked(&self, key: String, value: Vec<u8>) -> Result<(), DhtError> {
+        self.ask(|reply| Command::PutUnchecked { key, value, reply })
+            .await
     }
 
     /// How many records met in the DHT were refused since start.
@@ -243,7 +258,7 @@ pub struct EventLoop {
     publishes: HashMap<QueryId, oneshot::Sender<Result<(), DhtError>>>,
     waiting: Vec<(usize, oneshot::Sender<()>)>,
     listen_addrs: Vec<Multiaddr>,
-    swept: bool,
+    addr_waiters: Vec<oneshot::Sender<Vec<Multiaddr>>>,
     refused: u64,
 }
 
@@ -322,7 +337,7 @@ pub fn start(
         publishes: HashMap::new(),
         waiting: Vec::new(),
         listen_addrs: Vec::new(),
-        swept: false,
+        addr_waiters: Vec::new(),
         refused: 0,
     };
     event_loop.dial_bootstrap();
@@ -333,9 +348,9 @@ impl EventLoop {
     /// Runs until `stop` resolves or every [`DhtClient`] is gone.
     pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
         let mut stop = std::pin::pin!(stop);
-        let mut sweep = tokio::time::interval(self.config.sweep_interval);
+        let first = tokio::time::Instant::now() + FIRST_SWEEP_DELAY.min(self.config.sweep_interval);
+        let mut sweep = tokio::time::interval_at(first, self.config.sweep_interval);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        sweep.tick().await;
         let mut redial = tokio::time::interval(Duration::from_secs(5));
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -511,13 +526,11 @@ impl EventLoop {
             }
             Command::Lookup { key, reply } => self.start_lookup(key, Some(reply)),
             Command::ListenAddrs { reply } => {
-                let ours = *self.swarm.local_peer_id();
-                let addrs = self
-                    .listen_addrs
-                    .iter()
-                    .map(|a| a.clone().with(Protocol::P2p(ours)))
-                    .collect();
-                let _ = reply.send(addrs);
+                if self.listen_addrs.is_empty() && !self.config.listen.is_empty() {
+                    self.addr_waiters.push(reply);
+                } else {
+                    let _ = reply.send(self.own_addrs());
+                }
             }
             Command::WaitPeers { count, reply } => {
                 if self.routing_table_size() >= count {
@@ -532,7 +545,7 @@ impl EventLoop {
             Command::Refused { reply } => {
                 let _ = reply.send(self.refused);
             }
-            #[cfg(test)]
+            #[cfg(any(test, feature = "testing"))]
             Command::PutUnchecked { key, value, reply } => {
                 let record = Record::new(RecordKey::new(&key), value);
                 let _ = self
@@ -550,6 +563,9 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "DHT listening");
                 self.listen_addrs.push(address);
+                for waiter in std::mem::take(&mut self.addr_waiters) {
+                    let _ = waiter.send(self.own_addrs());
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
@@ -623,14 +639,18 @@ impl EventLoop {
                         let _ = reply.send(Ok(()));
                     }
                 }
-                QueryResult::Bootstrap(Ok(ok)) if ok.num_remaining == 0 && !self.swept => {
-                    self.swept = true;
-                    self.sweep();
-                }
                 _ => {}
             },
             _ => {}
         }
+    }
+
+    fn own_addrs(&self) -> Vec<Multiaddr> {
+        let ours = *self.swarm.local_peer_id();
+        self.listen_addrs
+            .iter()
+            .map(|a| a.clone().with(Protocol::P2p(ours)))
+            .collect()
     }
 
     fn finish_lookup(&mut self, id: QueryId) {
@@ -727,13 +747,7 @@ mod tests {
         tokio::spawn(event_loop.run(async move {
             let _ = stopped.await;
         }));
-        let addr = loop {
-            // The listener reports its port once the swarm has been polled.
-            if let Some(addr) = client.listen_addrs().await.unwrap().pop() {
-                break addr;
-            }
-            tokio::task::yield_now().await;
-        };
+        let addr = client.listen_addrs().await.unwrap().pop().unwrap();
         if bootstrap.is_some() {
             client.wait_for_peers(1).await.unwrap();
         }
@@ -825,18 +839,11 @@ mod tests {
             territory(&b.key, 1, &authority),
             territory(&rogue.key, 9, &forger),
         ] {
-            let (reply, done) = oneshot::channel();
             rogue
                 .client
-                .commands
-                .send(Command::PutUnchecked {
-                    key: territory_key("DK"),
-                    value,
-                    reply,
-                })
+                .put_unchecked(territory_key("DK"), value)
                 .await
                 .unwrap();
-            done.await.unwrap();
         }
         for (p, before) in all.iter().zip(refused_before) {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -61,6 +61,10 @@ pub fn client_router(state: AppState) -> Router {
         .route(
             "/_unitas/client/v1/route",
             get(crate::registry::route_route),
+        )
+        .route(
+            "/_unitas/client/v1/nodes",
+            get(crate::registry::list_nodes_route),
         );
     routes =
         route::<c::session::get_login_types::v3::Request, _, _>(routes, a::get_login_types_route);

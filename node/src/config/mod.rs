@@ -52,6 +52,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// The territory registry: which node serves which territory.
     pub registry: RegistryConfig,
+    /// The registry's DHT (Kademlia over libp2p) among the network's nodes.
+    pub dht: DhtConfig,
     /// Logging.
     pub log: LogConfig,
     /// The territories this node hosts, one `[[territory]]` table each. Each has its own server
@@ -292,8 +294,56 @@ pub struct RegistryConfig {
     pub authorities: Vec<String>,
     /// A directory of signed records (`*.json`: territory records from `unitas registry sign`,
     /// and node records) read at start; each is checked, and the ones that fail are logged and
-    /// left out. (The DHT will carry them; this seeds a node until then.)
+    /// left out. They seed the registry; the DHT (`[dht]`) carries records between nodes.
     pub records_dir: Option<PathBuf>,
+    /// The federation base URL this node publishes in its node record (what other Unitas nodes
+    /// call for the territories it serves). Unset: `https://<federation_listen>` (with
+    /// `localhost` for an unspecified address).
+    pub federation_url: Option<String>,
+    /// The node's region code in its node record (`eu`). Unset: the launch region of its first
+    /// territory.
+    pub region: Option<String>,
+}
+
+/// `[dht]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct DhtConfig {
+    /// libp2p addresses the DHT listens on (`/ip4/0.0.0.0/tcp/4001`). Empty: no DHT (a
+    /// standalone node; the registry then comes from `registry.records_dir` only). The node's
+    /// DHT identity is its node key (`<data_dir>/keys/node.signing.key`).
+    #[serde(deserialize_with = "list_or_csv")]
+    #[schemars(with = "Vec<String>")]
+    pub listen: Vec<String>,
+    /// Peers to join the network through (`/ip4/192.0.2.7/tcp/4001`, optionally ending in
+    /// `/p2p/<peer id>`); dialled at start and again while no peer is known.
+    #[serde(deserialize_with = "list_or_csv")]
+    #[schemars(with = "Vec<String>")]
+    pub bootstrap: Vec<String>,
+    /// Addresses put in the node record for other nodes to dial (`/dns4/eu.example/tcp/4001`).
+    /// Empty: the listen addresses (unspecified ones left out).
+    #[serde(deserialize_with = "list_or_csv")]
+    #[schemars(with = "Vec<String>")]
+    pub announce: Vec<String>,
+    /// Seconds between the node's publications of its node record (which is its liveness: a
+    /// node seen long ago is likely down) and of the territory records of the territories it
+    /// serves.
+    pub publish_interval_secs: u64,
+    /// Seconds between lookups of every country's and region's record (also done once after
+    /// joining).
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for DhtConfig {
+    fn default() -> Self {
+        DhtConfig {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            announce: Vec::new(),
+            publish_interval_secs: 300,
+            sweep_interval_secs: 600,
+        }
+    }
 }
 
 /// `[presence]`
@@ -595,6 +645,28 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        if let Some(url) = &self.registry.federation_url {
+            check_http_url("registry.federation_url", url)?;
+        }
+        if let Some(region) = &self.registry.region {
+            TerritoryCode::parse(region).map_err(|e| invalid("registry.region", e.to_string()))?;
+        }
+        for (field, addrs) in [
+            ("dht.listen", &self.dht.listen),
+            ("dht.bootstrap", &self.dht.bootstrap),
+            ("dht.announce", &self.dht.announce),
+        ] {
+            for addr in addrs {
+                addr.parse::<unitas_territory::dht::Multiaddr>()
+                    .map_err(|e| invalid(field, format!("{addr:?}: {e}")))?;
+            }
+        }
+        if self.dht.publish_interval_secs < 10 || self.dht.sweep_interval_secs < 10 {
+            return Err(invalid(
+                "dht.publish_interval_secs",
+                "dht intervals must be at least 10 seconds",
+            ));
+        }
 
         let mut codes = std::collections::HashSet::new();
         let mut names = std::collections::HashSet::new();

@@ -521,17 +521,17 @@ fn the_registry_authority_signs_records_that_nodes_check() {
         format!("[registry]\nauthorities = [\"{authority}\"]\nrecords_dir = \"records\"\n"),
     )
     .unwrap();
-    let status = stdout_of(&run_to_end(path, &["registry", "status"]));
+    let status = stdout_of(&run_to_end(path, &["registry", "status", "--offline"]));
     assert!(status.starts_with("GB "), "{status}");
     assert!(
         status.contains("gb.unitas.example") && !status.contains("evil"),
         "{status}"
     );
-    let shown = stdout_of(&run_to_end(path, &["registry", "show", "UK"]));
+    let shown = stdout_of(&run_to_end(path, &["registry", "show", "UK", "--offline"]));
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["server_name"], "gb.unitas.example");
     assert_eq!(shown["version"], 3);
-    let missing = run_to_end(path, &["registry", "show", "DK"]);
+    let missing = run_to_end(path, &["registry", "show", "DK", "--offline"]);
     assert!(!missing.status.success());
 
     // The node's own record, signed with its node key; GB's next version points at it, and the
@@ -571,7 +571,7 @@ fn the_registry_authority_signs_records_that_nodes_check() {
         ],
     ));
     std::fs::write(path.join("records/gb-v4.json"), next).unwrap();
-    let status = stdout_of(&run_to_end(path, &["registry", "status"]));
+    let status = stdout_of(&run_to_end(path, &["registry", "status", "--offline"]));
     assert!(status.contains("v4"), "{status}");
     assert!(
         status.contains("client https://gb-node.example"),

@@ -1,4 +1,5 @@
-//! The node's integration tests: in-process nodes on port 0 (`http`), and the `unitas` binary as
+//! The node's integration tests: in-process nodes on port 0 (`http`, `federation`, the four-region
+//! network in `territories`), and the `unitas` binary as
 //! an operator runs it (`cli`).
 
 // Test helpers panic on setup failures: that is how a test reports them.
@@ -8,3 +9,4 @@ mod cli;
 mod federation;
 mod http;
 mod support;
+mod territories;

@@ -1,0 +1,463 @@
+//! The four-region network: four nodes on 127.0.0.1 (eu, am, ap, af, each with its launch
+//! territories) join one DHT, learn the authority's records published with `unitas registry
+//! publish`, route users home, replicate a global room, and refuse forged records.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use unitas::{Config, Node};
+use unitas_federation::SigningKey;
+use unitas_territory::TerritoryCode;
+use unitas_territory::catalog::LAUNCH_REGIONS;
+use unitas_territory::record::{AuthorityKey, Signatures, TerritoryRecord};
+use unitas_territory::registry::territory_key;
+
+use crate::support::{http, test_config};
+
+/// One region's node.
+struct RegionNode {
+    region: &'static str,
+    node: Node,
+    node_key: SigningKey,
+    _dir: tempfile::TempDir,
+}
+
+fn server_name(code: &str) -> String {
+    format!("{}.unitas.test", code.to_ascii_lowercase())
+}
+
+impl RegionNode {
+    async fn start(region: &'static str, authority: &AuthorityKey, bootstrap: &[String]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config: Config = test_config(dir.path(), None);
+        config.registration.enabled = true;
+        config.rate_limits.enabled = false;
+        config.federation.verify_tls = false;
+        config.federation.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+        config.registry.authorities = vec![authority.to_string()];
+        config.dht.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        config.dht.bootstrap = bootstrap.to_vec();
+        let countries = LAUNCH_REGIONS
+            .iter()
+            .find(|r| r.code == region)
+            .unwrap()
+            .countries;
+        config.territories = countries
+            .iter()
+            .map(|code| {
+                toml::from_str(&format!(
+                    "code = \"{code}\"\nserver_name = \"{}\"",
+                    server_name(code)
+                ))
+                .unwrap()
+            })
+            .collect();
+        // The node key exists before the start, so the authority can name the node.
+        let node_key = SigningKey::generate().unwrap();
+        node_key
+            .write_new(&unitas::registry::node_key_file(&config))
+            .unwrap();
+        let node = Node::start(config).await.unwrap();
+        RegionNode {
+            region,
+            node,
+            node_key,
+            _dir: dir,
+        }
+    }
+
+    fn countries(&self) -> &'static [&'static str] {
+        LAUNCH_REGIONS
+            .iter()
+            .find(|r| r.code == self.region)
+            .unwrap()
+            .countries
+    }
+
+    fn dht(&self) -> &unitas_territory::dht::DhtClient {
+        self.node.state.dht.as_ref().unwrap()
+    }
+
+    fn client_url(&self) -> String {
+        format!("http://{}", self.node.client_addr)
+    }
+
+    /// A client API request for territory `host` (the Host header picks the territory).
+    async fn call(
+        &self,
+        host: &str,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = http()
+            .request(method, format!("{}{path}", self.client_url()))
+            .header("Host", host);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Registers `name` in territory `code`: (user ID, token).
+    async fn register(&self, code: &str, name: &str) -> (String, String) {
+        let (status, reply) = self
+            .call(
+                &server_name(code),
+                None,
+                reqwest::Method::POST,
+                "/_matrix/client/v3/register",
+                Some(json!({"username": name, "password": "correct horse",
+                    "auth": {"type": "m.login.dummy"}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{reply}");
+        (
+            reply["user_id"].as_str().unwrap().to_owned(),
+            reply["access_token"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+fn territory_record(
+    code: &str,
+    node_key: &SigningKey,
+    version: u64,
+    signer: &SigningKey,
+) -> TerritoryRecord {
+    let now = u64::try_from(unitas::node::now_ms()).unwrap();
+    let region = unitas_territory::catalog::region_of(code).unwrap().code;
+    TerritoryRecord {
+        code: TerritoryCode::parse(code).unwrap(),
+        name: unitas_territory::catalog::name_of(code).unwrap().into(),
+        server_name: server_name(code),
+        node_id: node_key.public_key_base64(),
+        region: TerritoryCode::parse(region).unwrap(),
+        version,
+        not_before: now - 60_000,
+        not_after: now + 86_400_000,
+        signatures: Signatures::new(),
+    }
+    .sign(signer)
+    .unwrap()
+}
+
+/// Waits until `check` passes, within a bound: the DHT spreads records on its own schedule.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The (code, version, node client URL) of every territory a node routes.
+async fn routes(node: &RegionNode) -> Vec<(String, u64, Option<String>)> {
+    let (status, list) = node
+        .call(
+            "localhost",
+            None,
+            reqwest::Method::GET,
+            "/_unitas/client/v1/territories",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    list["territories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["code"].as_str().unwrap().to_owned(),
+                t["version"].as_u64().unwrap(),
+                t["client_url"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+/// Runs `unitas <args>` as a node admin would; its standard output.
+async fn admin(args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = tokio::task::spawn_blocking({
+        let args = args.clone();
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_unitas"))
+                .args(&args)
+                .env_remove("UNITAS_CONFIG")
+                .current_dir(std::env::temp_dir())
+                .output()
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "unitas {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The bodies of the last 100 messages of `room` as a user sees them.
+async fn bodies(node: &RegionNode, host: &str, token: &str, room: &str) -> Vec<String> {
+    let (status, page) = node
+        .call(
+            host,
+            Some(token),
+            reqwest::Method::GET,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=100",
+                unitas_federation::inbound::percent(room)
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let mut bodies: Vec<String> = page["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .map(|e| e["content"]["body"].as_str().unwrap().to_owned())
+        .collect();
+    bodies.reverse();
+    bodies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_records() {
+    let authority = SigningKey::generate().unwrap();
+    let authority_key = AuthorityKey::of(&authority);
+    let eu = RegionNode::start("eu", &authority_key, &[]).await;
+    let eu_addr = eu.dht().listen_addrs().await.unwrap()[0].to_string();
+    let bootstrap = [eu_addr.clone()];
+    let am = RegionNode::start("am", &authority_key, &bootstrap).await;
+    let ap = RegionNode::start("ap", &authority_key, &bootstrap).await;
+    let af = RegionNode::start("af", &authority_key, &bootstrap).await;
+    let nodes = [&eu, &am, &ap, &af];
+
+    // The authority signs a record per launch territory; an operator publishes them with the
+    // CLI through the eu node.
+    let records = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    for node in nodes {
+        for code in node.countries() {
+            let record = territory_record(code, &node.node_key, 1, &authority);
+            let file = records.path().join(format!("{code}.json"));
+            std::fs::write(&file, serde_json::to_string(&record).unwrap()).unwrap();
+            files.push(file);
+        }
+    }
+    let config_file = records.path().join("publisher.toml");
+    std::fs::write(
+        &config_file,
+        format!("[registry]\nauthorities = [\"{authority_key}\"]\n"),
+    )
+    .unwrap();
+    let published = tokio::task::spawn_blocking({
+        let peer = eu_addr.clone();
+        move || {
+            unitas::registry_cli::run(unitas::registry_cli::RegistryCommand::Publish {
+                files,
+                peers: vec![peer],
+                config: Some(config_file),
+            })
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(published, Ok(()));
+
+    // Every node learns all 19 territories and every node's record (its client URL).
+    for node in nodes {
+        eventually("every node routes all launch territories", || async {
+            let routes = routes(node).await;
+            routes.len() == 19 && routes.iter().all(|(_, v, url)| *v == 1 && url.is_some())
+        })
+        .await;
+    }
+    let (_, dk) = am
+        .call(
+            "localhost",
+            None,
+            reqwest::Method::GET,
+            "/_unitas/client/v1/territories/DK",
+            None,
+        )
+        .await;
+    assert_eq!(dk["client_url"], eu.client_url(), "{dk}");
+    assert_eq!(dk["record"]["version"], 1);
+
+    // The node admin's view of a running node: every node with its last-seen time, every
+    // territory with its version; one record as JSON.
+    let status = admin(&["registry", "status", "--url", &am.client_url()]).await;
+    assert!(status.contains("nodes (4)"), "{status}");
+    assert!(status.contains("territories (19)"), "{status}");
+    for node in nodes {
+        let line = status
+            .lines()
+            .find(|l| l.contains(&node.node_key.public_key_base64()) && l.contains("last seen"))
+            .unwrap_or_else(|| panic!("{} missing: {status}", node.region));
+        assert!(line.contains(&node.client_url()), "{line}");
+    }
+    let shown = admin(&["registry", "show", "DK", "--url", &am.client_url()]).await;
+    let shown: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["node_id"], eu.node_key.public_key_base64());
+    assert!(
+        shown["signatures"]["unitas-registry"].is_object(),
+        "{shown}"
+    );
+
+    // A DK user registering on the am node is sent to the eu node.
+    let (status, refused) = am
+        .call(
+            "localhost",
+            None,
+            reqwest::Method::POST,
+            "/_matrix/client/v3/register",
+            Some(json!({"username": "@bob:dk.unitas.test", "password": "correct horse"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["errcode"], "ORG.UNITAS.WRONG_TERRITORY");
+    assert_eq!(refused["home_client_url"], eu.client_url());
+    assert_eq!(refused["territory"], "DK");
+
+    // A global room: made in DK, joined from NO (same node), US, AU and ZA; everyone writes.
+    let (_, dk_token) = eu.register("DK", "alice").await;
+    let (status, created) = eu
+        .call(
+            "dk.unitas.test",
+            Some(&dk_token),
+            reqwest::Method::POST,
+            "/_matrix/client/v3/createRoom",
+            Some(json!({"preset": "public_chat", "name": "Global"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let mut members = vec![(&eu, "DK", dk_token)];
+    for (node, code) in [(&eu, "NO"), (&am, "US"), (&ap, "AU"), (&af, "ZA")] {
+        let (_, token) = node.register(code, "member").await;
+        let (status, joined) = node
+            .call(
+                &server_name(code),
+                Some(&token),
+                reqwest::Method::POST,
+                &format!(
+                    "/_matrix/client/v3/join/{}?server_name=dk.unitas.test",
+                    unitas_federation::inbound::percent(&room)
+                ),
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(status, 200, "{code}: {joined}");
+        members.push((node, code, token));
+    }
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for (node, code, token) in &members {
+            let body = format!("{code} says {round}");
+            let (status, reply) = node
+                .call(
+                    &server_name(code),
+                    Some(token),
+                    reqwest::Method::PUT,
+                    &format!(
+                        "/_matrix/client/v3/rooms/{}/send/m.room.message/{code}{round}",
+                        unitas_federation::inbound::percent(&room)
+                    ),
+                    Some(json!({"msgtype": "m.text", "body": body})),
+                )
+                .await;
+            assert_eq!(status, 200, "{reply}");
+            node.node.state.sender.flush_once().await.unwrap();
+            sent.push(body);
+        }
+    }
+    for (node, code, token) in &members {
+        let seen = bodies(node, &server_name(code), token, &room).await;
+        assert_eq!(seen, sent, "{code} on {}", node.region);
+    }
+
+    // A rogue DHT peer puts a forged DK record (a key no node trusts) and a replayed older
+    // version of NO's record: every node refuses both and keeps routing DK and NO as before.
+    let forger = SigningKey::generate().unwrap();
+    let mut before = Vec::new();
+    for node in nodes {
+        before.push(node.dht().refused().await.unwrap());
+    }
+    let newer_no = territory_record("NO", &eu.node_key, 2, &authority);
+    eu.dht()
+        .publish(territory_key("NO"), serde_json::to_vec(&newer_no).unwrap())
+        .await
+        .unwrap();
+    for node in nodes {
+        eventually("every node takes NO version 2", || async {
+            routes(node)
+                .await
+                .iter()
+                .any(|(code, v, _)| code == "NO" && *v == 2)
+        })
+        .await;
+    }
+    let rogue_registry = std::sync::Arc::new(std::sync::RwLock::new(
+        unitas_territory::registry::Registry::new(vec![authority_key.clone()]),
+    ));
+    let (rogue, rogue_loop) = unitas_territory::dht::start(
+        SigningKey::generate().unwrap().secret_seed(),
+        unitas_territory::dht::DhtConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            bootstrap: vec![eu_addr.parse().unwrap()],
+            ..Default::default()
+        },
+        rogue_registry,
+    )
+    .unwrap();
+    let (stop_rogue, rogue_stopped) = tokio::sync::oneshot::channel::<()>();
+    let rogue_task = tokio::spawn(rogue_loop.run(async move {
+        let _ = rogue_stopped.await;
+    }));
+    rogue.wait_for_peers(4).await.unwrap();
+    let forged = territory_record("DK", &SigningKey::generate().unwrap(), 9, &forger);
+    let replayed = territory_record("NO", &eu.node_key, 1, &authority);
+    for (key, record) in [("DK", &forged), ("NO", &replayed)] {
+        rogue
+            .put_unchecked(territory_key(key), serde_json::to_vec(record).unwrap())
+            .await
+            .unwrap();
+    }
+    for (node, before) in nodes.iter().zip(before) {
+        eventually(
+            "every node refuses the forged and the replayed record",
+            || async { node.dht().refused().await.unwrap() >= before + 2 },
+        )
+        .await;
+        let routes = routes(node).await;
+        assert!(
+            routes.contains(&("DK".into(), 1, Some(eu.client_url()))),
+            "{} {routes:?}",
+            node.region
+        );
+        assert!(routes.contains(&("NO".into(), 2, Some(eu.client_url()))));
+    }
+    let _ = stop_rogue.send(());
+    rogue_task.await.unwrap();
+
+    for node in [eu, am, ap, af] {
+        node.node.shutdown().await;
+    }
+}
