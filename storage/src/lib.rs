@@ -33,6 +33,7 @@ pub use repos::{
     ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,
     RemoteMediaRow,
 };
+pub use repos::{Column, ExportedEvent, Owner, SERVER_KEYS, TABLES, TableSpec, TerritoryTransfer};
 pub use repos::{
     EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RemoteInvite,
     RemoteInvites, RoomEvents, RoomRow, TransactionRow,

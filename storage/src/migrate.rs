@@ -76,6 +76,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "outbound_edus",
         include_str!("../migrations/sqlite/0013_outbound_edus.sql"),
     ),
+    (
+        14,
+        "territory_moves",
+        include_str!("../migrations/sqlite/0014_territory_moves.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -143,6 +148,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         13,
         "outbound_edus",
         include_str!("../migrations/postgres/0013_outbound_edus.sql"),
+    ),
+    (
+        14,
+        "territory_moves",
+        include_str!("../migrations/postgres/0014_territory_moves.sql"),
     ),
 ];
 

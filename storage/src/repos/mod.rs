@@ -12,6 +12,7 @@ mod keys;
 mod outbound;
 mod rooms;
 mod territories;
+mod transfer;
 
 pub use accounts::{Account, Accounts, NewAccount};
 pub use client::{ClientData, ProfileField, ProfileRow};
@@ -24,3 +25,6 @@ pub use rooms::{
     EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,
 };
 pub use territories::{Territories, TerritoryRow};
+pub use transfer::{
+    Column, ExportedEvent, Owner, SERVER_KEYS, TABLES, TableSpec, TerritoryTransfer,
+};

@@ -13,6 +13,7 @@ mod rooms;
 mod sqlite_wal;
 mod store;
 mod territories;
+mod transfer;
 
 use unitas_storage::{Store, Territories};
 
@@ -47,4 +48,5 @@ unitas_storage::both_backends!(
     keys::current_key_retires_the_previous_one,
     keys::key_id_cannot_change_material,
     keys::remote_keys_keep_the_longest_validity,
+    transfer::a_territorys_rows_move_to_another_store,
 );
