@@ -58,6 +58,44 @@ enum TerritoryCommand {
         #[arg(long, value_name = "FILE", default_value = "unitas.toml")]
         config: PathBuf,
     },
+    /// Export a territory to move it to another node: turns it read-only here (a running node
+    /// refuses its users' writes from then on), then writes its users, devices, keys, rooms
+    /// with their history, media and signing key to a directory, with counts and hashes in
+    /// `manifest.json`. Keep the directory secret: it holds the signing key.
+    Export {
+        /// Territory code.
+        code: String,
+        /// Directory to write (must not exist or be empty).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The registry record version in force (default: asked of the running node, else
+        /// the config's records_dir).
+        #[arg(long = "record-version", value_name = "N")]
+        record_version: Option<u64>,
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Import an exported territory on this (new) node, before it starts serving it: checks
+    /// the export against its manifest, adds the territory to the config with its exported
+    /// key, writes the rows, checks and stores every room's events, copies the media, and
+    /// validates the result (counts and hashes). Repeating it adds nothing.
+    Import {
+        /// The export directory.
+        dir: PathBuf,
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Compare what this node's database holds of a territory with an export's manifest
+    /// (counts and hashes of every table, room and media file).
+    Validate {
+        /// The export directory.
+        dir: PathBuf,
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -208,7 +246,19 @@ pub fn main() -> ExitCode {
             server_name,
             name,
             config,
-        }) => territory_add(&code, &server_name, name.as_deref(), &config),
+        }) => add_territory_to_config(&code, &server_name, name.as_deref(), &config, false),
+        Command::Territory(TerritoryCommand::Export {
+            code,
+            out,
+            record_version,
+            config,
+        }) => crate::migration::export(&code, &out, record_version, config.as_deref()),
+        Command::Territory(TerritoryCommand::Import { dir, config }) => {
+            crate::migration::import(&dir, config.as_deref())
+        }
+        Command::Territory(TerritoryCommand::Validate { dir, config }) => {
+            crate::migration::validate(&dir, config.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -312,11 +362,14 @@ fn wait_for_signal() -> impl std::future::Future<Output = ()> {
 
 /// `unitas territory add`: appends a `[[territory]]` table to the config (checked by loading
 /// the result before it replaces the file) and makes the territory's signing key.
-fn territory_add(
+/// `unitas territory add`: appends a `[[territory]]` to the config file (checked as the node
+/// will read it) and makes its signing key unless the key file exists (an imported key).
+pub fn add_territory_to_config(
     code: &str,
     server_name: &str,
     name: Option<&str>,
     file: &Path,
+    replace_default: bool,
 ) -> Result<(), String> {
     let code = unitas_territory::TerritoryCode::parse(unitas_territory::catalog::iso_code(code))
         .map_err(|e| e.to_string())?;
@@ -326,7 +379,7 @@ fn territory_add(
     let loaded = Config::load(Some(file), std::env::vars(), &Overrides::default())
         .map_err(|e| describe(&e))?;
     let config = loaded.config;
-    if config.territories.is_empty() {
+    if config.territories.is_empty() && !replace_default {
         return Err(format!(
             "{} lists no [[territory]]: the node serves its default territory ({}) implicitly, \
              and adding one would replace it; list it first (unitas init writes it)",
@@ -350,6 +403,15 @@ fn territory_add(
         .join("keys")
         .join(format!("{code}.signing.key"));
     let mut text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // An empty list written out in full (`territory = []`, as a serialized config has it)
+    // would clash with the table array appended below.
+    if text.lines().any(|l| l.trim() == "territory = []") {
+        text = text
+            .lines()
+            .filter(|l| l.trim() != "territory = []")
+            .map(|l| format!("{l}\n"))
+            .collect();
+    }
     if !text.ends_with('\n') {
         text.push('\n');
     }

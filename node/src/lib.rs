@@ -21,6 +21,8 @@ pub mod config;
 pub mod e2ee;
 pub mod ephemeral;
 pub mod media;
+pub mod migration;
+pub mod moves;
 pub mod node;
 pub mod presence;
 pub mod ratelimit;

@@ -68,6 +68,11 @@ fn sharded(dir: PathBuf, media_id: &str) -> PathBuf {
     dir.join(prefix).join(media_id)
 }
 
+/// Where an upload of ours lives under a data directory.
+pub fn sharded_path(data_dir: &std::path::Path, media_id: &str) -> PathBuf {
+    sharded(data_dir.join("media"), media_id)
+}
+
 /// Where an upload of ours lives.
 pub fn local_path(state: &AppState, media_id: &str) -> PathBuf {
     sharded(state.config.server.data_dir.join("media"), media_id)

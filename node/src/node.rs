@@ -284,6 +284,7 @@ impl Node {
             presence,
             registry,
             dht: dht_parts.as_ref().map(|(client, _, _)| client.clone()),
+            moves: Default::default(),
             rate_limiter,
             tokens: Default::default(),
             transactions: Default::default(),
@@ -314,6 +315,28 @@ impl Node {
             tokio::join!(client, federation);
             let _ = serving_done.send(true);
         });
+        // This node's ID, to tell a rollback (a record naming us again) from a move.
+        let node_id = match &dht_parts {
+            Some((_, _, identity)) => Some(identity.key.public_key_base64()),
+            None => std::fs::read_to_string(crate::registry::node_key_file(&state.config))
+                .ok()
+                .and_then(|text| {
+                    unitas_federation::SigningKey::from_key_file(
+                        &text,
+                        &crate::registry::node_key_file(&state.config),
+                    )
+                    .ok()
+                })
+                .map(|key| key.public_key_base64()),
+        };
+        if let Err(error) = crate::moves::refresh(&state, node_id.as_deref()).await {
+            tracing::warn!(%error, "checking territory moves failed");
+        }
+        tasks.spawn(crate::moves::watch_loop(
+            state.clone(),
+            node_id,
+            shutdown_signalled(shutdown_rx.clone()),
+        ));
         if let Some((client, event_loop, identity)) = dht_parts {
             tasks.spawn(event_loop.run(shutdown_signalled(shutdown_rx.clone())));
             tasks.spawn(crate::registry::publish_loop(

@@ -268,7 +268,13 @@ fn offer(registry: &mut Registry, text: &str, now: u64) -> Result<(), String> {
 /// A route as clients see it.
 fn describe(state: &AppState, route: &Route<'_>) -> Value {
     let t = route.territory;
-    let hosted = state.territories.hosts(&t.server_name);
+    // A territory that moved away is served by its new node, whatever the config says.
+    let hosted = state.territories.hosts(&t.server_name)
+        && !state
+            .moves
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .has_moved(&t.server_name);
     let client_url = match (hosted, route.node) {
         (true, _) => state
             .territories
@@ -287,6 +293,16 @@ fn describe(state: &AppState, route: &Route<'_>) -> Value {
         "client_url": client_url,
         "hosted_here": hosted,
         "node_last_seen_ms": route.node.map(|n| n.updated_at),
+        "state": state.territories.hosts(&t.server_name).then(|| {
+            let moves = state.moves.read().unwrap_or_else(|e| e.into_inner());
+            if moves.has_moved(&t.server_name) {
+                "moved"
+            } else if moves.is_read_only(&t.server_name) {
+                "read_only"
+            } else {
+                "serving"
+            }
+        }),
     })
 }
 
@@ -395,6 +411,25 @@ pub fn wrong_territory(state: &AppState, user_id: &ruma::UserId) -> ApiError {
     .with_extra("territory", home["code"].clone())
     .with_extra("home_server_name", home["server_name"].clone())
     .with_extra("home_client_url", home["client_url"].clone())
+}
+
+/// The answer to a user of a territory that moved from this node to another one: `403
+/// ORG.UNITAS.WRONG_TERRITORY` with the new node's client URL from the registry.
+pub fn moved_territory(state: &AppState, server_name: &str) -> ApiError {
+    let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+    let Some(route) = registry.route_server(server_name, now()) else {
+        return ApiError::forbidden(format!("{server_name} moved to another node"));
+    };
+    let code = route.territory.code.to_string();
+    let client_url = route.node.map(|n| n.client_url.clone());
+    ApiError::new(
+        http::StatusCode::FORBIDDEN,
+        unitas_spec::errcodes::WRONG_TERRITORY,
+        format!("territory {code} moved to another node: use it"),
+    )
+    .with_extra("territory", code.into())
+    .with_extra("home_server_name", server_name.into())
+    .with_extra("home_client_url", client_url.into())
 }
 
 /// Federation's first stop for a server name: a territory in the registry goes to its node's

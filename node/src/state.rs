@@ -132,6 +132,8 @@ pub struct AppState {
     pub presence: Arc<crate::presence::Presence>,
     /// The territory registry as this node knows it.
     pub registry: Arc<std::sync::RwLock<unitas_territory::registry::Registry>>,
+    /// Hosted territories that are read-only (being exported) or moved to another node.
+    pub moves: Arc<std::sync::RwLock<crate::moves::Moves>>,
     /// The registry's DHT, when `[dht] listen` is set.
     pub dht: Option<unitas_territory::dht::DhtClient>,
     /// Transaction IDs of the devices that sent since start.

@@ -31,6 +31,10 @@ pub mod errcodes {
     ///  "home_server_name": "dk.unitas.example", "home_client_url": "https://eu.unitas.example"}
     /// ```
     pub const WRONG_TERRITORY: &str = "ORG.UNITAS.WRONG_TERRITORY";
+    /// The user's territory is being moved to another node (`unitas territory export` ran):
+    /// reads are served, writes are refused until the move completes (the user is then sent
+    /// to the new node with [`WRONG_TERRITORY`]) or is rolled back. HTTP 403.
+    pub const TERRITORY_READ_ONLY: &str = "ORG.UNITAS.TERRITORY_READ_ONLY";
 }
 
 /// The software name reported to peers (`/_matrix/federation/v1/version`) and clients.

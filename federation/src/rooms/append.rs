@@ -217,7 +217,8 @@ struct Inner {
     writer: mpsc::Sender<WriteRequest>,
     position: Arc<watch::Sender<i64>>,
     outbound: Arc<dyn OutboundSink>,
-    local_servers: HashSet<String>,
+    /// Hosted territories' server names; a territory that moved to another node is released.
+    local_servers: std::sync::RwLock<HashSet<String>>,
     /// Per local user: bumped when a committed event concerns them (their syncs wait on it).
     user_watches: Mutex<HashMap<OwnedUserId, watch::Sender<u64>>>,
     /// The lowest stream position handed to backfilled history (`None`: not read yet).
@@ -360,7 +361,7 @@ impl Rooms {
             writer,
             position: position.clone(),
             outbound,
-            local_servers: local_servers.into_iter().collect(),
+            local_servers: std::sync::RwLock::new(local_servers.into_iter().collect()),
             user_watches: Mutex::new(HashMap::new()),
             history_floor: tokio::sync::Mutex::new(None),
             last_create_ts: AtomicI64::new(0),
@@ -459,12 +460,35 @@ impl Rooms {
     }
 
     fn is_local(&self, user_id: &str) -> bool {
-        server_of(user_id).is_some_and(|server| self.inner.local_servers.contains(server))
+        server_of(user_id).is_some_and(|server| self.is_local_server(server))
     }
 
     /// Whether `server` is one of our territories.
     pub fn is_local_server(&self, server: &str) -> bool {
-        self.inner.local_servers.contains(server)
+        self.inner
+            .local_servers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(server)
+    }
+
+    /// Stops treating `server` as ours: its territory moved to another node, which now gets
+    /// our rooms' events over federation like any other server. Returns whether it was ours.
+    pub fn release_server(&self, server: &str) -> bool {
+        self.inner
+            .local_servers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(server)
+    }
+
+    /// Treats `server` as ours again (a move rolled back). Returns whether it was not ours.
+    pub fn claim_server(&self, server: &str) -> bool {
+        self.inner
+            .local_servers
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(server.to_owned())
     }
 
     /// The durable stream position, for waiters (sync): changes after each group commit.
@@ -1848,9 +1872,7 @@ impl Rooms {
             entry
                 .servers
                 .iter()
-                .filter(|(server, count)| {
-                    **count > 0 && !self.inner.local_servers.contains(*server)
-                })
+                .filter(|(server, count)| **count > 0 && !self.is_local_server(server))
                 .map(|(server, _)| server.clone())
                 .collect()
         };
@@ -1858,7 +1880,7 @@ impl Rooms {
             && origin == Origin::Local
             && pdu.kind.to_string() == "m.room.member"
             && let Some(server) = pdu.state_key.as_deref().and_then(server_of)
-            && !self.inner.local_servers.contains(server)
+            && !self.is_local_server(server)
             && !destinations.iter().any(|d| d == server)
         {
             destinations.push(server.to_owned());

@@ -214,6 +214,12 @@ where
             }
             _ => None,
         };
+        // A territory that is being moved refuses writes; one that moved sends its users on.
+        let subject = user
+            .as_ref()
+            .map_or_else(|| territory.server_name(), |u| u.territory.server_name());
+        let write = !matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        crate::moves::check(state, subject, write).map_err(IntoResponse::into_response)?;
         if R::RATE_LIMITED
             && let Some(limiter) = &state.rate_limiter
         {

@@ -19,7 +19,7 @@ struct RegionNode {
     region: &'static str,
     node: Node,
     node_key: SigningKey,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 fn server_name(code: &str) -> String {
@@ -62,8 +62,15 @@ impl RegionNode {
             region,
             node,
             node_key,
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The node's effective config as a file, for the admin commands.
+    fn config_file(&self) -> std::path::PathBuf {
+        let file = self.dir.path().join("effective.toml");
+        std::fs::write(&file, toml::to_string(&*self.node.state.config).unwrap()).unwrap();
+        file
     }
 
     fn countries(&self) -> &'static [&'static str] {
@@ -457,7 +464,161 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
     let _ = stop_rogue.send(());
     rogue_task.await.unwrap();
 
-    for node in [eu, am, ap, af] {
+    // DK moves from eu to a new node of its own, with the CLI: export on eu (DK turns
+    // read-only there), import on the new node, the authority signs version 2 naming it.
+    let export = tempfile::tempdir().unwrap();
+    let out = export.path().join("dk");
+    let exported = tokio::task::spawn_blocking({
+        let (out, config) = (out.clone(), eu.config_file());
+        move || unitas::migration::export("DK", &out, None, Some(&config))
+    })
+    .await
+    .unwrap();
+    assert_eq!(exported, Ok(()));
+    let (status, refused) = eu
+        .call(
+            "dk.unitas.test",
+            Some(&members[0].2),
+            reqwest::Method::PUT,
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/late",
+                unitas_federation::inbound::percent(&room)
+            ),
+            Some(json!({"msgtype": "m.text", "body": "too late"})),
+        )
+        .await;
+    assert_eq!(status, 403, "{refused}");
+    assert_eq!(refused["errcode"], "ORG.UNITAS.TERRITORY_READ_ONLY");
+
+    let dk_dir = tempfile::tempdir().unwrap();
+    let dk_key = SigningKey::generate().unwrap();
+    let dk_config_file = dk_dir.path().join("unitas.toml");
+    {
+        let mut config = test_config(dk_dir.path(), None);
+        config.registration.enabled = true;
+        config.rate_limits.enabled = false;
+        config.federation.verify_tls = false;
+        config.federation.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+        config.registry.authorities = vec![authority_key.to_string()];
+        config.registry.region = Some("eu".into());
+        config.dht.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        config.dht.bootstrap = bootstrap.to_vec();
+        std::fs::write(&dk_config_file, toml::to_string(&config).unwrap()).unwrap();
+        dk_key
+            .write_new(&unitas::registry::node_key_file(&config))
+            .unwrap();
+    }
+    let imported = tokio::task::spawn_blocking({
+        let (out, config) = (out.clone(), dk_config_file.clone());
+        move || unitas::migration::import(&out, Some(&config))
+    })
+    .await
+    .unwrap();
+    assert_eq!(imported, Ok(()));
+    let dk_config = unitas::Config::load(
+        Some(&dk_config_file),
+        std::iter::empty(),
+        &Default::default(),
+    )
+    .unwrap()
+    .config;
+    let dk = RegionNode {
+        region: "dk",
+        node: Node::start(dk_config).await.unwrap(),
+        node_key: dk_key,
+        dir: dk_dir,
+    };
+    let moved = territory_record("DK", &dk.node_key, 2, &authority);
+    eu.dht()
+        .publish(territory_key("DK"), serde_json::to_vec(&moved).unwrap())
+        .await
+        .unwrap();
+    let everyone = [&eu, &am, &ap, &af, &dk];
+    for node in everyone {
+        eventually("every node routes DK to the new node", || async {
+            routes(node)
+                .await
+                .contains(&("DK".into(), 2, Some(dk.client_url())))
+        })
+        .await;
+    }
+    // The old node sends DK's users to the new one.
+    eventually("the old node sees DK moved", || async {
+        let (status, body) = eu
+            .call(
+                "dk.unitas.test",
+                Some(&members[0].2),
+                reqwest::Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                None,
+            )
+            .await;
+        status == 403 && body["home_client_url"] == dk.client_url().as_str()
+    })
+    .await;
+
+    // Alice logs in on the new node with the same ID: still in the room, with its history.
+    let (status, login) = dk
+        .call(
+            "dk.unitas.test",
+            None,
+            reqwest::Method::POST,
+            "/_matrix/client/v3/login",
+            Some(
+                json!({"type": "m.login.password", "password": "correct horse",
+                "identifier": {"type": "m.id.user", "user": "alice"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+    assert_eq!(login["user_id"], "@alice:dk.unitas.test");
+    let alice_token = login["access_token"].as_str().unwrap().to_owned();
+    let (_, joined_rooms) = dk
+        .call(
+            "dk.unitas.test",
+            Some(&alice_token),
+            reqwest::Method::GET,
+            "/_matrix/client/v3/joined_rooms",
+            None,
+        )
+        .await;
+    assert_eq!(
+        joined_rooms["joined_rooms"],
+        json!([room]),
+        "{joined_rooms}"
+    );
+    assert_eq!(
+        bodies(&dk, "dk.unitas.test", &alice_token, &room).await,
+        sent
+    );
+
+    // The other nodes keep federating with DK at its new node, both ways.
+    members[0] = (&dk, "DK", alice_token);
+    for (sender, code) in [(2, "US"), (0, "DK"), (1, "NO")] {
+        let (node, _, token) = &members[sender];
+        let body = format!("{code} after the move");
+        let (status, reply) = node
+            .call(
+                &server_name(code),
+                Some(token),
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/moved{code}",
+                    unitas_federation::inbound::percent(&room)
+                ),
+                Some(json!({"msgtype": "m.text", "body": body})),
+            )
+            .await;
+        assert_eq!(status, 200, "{code}: {reply}");
+        node.node.state.sender.flush_once().await.unwrap();
+        sent.push(body);
+    }
+    for (node, code, token) in &members {
+        let seen = bodies(node, &server_name(code), token, &room).await;
+        assert_eq!(seen, sent, "{code} on {}", node.region);
+    }
+
+    for node in [eu, am, ap, af, dk] {
         node.node.shutdown().await;
     }
 }

@@ -1,0 +1,145 @@
+//! A territory moving to another node, as the old node sees it.
+//!
+//! `unitas territory export` marks the territory read-only in the database, noting the registry
+//! record version in force. A running node reads the marks every [`CHECK_INTERVAL`]:
+//! - read-only: reads are served, every write (any client request but GET/HEAD) of its users
+//!   gets `403 ORG.UNITAS.TERRITORY_READ_ONLY`;
+//! - moved: once a newer record of the territory names another node, its users are answered
+//!   `403 ORG.UNITAS.WRONG_TERRITORY` with the new node's client URL on every request, and the
+//!   rooms treat its server name as remote (their events reach the new node over federation);
+//! - rolled back: a newer record naming this node again ends the read-only state (the mark is
+//!   cleared) and the server name is ours again.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use unitas_storage::TerritoryTransfer;
+
+use crate::api::ApiError;
+use crate::state::AppState;
+
+/// How often the marks and the registry are looked at.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Hosted territories that are read-only or gone, by server name.
+#[derive(Debug, Default)]
+pub struct Moves {
+    /// Read-only territories: server name -> registry version at export.
+    read_only: HashMap<String, i64>,
+    /// Territories whose registry record names another node now.
+    moved: HashSet<String>,
+}
+
+impl Moves {
+    /// Whether requests for `server_name` may write.
+    pub fn is_read_only(&self, server_name: &str) -> bool {
+        self.read_only.contains_key(server_name)
+    }
+
+    /// Whether `server_name` moved to another node.
+    pub fn has_moved(&self, server_name: &str) -> bool {
+        self.moved.contains(server_name)
+    }
+}
+
+/// The answer to a request of a user of a territory that is read-only or moved, if any.
+pub fn check(state: &AppState, server_name: &str, write: bool) -> Result<(), ApiError> {
+    let moves = state.moves.read().unwrap_or_else(|e| e.into_inner());
+    if moves.has_moved(server_name) {
+        drop(moves);
+        return Err(crate::registry::moved_territory(state, server_name));
+    }
+    if write && moves.is_read_only(server_name) {
+        return Err(ApiError::new(
+            http::StatusCode::FORBIDDEN,
+            unitas_spec::errcodes::TERRITORY_READ_ONLY,
+            format!("{server_name} is read-only while it moves to another node"),
+        ));
+    }
+    Ok(())
+}
+
+/// One look at the marks and the registry (see the module doc); `node_id` is this node's.
+pub async fn refresh(state: &AppState, node_id: Option<&str>) -> Result<(), String> {
+    let marks = state
+        .store
+        .list_read_only_territories()
+        .await
+        .map_err(|e| e.to_string())?;
+    let now = u64::try_from(crate::node::now_ms()).unwrap_or(0);
+    let mut read_only = HashMap::new();
+    let mut moved = HashSet::new();
+    for (code, _, version) in marks {
+        let Some(hosted) = state
+            .territories
+            .all()
+            .iter()
+            .find(|t| t.config.code.as_str() == code)
+        else {
+            continue;
+        };
+        let server_name = hosted.server_name().to_owned();
+        let newer = {
+            let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+            registry
+                .route(&code, now)
+                .filter(|r| i64::try_from(r.territory.version).unwrap_or(i64::MAX) > version)
+                .map(|r| r.territory.node_id.clone())
+        };
+        match (newer, node_id) {
+            (Some(named), Some(ours)) if named == ours => {
+                // Rolled back: the authority named this node again.
+                state
+                    .store
+                    .set_territory_read_only(&code, None)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(territory = %code, "territory served here again (rollback)");
+                continue;
+            }
+            (Some(_), _) => {
+                moved.insert(server_name.clone());
+            }
+            (None, _) => {}
+        }
+        read_only.insert(server_name, version);
+    }
+    let released: Vec<String>;
+    let claimed: Vec<String>;
+    {
+        let mut moves = state.moves.write().unwrap_or_else(|e| e.into_inner());
+        released = moved.difference(&moves.moved).cloned().collect();
+        claimed = moves.moved.difference(&moved).cloned().collect();
+        moves.read_only = read_only;
+        moves.moved = moved;
+    }
+    for server in released {
+        state.rooms.release_server(&server);
+        tracing::info!(%server, "territory moved to another node: its rooms federate with it");
+    }
+    for server in claimed {
+        state.rooms.claim_server(&server);
+        tracing::info!(%server, "territory served here again");
+    }
+    Ok(())
+}
+
+/// Runs [`refresh`] every [`CHECK_INTERVAL`] until `stop`.
+pub async fn watch_loop(
+    state: AppState,
+    node_id: Option<String>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let mut stop = std::pin::pin!(stop);
+    let mut tick = tokio::time::interval(CHECK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(error) = refresh(&state, node_id.as_deref()).await {
+            tracing::warn!(%error, "checking territory moves failed");
+        }
+    }
+}
