@@ -466,9 +466,7 @@ fn read_lines(path: &Path) -> Result<Vec<String>, String> {
 type Export = (Manifest, Vec<(TableSpec, Vec<String>)>, Vec<String>);
 
 /// Reads the manifest and checks every file of the export against it.
-fn read_export(
-    dir: &Path,
-) -> Result<Export, String> {
+fn read_export(dir: &Path) -> Result<Export, String> {
     let manifest: Manifest = serde_json::from_slice(
         &std::fs::read(dir.join("manifest.json"))
             .map_err(|e| format!("{}: {e}", dir.join("manifest.json").display()))?,

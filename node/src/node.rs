@@ -245,26 +245,8 @@ impl Node {
                 &crate::registry::node_key_file(&config),
             )
             .map_err(|e| StartError::Registry(format!("node key: {e}")))?;
-            let identity = crate::registry::NodeIdentity {
-                key: Arc::new(node_key),
-                client_url: config.client_base_url(),
-                federation_url: config.registry.federation_url.clone().unwrap_or_else(|| {
-                    let host = if federation_addr.ip().is_unspecified() {
-                        "localhost".to_owned()
-                    } else if federation_addr.is_ipv6() {
-                        format!("[{}]", federation_addr.ip())
-                    } else {
-                        federation_addr.ip().to_string()
-                    };
-                    format!("https://{host}:{}", federation_addr.port())
-                }),
-                region: crate::registry::node_region(&config).map_err(StartError::Registry)?,
-                territories: territories
-                    .all()
-                    .iter()
-                    .map(|t| t.config.code.clone())
-                    .collect(),
-            };
+            let identity = crate::registry::NodeIdentity::of(&config, Arc::new(node_key))
+                .map_err(StartError::Registry)?;
             if let Some((client, event_loop)) =
                 crate::registry::start_dht(&config, &identity.key, registry.clone())?
             {

@@ -90,6 +90,8 @@ pub struct NodeIdentity {
     pub key: Arc<SigningKey>,
     /// Client API base URL.
     pub client_url: String,
+    /// Client API base URLs of territories that have their own.
+    pub client_urls: std::collections::BTreeMap<String, String>,
     /// Federation base URL.
     pub federation_url: String,
     /// Region.
@@ -99,11 +101,49 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
+    /// The node as its (effective) config describes it: client URL from `public_baseurl` or
+    /// the listener, per-territory client URLs where they differ, federation URL from
+    /// `[registry] federation_url` or the federation listener, region, hosted territories.
+    pub fn of(config: &Config, key: Arc<SigningKey>) -> Result<NodeIdentity, String> {
+        let client_url = config.client_base_url();
+        let territories = config.resolved_territories();
+        let client_urls = territories
+            .iter()
+            .filter(|t| t.client_base_url.trim_end_matches('/') != client_url)
+            .map(|t| {
+                (
+                    t.code.to_string(),
+                    t.client_base_url.trim_end_matches('/').to_owned(),
+                )
+            })
+            .collect();
+        let federation_url = config.registry.federation_url.clone().unwrap_or_else(|| {
+            let addr = config.server.federation_listen;
+            let host = if addr.ip().is_unspecified() {
+                "localhost".to_owned()
+            } else if addr.is_ipv6() {
+                format!("[{}]", addr.ip())
+            } else {
+                addr.ip().to_string()
+            };
+            format!("https://{host}:{}", addr.port())
+        });
+        Ok(NodeIdentity {
+            key,
+            client_url,
+            client_urls,
+            federation_url,
+            region: node_region(config)?,
+            territories: territories.into_iter().map(|t| t.code).collect(),
+        })
+    }
+
     /// The node record as of now, signed.
     pub fn record(&self, dht_addrs: Vec<String>) -> Result<NodeRecord, String> {
         NodeRecord {
             node_id: String::new(),
             client_url: self.client_url.clone(),
+            client_urls: self.client_urls.clone(),
             federation_url: self.federation_url.clone(),
             dht_addrs,
             region: self.region.clone(),
@@ -280,7 +320,12 @@ fn describe(state: &AppState, route: &Route<'_>) -> Value {
             .territories
             .by_server_name(&t.server_name)
             .map(|h| h.config.client_base_url.clone()),
-        (false, Some(node)) => Some(node.client_url.clone()),
+        (false, Some(node)) => Some(
+            node.client_urls
+                .get(t.code.as_str())
+                .unwrap_or(&node.client_url)
+                .clone(),
+        ),
         (false, None) => None,
     };
     json!({

@@ -30,9 +30,10 @@ pub enum RegistryCommand {
     /// node with `[dht] listen` publishes it by itself; this is for `records_dir` seeding and
     /// for the authority, which needs the node ID to sign a territory record.
     NodeRecord {
-        /// The federation base URL peers use (`https://eu.unitas.example:8448`).
+        /// The federation base URL peers use (`https://eu.unitas.example:8448`; default:
+        /// `[registry] federation_url`, else `https://<federation_listen>`).
         #[arg(long)]
-        federation_url: String,
+        federation_url: Option<String>,
         /// The client API base URL (default: the config's public base URL).
         #[arg(long)]
         client_url: Option<String>,
@@ -155,7 +156,7 @@ pub fn run(command: RegistryCommand) -> Result<(), String> {
             client_url,
             region,
             config,
-        } => node_record(&federation_url, client_url, region, config.as_deref()),
+        } => node_record(federation_url, client_url, region, config.as_deref()),
         RegistryCommand::Show {
             code,
             url,
@@ -191,35 +192,25 @@ fn node_registry(config: Option<&Path>) -> Result<unitas_territory::registry::Re
 }
 
 fn node_record(
-    federation_url: &str,
+    federation_url: Option<String>,
     client_url: Option<String>,
     region: Option<String>,
     config: Option<&Path>,
 ) -> Result<(), String> {
     let mut config = node_config(config)?;
-    let territories: Vec<TerritoryCode> = config
-        .resolved_territories()
-        .into_iter()
-        .map(|t| t.code)
-        .collect();
     if let Some(region) = region {
         config.registry.region = Some(region);
     }
-    let region = crate::registry::node_region(&config)?;
-    let key_file = crate::registry::node_key_file(&config);
-    let (key, _) = SigningKey::load_or_generate(&key_file).map_err(|e| e.to_string())?;
-    let record = unitas_territory::record::NodeRecord {
-        node_id: String::new(),
-        client_url: client_url.unwrap_or_else(|| config.client_base_url()),
-        federation_url: federation_url.to_owned(),
-        dht_addrs: Vec::new(),
-        region,
-        territories,
-        updated_at: now_ms(),
-        signatures: Signatures::new(),
+    if let Some(url) = federation_url {
+        config.registry.federation_url = Some(url);
     }
-    .sign(&key)
-    .map_err(|e| e.to_string())?;
+    if let Some(url) = client_url {
+        config.server.public_baseurl = Some(url);
+    }
+    let (key, _) = SigningKey::load_or_generate(&crate::registry::node_key_file(&config))
+        .map_err(|e| e.to_string())?;
+    let identity = crate::registry::NodeIdentity::of(&config, std::sync::Arc::new(key))?;
+    let record = identity.record(Vec::new())?;
     record
         .verify(now_ms(), 0)
         .map_err(|e| format!("the record would be refused: {e}"))?;

@@ -1,4 +1,4 @@
-//! The registry's Kademlia DHT: libp2p-kad over TCP with noise and yamux, under our own
+//! The registry's Kademlia DHT: libp2p-kad over TCP (with DNS names) and noise and yamux, under our own
 //! protocol names (`/unitas/kad/1.0.0`, `/unitas/id/1.0.0`) so it never meets the IPFS DHT.
 //!
 //! Split as a [`DhtClient`] (cheap to clone, used by the node's tasks and handlers) and an
@@ -295,6 +295,9 @@ pub fn start(
             noise::Config::new,
             yamux::Config::default,
         )
+        .map_err(|e| setup(&e))?
+        // `/dns4/eu.example/tcp/4001` peers resolve through the system resolver.
+        .with_dns()
         .map_err(|e| setup(&e))?
         .with_behaviour(|key| {
             let store = MemoryStore::with_config(
@@ -881,6 +884,7 @@ mod tests {
         let node = NodeRecord {
             node_id: String::new(),
             client_url: "http://127.0.0.1:1".into(),
+            client_urls: Default::default(),
             federation_url: "https://127.0.0.1:2".into(),
             dht_addrs: vec![c.addr.to_string()],
             region: TerritoryCode::parse("eu").unwrap(),

@@ -58,6 +58,11 @@ pub struct NodeRecord {
     pub node_id: String,
     /// Client API base URL (`https://eu.unitas.example`).
     pub client_url: String,
+    /// Client API base URLs of hosted territories that have their own (code -> URL), where
+    /// they differ from `client_url` (a node serving several territories under several host
+    /// names: clients pick the territory by the host they call).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub client_urls: BTreeMap<String, String>,
     /// Federation base URL (`https://eu.unitas.example:8448`).
     pub federation_url: String,
     /// DHT addresses (libp2p multiaddrs).
@@ -294,7 +299,10 @@ impl NodeRecord {
         if decoded_key(&self.node_id).is_none() {
             return Err(RecordError::Invalid(format!("node_id {:?}", self.node_id)));
         }
-        for url in [&self.client_url, &self.federation_url] {
+        for url in [&self.client_url, &self.federation_url]
+            .into_iter()
+            .chain(self.client_urls.values())
+        {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(RecordError::Invalid(format!("url {url:?}")));
             }
@@ -423,6 +431,7 @@ mod tests {
         let record = NodeRecord {
             node_id: String::new(),
             client_url: "https://eu.unitas.example".into(),
+            client_urls: Default::default(),
             federation_url: "https://eu.unitas.example:8448".into(),
             dht_addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             region: TerritoryCode::parse("eu").unwrap(),

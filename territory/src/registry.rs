@@ -250,6 +250,7 @@ mod tests {
         let node = NodeRecord {
             node_id: String::new(),
             client_url: "https://dk.example".into(),
+            client_urls: Default::default(),
             federation_url: "https://dk.example:8448".into(),
             dht_addrs: vec![],
             region: TerritoryCode::parse("eu").unwrap(),

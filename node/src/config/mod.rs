@@ -290,7 +290,9 @@ impl Default for RateLimitsConfig {
 #[serde(default)]
 pub struct RegistryConfig {
     /// The network's registry authority public keys, `ed25519:<id>=<key>` as `unitas registry
-    /// keygen` prints them. Territory records signed by none of them are refused.
+    /// keygen` prints them. Territory records signed by none of them are refused. A
+    /// comma-separated string is accepted from the environment.
+    #[serde(deserialize_with = "list_or_csv")]
     pub authorities: Vec<String>,
     /// A directory of signed records (`*.json`: territory records from `unitas registry sign`,
     /// and node records) read at start; each is checked, and the ones that fail are logged and
@@ -645,6 +647,10 @@ impl Config {
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| invalid("log.level", e.to_string()))?;
+        for key in &self.registry.authorities {
+            unitas_territory::record::AuthorityKey::parse(key)
+                .map_err(|e| invalid("registry.authorities", e.to_string()))?;
+        }
         if let Some(url) = &self.registry.federation_url {
             check_http_url("registry.federation_url", url)?;
         }

@@ -2352,6 +2352,7 @@ async fn registered_territories_are_reached_without_dns() {
     let node = NodeRecord {
         node_id: String::new(),
         client_url: format!("http://{}", a.node.client_addr),
+        client_urls: Default::default(),
         federation_url: format!("https://{}", a.node.federation_addr),
         dht_addrs: vec![],
         region: TerritoryCode::parse("eu").unwrap(),

@@ -544,6 +544,7 @@ async fn the_registry_routes_clients_from_checked_records_only() {
         &NodeRecord {
             node_id: String::new(),
             client_url: "https://dk.example".into(),
+            client_urls: Default::default(),
             federation_url: "https://dk.example:8448".into(),
             dht_addrs: vec![],
             region: TerritoryCode::parse("eu").unwrap(),
