@@ -72,6 +72,11 @@ enum TerritoryCommand {
         /// the config's records_dir).
         #[arg(long = "record-version", value_name = "N")]
         record_version: Option<u64>,
+        /// A snapshot for a standby node: the territory keeps serving here (not read-only).
+        /// Changes after the snapshot are not in it; a standby takes over from it only when
+        /// this node is lost.
+        #[arg(long)]
+        standby: bool,
         /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -251,8 +256,9 @@ pub fn main() -> ExitCode {
             code,
             out,
             record_version,
+            standby,
             config,
-        }) => crate::migration::export(&code, &out, record_version, config.as_deref()),
+        }) => crate::migration::export(&code, &out, record_version, standby, config.as_deref()),
         Command::Territory(TerritoryCommand::Import { dir, config }) => {
             crate::migration::import(&dir, config.as_deref())
         }

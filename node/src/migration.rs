@@ -14,7 +14,8 @@
 //! - `media/<id>`: the territory's uploads.
 //!
 //! The export turns the territory read-only on the old node first (and waits until a running
-//! node says so), so nothing changes under it. The import checks the files against the
+//! node says so), so nothing changes under it; `--standby` leaves it serving (a snapshot for a
+//! standby node, which takes over from it when the authority re-signs the record to it). The import checks the files against the
 //! manifest, adds the territory to the new node's config with the exported key, writes the rows
 //! in one transaction, checks every event's signatures and auth as any received event and
 //! stores each room's history, copies the media, and ends with the validation (counts and
@@ -181,6 +182,7 @@ pub fn export(
     code: &str,
     out: &Path,
     record_version: Option<u64>,
+    standby: bool,
     config: Option<&Path>,
 ) -> Result<(), String> {
     let (config, _) = load_config(config)?;
@@ -192,7 +194,13 @@ pub fn export(
     {
         return Err(format!("{} exists and is not empty", out.display()));
     }
-    runtime()?.block_on(export_async(&config, &territory, out, record_version))
+    runtime()?.block_on(export_async(
+        &config,
+        &territory,
+        out,
+        record_version,
+        standby,
+    ))
 }
 
 async fn export_async(
@@ -200,6 +208,7 @@ async fn export_async(
     territory: &ResolvedTerritory,
     out: &Path,
     record_version: Option<u64>,
+    standby: bool,
 ) -> Result<(), String> {
     let code = territory.code.as_str();
     let server_name = territory.server_name.as_str();
@@ -226,12 +235,16 @@ async fn export_async(
         }
     };
     let store = open_store(config).await?;
-    store
-        .set_territory_read_only(code, Some((now_ms(), i64::try_from(version).unwrap_or(0))))
-        .await
-        .map_err(|e| e.to_string())?;
-    println!("{code} is read-only on this node from now (registry version {version})");
-    if running.is_some() {
+    if standby {
+        println!("standby snapshot: {code} keeps serving on this node");
+    } else {
+        store
+            .set_territory_read_only(code, Some((now_ms(), i64::try_from(version).unwrap_or(0))))
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("{code} is read-only on this node from now (registry version {version})");
+    }
+    if !standby && running.is_some() {
         // Wait until the running node refuses writes, then one more check interval for a
         // write that passed the check just before.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -249,7 +262,7 @@ async fn export_async(
         }
         tokio::time::sleep(crate::moves::CHECK_INTERVAL).await;
         println!("the running node at {base} refuses writes of {code}");
-    } else {
+    } else if running.is_none() {
         println!("no node answers at {base}: exporting from the database as it is");
     }
 

@@ -470,7 +470,7 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
     let out = export.path().join("dk");
     let exported = tokio::task::spawn_blocking({
         let (out, config) = (out.clone(), eu.config_file());
-        move || unitas::migration::export("DK", &out, None, Some(&config))
+        move || unitas::migration::export("DK", &out, None, false, Some(&config))
     })
     .await
     .unwrap();
@@ -621,4 +621,131 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
     for node in [eu, am, ap, af, dk] {
         node.node.shutdown().await;
     }
+}
+
+/// A move seen from the old node: a standby snapshot leaves the territory serving; an export
+/// turns it read-only; a newer record naming another node sends its users there and makes its
+/// server name remote to the rooms; a newer record naming this node again rolls it all back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exported_territory_is_read_only_then_moved_then_rolled_back() {
+    use unitas_storage::TerritoryTransfer;
+
+    let authority = SigningKey::generate().unwrap();
+    let authority_key = AuthorityKey::of(&authority);
+    let eu = RegionNode::start("eu", &authority_key, &[]).await;
+    let other_node = SigningKey::generate().unwrap();
+    let offer = |record: TerritoryRecord| {
+        let now = u64::try_from(unitas::node::now_ms()).unwrap();
+        eu.node
+            .state
+            .registry
+            .write()
+            .unwrap()
+            .offer_territory(record, now)
+            .unwrap();
+    };
+    offer(territory_record("DK", &eu.node_key, 1, &authority));
+    let node_id = Some(eu.node_key.public_key_base64());
+    let (_, token) = eu.register("DK", "alice").await;
+    let set_name = |name: &'static str| {
+        let token = token.clone();
+        let eu = &eu;
+        async move {
+            eu.call(
+                "dk.unitas.test",
+                Some(&token),
+                reqwest::Method::PUT,
+                "/_matrix/client/v3/profile/%40alice%3Adk.unitas.test/displayname",
+                Some(json!({ "displayname": name })),
+            )
+            .await
+        }
+    };
+    let whoami = || {
+        let token = token.clone();
+        let eu = &eu;
+        async move {
+            eu.call(
+                "dk.unitas.test",
+                Some(&token),
+                reqwest::Method::GET,
+                "/_matrix/client/v3/account/whoami",
+                None,
+            )
+            .await
+        }
+    };
+    let export = tempfile::tempdir().unwrap();
+    let config = eu.config_file();
+
+    // A standby snapshot: DK keeps serving.
+    let snapshot = tokio::task::spawn_blocking({
+        let (out, config) = (export.path().join("standby"), config.clone());
+        move || unitas::migration::export("DK", &out, None, true, Some(&config))
+    })
+    .await
+    .unwrap();
+    assert_eq!(snapshot, Ok(()));
+    assert_eq!(set_name("Alice").await.0, 200);
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(export.path().join("standby/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["tables"]["accounts"]["count"], 1, "{manifest}");
+    assert_eq!(manifest["record_version"], 1);
+
+    // The export: reads still served, writes refused.
+    let exported = tokio::task::spawn_blocking({
+        let (out, config) = (export.path().join("move"), config.clone());
+        move || unitas::migration::export("DK", &out, None, false, Some(&config))
+    })
+    .await
+    .unwrap();
+    assert_eq!(exported, Ok(()));
+    assert_eq!(whoami().await.0, 200);
+    let (status, refused) = set_name("Alicia").await;
+    assert_eq!(status, 403);
+    assert_eq!(refused["errcode"], "ORG.UNITAS.TERRITORY_READ_ONLY");
+    // A second export of a read-only territory into the same directory is refused.
+    let again = tokio::task::spawn_blocking({
+        let (out, config) = (export.path().join("move"), config.clone());
+        move || unitas::migration::export("DK", &out, None, false, Some(&config))
+    })
+    .await
+    .unwrap();
+    assert!(again.unwrap_err().contains("not empty"));
+
+    // Version 2 names another node: DK's users are sent on, its server name is remote now.
+    offer(territory_record("DK", &other_node, 2, &authority));
+    unitas::moves::refresh(&eu.node.state, node_id.as_deref())
+        .await
+        .unwrap();
+    let (status, moved) = whoami().await;
+    assert_eq!(status, 403, "{moved}");
+    assert_eq!(moved["errcode"], "ORG.UNITAS.WRONG_TERRITORY");
+    assert_eq!(moved["territory"], "DK");
+    assert!(!eu.node.state.rooms.is_local_server("dk.unitas.test"));
+    assert!(eu.node.state.rooms.is_local_server("no.unitas.test"));
+
+    // Version 3 names this node again: a rollback, served and writable as before.
+    offer(territory_record("DK", &eu.node_key, 3, &authority));
+    unitas::moves::refresh(&eu.node.state, node_id.as_deref())
+        .await
+        .unwrap();
+    unitas::moves::refresh(&eu.node.state, node_id.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(whoami().await.0, 200);
+    assert_eq!(set_name("Alicia").await.0, 200);
+    assert!(eu.node.state.rooms.is_local_server("dk.unitas.test"));
+    assert!(
+        eu.node
+            .state
+            .store
+            .list_read_only_territories()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    eu.node.shutdown().await;
 }
