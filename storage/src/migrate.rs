@@ -81,6 +81,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "territory_moves",
         include_str!("../migrations/sqlite/0014_territory_moves.sql"),
     ),
+    (
+        15,
+        "key_backup",
+        include_str!("../migrations/sqlite/0015_key_backup.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -153,6 +158,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         14,
         "territory_moves",
         include_str!("../migrations/postgres/0014_territory_moves.sql"),
+    ),
+    (
+        15,
+        "key_backup",
+        include_str!("../migrations/postgres/0015_key_backup.sql"),
     ),
 ];
 

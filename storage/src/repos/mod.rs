@@ -4,6 +4,7 @@
 //! `Ok(None)` when the row is absent; `set_` returns [`crate::StorageError::NotFound`].
 
 mod accounts;
+mod backup;
 mod client;
 mod client_more;
 mod devices;
@@ -15,6 +16,7 @@ mod territories;
 mod transfer;
 
 pub use accounts::{Account, Accounts, NewAccount};
+pub use backup::{BackupKey, BackupScope, BackupVersion, KeyBackups};
 pub use client::{ClientData, ProfileField, ProfileRow};
 pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow, RemoteMediaRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};

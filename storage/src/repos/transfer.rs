@@ -237,6 +237,32 @@ pub const TABLES: &[TableSpec] = &[
         owner: Owner::ServerOf("user_id"),
     },
     TableSpec {
+        name: "key_backup_versions",
+        columns: &[
+            ("user_id", Text),
+            ("version", Int),
+            ("algorithm", Text),
+            ("auth_data", Text),
+            ("etag", Int),
+            ("deleted", Int),
+        ],
+        owner: Owner::ServerOf("user_id"),
+    },
+    TableSpec {
+        name: "key_backup_keys",
+        columns: &[
+            ("user_id", Text),
+            ("version", Int),
+            ("room_id", Text),
+            ("session_id", Text),
+            ("first_message_index", Int),
+            ("forwarded_count", Int),
+            ("is_verified", Int),
+            ("session_data", Text),
+        ],
+        owner: Owner::ServerOf("user_id"),
+    },
+    TableSpec {
         name: "remote_invites",
         columns: &[
             ("user_id", Text),

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod accounts;
+mod backup;
 mod devices;
 mod keys;
 mod rooms;
@@ -49,4 +50,5 @@ unitas_storage::both_backends!(
     keys::key_id_cannot_change_material,
     keys::remote_keys_keep_the_longest_validity,
     transfer::a_territorys_rows_move_to_another_store,
+    backup::backups_keep_the_best_key_and_count_changes,
 );
