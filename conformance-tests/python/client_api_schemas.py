@@ -221,6 +221,40 @@ def main():
     counts = call("GET", f"{c}/sync", query={"filter": lazy}, token=b)["rooms"]["join"][lazy_room]["unread_notifications"]
     if counts.get("notification_count") != 0:
         failures.append(f"unread counts after reading: {counts}")
+    # Server-side key backup: versions, keys at three levels, the better key kept, writes to
+    # an old version refused, deletes.
+    algorithm = "m.megolm_backup.v1.curve25519-aes-sha2"
+    auth_data = {"public_key": "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo", "signatures": {}}
+    call("GET", f"{c}/room_keys/version", token=a, status=404)
+    version = call("POST", f"{c}/room_keys/version", body={"algorithm": algorithm, "auth_data": auth_data}, token=a)["version"]
+    def backup_key(index, verified):
+        return {"first_message_index": index, "forwarded_count": 0, "is_verified": verified,
+                "session_data": {"ephemeral": "base64+ephemeral", "ciphertext": "base64+ciphertext", "mac": "base64+mac"}}
+    call("PUT", f"{c}/room_keys/keys", query={"version": version}, body={"rooms": {room: {"sessions": {"s1": backup_key(3, False)}}}}, token=a)
+    call("PUT", f"{c}/room_keys/keys/{{roomId}}", {"roomId": room}, query={"version": version}, body={"sessions": {"s2": backup_key(0, True)}}, token=a)
+    put = call("PUT", f"{c}/room_keys/keys/{{roomId}}/{{sessionId}}", {"roomId": room, "sessionId": "s1"}, query={"version": version}, body=backup_key(1, False), token=a)
+    info = call("GET", f"{c}/room_keys/version", token=a)
+    if info is not None and (info.get("count"), info.get("version"), info.get("etag")) != (2, version, put.get("etag")):
+        failures.append(f"backup info after three puts: {info} (last put {put})")
+    call("GET", f"{c}/room_keys/version/{{version}}", {"version": version}, token=a)
+    call("PUT", f"{c}/room_keys/version/{{version}}", {"version": version}, body={"algorithm": algorithm, "auth_data": auth_data, "version": version}, token=a)
+    everything = call("GET", f"{c}/room_keys/keys", query={"version": version}, token=a)
+    call("GET", f"{c}/room_keys/keys/{{roomId}}", {"roomId": room}, query={"version": version}, token=a)
+    one = call("GET", f"{c}/room_keys/keys/{{roomId}}/{{sessionId}}", {"roomId": room, "sessionId": "s1"}, query={"version": version}, token=a)
+    if one is not None and one.get("first_message_index") != 1:
+        failures.append(f"the better backup key was not kept: {one}")
+    if everything is not None and sorted(everything.get("rooms", {}).get(room, {}).get("sessions", {})) != ["s1", "s2"]:
+        failures.append(f"backup keys: {everything}")
+    call("GET", f"{c}/room_keys/keys/{{roomId}}/{{sessionId}}", {"roomId": room, "sessionId": "nope"}, query={"version": version}, token=a, status=404)
+    newer = call("POST", f"{c}/room_keys/version", body={"algorithm": algorithm, "auth_data": auth_data}, token=a)["version"]
+    wrong = call("PUT", f"{c}/room_keys/keys", query={"version": version}, body={"rooms": {}}, token=a, status=403)
+    if wrong is not None and (wrong.get("errcode"), wrong.get("current_version")) != ("M_WRONG_ROOM_KEYS_VERSION", newer):
+        failures.append(f"a write to an old backup version: {wrong}")
+    call("DELETE", f"{c}/room_keys/keys/{{roomId}}/{{sessionId}}", {"roomId": room, "sessionId": "s1"}, query={"version": version}, token=a)
+    call("DELETE", f"{c}/room_keys/keys/{{roomId}}", {"roomId": room}, query={"version": version}, token=a)
+    call("DELETE", f"{c}/room_keys/keys", query={"version": version}, token=a)
+    call("DELETE", f"{c}/room_keys/version/{{version}}", {"version": newer}, token=a)
+    call("GET", f"{c}/room_keys/version/{{version}}", {"version": newer}, token=a, status=404)
     # Registration tokens.
     call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", query={"token": "letmein"})
     call("POST", f"{c}/register", body={"username": "tokened", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "wrong"}}, status=401)

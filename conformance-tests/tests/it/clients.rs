@@ -46,7 +46,7 @@ async fn client_api_responses_match_the_spec() {
     .await;
     assert!(ok, "spec mismatches:\n{stderr}\n{stdout}");
     assert!(
-        stdout.lines().filter(|l| l.starts_with("valid:")).count() >= 60,
+        stdout.lines().filter(|l| l.starts_with("valid:")).count() >= 80,
         "{stdout}"
     );
     node.shutdown().await;

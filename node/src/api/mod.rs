@@ -161,6 +161,48 @@ pub fn client_router(state: AppState) -> Router {
     routes = route::<c::tag::get_tags::v3::Request, _, _>(routes, e::get_tags_route);
     routes = route::<c::tag::create_tag::v3::Request, _, _>(routes, e::create_tag_route);
     routes = route::<c::tag::delete_tag::v3::Request, _, _>(routes, e::delete_tag_route);
+    {
+        use crate::api::client::backup as b;
+        use c::backup as cb;
+        routes =
+            route::<cb::create_backup_version::v3::Request, _, _>(routes, b::create_version_route);
+        routes = route::<cb::get_latest_backup_info::v3::Request, _, _>(
+            routes,
+            b::get_latest_version_route,
+        );
+        routes = route::<cb::get_backup_info::v3::Request, _, _>(routes, b::get_version_route);
+        routes =
+            route::<cb::update_backup_version::v3::Request, _, _>(routes, b::update_version_route);
+        routes =
+            route::<cb::delete_backup_version::v3::Request, _, _>(routes, b::delete_version_route);
+        routes = route::<cb::add_backup_keys::v3::Request, _, _>(routes, b::put_keys_route);
+        routes = route::<cb::add_backup_keys_for_room::v3::Request, _, _>(
+            routes,
+            b::put_room_keys_route,
+        );
+        routes = route::<cb::add_backup_keys_for_session::v3::Request, _, _>(
+            routes,
+            b::put_session_key_route,
+        );
+        routes = route::<cb::get_backup_keys::v3::Request, _, _>(routes, b::get_keys_route);
+        routes = route::<cb::get_backup_keys_for_room::v3::Request, _, _>(
+            routes,
+            b::get_room_keys_route,
+        );
+        routes = route::<cb::get_backup_keys_for_session::v3::Request, _, _>(
+            routes,
+            b::get_session_key_route,
+        );
+        routes = route::<cb::delete_backup_keys::v3::Request, _, _>(routes, b::delete_keys_route);
+        routes = route::<cb::delete_backup_keys_for_room::v3::Request, _, _>(
+            routes,
+            b::delete_room_keys_route,
+        );
+        routes = route::<cb::delete_backup_keys_for_session::v3::Request, _, _>(
+            routes,
+            b::delete_session_key_route,
+        );
+    }
     routes = route::<c::keys::upload_keys::v3::Request, _, _>(routes, k::upload_keys_route);
     routes = route::<c::keys::get_keys::v3::Request, _, _>(routes, k::get_keys_route);
     routes = route::<c::keys::claim_keys::v3::Request, _, _>(routes, k::claim_keys_route);

@@ -1,6 +1,7 @@
 //! Client-server API handlers, one module per area of the spec.
 
 pub mod account;
+pub mod backup;
 pub mod directory;
 pub mod ephemeral;
 pub mod keys;
