@@ -255,6 +255,16 @@ def main():
     call("DELETE", f"{c}/room_keys/keys", query={"version": version}, token=a)
     call("DELETE", f"{c}/room_keys/version/{{version}}", {"version": newer}, token=a)
     call("GET", f"{c}/room_keys/version/{{version}}", {"version": newer}, token=a, status=404)
+    # Cross-signing keys and signatures, key changes between two sync tokens.
+    first = call("GET", f"{c}/sync", query={"timeout": "0"}, token=a)["next_batch"]
+    master_public = "bWFzdGVyIGtleSBvZiB0aGUgc2NoZW1hIHVzZXIgMTIzNDU"
+    call("POST", f"{c}/keys/device_signing/upload", body={"master_key": {"user_id": ua, "usage": ["master"], "keys": {f"ed25519:{master_public}": master_public}}}, token=a)
+    call("POST", f"{c}/keys/signatures/upload", body={ua: {master_public: {"user_id": ua, "usage": ["master"], "keys": {f"ed25519:{master_public}": master_public}, "signatures": {ua: {"ed25519:NOPE": "AAAA"}}}}}, token=a)
+    queried = call("POST", f"{c}/keys/query", body={"device_keys": {ua: []}}, token=b)
+    if queried is not None and ua not in queried.get("master_keys", {}):
+        failures.append(f"the master key is not in /keys/query: {queried}")
+    second = call("GET", f"{c}/sync", query={"timeout": "0"}, token=a)["next_batch"]
+    call("GET", f"{c}/keys/changes", query={"from": first, "to": second}, token=a)
     # Registration tokens.
     call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", query={"token": "letmein"})
     call("POST", f"{c}/register", body={"username": "tokened", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "wrong"}}, status=401)

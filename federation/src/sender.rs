@@ -56,6 +56,8 @@ struct Inner {
     shutdown: watch::Receiver<bool>,
     /// Transaction IDs of EDU-only transactions (unique per process start).
     edu_txn: std::sync::atomic::AtomicU64,
+    /// Names this database's queue in transaction IDs (see [`FederationSender::new`]).
+    txn_prefix: String,
 }
 
 /// The sender. Cheap to clone; it is the node's [`OutboundSink`].
@@ -90,12 +92,16 @@ fn jittered(delay: Duration) -> Duration {
 
 impl FederationSender {
     /// A sender signing with `keys` (our territories' server names -> keys). It stops its workers
-    /// when `shutdown` turns true.
+    /// when `shutdown` turns true. `txn_prefix` starts every transaction ID: stable for this
+    /// node (so a retry repeats its ID) and different between nodes, because a territory that
+    /// moves to another node keeps its server name and the new node's queue numbers start
+    /// again, which peers would take for transactions they already handled.
     pub fn new(
         store: Store,
         client: Arc<FederationClient>,
         keys: HashMap<String, Arc<SigningKey>>,
         shutdown: watch::Receiver<bool>,
+        txn_prefix: String,
     ) -> FederationSender {
         FederationSender {
             inner: Arc::new(Inner {
@@ -107,6 +113,7 @@ impl FederationSender {
                 edu_txn: std::sync::atomic::AtomicU64::new(
                     ruma::MilliSecondsSinceUnixEpoch::now().get().into(),
                 ),
+                txn_prefix,
             }),
         }
     }
@@ -220,6 +227,7 @@ impl FederationSender {
             "edus": all_edus,
         });
         let txn = transaction_id(
+            &self.inner.txn_prefix,
             rows.first().zip(rows.last()).map(|(f, l)| (f.0, l.0)),
             durable.first().zip(durable.last()).map(|(f, l)| (f.0, l.0)),
             || {
@@ -348,19 +356,26 @@ impl FederationSender {
 
 /// A transaction's ID: made of the queue ids of the PDUs and durable EDUs it carries, so a retry
 /// after a crash or a lost answer repeats the same ID for the same content and the peer can
-/// recognise it; transactions of in-memory EDUs alone get a fresh number each.
+/// recognise it; transactions of in-memory EDUs alone get a fresh number each. The node's
+/// prefix comes first.
 fn transaction_id(
+    prefix: &str,
     pdus: Option<(i64, i64)>,
     durable_edus: Option<(i64, i64)>,
     fresh: impl FnOnce() -> u64,
 ) -> String {
-    match (pdus, durable_edus) {
+    let id = match (pdus, durable_edus) {
         (Some((first, last)), None) => format!("{first}-{last}"),
         (Some((first, last)), Some((e_first, e_last))) => {
             format!("{first}-{last}.d{e_first}-{e_last}")
         }
         (None, Some((e_first, e_last))) => format!("d{e_first}-{e_last}"),
         (None, None) => format!("e{}", fresh()),
+    };
+    if prefix.is_empty() {
+        id
+    } else {
+        format!("{prefix}.{id}")
     }
 }
 
@@ -385,9 +400,16 @@ mod tests {
 
     #[test]
     fn transaction_ids_repeat_for_the_same_queued_content() {
-        assert_eq!(transaction_id(Some((3, 9)), None, || 7), "3-9");
-        assert_eq!(transaction_id(Some((3, 9)), Some((1, 2)), || 7), "3-9.d1-2");
-        assert_eq!(transaction_id(None, Some((1, 2)), || 7), "d1-2");
-        assert_eq!(transaction_id(None, None, || 7), "e7");
+        assert_eq!(transaction_id("", Some((3, 9)), None, || 7), "3-9");
+        assert_eq!(
+            transaction_id("", Some((3, 9)), Some((1, 2)), || 7),
+            "3-9.d1-2"
+        );
+        assert_eq!(transaction_id("", None, Some((1, 2)), || 7), "d1-2");
+        assert_eq!(transaction_id("", None, None, || 7), "e7");
+        assert_eq!(
+            transaction_id("n1a2b3c4", Some((3, 9)), None, || 7),
+            "n1a2b3c4.3-9"
+        );
     }
 }

@@ -196,13 +196,44 @@ fn own_users(server: &str, answer: Option<&Value>, check: bool) -> Map<String, V
     out
 }
 
-/// `/keys/query` for any users: `(device_keys, failures)`.
+/// A local user's cross-signing keys by type (`master`, `self_signing`, `user_signing`).
+pub async fn cross_signing_keys(
+    state: &AppState,
+    user_id: &str,
+) -> Result<BTreeMap<String, Value>, ApiError> {
+    Ok(state
+        .store
+        .list_cross_signing_keys(user_id)
+        .await?
+        .into_iter()
+        .filter_map(|(kind, json)| serde_json::from_str(&json).ok().map(|v| (kind, v)))
+        .collect())
+}
+
+/// What `/keys/query` answers.
+#[derive(Debug, Default)]
+pub struct KeyQuery {
+    /// user -> device -> keys.
+    pub device_keys: Map<String, Value>,
+    /// server -> error, for servers that did not answer.
+    pub failures: Map<String, Value>,
+    /// user -> master key.
+    pub master_keys: Map<String, Value>,
+    /// user -> self-signing key.
+    pub self_signing_keys: Map<String, Value>,
+    /// The requester's own user-signing key (nobody else's is shown).
+    pub user_signing_keys: Map<String, Value>,
+}
+
+/// `/keys/query` for any users, asked by `requester`.
 pub async fn query(
     state: &AppState,
     via: &HostedTerritory,
+    requester: &str,
     wanted: &BTreeMap<String, Vec<String>>,
     timeout: Duration,
-) -> Result<(Map<String, Value>, Map<String, Value>), ApiError> {
+) -> Result<KeyQuery, ApiError> {
+    let mut answer = KeyQuery::default();
     let as_map: Wanted<()> = wanted
         .iter()
         .map(|(user, devices)| {
@@ -213,13 +244,21 @@ pub async fn query(
         })
         .collect();
     let (local, remote) = by_server(state, &as_map);
-    let mut device_keys = Map::new();
     for (user_id, devices) in &local {
         let devices: Vec<String> = devices.keys().cloned().collect();
-        device_keys.insert(
+        answer.device_keys.insert(
             user_id.clone(),
             Value::Object(local_device_keys(state, user_id, &devices).await?),
         );
+        for (kind, key) in cross_signing_keys(state, user_id).await? {
+            let target = match kind.as_str() {
+                "master" => &mut answer.master_keys,
+                "self_signing" => &mut answer.self_signing_keys,
+                "user_signing" if user_id == requester => &mut answer.user_signing_keys,
+                _ => continue,
+            };
+            target.insert(user_id.clone(), key);
+        }
     }
     let requests = remote
         .into_iter()
@@ -235,17 +274,28 @@ pub async fn query(
             )
         })
         .collect();
-    let mut failures = Map::new();
-    for (server, answer) in ask_each(state, via, requests, timeout).await {
-        match answer {
-            Ok(answer) => device_keys.extend(own_users(&server, answer.get("device_keys"), true)),
+    for (server, reply) in ask_each(state, via, requests, timeout).await {
+        match reply {
+            Ok(reply) => {
+                answer
+                    .device_keys
+                    .extend(own_users(&server, reply.get("device_keys"), true));
+                answer
+                    .master_keys
+                    .extend(own_users(&server, reply.get("master_keys"), false));
+                answer.self_signing_keys.extend(own_users(
+                    &server,
+                    reply.get("self_signing_keys"),
+                    false,
+                ));
+            }
             Err(reason) => {
                 tracing::info!(%server, reason, "remote key query failed");
-                failures.insert(server, json!({"error": reason}));
+                answer.failures.insert(server, json!({"error": reason}));
             }
         }
     }
-    Ok((device_keys, failures))
+    Ok(answer)
 }
 
 /// `/keys/claim` for any users: `(one_time_keys, failures)`.
@@ -356,6 +406,36 @@ pub async fn device_changed(
             origin,
             &servers,
             &json!({"edu_type": "m.device_list_update", "content": content}),
+        )
+        .await
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(())
+}
+
+/// A local user's cross-signing keys or their signatures changed: our users sharing a room
+/// see the user in `device_lists.changed`, and the servers sharing a room get
+/// `m.signing_key_update` with the master and self-signing keys (durable).
+pub async fn signing_keys_changed(state: &AppState, user_id: &str) -> Result<(), ApiError> {
+    record_change(state, user_id).await?;
+    let servers = servers_sharing_rooms(state, user_id).await?;
+    if servers.is_empty() {
+        return Ok(());
+    }
+    let keys = cross_signing_keys(state, user_id).await?;
+    let mut content = json!({ "user_id": user_id });
+    if let Some(master) = keys.get("master") {
+        content["master_key"] = master.clone();
+    }
+    if let Some(self_signing) = keys.get("self_signing") {
+        content["self_signing_key"] = self_signing.clone();
+    }
+    let origin = server_of(user_id).unwrap_or_default();
+    state
+        .sender
+        .send_edu_durable(
+            origin,
+            &servers,
+            &json!({"edu_type": "m.signing_key_update", "content": content}),
         )
         .await
         .map_err(|e| ApiError::internal(&e))?;

@@ -81,6 +81,16 @@ struct RoomFile {
     events: Vec<RoomFileEvent>,
     /// Event IDs of the state before the last timeline event.
     state_before_last: Vec<String>,
+    /// The room's other forward extremities (events without children besides the last one),
+    /// each with the state before it: new events may name any of them as a parent.
+    #[serde(default)]
+    extremities: Vec<Extremity>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Extremity {
+    event_id: String,
+    state_before: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -357,6 +367,27 @@ async fn export_async(
                 .collect(),
             None => Vec::new(),
         };
+        let mut extremities = Vec::new();
+        let forward: Vec<String> =
+            serde_json::from_str(&room.forward_extremities).unwrap_or_default();
+        for id in forward.iter().filter(|id| **id != last.event_id) {
+            let group = store
+                .get_event(id)
+                .await
+                .map_err(|e| e.to_string())?
+                .and_then(|row| row.state_group_before);
+            let Some(group) = group else { continue };
+            extremities.push(Extremity {
+                event_id: id.clone(),
+                state_before: store
+                    .load_state_group(group)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .into_iter()
+                    .map(|(_, _, id)| id)
+                    .collect(),
+            });
+        }
         let mut ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
         ids.sort_unstable();
         manifest.rooms.insert(
@@ -378,6 +409,7 @@ async fn export_async(
                 })
                 .collect(),
             state_before_last,
+            extremities,
         };
         write_file(
             &out.join("rooms").join(format!("{i:06}.json")),
@@ -732,6 +764,15 @@ async fn import_rooms(dir: &Path, state: &crate::state::AppState) -> Result<(), 
         let Some(last_index) = timeline.iter().rposition(|t| *t) else {
             continue;
         };
+        let extremity_ids: Vec<&str> = room
+            .extremities
+            .iter()
+            .map(|x| x.event_id.as_str())
+            .collect();
+        let by_id: std::collections::HashMap<String, unitas_federation::rooms::Pdu> = pdus
+            .iter()
+            .map(|p| (p.event_id.to_string(), p.clone()))
+            .collect();
         let mut last = None;
         let mut state_events = Vec::new();
         let mut others = Vec::new();
@@ -741,9 +782,10 @@ async fn import_rooms(dir: &Path, state: &crate::state::AppState) -> Result<(), 
                 last = Some(pdu);
                 continue;
             }
-            if room.state_before_last.contains(&pdu.event_id.to_string()) {
+            let id = pdu.event_id.to_string();
+            if room.state_before_last.contains(&id) {
                 state_events.push(pdu.clone());
-            } else {
+            } else if !extremity_ids.contains(&id.as_str()) {
                 others.push(pdu.clone());
             }
             if timeline[index] {
@@ -753,9 +795,25 @@ async fn import_rooms(dir: &Path, state: &crate::state::AppState) -> Result<(), 
         let last = last.ok_or("no last event")?;
         state
             .rooms
-            .join_from_state(&version, last, state_events, others)
+            .join_from_state(&version, last, state_events, others.clone())
             .await
             .map_err(|e| format!("room {}: {e}", room.room_id))?;
+        // The other forward extremities with their state, so a child of any of them appends.
+        for extremity in &room.extremities {
+            let Some(pdu) = by_id.get(&extremity.event_id).cloned() else {
+                continue;
+            };
+            let before: Vec<_> = extremity
+                .state_before
+                .iter()
+                .filter_map(|id| by_id.get(id).cloned())
+                .collect();
+            state
+                .rooms
+                .store_gap(&version, pdu, before, others.clone())
+                .await
+                .map_err(|e| format!("room {}: extremity: {e}", room.room_id))?;
+        }
         let count = history.len();
         if count > 0 {
             state

@@ -192,6 +192,14 @@ impl Node {
             .map_err(|e| StartError::Federation(e.to_string()))?,
         );
         // Our events reach other servers through the durable queue written with them.
+        // The node key names this node's transactions (a territory that moved here keeps its
+        // server name; its transaction IDs must not repeat the old node's).
+        let (node_key, _) = unitas_federation::SigningKey::load_or_generate(
+            &crate::registry::node_key_file(&config),
+        )
+        .map_err(|e| StartError::Registry(format!("node key: {e}")))?;
+        let txn_prefix = format!("n{}", hex::encode(&node_key.public_key()[..4]));
+        let node_public = node_key.public_key_base64();
         let sender = unitas_federation::sender::FederationSender::new(
             store.clone(),
             federation.clone(),
@@ -201,6 +209,7 @@ impl Node {
                 .map(|t| (t.config.server_name.clone(), t.key.clone()))
                 .collect(),
             shutdown_rx.clone(),
+            txn_prefix,
         );
         let (rooms, room_writer) =
             Rooms::new(store.clone(), server_names, Arc::new(sender.clone())).await?;
@@ -241,10 +250,6 @@ impl Node {
         // The DHT and the node record, when [dht] listen is set.
         let mut dht_parts = None;
         if !config.dht.listen.is_empty() {
-            let (node_key, _) = unitas_federation::SigningKey::load_or_generate(
-                &crate::registry::node_key_file(&config),
-            )
-            .map_err(|e| StartError::Registry(format!("node key: {e}")))?;
             let identity = crate::registry::NodeIdentity::of(&config, Arc::new(node_key))
                 .map_err(StartError::Registry)?;
             if let Some((client, event_loop)) =
@@ -300,16 +305,7 @@ impl Node {
         // This node's ID, to tell a rollback (a record naming us again) from a move.
         let node_id = match &dht_parts {
             Some((_, _, identity)) => Some(identity.key.public_key_base64()),
-            None => std::fs::read_to_string(crate::registry::node_key_file(&state.config))
-                .ok()
-                .and_then(|text| {
-                    unitas_federation::SigningKey::from_key_file(
-                        &text,
-                        &crate::registry::node_key_file(&state.config),
-                    )
-                    .ok()
-                })
-                .map(|key| key.public_key_base64()),
+            None => Some(node_public),
         };
         if let Err(error) = crate::moves::refresh(&state, node_id.as_deref()).await {
             tracing::warn!(%error, "checking territory moves failed");

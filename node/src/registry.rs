@@ -466,7 +466,9 @@ pub fn moved_territory(state: &AppState, server_name: &str) -> ApiError {
         return ApiError::forbidden(format!("{server_name} moved to another node"));
     };
     let code = route.territory.code.to_string();
-    let client_url = route.node.map(|n| n.client_url.clone());
+    let client_url = route
+        .node
+        .map(|n| n.client_urls.get(&code).unwrap_or(&n.client_url).clone());
     ApiError::new(
         http::StatusCode::FORBIDDEN,
         unitas_spec::errcodes::WRONG_TERRITORY,

@@ -86,6 +86,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "key_backup",
         include_str!("../migrations/sqlite/0015_key_backup.sql"),
     ),
+    (
+        16,
+        "cross_signing",
+        include_str!("../migrations/sqlite/0016_cross_signing.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -163,6 +168,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         15,
         "key_backup",
         include_str!("../migrations/postgres/0015_key_backup.sql"),
+    ),
+    (
+        16,
+        "cross_signing",
+        include_str!("../migrations/postgres/0016_cross_signing.sql"),
     ),
 ];
 

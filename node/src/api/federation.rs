@@ -307,9 +307,18 @@ pub async fn user_keys_query_route(
         return Err(ApiError::bad_json("device_keys must be an object"));
     };
     let mut device_keys = serde_json::Map::new();
+    let mut master_keys = serde_json::Map::new();
+    let mut self_signing_keys = serde_json::Map::new();
     for (user_id, devices) in wanted {
         if own_user(&peer, user_id).is_err() {
             continue;
+        }
+        for (kind, key) in crate::e2ee::cross_signing_keys(&state, user_id).await? {
+            match kind.as_str() {
+                "master" => master_keys.insert(user_id.clone(), key),
+                "self_signing" => self_signing_keys.insert(user_id.clone(), key),
+                _ => None,
+            };
         }
         let devices: Vec<String> = devices
             .as_array()
@@ -324,7 +333,11 @@ pub async fn user_keys_query_route(
             Value::Object(crate::e2ee::local_device_keys(&state, user_id, &devices).await?),
         );
     }
-    Ok(Json(json!({"device_keys": device_keys})))
+    Ok(Json(json!({
+        "device_keys": device_keys,
+        "master_keys": master_keys,
+        "self_signing_keys": self_signing_keys,
+    })))
 }
 
 /// `POST /_matrix/federation/v1/user/keys/claim`: one key per device of the addressed

@@ -204,6 +204,13 @@ pub fn client_router(state: AppState) -> Router {
         );
     }
     routes = route::<c::keys::upload_keys::v3::Request, _, _>(routes, k::upload_keys_route);
+    routes = route::<c::keys::upload_signing_keys::v3::Request, _, _>(
+        routes,
+        k::upload_signing_keys_route,
+    );
+    routes = route::<c::keys::get_key_changes::v3::Request, _, _>(routes, k::key_changes_route);
+    routes =
+        route::<c::keys::upload_signatures::v3::Request, _, _>(routes, k::upload_signatures_route);
     routes = route::<c::keys::get_keys::v3::Request, _, _>(routes, k::get_keys_route);
     routes = route::<c::keys::claim_keys::v3::Request, _, _>(routes, k::claim_keys_route);
     routes = route::<c::to_device::send_event_to_device::v3::Request, _, _>(

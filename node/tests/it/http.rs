@@ -653,3 +653,324 @@ async fn the_registry_routes_clients_from_checked_records_only() {
 fn write_json(dir: &std::path::Path, name: &str, value: &impl serde::Serialize) {
     std::fs::write(dir.join(name), serde_json::to_string(value).unwrap()).unwrap();
 }
+
+/// An ed25519 key pair whose key ID is `ed25519:<version>`; `None`: the public key itself (as
+/// cross-signing keys are named). Returns the pair and its unpadded base64 public key.
+fn cross_key(version: Option<&str>) -> (ruma::signatures::Ed25519KeyPair, String) {
+    use ruma::signatures::Ed25519KeyPair;
+    let der = Ed25519KeyPair::generate();
+    let probe = Ed25519KeyPair::from_der(&der, "probe".into()).unwrap();
+    let public =
+        ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(probe.public_key().to_vec())
+            .encode();
+    let version = version.map_or_else(|| public.clone(), str::to_owned);
+    (Ed25519KeyPair::from_der(&der, version).unwrap(), public)
+}
+
+fn signed(
+    value: serde_json::Value,
+    by: &str,
+    key: &ruma::signatures::Ed25519KeyPair,
+) -> serde_json::Value {
+    let mut object: ruma::CanonicalJsonObject = serde_json::from_value(value).unwrap();
+    ruma::signatures::sign_json(by, key, &mut object).unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
+/// Cross-signing: the first upload needs no password, replacing the master key does; others
+/// see the master and self-signing keys (the user-signing key only its owner); signatures of
+/// the user's device and of another user's master key are added when they verify, refused when
+/// they do not or when the signed object was changed.
+#[tokio::test]
+async fn cross_signing_keys_and_signatures() {
+    let t = TestNode::start_with(|c| {
+        c.registration.enabled = true;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let host = "localhost:8448";
+    let url = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+    let mut accounts = Vec::new();
+    for name in ["alice", "bob"] {
+        let (status, body) = post_json(
+            &url("/register"),
+            host,
+            None,
+            json!({"username": name, "password": "correct horse", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        accounts.push((
+            body["user_id"].as_str().unwrap().to_owned(),
+            body["access_token"].as_str().unwrap().to_owned(),
+            body["device_id"].as_str().unwrap().to_owned(),
+        ));
+    }
+    let (alice, alice_token, alice_device) = accounts[0].clone();
+    let (bob, bob_token, _) = accounts[1].clone();
+    // They share a room, so Bob learns of Alice's key changes (`/keys/changes`).
+    let (_, room) = post_json(
+        &url("/createRoom"),
+        host,
+        Some(&bob_token),
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    let (status, _) = post_json(
+        &url(&format!(
+            "/join/{}",
+            unitas_federation::inbound::percent(&room_id)
+        )),
+        host,
+        Some(&alice_token),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let next_batch = |token: String| {
+        let url = url("/sync?timeout=0");
+        async move {
+            let body: serde_json::Value = http()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["next_batch"].as_str().unwrap().to_owned()
+        }
+    };
+    let before = next_batch(bob_token.clone()).await;
+
+    // Alice's device keys, signed by the device.
+    let (device_key, device_public) = cross_key(Some(&alice_device));
+    let device_keys = signed(
+        json!({
+            "user_id": alice, "device_id": alice_device,
+            "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+            "keys": {
+                format!("ed25519:{alice_device}"): device_public,
+                format!("curve25519:{alice_device}"): "curve25519+public+key",
+            },
+        }),
+        &alice,
+        &device_key,
+    );
+    let (status, _) = post_json(
+        &url("/keys/upload"),
+        host,
+        Some(&alice_token),
+        json!({"device_keys": device_keys}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    let cross = |usage: &str, user: &str, public: &str| json!({"user_id": user, "usage": [usage], "keys": {format!("ed25519:{public}"): public}});
+    let (master, master_public) = cross_key(None);
+    let (self_signing, self_public) = cross_key(None);
+    let (user_signing, user_public) = cross_key(None);
+    let master_json = cross("master", &alice, &master_public);
+    let self_json = signed(cross("self_signing", &alice, &self_public), &alice, &master);
+    let user_json = signed(cross("user_signing", &alice, &user_public), &alice, &master);
+    // Only a master key may come first; a key naming someone else is refused.
+    let (status, body) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        json!({"self_signing_key": self_json}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM"))
+    );
+    let (status, _) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        json!({"master_key": cross("master", &bob, &master_public)}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, body) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        json!({"master_key": master_json, "self_signing_key": self_json, "user_signing_key": user_json}),
+    )
+    .await;
+    assert_eq!(status, 200, "first upload needs no password: {body}");
+    // The same keys again: still no password; another master key: the password.
+    let (status, _) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        json!({"master_key": master_json}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, other_public) = cross_key(None);
+    let replacement = json!({"master_key": cross("master", &alice, &other_public)});
+    let (status, body) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        replacement.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["flows"].is_array());
+    let mut with_auth = replacement;
+    with_auth["auth"] = json!({"type": "m.login.password", "password": "correct horse",
+        "identifier": {"type": "m.id.user", "user": "alice"}, "session": body["session"]});
+    let (status, _) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        with_auth,
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Back to the first master key (with the password) for the signatures below.
+    let (status, _) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        json!({"master_key": master_json, "auth": {"type": "m.login.password", "password": "correct horse",
+            "identifier": {"type": "m.id.user", "user": "alice"}}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Bob sees Alice's master and self-signing keys, not her user-signing key; she sees all.
+    let query = json!({"device_keys": {alice.clone(): []}});
+    let (_, seen) = post_json(&url("/keys/query"), host, Some(&bob_token), query.clone()).await;
+    assert_eq!(
+        seen["master_keys"][&alice]["keys"][format!("ed25519:{master_public}")],
+        master_public
+    );
+    assert_eq!(
+        seen["self_signing_keys"][&alice]["usage"],
+        json!(["self_signing"])
+    );
+    assert!(seen["user_signing_keys"].get(&alice).is_none(), "{seen}");
+    let (_, own) = post_json(&url("/keys/query"), host, Some(&alice_token), query.clone()).await;
+    assert_eq!(
+        own["user_signing_keys"][&alice]["usage"],
+        json!(["user_signing"])
+    );
+
+    // Alice's self-signing key signs her device; a forged signature and a changed object fail.
+    let device_signed = signed(device_keys.clone(), &alice, &self_signing);
+    let mut forged = device_signed.clone();
+    forged["signatures"][&alice][format!("ed25519:{self_public}")] = json!("AAAA");
+    let mut changed = device_signed.clone();
+    changed["keys"][format!("curve25519:{alice_device}")] = json!("another+key");
+    for (body, failed) in [
+        (forged, "M_INVALID_SIGNATURE"),
+        (changed, "M_INVALID_SIGNATURE"),
+    ] {
+        let (status, answer) = post_json(
+            &url("/keys/signatures/upload"),
+            host,
+            Some(&alice_token),
+            json!({alice.clone(): {alice_device.clone(): body}}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            answer["failures"][&alice][&alice_device]["errcode"], failed,
+            "{answer}"
+        );
+    }
+    let (status, answer) = post_json(
+        &url("/keys/signatures/upload"),
+        host,
+        Some(&alice_token),
+        json!({alice.clone(): {alice_device.clone(): device_signed}}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["failures"].clone()),
+        (200, json!({})),
+        "{answer}"
+    );
+    let (_, seen) = post_json(&url("/keys/query"), host, Some(&bob_token), query).await;
+    let signatures = &seen["device_keys"][&alice][&alice_device]["signatures"][&alice];
+    assert!(
+        signatures.get(format!("ed25519:{self_public}")).is_some(),
+        "{seen}"
+    );
+    assert!(
+        signatures.get(format!("ed25519:{alice_device}")).is_some(),
+        "{seen}"
+    );
+
+    // Bob's master key signed by Alice's user-signing key.
+    let (_, bob_master_public) = cross_key(None);
+    let bob_master = cross("master", &bob, &bob_master_public);
+    let (status, _) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&bob_token),
+        json!({"master_key": bob_master}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let vouched = signed(bob_master, &alice, &user_signing);
+    let (status, answer) = post_json(
+        &url("/keys/signatures/upload"),
+        host,
+        Some(&alice_token),
+        json!({bob.clone(): {bob_master_public.clone(): vouched}}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["failures"].clone()),
+        (200, json!({})),
+        "{answer}"
+    );
+    let (_, seen) = post_json(
+        &url("/keys/query"),
+        host,
+        Some(&alice_token),
+        json!({"device_keys": {bob.clone(): []}}),
+    )
+    .await;
+    assert!(
+        seen["master_keys"][&bob]["signatures"][&alice][format!("ed25519:{user_public}")]
+            .is_string(),
+        "{seen}"
+    );
+    let after = next_batch(bob_token.clone()).await;
+    let changes: serde_json::Value = http()
+        .get(url(&format!("/keys/changes?from={before}&to={after}")))
+        .bearer_auth(&bob_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        changes["changed"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(alice)),
+        "{changes}"
+    );
+    assert_eq!(changes["left"], json!([]));
+    // Nothing to sign: an unknown key ID.
+    let (_, answer) = post_json(
+        &url("/keys/signatures/upload"),
+        host,
+        Some(&alice_token),
+        json!({bob.clone(): {"NOPE": {"a": 1}}}),
+    )
+    .await;
+    assert_eq!(answer["failures"][&bob]["NOPE"]["errcode"], "M_NOT_FOUND");
+    t.node.shutdown().await;
+}

@@ -65,6 +65,18 @@ pub trait DeviceKeys {
     ) -> impl Future<Output = Result<Option<(String, String)>>> + Send;
     /// The user's device list version (0 before any change).
     fn device_list_version(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// Sets one of a user's cross-signing keys (`master`, `self_signing`, `user_signing`).
+    fn set_cross_signing_key(
+        &self,
+        user_id: &str,
+        key_type: &str,
+        key_json: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A user's cross-signing keys: `(key_type, key JSON)`.
+    fn list_cross_signing_keys(
+        &self,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     /// Moves the user's device list version on (a device was added, renamed or deleted).
     fn bump_device_list(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
 }
@@ -214,6 +226,39 @@ impl DeviceKeys for Store {
                  RETURNING key_id, key_json",
             )
             .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
+        })?)
+    }
+
+    async fn set_cross_signing_key(
+        &self,
+        user_id: &str,
+        key_type: &str,
+        key_json: &str,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO cross_signing_keys (user_id, key_type, key_json) VALUES ($1, $2, $3)
+                 ON CONFLICT (user_id, key_type) DO UPDATE SET key_json = excluded.key_json",
+            )
+            .bind(user_id)
+            .bind(key_type)
+            .bind(key_json)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn list_cross_signing_keys(&self, user_id: &str) -> Result<Vec<(String, String)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT key_type, key_json FROM cross_signing_keys WHERE user_id = $1
+                 ORDER BY key_type",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await
         })?)
     }
 

@@ -237,6 +237,11 @@ pub const TABLES: &[TableSpec] = &[
         owner: Owner::ServerOf("user_id"),
     },
     TableSpec {
+        name: "cross_signing_keys",
+        columns: &[("user_id", Text), ("key_type", Text), ("key_json", Text)],
+        owner: Owner::ServerOf("user_id"),
+    },
+    TableSpec {
         name: "key_backup_versions",
         columns: &[
             ("user_id", Text),

@@ -261,7 +261,7 @@ pub async fn apply_edus(
                     }
                 }
             }
-            Some("m.device_list_update") => {
+            Some("m.device_list_update" | "m.signing_key_update") => {
                 // Our users' clients re-read the keys of users whose devices changed.
                 // Sync lists the user only to our users who share a joined room with them.
                 if let Some(user) = content["user_id"].as_str().filter(|u| from_origin(u)) {
