@@ -10,8 +10,13 @@
 #              FOUR_REGIONS_KEEP=1.
 #   --check    (or FOUR_REGIONS_CHECK=1) a smoke test instead of waiting: a DK user registers on
 #              the eu node, @x:dk... is refused on the am node with ORG.UNITAS.WRONG_TERRITORY
-#              naming the eu node, a US user on am joins the DK user's room over federation;
-#              then everything stops; exit status 0 when all passed, 1 otherwise.
+#              naming DK's client URL, a US user on am and a NO user on eu join the DK user's
+#              room and exchange messages; then DK moves to a fifth node, dk (SQLite, client
+#              127.0.0.1:8005, federation 8445, DHT 4005, from examples/four-regions/dk.toml):
+#              `unitas territory export` on eu (read-only), `territory import` on dk, record
+#              version 2 signed and published; the DK user is sent from eu to dk, logs in there
+#              with the same ID, finds the room and its history, and messages flow between dk,
+#              am and eu; then everything stops; exit status 0 when all passed, 1 otherwise.
 # Environment: UNITAS_BIN=path/to/unitas skips the build (default: cargo build --release -p unitas).
 #
 # Steps: a throwaway PostgreSQL cluster (unix socket only) for eu; the registry authority's key;
@@ -62,8 +67,11 @@ bin=$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")
 # --- What the templates say: ports, URLs and territories of each node ------------------------
 # conf_value FILE KEY: the first `KEY = "value"` of the file.
 conf_value() { sed -n "s/^$2 = \"\\(.*\\)\"\$/\\1/p" "$1" | head -n 1; }
-declare -A client_port fed_url dht_port territories
-for node in "${nodes[@]}"; do
+declare -A client_port fed_url dht_port territories territory_url
+# --check also starts the fifth node, dk, to move territory DK to (it lists no territory).
+extra_nodes=()
+[ "$check" = 0 ] || extra_nodes=(dk)
+for node in "${nodes[@]}" "${extra_nodes[@]}"; do
     t="$templates/$node.toml"
     [ -f "$t" ] || die "missing template $t"
     listen=$(conf_value "$t" listen)
@@ -73,12 +81,16 @@ for node in "${nodes[@]}"; do
     dht_port[$node]=${dht##*/}
     # "CODE=server.name ..." in config order.
     territories[$node]=$(awk -F'"' '/^code = /{c=$2} /^server_name = /{printf "%s=%s ", c, $2}' "$t")
+    # Each territory's own client URL (client_base_url), by code.
+    for pair in $(awk -F'"' '/^code = /{c=$2} /^client_base_url = /{printf "%s=%s ", c, $2}' "$t"); do
+        territory_url[${pair%%=*}]=${pair#*=}
+    done
 done
 client_url() { printf 'http://127.0.0.1:%s' "${client_port[$1]}"; }
 first_territory() { local t=${territories[$1]%% *}; printf '%s' "${t#*=}"; }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for node in "${nodes[@]}"; do
+for node in "${nodes[@]}" "${extra_nodes[@]}"; do
     fed_port=${fed_url[$node]##*:}
     for port in "${client_port[$node]}" "$fed_port" "${dht_port[$node]}"; do
         port_free "$port" || die "port $port (node $node) is in use on 127.0.0.1: is another network running?"
@@ -303,53 +315,289 @@ api() {
 }
 # json_string KEY: the first string value of KEY in $body.
 json_string() { printf '%s' "$body" | grep -o "\"$1\": *\"[^\"]*\"" | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/' || true; }
+# json_number KEY: the first number value of KEY in $body.
+json_number() { printf '%s' "$body" | grep -o "\"$1\": *[0-9][0-9]*" | head -n 1 | sed 's/.*[^0-9]//' || true; }
 failures=0
 pass() { log "check passed: $*"; }
 fail() {
     log "CHECK FAILED: $*"
     failures=$((failures + 1))
 }
-dk=$(first_territory eu)
-us=$(first_territory am)
+# poll SECONDS COMMAND...: like wait_for, but a time-out is returned (1), not fatal.
+poll() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        nodes_alive
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+# server_name_of CODE: the territory's server name, from the templates.
+server_name_of() {
+    local node pair
+    for node in "${nodes[@]}"; do
+        for pair in ${territories[$node]}; do
+            [ "${pair%%=*}" != "$1" ] || { printf '%s' "${pair#*=}"; return 0; }
+        done
+    done
+    die "no territory $1 in the templates"
+}
+dk_name=$(server_name_of DK)
+no_name=$(server_name_of NO)
+us_name=$(server_name_of US)
+login_body='{"type":"m.login.password","identifier":{"type":"m.id.user","user":"@alice:'$dk_name'"},"password":"correct horse"}'
 
-api POST eu "$dk" /_matrix/client/v3/register \
+api POST eu "$dk_name" /_matrix/client/v3/register \
     '{"username":"alice","password":"correct horse","auth":{"type":"m.login.dummy"}}'
 alice_token=$(json_string access_token)
-if [ "$code" = 200 ] && [ "$(json_string user_id)" = "@alice:$dk" ] && [ -n "$alice_token" ]; then
-    pass "@alice:$dk registered on the eu node"
+if [ "$code" = 200 ] && [ "$(json_string user_id)" = "@alice:$dk_name" ] && [ -n "$alice_token" ]; then
+    pass "@alice:$dk_name registered on the eu node"
 else
-    fail "registering alice on eu with Host $dk: $code $body"
+    fail "registering alice on eu with Host $dk_name: $code $body"
 fi
 
-api POST am "$us" /_matrix/client/v3/register \
-    "{\"username\":\"@x:$dk\",\"password\":\"correct horse\",\"auth\":{\"type\":\"m.login.dummy\"}}"
+# Sent home: to DK's own client URL (its client_base_url, in the eu node's record).
+dk_url_eu=${territory_url[DK]:-$(client_url eu)}
+api POST am "$us_name" /_matrix/client/v3/register \
+    "{\"username\":\"@x:$dk_name\",\"password\":\"correct horse\",\"auth\":{\"type\":\"m.login.dummy\"}}"
 if [ "$code" = 403 ] && [ "$(json_string errcode)" = ORG.UNITAS.WRONG_TERRITORY ] \
-    && [ "$(json_string territory)" = DK ] && [ "$(json_string home_client_url)" = "$(client_url eu)" ]; then
-    pass "@x:$dk on the am node: 403 ORG.UNITAS.WRONG_TERRITORY, home_client_url $(client_url eu)"
+    && [ "$(json_string territory)" = DK ] && [ "$(json_string home_client_url)" = "$dk_url_eu" ]; then
+    pass "@x:$dk_name on the am node: 403 ORG.UNITAS.WRONG_TERRITORY, home_client_url $dk_url_eu"
 else
-    fail "registering @x:$dk on am: expected 403 ORG.UNITAS.WRONG_TERRITORY naming $(client_url eu), got $code $body"
+    fail "registering @x:$dk_name on am: expected 403 ORG.UNITAS.WRONG_TERRITORY naming $dk_url_eu, got $code $body"
 fi
 
 # Federation through the registry (no DNS): a US user on am joins a DK room on eu.
 room=""
 if [ -n "$alice_token" ]; then
-    api POST eu "$dk" /_matrix/client/v3/createRoom '{"preset":"public_chat","name":"Four regions"}' "$alice_token"
+    api POST eu "$dk_name" /_matrix/client/v3/createRoom '{"preset":"public_chat","name":"Four regions"}' "$alice_token"
     room=$(json_string room_id)
     [ "$code" = 200 ] && [ -n "$room" ] || fail "createRoom on eu: $code $body"
 fi
-api POST am "$us" /_matrix/client/v3/register \
+api POST am "$us_name" /_matrix/client/v3/register \
     '{"username":"bob","password":"correct horse","auth":{"type":"m.login.dummy"}}'
 bob_token=$(json_string access_token)
-[ "$code" = 200 ] && [ -n "$bob_token" ] || fail "registering bob on am with Host $us: $code $body"
+[ "$code" = 200 ] && [ -n "$bob_token" ] || fail "registering bob on am with Host $us_name: $code $body"
+room_path=$(printf '%s' "$room" | sed 's/!/%21/g; s/:/%3A/g')
 if [ -n "$room" ] && [ -n "$bob_token" ]; then
-    room_path=$(printf '%s' "$room" | sed 's/!/%21/g; s/:/%3A/g')
-    api POST am "$us" "/_matrix/client/v3/join/$room_path?server_name=$dk" '{}' "$bob_token"
+    api POST am "$us_name" "/_matrix/client/v3/join/$room_path?server_name=$dk_name" '{}' "$bob_token"
     if [ "$code" = 200 ]; then
-        pass "@bob:$us (am) joined $room on $dk (eu) over federation"
+        pass "@bob:$us_name (am) joined $room on $dk_name (eu) over federation"
     else
-        fail "@bob:$us joining $room via $dk: $code $body"
+        fail "@bob:$us_name joining $room via $dk_name: $code $body"
     fi
 fi
+# The migration below needs the room with alice and bob in it.
+[ "$failures" = 0 ] || die "four-regions check: $failures check(s) failed before the migration"
+
+# A NO user on eu in the same room: eu stays in the room after DK moves away.
+api POST eu "$no_name" /_matrix/client/v3/register \
+    '{"username":"carol","password":"correct horse","auth":{"type":"m.login.dummy"}}'
+carol_token=$(json_string access_token)
+[ "$code" = 200 ] && [ -n "$carol_token" ] || die "registering carol on eu with Host $no_name: $code $body"
+api POST eu "$no_name" "/_matrix/client/v3/join/$room_path" '{}' "$carol_token"
+[ "$code" = 200 ] || die "@carol:$no_name joining $room on eu: $code $body"
+pass "@carol:$no_name (eu) joined $room"
+
+# --- Messages: sent, then seen by every member's node --------------------------------------
+msg_prefix="four-regions message"
+sent=""
+sent_count=0
+txn=0
+# send_message NODE HOST TOKEN WHO: one message in the room; sets code and body.
+send_message() {
+    txn=$((txn + 1))
+    msg_body="$msg_prefix $((sent_count + 1)) from $4"
+    api PUT "$1" "$2" "/_matrix/client/v3/rooms/$room_path/send/m.room.message/four-regions-$$-$txn" \
+        "{\"msgtype\":\"m.text\",\"body\":\"$msg_body\"}" "$3"
+}
+# say NODE HOST TOKEN WHO: send_message that must succeed; counted in $sent.
+say() {
+    send_message "$@"
+    [ "$code" = 200 ] || die "$4 sending a message on $1: $code $body"
+    sent+="$msg_body"$'\n'
+    sent_count=$((sent_count + 1))
+}
+# seen_messages NODE HOST TOKEN: the room's messages there (the last 100): sets seen (the
+# bodies of this check's messages, sorted) and seen_count; fails when the request does.
+seen_messages() {
+    seen=""
+    seen_count=0
+    api GET "$1" "$2" "/_matrix/client/v3/rooms/$room_path/messages?dir=b&limit=100" "" "$3"
+    [ "$code" = 200 ] || return 1
+    seen=$(printf '%s' "$body" | grep -o "\"body\": *\"$msg_prefix [^\"]*\"" \
+        | sed 's/^"body": *"//; s/"$//' | sort -u || true)
+    seen_count=$(printf '%s' "$seen" | grep -c . || true)
+}
+# sees_all NODE HOST TOKEN: whether the node shows exactly the messages sent so far.
+sees_all() {
+    seen_messages "$@" || return 1
+    [ "$seen" = "$(printf '%s' "$sent" | sort)" ]
+}
+# members_see WHAT "NODE HOST TOKEN USER"...: each member's node shows every message sent so far
+# (within 60 s: federation delivers in the background); one check line with the counts.
+members_see() {
+    local what=$1 view node host token user counts="" ok=1
+    shift
+    for view in "$@"; do
+        read -r node host token user <<<"$view"
+        if poll 60 sees_all "$node" "$host" "$token"; then
+            counts+="$node ($user) $seen_count, "
+        else
+            ok=0
+            fail "$what: $user on $node shows $seen_count of the $sent_count messages sent (/messages: $code): $(printf '%s' "$seen" | tr '\n' ';')"
+        fi
+    done
+    [ "$ok" = 0 ] || pass "$what: all $sent_count messages on every node: ${counts%, }"
+}
+alice_eu="eu $dk_name $alice_token @alice:$dk_name"
+bob_am="am $us_name $bob_token @bob:$us_name"
+carol_eu="eu $no_name $carol_token @carol:$no_name"
+
+for round in 1 2 3; do
+    say eu "$dk_name" "$alice_token" "@alice:$dk_name"
+    say am "$us_name" "$bob_token" "@bob:$us_name"
+done
+members_see "before the move ($sent_count messages)" "$alice_eu" "$bob_am" "$carol_eu"
+sent_before=$sent_count
+
+# --- Moving DK from eu to the fifth node, dk (the operator's steps, README.md) ---------------
+dk_url="http://$dk_name:${client_port[dk]}"
+export_dir="$work/export-DK"
+log "moving DK to the dk node: unitas territory export DK --out $export_dir --config eu.toml"
+"$bin" territory export DK --out "$export_dir" --config "$work/eu.toml" >"$work/logs/export.log" 2>&1 \
+    || { cat "$work/logs/export.log" >&2; die "unitas territory export DK"; }
+sed 's/^/[four-regions]   /' "$work/logs/export.log" >&2
+
+api GET eu "127.0.0.1:${client_port[eu]}" /_unitas/client/v1/territories/DK
+if [ "$code" = 200 ] && [ "$(json_string state)" = read_only ]; then
+    pass "eu reports DK read_only after the export"
+else
+    fail "territories/DK on eu after the export: expected state read_only, got $code $body"
+fi
+send_message eu "$dk_name" "$alice_token" "@alice:$dk_name (read-only)"
+if [ "$code" = 403 ] && [ "$(json_string errcode)" = ORG.UNITAS.TERRITORY_READ_ONLY ]; then
+    pass "@alice:$dk_name writing on eu while DK is read-only: 403 ORG.UNITAS.TERRITORY_READ_ONLY"
+else
+    fail "@alice:$dk_name writing on eu while DK is read-only: expected 403 ORG.UNITAS.TERRITORY_READ_ONLY, got $code $body"
+fi
+api GET eu "$dk_name" /_matrix/client/v3/joined_rooms "" "$alice_token"
+if [ "$code" = 200 ] && printf '%s' "$body" | grep -qF "\"$room\""; then
+    pass "@alice:$dk_name still reads on eu while DK is read-only (joined_rooms)"
+else
+    fail "@alice:$dk_name reading joined_rooms on eu while DK is read-only: $code $body"
+fi
+
+# The new node's config (no [[territory]]), then the import, before it ever starts.
+text=$(<"$templates/dk.toml")
+text=${text//@WORK@/"$work"}
+text=${text//@AUTHORITY@/"$authority"}
+printf '%s\n' "$text" >"$work/dk.toml"
+"$bin" config check "$work/dk.toml" >/dev/null || die "config check $work/dk.toml"
+log "unitas territory import $export_dir --config dk.toml"
+"$bin" territory import "$export_dir" --config "$work/dk.toml" >"$work/logs/import.log" 2>&1 \
+    || { cat "$work/logs/import.log" >&2; die "unitas territory import (log: $work/logs/import.log)"; }
+sed 's/^/[four-regions]   /' "$work/logs/import.log" >&2
+if grep -q 'validated:' "$work/logs/import.log"; then
+    pass "import on dk: $(grep 'validated:' "$work/logs/import.log" | head -n 1)"
+else
+    fail "unitas territory import printed no 'validated:' line (log: $work/logs/import.log)"
+fi
+# The import appended DK's [[territory]] table at the end of dk.toml. DK keeps a client URL of
+# its own on the new node, as it had on eu: its host name, on dk's port.
+[ "$(grep '^\[' "$work/dk.toml" | tail -n 1)" = '[[territory]]' ] \
+    && grep -q '^code = "DK"' "$work/dk.toml" || die "the import added no [[territory]] DK at the end of $work/dk.toml"
+printf 'client_base_url = "%s"\n' "$dk_url" >>"$work/dk.toml"
+"$bin" config check "$work/dk.toml" >/dev/null || die "config check $work/dk.toml (with DK)"
+if "$bin" territory validate "$export_dir" --config "$work/dk.toml" >"$work/logs/validate.log" 2>&1; then
+    pass "unitas territory validate on dk: $(grep 'validated:' "$work/logs/validate.log" | head -n 1)"
+else
+    fail "unitas territory validate on dk (log: $work/logs/validate.log): $(tail -n 3 "$work/logs/validate.log")"
+fi
+
+record="$work/records/nodes/dk.json"
+"$bin" registry node-record --config "$work/dk.toml" >"$record" || die "unitas registry node-record (dk)"
+node_id[dk]=$(grep -o '"node_id": *"[^"]*"' "$record" | head -n 1 | sed 's/.*"\([^"]*\)"$/\1/' || true)
+[ -n "${node_id[dk]}" ] || die "no node_id in $record"
+log "node dk: DK -> node ID ${node_id[dk]}"
+
+"$bin" run --config "$work/dk.toml" >"$work/logs/dk.log" 2>&1 &
+pids[dk]=$!
+wait_for 60 "the dk client API" client_answers dk
+log "started dk (log $work/logs/dk.log)"
+
+file="$work/records/territories/DK-v2.json"
+"$bin" registry sign --key "$work/authority.key" --code DK --server-name "$dk_name" \
+    --node-id "${node_id[dk]}" --record-version 2 >"$file" || die "unitas registry sign DK version 2"
+"$bin" registry publish "$file" --peer "/ip4/127.0.0.1/tcp/${dht_port[eu]}" \
+    --config "$work/dk.toml" >"$work/logs/publish-DK-v2.log" 2>&1 \
+    || { cat "$work/logs/publish-DK-v2.log" >&2; die "unitas registry publish (DK version 2)"; }
+log "$(grep '^published' "$work/logs/publish-DK-v2.log" | head -n 1)"
+
+# Every node routes DK to dk: version 2, dk's node ID, DK's client URL there.
+routes_dk_to_dk() {
+    api GET "$1" "127.0.0.1:${client_port[$1]}" /_unitas/client/v1/territories/DK
+    [ "$code" = 200 ] && [ "$(json_number version)" = 2 ] && [ "$(json_string node_id)" = "${node_id[dk]}" ] \
+        && [ "$(json_string client_url)" = "$dk_url" ]
+}
+routed=""
+for node in "${nodes[@]}" dk; do
+    if poll 120 routes_dk_to_dk "$node"; then
+        routed+="$node "
+    else
+        fail "territories/DK on $node: expected version 2, node ${node_id[dk]}, client_url $dk_url; got $code $body"
+    fi
+done
+[ "$routed" != "eu am ap af dk " ] || pass "all five nodes route DK version 2 to dk (client_url $dk_url)"
+api GET eu "127.0.0.1:${client_port[eu]}" /_unitas/client/v1/territories/DK
+[ "$(json_string state)" = moved ] && pass "eu reports DK moved" || fail "territories/DK on eu: expected state moved, got $code $body"
+api GET dk "127.0.0.1:${client_port[dk]}" /_unitas/client/v1/territories/DK
+[ "$(json_string state)" = serving ] && pass "dk reports DK serving" || fail "territories/DK on dk: expected state serving, got $code $body"
+
+# eu sends DK users to dk: an old token, a login.
+api GET eu "$dk_name" /_matrix/client/v3/account/whoami "" "$alice_token"
+if [ "$code" = 403 ] && [ "$(json_string errcode)" = ORG.UNITAS.WRONG_TERRITORY ] \
+    && [ "$(json_string home_client_url)" = "$dk_url" ]; then
+    pass "eu answers @alice:$dk_name's old token: 403 ORG.UNITAS.WRONG_TERRITORY, home_client_url $dk_url"
+else
+    fail "@alice:$dk_name's old token on eu: expected 403 ORG.UNITAS.WRONG_TERRITORY naming $dk_url (DK's client URL, as territories/DK gives it), got $code $body"
+fi
+api POST eu "$dk_name" /_matrix/client/v3/login "$login_body"
+if [ "$code" = 403 ] && [ "$(json_string errcode)" = ORG.UNITAS.WRONG_TERRITORY ] \
+    && [ "$(json_string home_client_url)" = "$dk_url" ]; then
+    pass "eu answers @alice:$dk_name's login: 403 ORG.UNITAS.WRONG_TERRITORY, home_client_url $dk_url"
+else
+    fail "@alice:$dk_name logging in on eu: expected 403 ORG.UNITAS.WRONG_TERRITORY naming $dk_url (DK's client URL, as territories/DK gives it), got $code $body"
+fi
+
+# On dk: the exported token still works; a login with the same password and user ID.
+api GET dk "$dk_name" /_matrix/client/v3/account/whoami "" "$alice_token"
+if [ "$code" = 200 ] && [ "$(json_string user_id)" = "@alice:$dk_name" ]; then
+    pass "dk accepts @alice:$dk_name's old token (whoami)"
+else
+    fail "@alice:$dk_name's old token on dk: expected 200 whoami, got $code $body"
+fi
+api POST dk "$dk_name" /_matrix/client/v3/login "$login_body"
+alice_dk_token=$(json_string access_token)
+if [ "$code" = 200 ] && [ "$(json_string user_id)" = "@alice:$dk_name" ] && [ -n "$alice_dk_token" ]; then
+    pass "@alice:$dk_name logged in on dk with the same user ID and password"
+else
+    die "@alice:$dk_name logging in on dk: $code $body"
+fi
+alice_dk="dk $dk_name $alice_dk_token @alice:$dk_name"
+api GET dk "$dk_name" /_matrix/client/v3/joined_rooms "" "$alice_dk_token"
+if [ "$code" = 200 ] && printf '%s' "$body" | grep -qF "\"$room\""; then
+    pass "@alice:$dk_name on dk is still joined to $room"
+else
+    fail "joined_rooms of @alice:$dk_name on dk: expected $room, got $code $body"
+fi
+members_see "history on dk ($sent_before messages sent before the move)" "$alice_dk"
+
+# Federation with DK on its new node, both ways; eu (carol) stays in the room.
+say am "$us_name" "$bob_token" "@bob:$us_name"
+say dk "$dk_name" "$alice_dk_token" "@alice:$dk_name on dk"
+members_see "after the move (+2 messages: am and dk)" "$alice_dk" "$bob_am" "$carol_eu"
 
 if [ "$failures" = 0 ]; then
     log "four-regions check: all passed"
