@@ -8,7 +8,10 @@
 //!   `403 ORG.UNITAS.WRONG_TERRITORY` with the new node's client URL on every request, and the
 //!   rooms treat its server name as remote (their events reach the new node over federation);
 //! - rolled back: a newer record naming this node again ends the read-only state (the mark is
-//!   cleared) and the server name is ours again.
+//!   cleared) and the server name is ours again;
+//! - the other side of a rollback: a territory this node was named for (it imported it) whose
+//!   newer record names another node gets the read-only mark here by itself (with the version
+//!   that named this node), so it is "moved" from then on, across restarts too.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -28,6 +31,8 @@ pub struct Moves {
     read_only: HashMap<String, i64>,
     /// Territories whose registry record names another node now.
     moved: HashSet<String>,
+    /// Per territory code, the highest record version seen naming this node.
+    named: HashMap<String, u64>,
 }
 
 impl Moves {
@@ -61,12 +66,15 @@ pub fn check(state: &AppState, server_name: &str, write: bool) -> Result<(), Api
 
 /// One look at the marks and the registry (see the module doc); `node_id` is this node's.
 pub async fn refresh(state: &AppState, node_id: Option<&str>) -> Result<(), String> {
+    let now = u64::try_from(crate::node::now_ms()).unwrap_or(0);
+    if let Some(ours) = node_id {
+        handed_over(state, ours, now).await?;
+    }
     let marks = state
         .store
         .list_read_only_territories()
         .await
         .map_err(|e| e.to_string())?;
-    let now = u64::try_from(crate::node::now_ms()).unwrap_or(0);
     let mut read_only = HashMap::new();
     let mut moved = HashSet::new();
     for (code, _, version) in marks {
@@ -120,6 +128,61 @@ pub async fn refresh(state: &AppState, node_id: Option<&str>) -> Result<(), Stri
     for server in claimed {
         state.rooms.claim_server(&server);
         tracing::info!(%server, "territory served here again");
+    }
+    Ok(())
+}
+
+/// Notes the record versions naming this node, and marks read-only a territory whose newer
+/// record names another node after one named this node (the authority moved it away, e.g. a
+/// rollback to the node it came from).
+async fn handed_over(state: &AppState, ours: &str, now: u64) -> Result<(), String> {
+    let records: Vec<(String, u64, String)> = {
+        let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
+        state
+            .territories
+            .all()
+            .iter()
+            .filter_map(|t| registry.route(t.config.code.as_str(), now))
+            .map(|r| {
+                (
+                    r.territory.code.to_string(),
+                    r.territory.version,
+                    r.territory.node_id.clone(),
+                )
+            })
+            .collect()
+    };
+    for (code, version, node) in records {
+        let named = {
+            let mut moves = state.moves.write().unwrap_or_else(|e| e.into_inner());
+            if node == ours {
+                let seen = moves.named.entry(code.clone()).or_default();
+                *seen = (*seen).max(version);
+                continue;
+            }
+            moves.named.get(&code).copied()
+        };
+        let Some(named) = named.filter(|named| version > *named) else {
+            continue;
+        };
+        let marked = state
+            .store
+            .list_read_only_territories()
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .any(|(c, _, _)| *c == code);
+        if !marked {
+            state
+                .store
+                .set_territory_read_only(
+                    &code,
+                    Some((crate::node::now_ms(), i64::try_from(named).unwrap_or(0))),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            tracing::info!(territory = %code, version, "the registry moved the territory to another node");
+        }
     }
     Ok(())
 }

@@ -662,6 +662,61 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
         );
     }
 
+    // Rolled back: the authority names eu again (version 3). eu serves DK again by itself, and
+    // the dk node sends DK's users back there.
+    let back = territory_record("DK", &eu.node_key, 3, &authority);
+    dk.dht()
+        .publish(territory_key("DK"), serde_json::to_vec(&back).unwrap())
+        .await
+        .unwrap();
+    let dk_state = |node: &'static str| {
+        let node = if node == "eu" { &eu } else { &dk };
+        async move {
+            let (_, dk) = node
+                .call(
+                    "localhost",
+                    None,
+                    reqwest::Method::GET,
+                    "/_unitas/client/v1/territories/DK",
+                    None,
+                )
+                .await;
+            (
+                dk["version"].as_u64(),
+                dk["state"].as_str().map(str::to_owned),
+            )
+        }
+    };
+    eventually("eu serves DK again, the dk node sees it moved", || async {
+        dk_state("eu").await == (Some(3), Some("serving".into()))
+            && dk_state("dk").await == (Some(3), Some("moved".into()))
+    })
+    .await;
+    let (status, refused) = dk
+        .call(
+            "dk.unitas.test",
+            Some(&members[0].2),
+            reqwest::Method::GET,
+            "/_matrix/client/v3/account/whoami",
+            None,
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(refused["home_client_url"], eu.client_url());
+    let (status, login) = eu
+        .call(
+            "dk.unitas.test",
+            None,
+            reqwest::Method::POST,
+            "/_matrix/client/v3/login",
+            Some(
+                json!({"type": "m.login.password", "password": "correct horse",
+                "identifier": {"type": "m.id.user", "user": "alice"}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 200, "{login}");
+
     for node in [eu, am, ap, af, dk] {
         node.node.shutdown().await;
     }
