@@ -399,17 +399,27 @@ pub async fn device_changed(
         }
         None => {}
     }
+    send_about(state, user_id, &servers, "m.device_list_update", content).await
+}
+
+/// Sends a durable EDU about a local user, as the user's territory, to `servers`.
+async fn send_about(
+    state: &AppState,
+    user_id: &str,
+    servers: &[String],
+    edu_type: &str,
+    content: Value,
+) -> Result<(), ApiError> {
     let origin = server_of(user_id).unwrap_or_default();
     state
         .sender
         .send_edu_durable(
             origin,
-            &servers,
-            &json!({"edu_type": "m.device_list_update", "content": content}),
+            servers,
+            &json!({"edu_type": edu_type, "content": content}),
         )
         .await
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(())
+        .map_err(|e| ApiError::internal(&e))
 }
 
 /// A local user's cross-signing keys or their signatures changed: our users sharing a room
@@ -429,17 +439,7 @@ pub async fn signing_keys_changed(state: &AppState, user_id: &str) -> Result<(),
     if let Some(self_signing) = keys.get("self_signing") {
         content["self_signing_key"] = self_signing.clone();
     }
-    let origin = server_of(user_id).unwrap_or_default();
-    state
-        .sender
-        .send_edu_durable(
-            origin,
-            &servers,
-            &json!({"edu_type": "m.signing_key_update", "content": content}),
-        )
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
-    Ok(())
+    send_about(state, user_id, &servers, "m.signing_key_update", content).await
 }
 
 /// Records that a user's devices changed (our users' syncs list it in `device_lists.changed`

@@ -117,17 +117,7 @@ impl NodeIdentity {
                 )
             })
             .collect();
-        let federation_url = config.registry.federation_url.clone().unwrap_or_else(|| {
-            let addr = config.server.federation_listen;
-            let host = if addr.ip().is_unspecified() {
-                "localhost".to_owned()
-            } else if addr.is_ipv6() {
-                format!("[{}]", addr.ip())
-            } else {
-                addr.ip().to_string()
-            };
-            format!("https://{host}:{}", addr.port())
-        });
+        let federation_url = config.federation_base_url();
         Ok(NodeIdentity {
             key,
             client_url,

@@ -285,6 +285,18 @@ impl Default for RateLimitsConfig {
     }
 }
 
+/// `<scheme>://<host>:<port>` of a listener, `localhost` standing for an unspecified address.
+fn listener_url(scheme: &str, addr: SocketAddr) -> String {
+    let host = if addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("{scheme}://{host}:{}", addr.port())
+}
+
 /// `[registry]`
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
@@ -716,17 +728,16 @@ impl Config {
     pub fn client_base_url(&self) -> String {
         match &self.server.public_baseurl {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => {
-                let addr = self.server.listen;
-                let host = if addr.ip().is_unspecified() {
-                    "localhost".to_owned()
-                } else if addr.is_ipv6() {
-                    format!("[{}]", addr.ip())
-                } else {
-                    addr.ip().to_string()
-                };
-                format!("http://{host}:{}", addr.port())
-            }
+            None => listener_url("http", self.server.listen),
+        }
+    }
+
+    /// The federation base URL this node publishes in its node record: `[registry]
+    /// federation_url`, else `https://<federation_listen>`.
+    pub fn federation_base_url(&self) -> String {
+        match &self.registry.federation_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => listener_url("https", self.server.federation_listen),
         }
     }
 

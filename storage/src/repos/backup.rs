@@ -131,6 +131,34 @@ fn not_found(version: i64) -> StorageError {
     }
 }
 
+/// The end of a change to a version's keys, inside its transaction: the etag moves on when
+/// something changed, then the count and the etag are read and the transaction committed.
+/// (A macro: the transaction's type differs per backend.)
+macro_rules! finish {
+    ($tx:ident, $user:expr, $version:expr, $etag:ident, $changed:expr) => {{
+        if $changed {
+            $etag += 1;
+            sqlx::query(
+                "UPDATE key_backup_versions SET etag = $3 WHERE user_id = $1 AND version = $2",
+            )
+            .bind($user)
+            .bind($version)
+            .bind($etag)
+            .execute(&mut *$tx)
+            .await?;
+        }
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM key_backup_keys WHERE user_id = $1 AND version = $2",
+        )
+        .bind($user)
+        .bind($version)
+        .fetch_one(&mut *$tx)
+        .await?;
+        $tx.commit().await?;
+        Ok(Some((count, $etag)))
+    }};
+}
+
 impl KeyBackups for Store {
     async fn create_backup_version(
         &self,
@@ -290,26 +318,7 @@ impl KeyBackups for Store {
                 .await?;
                 changed = true;
             }
-            if changed {
-                etag += 1;
-                sqlx::query(
-                    "UPDATE key_backup_versions SET etag = $3 WHERE user_id = $1 AND version = $2",
-                )
-                .bind(user_id)
-                .bind(version)
-                .bind(etag)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let count: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM key_backup_keys WHERE user_id = $1 AND version = $2",
-            )
-            .bind(user_id)
-            .bind(version)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Some((count, etag)))
+            finish!(tx, user_id, version, etag, changed)
         }
         .await)?;
         outcome.ok_or_else(|| not_found(version))
@@ -366,26 +375,8 @@ impl KeyBackups for Store {
                 BackupScope::Room(room) => query = query.bind(room),
                 BackupScope::Session(room, session) => query = query.bind(room).bind(session),
             }
-            if query.execute(&mut *tx).await?.rows_affected() > 0 {
-                etag += 1;
-                sqlx::query(
-                    "UPDATE key_backup_versions SET etag = $3 WHERE user_id = $1 AND version = $2",
-                )
-                .bind(user_id)
-                .bind(version)
-                .bind(etag)
-                .execute(&mut *tx)
-                .await?;
-            }
-            let count: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM key_backup_keys WHERE user_id = $1 AND version = $2",
-            )
-            .bind(user_id)
-            .bind(version)
-            .fetch_one(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok(Some((count, etag)))
+            let changed = query.execute(&mut *tx).await?.rows_affected() > 0;
+            finish!(tx, user_id, version, etag, changed)
         }
         .await)?;
         outcome.ok_or_else(|| not_found(version))
