@@ -74,3 +74,81 @@ async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
     assert_eq!(facts["receipts"], true);
     node.shutdown().await;
 }
+
+/// A node named `127.0.0.1:<federation port>` that federates with loopback peers.
+async fn federating_node(dir: &std::path::Path) -> Node {
+    let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let federation = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = crate::foundation::config(dir);
+    config.server.listen = client.local_addr().unwrap();
+    config.server.federation_listen = federation.local_addr().unwrap();
+    config.server.server_name = format!("127.0.0.1:{}", federation.local_addr().unwrap().port());
+    config.registration.enabled = true;
+    config.rate_limits.enabled = false;
+    config.federation.verify_tls = false;
+    config.federation.ip_range_allowlist = vec!["127.0.0.0/8".parse().unwrap()];
+    Node::start_on(config, client, federation).await.unwrap()
+}
+
+/// The types of a room's events as a node stores them.
+async fn stored_types(node: &Node, room_id: &str) -> Vec<String> {
+    use unitas_storage::TerritoryTransfer;
+    node.state
+        .store
+        .room_events(room_id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let event: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+            event["type"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
+/// Two matrix-nio clients with encryption (vodozemac) exchange keys and read each other's
+/// messages in an encrypted room, on one node and across two federated nodes; the nodes'
+/// databases hold only `m.room.encrypted` for those messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_nio_encrypts_on_one_node_and_across_two() {
+    let Some(python) = python() else { return };
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let one = federating_node(dirs[0].path()).await;
+    let a = federating_node(dirs[1].path()).await;
+    let b = federating_node(dirs[2].path()).await;
+    let url = |node: &Node| format!("http://{}", node.client_addr);
+    for (alice_node, bob_node, store) in [
+        (&one, &one, dirs[3].path().join("one")),
+        (&a, &b, dirs[3].path().join("two")),
+    ] {
+        std::fs::create_dir_all(&store).unwrap();
+        let (ok, stdout, stderr) = crate::run_to_end(
+            python.clone(),
+            vec![
+                script("nio_e2ee.py").display().to_string(),
+                url(alice_node),
+                url(bob_node),
+                store.display().to_string(),
+            ],
+        )
+        .await;
+        assert!(ok, "matrix-nio with encryption failed:\n{stderr}\n{stdout}");
+        let facts: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(
+            facts["bodies"],
+            serde_json::json!(["a secret from alice", "a secret from bob"])
+        );
+        let room = facts["room_id"].as_str().unwrap();
+        for node in [alice_node, bob_node] {
+            let types = stored_types(node, room).await;
+            assert!(
+                types.iter().filter(|t| *t == "m.room.encrypted").count() >= 2,
+                "{types:?}"
+            );
+            assert!(!types.iter().any(|t| t == "m.room.message"), "{types:?}");
+        }
+    }
+    for node in [one, a, b] {
+        node.shutdown().await;
+    }
+}

@@ -337,7 +337,7 @@ pub async fn create_room_route(
         } else {
             json!({})
         };
-        set_membership(&state, &user, &room_id, invitee, "invite", None, extra).await?;
+        invite(&state, &user, &room_id, invitee, extra).await?;
     }
     Ok(create_room::v3::Response::new(room_id).into())
 }
@@ -523,43 +523,53 @@ pub async fn invite_user_route(
         ));
     };
     require_joined(&state, &req.body.room_id, &user.user_id).await?;
-    let target_server = recipient.user_id.server_name();
+    invite(
+        &state,
+        &user,
+        &req.body.room_id,
+        &recipient.user_id,
+        json!({}),
+    )
+    .await?;
+    Ok(invite_user::v3::Response::new().into())
+}
+
+/// Invites `invitee` as `user`: a local user directly; a user of another server through that
+/// server, which countersigns the invite before it is appended. `extra`: more content
+/// (`is_direct`).
+async fn invite(
+    state: &AppState,
+    user: &ClientUser,
+    room_id: &RoomId,
+    invitee: &UserId,
+    extra: Value,
+) -> std::result::Result<(), ApiError> {
+    let target_server = invitee.server_name();
     if state.territories.hosts(target_server.as_str()) {
-        set_membership(
-            &state,
-            &user,
-            &req.body.room_id,
-            &recipient.user_id,
-            "invite",
-            None,
-            json!({}),
-        )
-        .await?;
-        return Ok(invite_user::v3::Response::new().into());
+        set_membership(state, user, room_id, invitee, "invite", None, extra).await?;
+        return Ok(());
     }
-    // A user of another server: their server countersigns the invite before it is appended.
-    let room_id = &req.body.room_id;
     let version = state
         .rooms
         .room_version(room_id)
         .await?
         .ok_or_else(|| ApiError::not_found("Unknown room"))?;
-    let template = EventTemplate::state(
-        "m.room.member",
-        recipient.user_id.as_str(),
-        json!({"membership": "invite"}),
-    );
-    let invite = state
+    let mut content = json!({"membership": "invite"});
+    if let (Some(content), Some(extra)) = (content.as_object_mut(), extra.as_object()) {
+        content.extend(extra.clone());
+    }
+    let template = EventTemplate::state("m.room.member", invitee.as_str(), content);
+    let built = state
         .rooms
-        .build_local(room_id, &user.user_id, &template, signer(&user))
+        .build_local(room_id, &user.user_id, &template, signer(user))
         .await?;
-    let stripped = stripped_state(&state, room_id, &user.user_id).await?;
+    let stripped = stripped_state(state, room_id, &user.user_id).await?;
     let signed = state
         .inbound
         .request_invite_signature(
             &user.territory.local_server(),
             target_server,
-            &invite,
+            &built,
             &version,
             stripped,
         )
@@ -572,7 +582,7 @@ pub async fn invite_user_route(
             )
         })?;
     state.rooms.append_own(signed).await?;
-    Ok(invite_user::v3::Response::new().into())
+    Ok(())
 }
 
 /// What an invitee sees of a room before joining: its essentials and the inviter's membership
