@@ -265,6 +265,14 @@ def main():
         failures.append(f"the master key is not in /keys/query: {queried}")
     second = call("GET", f"{c}/sync", query={"timeout": "0"}, token=a)["next_batch"]
     call("GET", f"{c}/keys/changes", query={"from": first, "to": second}, token=a)
+    # Calls and reports.
+    turn = call("GET", f"{c}/voip/turnServer", token=a)
+    if turn is not None and not turn.get("username", "").endswith(ua):
+        failures.append(f"TURN credentials: {turn}")
+    call("POST", f"{c}/rooms/{{roomId}}/report/{{eventId}}", {"roomId": room, "eventId": event}, body={"reason": "spam"}, token=b)
+    call("POST", f"{c}/rooms/{{roomId}}/report/{{eventId}}", {"roomId": room, "eventId": "$unknown"}, body={"reason": "spam"}, token=b, status=404)
+    call("POST", f"{c}/rooms/{{roomId}}/report", {"roomId": room}, body={"reason": "the whole room"}, token=b)
+    call("POST", f"{c}/users/{{userId}}/report", {"userId": ua}, body={"reason": "rude"}, token=b)
     # Registration tokens.
     call("GET", "/_matrix/client/v1/register/m.login.registration_token/validity", query={"token": "letmein"})
     call("POST", f"{c}/register", body={"username": "tokened", "password": "pw", "auth": {"type": "m.login.registration_token", "token": "wrong"}}, status=401)

@@ -39,6 +39,16 @@ enum Command {
     /// The territories this node hosts.
     #[command(subcommand)]
     Territory(TerritoryCommand),
+    /// Reports of events, rooms and users by this node's users, newest first, one JSON object
+    /// a line.
+    Reports {
+        /// How many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Config file (default: $UNITAS_CONFIG, else ./unitas.toml if present).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -259,6 +269,9 @@ pub fn main() -> ExitCode {
             standby,
             config,
         }) => crate::migration::export(&code, &out, record_version, standby, config.as_deref()),
+        Command::Reports { limit, config } => {
+            crate::migration::list_reports(limit, config.as_deref())
+        }
         Command::Territory(TerritoryCommand::Import { dir, config }) => {
             crate::migration::import(&dir, config.as_deref())
         }

@@ -833,6 +833,31 @@ async fn import_rooms(dir: &Path, state: &crate::state::AppState) -> Result<(), 
     Ok(())
 }
 
+/// `unitas reports`: the newest reports from the node's database, a JSON object a line.
+pub fn list_reports(limit: i64, config: Option<&Path>) -> Result<(), String> {
+    use unitas_storage::Reports;
+    let (config, _) = load_config(config)?;
+    runtime()?.block_on(async {
+        let store = open_store(&config).await?;
+        let reports = store
+            .list_reports(limit.max(1))
+            .await
+            .map_err(|e| e.to_string())?;
+        store.close().await;
+        for r in reports {
+            println!(
+                "{}",
+                json!({
+                    "id": r.id, "kind": r.kind, "reporter": r.reporter, "room_id": r.room_id,
+                    "event_id": r.event_id, "user_id": r.user_id, "reason": r.reason,
+                    "created_ts": r.created_ts,
+                })
+            );
+        }
+        Ok(())
+    })
+}
+
 /// `unitas territory validate DIR`: what this node's database holds of the territory against
 /// the export's manifest.
 pub fn validate(dir: &Path, config: Option<&Path>) -> Result<(), String> {

@@ -29,7 +29,7 @@ pub use repos::{
     KeyUpload, NewAccessToken, NewAccount, NewDevice, RemoteServerKey, RemoteServerKeys,
     SigningKeyRecord, SigningKeys, Territories, TerritoryRow, ToDeviceMessage,
 };
-pub use repos::{BackupKey, BackupScope, BackupVersion, KeyBackups};
+pub use repos::{BackupKey, BackupScope, BackupVersion, KeyBackups, Report, Reports};
 pub use repos::{
     ClientData, ClientExtras, MediaRow, NewReceipt, ProfileField, ProfileRow, ReceiptRow,
     RemoteMediaRow,

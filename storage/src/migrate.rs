@@ -91,6 +91,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "cross_signing",
         include_str!("../migrations/sqlite/0016_cross_signing.sql"),
     ),
+    (
+        17,
+        "reports",
+        include_str!("../migrations/sqlite/0017_reports.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -173,6 +178,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         16,
         "cross_signing",
         include_str!("../migrations/postgres/0016_cross_signing.sql"),
+    ),
+    (
+        17,
+        "reports",
+        include_str!("../migrations/postgres/0017_reports.sql"),
     ),
 ];
 

@@ -33,6 +33,8 @@ async fn client_api_responses_match_the_spec() {
     config.registration.shared_secret = Some(unitas::config::Secret::new("s3cret".into()));
     std::fs::write(dir.path().join("tokens"), "letmein\n").unwrap();
     config.registration.tokens_file = Some(dir.path().join("tokens"));
+    config.voip.turn_uris = vec!["turn:turn.example.org:3478?transport=udp".into()];
+    config.voip.turn_shared_secret = Some(unitas::config::Secret::new("turn-secret".into()));
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
     let (ok, stdout, stderr) = crate::run_to_end(

@@ -65,7 +65,27 @@ pub fn client_router(state: AppState) -> Router {
         .route(
             "/_unitas/client/v1/nodes",
             get(crate::registry::list_nodes_route),
+        )
+        .route(
+            "/_matrix/client/unstable/org.matrix.msc4143/rtc/transports",
+            get(crate::api::client::voip::rtc_transports_route),
         );
+    routes = route::<c::room::report_content::v3::Request, _, _>(
+        routes,
+        crate::api::client::reports::report_event_route,
+    );
+    routes = route::<c::room::report_room::v3::Request, _, _>(
+        routes,
+        crate::api::client::reports::report_room_route,
+    );
+    routes = route::<c::reporting::report_user::v3::Request, _, _>(
+        routes,
+        crate::api::client::reports::report_user_route,
+    );
+    routes = route::<c::voip::get_turn_server_info::v3::Request, _, _>(
+        routes,
+        crate::api::client::voip::turn_server_route,
+    );
     routes =
         route::<c::session::get_login_types::v3::Request, _, _>(routes, a::get_login_types_route);
     routes = route::<c::session::login::v3::Request, _, _>(routes, a::login_route);

@@ -50,6 +50,8 @@ pub struct Config {
     pub media: MediaConfig,
     /// Presence (online, unavailable, offline).
     pub presence: PresenceConfig,
+    /// Calls: TURN credentials and MatrixRTC (Element Call) transports.
+    pub voip: VoipConfig,
     /// The territory registry: which node serves which territory.
     pub registry: RegistryConfig,
     /// The registry's DHT (Kademlia over libp2p) among the network's nodes.
@@ -360,6 +362,47 @@ impl Default for DhtConfig {
     }
 }
 
+/// `[voip]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct VoipConfig {
+    /// TURN server URIs handed to clients (`turn:turn.example:3478?transport=udp`,
+    /// `turns:turn.example:5349`). Empty: `/voip/turnServer` answers 404.
+    pub turn_uris: Vec<String>,
+    /// The TURN server's shared secret (coturn's `static-auth-secret`, `use-auth-secret`):
+    /// credentials are `<expiry>:<user_id>` and base64(HMAC-SHA1(secret, username)). Never
+    /// printed.
+    pub turn_shared_secret: Option<Secret>,
+    /// How long TURN credentials are valid, in seconds.
+    pub turn_user_lifetime_secs: u64,
+    /// MatrixRTC transports (foci) for Element Call, each `{ type = "livekit",
+    /// livekit_service_url = "https://livekit-jwt.example" }`: published in
+    /// `/.well-known/matrix/client` (`org.matrix.msc4143.rtc_foci`) and at
+    /// `/_matrix/client/unstable/org.matrix.msc4143/rtc/transports`.
+    pub rtc_foci: Vec<RtcFocus>,
+}
+
+/// One MatrixRTC transport.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RtcFocus {
+    /// Transport type (`livekit`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The LiveKit JWT service URL.
+    pub livekit_service_url: String,
+}
+
+impl Default for VoipConfig {
+    fn default() -> Self {
+        VoipConfig {
+            turn_uris: Vec::new(),
+            turn_shared_secret: None,
+            turn_user_lifetime_secs: 86_400,
+            rtc_foci: Vec::new(),
+        }
+    }
+}
+
 /// `[presence]`
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(default)]
@@ -665,6 +708,26 @@ impl Config {
         }
         if let Some(url) = &self.registry.federation_url {
             check_http_url("registry.federation_url", url)?;
+        }
+        for uri in &self.voip.turn_uris {
+            if !(uri.starts_with("turn:") || uri.starts_with("turns:")) {
+                return Err(invalid(
+                    "voip.turn_uris",
+                    format!("{uri:?}: a TURN URI starts with turn: or turns:"),
+                ));
+            }
+        }
+        if !self.voip.turn_uris.is_empty() && self.voip.turn_shared_secret.is_none() {
+            return Err(invalid(
+                "voip.turn_shared_secret",
+                "TURN URIs need the TURN server's shared secret",
+            ));
+        }
+        for focus in &self.voip.rtc_foci {
+            check_http_url(
+                "voip.rtc_foci.livekit_service_url",
+                &focus.livekit_service_url,
+            )?;
         }
         if let Some(region) = &self.registry.region {
             TerritoryCode::parse(region).map_err(|e| invalid("registry.region", e.to_string()))?;

@@ -974,3 +974,106 @@ async fn cross_signing_keys_and_signatures() {
     assert_eq!(answer["failures"][&bob]["NOPE"]["errcode"], "M_NOT_FOUND");
     t.node.shutdown().await;
 }
+
+/// Calls and reports: TURN credentials only when a TURN server is configured (coturn's REST
+/// convention), MatrixRTC transports in the well-known document and at their endpoint, reports
+/// stored for admins.
+#[tokio::test]
+async fn turn_credentials_rtc_transports_and_reports() {
+    use unitas_storage::Reports;
+    for configured in [false, true] {
+        let t = TestNode::start_with(|c| {
+            c.registration.enabled = true;
+            c.rate_limits.enabled = false;
+            if configured {
+                c.voip.turn_uris = vec!["turns:turn.example.org:5349".into()];
+                c.voip.turn_shared_secret = Some(unitas::config::Secret::new("s3cret".into()));
+                c.voip.turn_user_lifetime_secs = 600;
+                c.voip.rtc_foci = vec![unitas::config::RtcFocus {
+                    kind: "livekit".into(),
+                    livekit_service_url: "https://livekit-jwt.example.org".into(),
+                }];
+            }
+        })
+        .await;
+        let host = "localhost:8448";
+        let (_, registered) = post_json(
+            &t.client("/_matrix/client/v3/register"),
+            host,
+            None,
+            json!({"username": "caller", "password": "pw", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+        let token = registered["access_token"].as_str().unwrap().to_owned();
+        let user = registered["user_id"].as_str().unwrap().to_owned();
+        let get = |path: &str| http().get(t.client(path)).bearer_auth(&token).send();
+        let turn = get("/_matrix/client/v3/voip/turnServer").await.unwrap();
+        let well_known: serde_json::Value = get("/.well-known/matrix/client")
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let transports: serde_json::Value =
+            get("/_matrix/client/unstable/org.matrix.msc4143/rtc/transports")
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+        if configured {
+            assert_eq!(turn.status(), 200);
+            let turn: serde_json::Value = turn.json().await.unwrap();
+            assert_eq!(turn["uris"], json!(["turns:turn.example.org:5349"]));
+            assert_eq!(turn["ttl"], 600);
+            let username = turn["username"].as_str().unwrap();
+            let (expiry, named) = username.split_once(':').unwrap();
+            assert_eq!(named, user);
+            let now = u64::try_from(unitas::node::now_ms() / 1000).unwrap();
+            assert!((now + 590..=now + 610).contains(&expiry.parse::<u64>().unwrap()));
+            // coturn recomputes base64(HMAC-SHA1(secret, username)) and compares.
+            use base64::Engine;
+            use hmac::Mac;
+            let mut mac = hmac::Hmac::<sha1::Sha1>::new_from_slice(b"s3cret").unwrap();
+            mac.update(username.as_bytes());
+            assert_eq!(
+                turn["password"].as_str().unwrap(),
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+            );
+            let foci = json!([{"type": "livekit", "livekit_service_url": "https://livekit-jwt.example.org"}]);
+            assert_eq!(well_known["org.matrix.msc4143.rtc_foci"], foci);
+            assert_eq!(transports["rtc_transports"], foci);
+        } else {
+            assert_eq!(turn.status(), 404);
+            assert!(well_known.get("org.matrix.msc4143.rtc_foci").is_none());
+            assert_eq!(transports["rtc_transports"], json!([]));
+        }
+        // Reports land in the store for admins; a user of ours that does not exist is a 404.
+        let (status, _) = post_json(
+            &t.client(&format!(
+                "/_matrix/client/v3/users/{}/report",
+                unitas_federation::inbound::percent(&user)
+            )),
+            host,
+            Some(&token),
+            json!({"reason": "testing"}),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, _) = post_json(
+            &t.client("/_matrix/client/v3/users/%40ghost%3Alocalhost%3A8448/report"),
+            host,
+            Some(&token),
+            json!({"reason": "nobody"}),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let reports = t.node.state.store.list_reports(10).await.unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            (reports[0].kind.as_str(), reports[0].user_id.as_deref()),
+            ("user", Some(user.as_str()))
+        );
+        t.node.shutdown().await;
+    }
+}

@@ -11,6 +11,7 @@ mod devices;
 mod e2ee;
 mod keys;
 mod outbound;
+mod reports;
 mod rooms;
 mod territories;
 mod transfer;
@@ -23,6 +24,7 @@ pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, Ne
 pub use e2ee::{DeviceInbox, DeviceKeys, KeyUpload, ToDeviceMessage};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
+pub use reports::{Report, Reports};
 pub use rooms::{
     EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,
 };

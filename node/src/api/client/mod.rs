@@ -6,6 +6,8 @@ pub mod directory;
 pub mod ephemeral;
 pub mod keys;
 pub mod media;
+pub mod reports;
 pub mod rooms;
 pub mod security;
 pub mod sync;
+pub mod voip;

@@ -1,0 +1,13 @@
+-- Reports of events, rooms and users by our users, kept for the node's admins
+-- (`unitas reports`).
+CREATE TABLE reports (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- 'event', 'room' or 'user'.
+    kind       TEXT NOT NULL,
+    reporter   TEXT NOT NULL,
+    room_id    TEXT,
+    event_id   TEXT,
+    user_id    TEXT,
+    reason     TEXT,
+    created_ts INTEGER NOT NULL
+);
