@@ -265,6 +265,10 @@ def main():
         failures.append(f"the master key is not in /keys/query: {queried}")
     second = call("GET", f"{c}/sync", query={"timeout": "0"}, token=a)["next_batch"]
     call("GET", f"{c}/keys/changes", query={"from": first, "to": second}, token=a)
+    # Search.
+    found = call("POST", f"{c}/search", body={"search_categories": {"room_events": {"search_term": "hey", "order_by": "recent", "filter": {"limit": 2}}}}, token=a)
+    if found is not None and found["search_categories"]["room_events"].get("count", 0) < 1:
+        failures.append(f"search found nothing: {found}")
     # Calls and reports.
     turn = call("GET", f"{c}/voip/turnServer", token=a)
     if turn is not None and not turn.get("username", "").endswith(ua):

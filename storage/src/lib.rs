@@ -39,6 +39,7 @@ pub use repos::{
     EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RemoteInvite,
     RemoteInvites, RoomEvents, RoomRow, TransactionRow,
 };
+pub use repos::{EventSearch, SearchPage, SearchQuery};
 pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
 
 /// Result of every storage operation.

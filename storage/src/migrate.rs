@@ -96,6 +96,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "reports",
         include_str!("../migrations/sqlite/0017_reports.sql"),
     ),
+    (
+        18,
+        "search",
+        include_str!("../migrations/sqlite/0018_search.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -183,6 +188,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         17,
         "reports",
         include_str!("../migrations/postgres/0017_reports.sql"),
+    ),
+    (
+        18,
+        "search",
+        include_str!("../migrations/postgres/0018_search.sql"),
     ),
 ];
 

@@ -82,6 +82,10 @@ pub fn client_router(state: AppState) -> Router {
         routes,
         crate::api::client::reports::report_user_route,
     );
+    routes = route::<c::search::search_events::v3::Request, _, _>(
+        routes,
+        crate::api::client::search::search_route,
+    );
     routes = route::<c::voip::get_turn_server_info::v3::Request, _, _>(
         routes,
         crate::api::client::voip::turn_server_route,

@@ -1077,3 +1077,160 @@ async fn turn_credentials_rtc_transports_and_reports() {
         t.node.shutdown().await;
     }
 }
+
+/// `/search` on both backends: every word must match, case does not matter, only rooms the
+/// user is joined to, best first or newest first, pages through `next_batch`, redacted events
+/// drop out, search syntax in the term is taken literally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_messages_in_joined_rooms_on_both_backends() {
+    let mut databases = vec![None];
+    if let Some(url) = unitas_storage::testing::postgres_database().await {
+        databases.push(Some(url));
+    }
+    for database in databases {
+        let backend = if database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let t = TestNode::start_with(move |c| {
+            c.registration.enabled = true;
+            c.rate_limits.enabled = false;
+            c.storage.database = database;
+        })
+        .await;
+        let host = "localhost:8448";
+        let url = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+        let mut tokens = Vec::new();
+        for name in ["alice", "bob"] {
+            let (_, body) = post_json(
+                &url("/register"),
+                host,
+                None,
+                json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
+            )
+            .await;
+            tokens.push(body["access_token"].as_str().unwrap().to_owned());
+        }
+        let (alice, bob) = (&tokens[0], &tokens[1]);
+        let room = |token: &str, topic: &str| {
+            let (url, token, topic) = (url("/createRoom"), token.to_owned(), topic.to_owned());
+            async move {
+                let (_, body) = post_json(&url, host, Some(&token), json!({"topic": topic})).await;
+                body["room_id"].as_str().unwrap().to_owned()
+            }
+        };
+        let ours = room(alice, "foxes and dogs").await;
+        let theirs = room(bob, "private").await;
+        let send = |token: &str, room: &str, txn: &str, body: &str| {
+            let url = url(&format!(
+                "/rooms/{}/send/m.room.message/{txn}",
+                unitas_federation::inbound::percent(room)
+            ));
+            let (token, body) = (token.to_owned(), body.to_owned());
+            async move {
+                let response: serde_json::Value = http()
+                    .put(url)
+                    .bearer_auth(token)
+                    .json(&json!({"msgtype": "m.text", "body": body}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                response["event_id"].as_str().unwrap().to_owned()
+            }
+        };
+        send(alice, &ours, "1", "The quick brown Fox").await;
+        send(alice, &ours, "2", "a lazy dog sleeps").await;
+        let third = send(alice, &ours, "3", "quick thinking, quick fox").await;
+        send(bob, &theirs, "4", "a quick fox in a room alice is not in").await;
+        let search = |body: serde_json::Value, next: Option<String>| {
+            let url = match next {
+                Some(n) => url(&format!("/search?next_batch={n}")),
+                None => url("/search"),
+            };
+            let token = alice.clone();
+            async move {
+                let (status, answer) = post_json(&url, host, Some(&token), body).await;
+                assert_eq!(status, 200, "{answer}");
+                answer["search_categories"]["room_events"].clone()
+            }
+        };
+        let criteria = |term: &str, extra: serde_json::Value| {
+            let mut c = json!({"search_term": term});
+            if let (Some(c), Some(extra)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(extra.clone());
+            }
+            json!({"search_categories": {"room_events": c}})
+        };
+        let bodies = |found: &serde_json::Value| -> Vec<String> {
+            found["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    r["result"]["content"]["body"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
+                .collect()
+        };
+        let found = search(criteria("QUICK fox", json!({})), None).await;
+        assert_eq!(found["count"], 2, "{backend}: {found}");
+        let mut got = bodies(&found);
+        got.sort();
+        assert_eq!(
+            got,
+            ["The quick brown Fox", "quick thinking, quick fox"],
+            "{backend}"
+        );
+        // Newest first, one a page.
+        let first = search(
+            criteria(
+                "quick",
+                json!({"order_by": "recent", "filter": {"limit": 1}}),
+            ),
+            None,
+        )
+        .await;
+        assert_eq!(bodies(&first), ["quick thinking, quick fox"], "{backend}");
+        let next = first["next_batch"].as_str().unwrap().to_owned();
+        let second = search(
+            criteria(
+                "quick",
+                json!({"order_by": "recent", "filter": {"limit": 1}}),
+            ),
+            Some(next),
+        )
+        .await;
+        assert_eq!(bodies(&second), ["The quick brown Fox"], "{backend}");
+        assert!(second.get("next_batch").is_none(), "{backend}: {second}");
+        // Topics by key; search syntax is only words.
+        let topics = search(criteria("dogs", json!({"keys": ["content.topic"]})), None).await;
+        assert_eq!(topics["count"], 1, "{backend}: {topics}");
+        let literal = search(criteria("quick OR \"lazy\" NEAR(", json!({})), None).await;
+        assert_eq!(literal["count"], 0, "{backend}: {literal}");
+        // A redacted message drops out.
+        let (status, _) = {
+            let response = http()
+                .put(url(&format!(
+                    "/rooms/{}/redact/{}/r1",
+                    unitas_federation::inbound::percent(&ours),
+                    unitas_federation::inbound::percent(&third)
+                )))
+                .bearer_auth(alice)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            (response.status().as_u16(), ())
+        };
+        assert_eq!(status, 200);
+        let found = search(criteria("quick", json!({})), None).await;
+        assert_eq!(bodies(&found), ["The quick brown Fox"], "{backend}");
+        t.node.shutdown().await;
+    }
+}

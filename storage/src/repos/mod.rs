@@ -13,6 +13,7 @@ mod keys;
 mod outbound;
 mod reports;
 mod rooms;
+mod search;
 mod territories;
 mod transfer;
 
@@ -28,6 +29,7 @@ pub use reports::{Report, Reports};
 pub use rooms::{
     EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,
 };
+pub use search::{EventSearch, SearchPage, SearchQuery};
 pub use territories::{Territories, TerritoryRow};
 pub use transfer::{
     Column, ExportedEvent, Owner, SERVER_KEYS, TABLES, TableSpec, TerritoryTransfer,

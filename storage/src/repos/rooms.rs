@@ -122,6 +122,34 @@ const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, sta
 /// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
 const CHUNK: usize = 500;
 
+/// The searchable text of new timeline events: `(event_id, room_id, key, text)` for
+/// `m.room.message` (`content.body`), `m.room.name` (`content.name`) and `m.room.topic`
+/// (`content.topic`); outliers and soft-failed events are not searchable.
+fn searchable_text(events: &[NewEvent]) -> Vec<(&str, &str, &'static str, String)> {
+    events
+        .iter()
+        .filter(|e| !e.row.outlier && !e.row.soft_failed && e.row.redacted_by.is_none())
+        .filter_map(|e| {
+            let (key, field) = match e.row.event_type.as_str() {
+                "m.room.message" => ("content.body", "body"),
+                "m.room.name" => ("content.name", "name"),
+                "m.room.topic" => ("content.topic", "topic"),
+                _ => return None,
+            };
+            let event: serde_json::Value = serde_json::from_str(&e.row.json).ok()?;
+            let text = event.get("content")?.get(field)?.as_str()?;
+            (!text.is_empty()).then(|| {
+                (
+                    e.row.event_id.as_str(),
+                    e.row.room_id.as_str(),
+                    key,
+                    text.to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
 /// Rooms, events, DAG edges and state groups.
 pub trait RoomEvents {
     /// Writes a batch in ONE transaction: rooms upserted, state groups, events (duplicates
@@ -233,6 +261,7 @@ impl RoomEvents for Store {
         // connection's worker thread instead of one per statement (the hand-offs, not SQLite,
         // dominated a small commit). PostgreSQL cannot bind parameters across statements, so
         // there each statement is a query of its own inside a transaction.
+        let searchable = searchable_text(&batch.events);
         let single = self.kind() == crate::BackendKind::Sqlite;
         macro_rules! end_statement {
             ($q:ident, $queries:ident, $single:ident) => {
@@ -295,6 +324,14 @@ impl RoomEvents for Store {
                         .push_bind(r.outlier)
                         .push_bind(r.soft_failed)
                         .push_bind(&r.redacted_by);
+                });
+                q.push(" ON CONFLICT (event_id) DO NOTHING");
+                end_statement!(q, queries, single);
+            }
+            for chunk in searchable.chunks(CHUNK) {
+                q.push("INSERT INTO event_search (event_id, room_id, key, body) ");
+                q.push_values(chunk, |mut b, (id, room, key, body)| {
+                    b.push_bind(*id).push_bind(*room).push_bind(*key).push_bind(body);
                 });
                 q.push(" ON CONFLICT (event_id) DO NOTHING");
                 end_statement!(q, queries, single);
@@ -503,12 +540,18 @@ impl RoomEvents for Store {
 
     async fn set_redacted_by(&self, event_id: &str, redaction_id: &str) -> Result<()> {
         on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query("UPDATE events SET redacted_by = $1 WHERE event_id = $2 AND redacted_by IS NULL")
                 .bind(redaction_id)
                 .bind(event_id)
-                .execute(pool)
-                .await
-                .map(|_| ())
+                .execute(&mut *tx)
+                .await?;
+            // A redacted event's text is no longer searchable.
+            sqlx::query("DELETE FROM event_search WHERE event_id = $1")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
         })?;
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod keys;
 pub mod media;
 pub mod reports;
 pub mod rooms;
+pub mod search;
 pub mod security;
 pub mod sync;
 pub mod voip;
