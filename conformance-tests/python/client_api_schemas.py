@@ -269,6 +269,17 @@ def main():
     found = call("POST", f"{c}/search", body={"search_categories": {"room_events": {"search_term": "hey", "order_by": "recent", "filter": {"limit": 2}}}}, token=a)
     if found is not None and found["search_categories"]["room_events"].get("count", 0) < 1:
         failures.append(f"search found nothing: {found}")
+    # Relations and threads.
+    v1 = "/_matrix/client/v1"
+    root = call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": room, "eventType": "m.room.message", "txnId": "root"}, body={"msgtype": "m.text", "body": "thread root"}, token=a)["event_id"]
+    call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": room, "eventType": "m.room.message", "txnId": "in-thread"}, body={"msgtype": "m.text", "body": "in the thread", "m.relates_to": {"rel_type": "m.thread", "event_id": root}}, token=a)
+    call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": room, "eventType": "m.reaction", "txnId": "react"}, body={"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "x"}}, token=a)
+    call("GET", f"{v1}/rooms/{{roomId}}/relations/{{eventId}}", {"roomId": room, "eventId": root}, token=a)
+    call("GET", f"{v1}/rooms/{{roomId}}/relations/{{eventId}}/{{relType}}", {"roomId": room, "eventId": root, "relType": "m.thread"}, token=a)
+    call("GET", f"{v1}/rooms/{{roomId}}/relations/{{eventId}}/{{relType}}/{{eventType}}", {"roomId": room, "eventId": root, "relType": "m.annotation", "eventType": "m.reaction"}, token=a)
+    threads = call("GET", f"{v1}/rooms/{{roomId}}/threads", {"roomId": room}, token=a)
+    if threads is not None and [e["event_id"] for e in threads.get("chunk", [])] != [root]:
+        failures.append(f"threads: {threads}")
     # Calls and reports.
     turn = call("GET", f"{c}/voip/turnServer", token=a)
     if turn is not None and not turn.get("username", "").endswith(ua):

@@ -39,7 +39,7 @@ pub use repos::{
     EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RemoteInvite,
     RemoteInvites, RoomEvents, RoomRow, TransactionRow,
 };
-pub use repos::{EventSearch, SearchPage, SearchQuery};
+pub use repos::{EventSearch, RelationQuery, Relations, SearchPage, SearchQuery, ThreadRow};
 pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
 
 /// Result of every storage operation.

@@ -101,6 +101,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "search",
         include_str!("../migrations/sqlite/0018_search.sql"),
     ),
+    (
+        19,
+        "relations",
+        include_str!("../migrations/sqlite/0019_relations.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -193,6 +198,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         18,
         "search",
         include_str!("../migrations/postgres/0018_search.sql"),
+    ),
+    (
+        19,
+        "relations",
+        include_str!("../migrations/postgres/0019_relations.sql"),
     ),
 ];
 

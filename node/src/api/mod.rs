@@ -82,6 +82,23 @@ pub fn client_router(state: AppState) -> Router {
         routes,
         crate::api::client::reports::report_user_route,
     );
+    {
+        use crate::api::client::relations as rel;
+        routes = route::<c::relations::get_relating_events::v1::Request, _, _>(
+            routes,
+            rel::relations_route,
+        );
+        routes = route::<c::relations::get_relating_events_with_rel_type::v1::Request, _, _>(
+            routes,
+            rel::relations_by_type_route,
+        );
+        routes = route::<
+            c::relations::get_relating_events_with_rel_type_and_event_type::v1::Request,
+            _,
+            _,
+        >(routes, rel::relations_by_type_and_event_type_route);
+        routes = route::<c::threads::get_threads::v1::Request, _, _>(routes, rel::threads_route);
+    }
     routes = route::<c::search::search_events::v3::Request, _, _>(
         routes,
         crate::api::client::search::search_route,

@@ -1234,3 +1234,150 @@ async fn search_finds_messages_in_joined_rooms_on_both_backends() {
         t.node.shutdown().await;
     }
 }
+
+/// Relations and threads: `/relations` by type and event type with pages, `/threads` with the
+/// thread summary, and relations bundled into `/messages`.
+#[tokio::test]
+async fn relations_threads_and_bundled_aggregations() {
+    let t = TestNode::start_with(|c| {
+        c.registration.enabled = true;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let host = "localhost:8448";
+    let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+    let v1 = |path: &str| t.client(&format!("/_matrix/client/v1{path}"));
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let (_, body) = post_json(
+            &v3("/register"),
+            host,
+            None,
+            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+    let (_, created) = post_json(&v3("/createRoom"), host, Some(&alice), json!({})).await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let enc = unitas_federation::inbound::percent;
+    let send = |kind: &str, txn: &str, content: serde_json::Value| {
+        let url = v3(&format!("/rooms/{}/send/{kind}/{txn}", enc(&room)));
+        let token = alice.clone();
+        async move {
+            let answer: serde_json::Value = http()
+                .put(url)
+                .bearer_auth(token)
+                .json(&content)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["event_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let root = send(
+        "m.room.message",
+        "root",
+        json!({"msgtype": "m.text", "body": "root"}),
+    )
+    .await;
+    for (i, body) in ["reply 1", "reply 2"].iter().enumerate() {
+        send(
+            "m.room.message",
+            &format!("t{i}"),
+            json!({"msgtype": "m.text", "body": body,
+            "m.relates_to": {"rel_type": "m.thread", "event_id": root, "is_falling_back": true,
+                "m.in_reply_to": {"event_id": root}}}),
+        )
+        .await;
+    }
+    let edit = send(
+        "m.room.message",
+        "edit",
+        json!({"msgtype": "m.text", "body": "* root!",
+        "m.new_content": {"msgtype": "m.text", "body": "root!"},
+        "m.relates_to": {"rel_type": "m.replace", "event_id": root}}),
+    )
+    .await;
+    send(
+        "m.reaction",
+        "react",
+        json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": root, "key": "👍"}}),
+    )
+    .await;
+    let reference = send(
+        "m.room.message",
+        "ref",
+        json!({"msgtype": "m.text", "body": "see above",
+        "m.relates_to": {"rel_type": "m.reference", "event_id": root}}),
+    )
+    .await;
+
+    let get = |url: String, token: String| async move {
+        let response = http().get(url).bearer_auth(token).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json::<serde_json::Value>().await.unwrap())
+    };
+    let ids = |page: &serde_json::Value| -> Vec<String> {
+        page["chunk"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["event_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let base = format!("/rooms/{}/relations/{}", enc(&room), enc(&root));
+    let (status, all) = get(v1(&base), alice.clone()).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(ids(&all).len(), 5);
+    assert_eq!(ids(&all)[0], reference, "newest first");
+    let (_, first) = get(v1(&format!("{base}?limit=2&dir=f")), alice.clone()).await;
+    let next = first["next_batch"].as_str().unwrap().to_owned();
+    let (_, second) = get(
+        v1(&format!("{base}?limit=2&dir=f&from={next}")),
+        alice.clone(),
+    )
+    .await;
+    assert_eq!(ids(&second)[0], edit, "{second}");
+    let (_, threads_only) = get(v1(&format!("{base}/m.thread")), alice.clone()).await;
+    assert_eq!(ids(&threads_only).len(), 2);
+    let (_, reactions) = get(
+        v1(&format!("{base}/m.annotation/m.reaction")),
+        alice.clone(),
+    )
+    .await;
+    assert_eq!(ids(&reactions).len(), 1);
+    let (status, _) = get(v1(&base), bob.clone()).await;
+    assert_eq!(status, 404, "not in the room");
+
+    let (_, threads) = get(v1(&format!("/rooms/{}/threads", enc(&room))), alice.clone()).await;
+    assert_eq!(ids(&threads), [root.clone()]);
+    let summary = &threads["chunk"][0]["unsigned"]["m.relations"]["m.thread"];
+    assert_eq!(summary["count"], 2, "{threads}");
+    assert_eq!(summary["current_user_participated"], true);
+    assert_eq!(summary["latest_event"]["content"]["body"], "reply 2");
+
+    let (_, messages) = get(
+        v3(&format!("/rooms/{}/messages?dir=b&limit=20", enc(&room))),
+        alice.clone(),
+    )
+    .await;
+    let root_event = messages["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .unwrap();
+    let relations = &root_event["unsigned"]["m.relations"];
+    assert_eq!(relations["m.thread"]["count"], 2, "{root_event}");
+    assert_eq!(relations["m.replace"]["event_id"], edit.as_str());
+    assert_eq!(
+        relations["m.reference"]["chunk"][0]["event_id"],
+        reference.as_str()
+    );
+    t.node.shutdown().await;
+}

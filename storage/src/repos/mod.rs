@@ -11,6 +11,7 @@ mod devices;
 mod e2ee;
 mod keys;
 mod outbound;
+mod relations;
 mod reports;
 mod rooms;
 mod search;
@@ -25,6 +26,7 @@ pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, Ne
 pub use e2ee::{DeviceInbox, DeviceKeys, KeyUpload, ToDeviceMessage};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
+pub use relations::{RelationQuery, Relations, ThreadRow};
 pub use reports::{Report, Reports};
 pub use rooms::{
     EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,

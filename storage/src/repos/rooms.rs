@@ -122,6 +122,33 @@ const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, sta
 /// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
 const CHUNK: usize = 500;
 
+/// A relation row: event, room, related event, rel_type, event type, sender, position.
+type RelationRow<'a> = (&'a str, &'a str, String, String, &'a str, &'a str, i64);
+
+/// The relations (`content.m.relates_to`) of new timeline events.
+fn relations_of(events: &[NewEvent]) -> Vec<RelationRow<'_>> {
+    events
+        .iter()
+        .filter(|e| !e.row.outlier && !e.row.soft_failed && e.row.json.contains("m.relates_to"))
+        .filter_map(|e| {
+            let position = e.row.stream_ordering?;
+            let event: serde_json::Value = serde_json::from_str(&e.row.json).ok()?;
+            let relation = event.get("content")?.get("m.relates_to")?;
+            let target = relation.get("event_id")?.as_str()?;
+            let rel_type = relation.get("rel_type")?.as_str()?;
+            Some((
+                e.row.event_id.as_str(),
+                e.row.room_id.as_str(),
+                target.to_owned(),
+                rel_type.to_owned(),
+                e.row.event_type.as_str(),
+                e.row.sender.as_str(),
+                position,
+            ))
+        })
+        .collect()
+}
+
 /// The searchable text of new timeline events: `(event_id, room_id, key, text)` for
 /// `m.room.message` (`content.body`), `m.room.name` (`content.name`) and `m.room.topic`
 /// (`content.topic`); outliers and soft-failed events are not searchable.
@@ -262,6 +289,7 @@ impl RoomEvents for Store {
         // dominated a small commit). PostgreSQL cannot bind parameters across statements, so
         // there each statement is a query of its own inside a transaction.
         let searchable = searchable_text(&batch.events);
+        let relations = relations_of(&batch.events);
         let single = self.kind() == crate::BackendKind::Sqlite;
         macro_rules! end_statement {
             ($q:ident, $queries:ident, $single:ident) => {
@@ -324,6 +352,15 @@ impl RoomEvents for Store {
                         .push_bind(r.outlier)
                         .push_bind(r.soft_failed)
                         .push_bind(&r.redacted_by);
+                });
+                q.push(" ON CONFLICT (event_id) DO NOTHING");
+                end_statement!(q, queries, single);
+            }
+            for chunk in relations.chunks(CHUNK) {
+                q.push("INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, event_type, sender, stream_ordering) ");
+                q.push_values(chunk, |mut b, r| {
+                    b.push_bind(r.0).push_bind(r.1).push_bind(&r.2).push_bind(&r.3)
+                        .push_bind(r.4).push_bind(r.5).push_bind(r.6);
                 });
                 q.push(" ON CONFLICT (event_id) DO NOTHING");
                 end_statement!(q, queries, single);

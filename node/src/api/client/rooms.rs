@@ -1261,12 +1261,9 @@ pub async fn get_message_events_route(
             continue;
         };
         if let Some(pdu) = state.rooms.get_pdu(&event_id).await? {
-            chunk.push(raw(&visible_event(
-                &state,
-                &pdu,
-                row.redacted_by.as_deref(),
-            )
-            .await?)?);
+            let event = visible_event(&state, &pdu, row.redacted_by.as_deref()).await?;
+            let event = crate::api::client::relations::bundle(&state, event, &user.user_id).await?;
+            chunk.push(raw(&event)?);
         }
     }
     let mut response = get_message_events::v3::Response::new();
