@@ -1379,5 +1379,23 @@ async fn relations_threads_and_bundled_aggregations() {
         relations["m.reference"]["chunk"][0]["event_id"],
         reference.as_str()
     );
+    // The same in sync's timeline.
+    let filter = enc(r#"{"room":{"timeline":{"limit":20}}}"#);
+    let (_, synced) = get(v3(&format!("/sync?filter={filter}")), alice.clone()).await;
+    let timeline = synced["rooms"]["join"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap();
+    let root_event = timeline
+        .iter()
+        .find(|e| e["event_id"] == root.as_str())
+        .unwrap();
+    assert_eq!(
+        root_event["unsigned"]["m.relations"]["m.thread"]["count"], 2,
+        "{root_event}"
+    );
+    assert_eq!(
+        root_event["unsigned"]["m.relations"]["m.replace"]["event_id"],
+        edit.as_str()
+    );
     t.node.shutdown().await;
 }

@@ -48,6 +48,11 @@ pub trait Relations {
         before: Option<i64>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<ThreadRow>>> + Send;
+    /// Which of `event_ids` other events relate to.
+    fn related_targets(
+        &self,
+        event_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
     /// A thread's size, its latest event, and whether `user` wrote in it.
     fn thread_summary(
         &self,
@@ -109,6 +114,23 @@ impl Relations for Store {
             .bind(limit)
             .fetch_all(pool)
             .await
+        })?)
+    }
+
+    async fn related_targets(&self, event_ids: &[String]) -> Result<Vec<String>> {
+        if event_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(on_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT DISTINCT relates_to FROM event_relations WHERE relates_to IN (",
+            );
+            let mut ids = q.separated(", ");
+            for id in event_ids {
+                ids.push_bind(id.clone());
+            }
+            q.push(")");
+            q.build_query_scalar().fetch_all(pool).await
         })?)
     }
 

@@ -171,6 +171,34 @@ pub async fn relations_by_type_and_event_type_route(
     .await
 }
 
+/// [`bundle`] for many events, with one query to find the few that have relations.
+pub async fn bundle_all(
+    state: &AppState,
+    events: Vec<Value>,
+    user: &UserId,
+) -> Result<Vec<Value>, ApiError> {
+    let ids: Vec<String> = events
+        .iter()
+        .filter_map(|e| e["event_id"].as_str().map(str::to_owned))
+        .collect();
+    let related = state.store.related_targets(&ids).await?;
+    if related.is_empty() {
+        return Ok(events);
+    }
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let has = event["event_id"]
+            .as_str()
+            .is_some_and(|id| related.iter().any(|r| r == id));
+        out.push(if has {
+            bundle(state, event, user).await?
+        } else {
+            event
+        });
+    }
+    Ok(out)
+}
+
 /// An event with its relations bundled as clients expect them in `unsigned.m.relations`: the
 /// thread summary (`m.thread`), the latest edit (`m.replace`) and the references
 /// (`m.reference`, up to 50 event IDs).

@@ -1261,11 +1261,14 @@ pub async fn get_message_events_route(
             continue;
         };
         if let Some(pdu) = state.rooms.get_pdu(&event_id).await? {
-            let event = visible_event(&state, &pdu, row.redacted_by.as_deref()).await?;
-            let event = crate::api::client::relations::bundle(&state, event, &user.user_id).await?;
-            chunk.push(raw(&event)?);
+            chunk.push(visible_event(&state, &pdu, row.redacted_by.as_deref()).await?);
         }
     }
+    let chunk = crate::api::client::relations::bundle_all(&state, chunk, &user.user_id)
+        .await?
+        .iter()
+        .map(raw)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut response = get_message_events::v3::Response::new();
     response.start = format!("s{start}");
     // Tokens name a position: backwards from `s<n>` includes n, forwards from it starts after n.

@@ -150,7 +150,12 @@ async fn sync_filter(
     Ok((limit, lazy, presence))
 }
 
-async fn events_of(state: &AppState, rows: &[EventRow]) -> Result<Vec<Value>, ApiError> {
+/// Timeline events as clients see them, relations bundled (`unsigned.m.relations`).
+async fn events_of(
+    state: &AppState,
+    rows: &[EventRow],
+    user: &ruma::UserId,
+) -> Result<Vec<Value>, ApiError> {
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
         let Ok(id) = OwnedEventId::try_from(row.event_id.as_str()) else {
@@ -160,7 +165,7 @@ async fn events_of(state: &AppState, rows: &[EventRow]) -> Result<Vec<Value>, Ap
             events.push(visible_event(state, &pdu, row.redacted_by.as_deref()).await?);
         }
     }
-    Ok(events)
+    crate::api::client::relations::bundle_all(state, events, user).await
 }
 
 /// One sync response for positions `(since, now]`, and whether it carries anything.
@@ -318,7 +323,7 @@ async fn build(
                 {
                     continue;
                 }
-                let timeline = events_of(state, &rows).await?;
+                let timeline = events_of(state, &rows, &user.user_id).await?;
                 let prev_batch = rows
                     .first()
                     .and_then(|r| r.stream_ordering)
@@ -417,7 +422,7 @@ async fn build(
                     .await?;
                 rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
                 rows.reverse();
-                let timeline = events_of(state, &rows).await?;
+                let timeline = events_of(state, &rows, &user.user_id).await?;
                 leave.insert(
                     room_id.to_string(),
                     json!({"timeline": {"events": timeline, "limited": false}, "state": {"events": []}}),
