@@ -280,6 +280,12 @@ def main():
     threads = call("GET", f"{v1}/rooms/{{roomId}}/threads", {"roomId": room}, token=a)
     if threads is not None and [e["event_id"] for e in threads.get("chunk", [])] != [root]:
         failures.append(f"threads: {threads}")
+    # A space and its hierarchy.
+    space = call("POST", f"{c}/createRoom", body={"preset": "public_chat", "name": "A space", "creation_content": {"type": "m.space"}}, token=a)["room_id"]
+    call("PUT", f"{c}/rooms/{{roomId}}/state/{{eventType}}/{{stateKey}}", {"roomId": space, "eventType": "m.space.child", "stateKey": room}, body={"via": [server]}, token=a)
+    tree = call("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", {"roomId": space}, token=a)
+    if tree is not None and [r["room_id"] for r in tree.get("rooms", [])] != [space, room]:
+        failures.append(f"hierarchy: {tree}")
     # Calls and reports.
     turn = call("GET", f"{c}/voip/turnServer", token=a)
     if turn is not None and not turn.get("username", "").endswith(ua):

@@ -99,6 +99,10 @@ pub fn client_router(state: AppState) -> Router {
         >(routes, rel::relations_by_type_and_event_type_route);
         routes = route::<c::threads::get_threads::v1::Request, _, _>(routes, rel::threads_route);
     }
+    routes = route::<c::space::get_hierarchy::v1::Request, _, _>(
+        routes,
+        crate::api::client::spaces::hierarchy_route,
+    );
     routes = route::<c::search::search_events::v3::Request, _, _>(
         routes,
         crate::api::client::search::search_route,

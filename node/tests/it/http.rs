@@ -1399,3 +1399,120 @@ async fn relations_threads_and_bundled_aggregations() {
     );
     t.node.shutdown().await;
 }
+
+/// `/hierarchy`: a space's children breadth first, what the user may see, `suggested_only`,
+/// `max_depth` and pages.
+#[tokio::test]
+async fn space_hierarchy_shows_visible_children() {
+    let t = TestNode::start_with(|c| {
+        c.registration.enabled = true;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let host = "localhost:8448";
+    let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let (_, body) = post_json(
+            &v3("/register"),
+            host,
+            None,
+            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
+    let create = |body: serde_json::Value| {
+        let (url, token) = (v3("/createRoom"), alice.clone());
+        async move {
+            let (_, created) = post_json(&url, host, Some(&token), body).await;
+            created["room_id"].as_str().unwrap().to_owned()
+        }
+    };
+    let space = create(
+        json!({"preset": "public_chat", "name": "Space", "creation_content": {"type": "m.space"}}),
+    )
+    .await;
+    let general = create(json!({"preset": "public_chat", "name": "General"})).await;
+    let secret = create(json!({"preset": "private_chat", "name": "Secret"})).await;
+    let deep = create(json!({"preset": "public_chat", "name": "Deep"})).await;
+    let enc = unitas_federation::inbound::percent;
+    let link = |parent: &str, child: &str, suggested: bool| {
+        let url = v3(&format!(
+            "/rooms/{}/state/m.space.child/{}",
+            enc(parent),
+            enc(child)
+        ));
+        let token = alice.clone();
+        async move {
+            let response = http()
+                .put(url)
+                .bearer_auth(token)
+                .json(&json!({"via": ["localhost:8448"], "suggested": suggested}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    link(&space, &general, true).await;
+    link(&space, &secret, false).await;
+    link(&general, &deep, false).await;
+    let names = |token: &str, query: &str| {
+        let url = t.client(&format!(
+            "/_matrix/client/v1/rooms/{}/hierarchy{query}",
+            enc(&space)
+        ));
+        let token = token.to_owned();
+        async move {
+            let answer: serde_json::Value = http()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let names: Vec<String> = answer["rooms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap_or("?").to_owned())
+                .collect();
+            (names, answer)
+        }
+    };
+    let (all, answer) = names(&alice, "").await;
+    assert_eq!(all, ["Space", "General", "Secret", "Deep"], "{answer}");
+    assert_eq!(answer["rooms"][0]["room_type"], "m.space");
+    assert_eq!(
+        answer["rooms"][0]["children_state"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        names(&bob, "").await.0,
+        ["Space", "General", "Deep"],
+        "bob sees no private room"
+    );
+    assert_eq!(
+        names(&alice, "?suggested_only=true").await.0,
+        ["Space", "General"]
+    );
+    assert_eq!(
+        names(&alice, "?max_depth=1").await.0,
+        ["Space", "General", "Secret"]
+    );
+    let (first, page) = names(&alice, "?limit=2").await;
+    assert_eq!(first, ["Space", "General"]);
+    let next = page["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        names(&alice, &format!("?limit=2&from={next}")).await.0,
+        ["Secret", "Deep"]
+    );
+    t.node.shutdown().await;
+}

@@ -11,5 +11,6 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod security;
+pub mod spaces;
 pub mod sync;
 pub mod voip;
