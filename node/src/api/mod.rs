@@ -381,6 +381,10 @@ pub fn federation_router(state: AppState) -> Router {
             axum::routing::post(federation_rooms::get_missing_events_route),
         )
         .route(
+            "/_matrix/federation/v1/hierarchy/{room_id}",
+            get(crate::api::client::spaces::federation_hierarchy_route),
+        )
+        .route(
             "/_matrix/federation/v1/state_ids/{room_id}",
             get(federation_rooms::get_state_ids_route),
         )

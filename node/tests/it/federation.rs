@@ -2426,3 +2426,79 @@ async fn registered_territories_are_reached_without_dns() {
     b.stop().await;
     c.stop().await;
 }
+
+/// A space on one node with a child room that lives on another: the hierarchy asks the other
+/// node (federation `/hierarchy`), which shows its public room and keeps a private one to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_lists_a_child_room_of_another_node() {
+    let a = Peer::start(|_| {}).await;
+    let b = Peer::start(|_| {}).await;
+    let (_, alice) = account(&a, "alice").await;
+    let (_, bob) = account(&b, "bob").await;
+    let (_, public) = call(
+        &a,
+        &alice,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat", "name": "Public on A"}),
+    )
+    .await;
+    let public = public["room_id"].as_str().unwrap().to_owned();
+    let (_, private) = call(
+        &a,
+        &alice,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "private_chat", "name": "Private on A"}),
+    )
+    .await;
+    let private = private["room_id"].as_str().unwrap().to_owned();
+    let (_, space) = call(&b, &bob, reqwest::Method::POST, "/createRoom",
+        json!({"preset": "public_chat", "name": "Space on B", "creation_content": {"type": "m.space"}})).await;
+    let space = space["room_id"].as_str().unwrap().to_owned();
+    for child in [&public, &private] {
+        let (status, _) = call(
+            &b,
+            &bob,
+            reqwest::Method::PUT,
+            &format!(
+                "/rooms/{}/state/m.space.child/{}",
+                urlencode(&space),
+                urlencode(child)
+            ),
+            json!({"via": [a.name()]}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let answer: Value = http()
+        .get(format!(
+            "http://{}/_matrix/client/v1/rooms/{}/hierarchy",
+            b.node.client_addr,
+            urlencode(&space)
+        ))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = answer["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(names, ["Space on B", "Public on A"], "{answer}");
+    // What A tells B directly about its private room: nothing.
+    let asked = b
+        .ask(
+            &a,
+            &format!("/_matrix/federation/v1/hierarchy/{}", urlencode(&private)),
+        )
+        .await;
+    assert!(asked.is_err(), "{asked:?}");
+    a.stop().await;
+    b.stop().await;
+}
