@@ -1239,26 +1239,10 @@ async fn search_finds_messages_in_joined_rooms_on_both_backends() {
 /// thread summary, and relations bundled into `/messages`.
 #[tokio::test]
 async fn relations_threads_and_bundled_aggregations() {
-    let t = TestNode::start_with(|c| {
-        c.registration.enabled = true;
-        c.rate_limits.enabled = false;
-    })
-    .await;
+    let (t, alice, bob) = node_with_two_users().await;
     let host = "localhost:8448";
     let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
     let v1 = |path: &str| t.client(&format!("/_matrix/client/v1{path}"));
-    let mut tokens = Vec::new();
-    for name in ["alice", "bob"] {
-        let (_, body) = post_json(
-            &v3("/register"),
-            host,
-            None,
-            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
-        )
-        .await;
-        tokens.push(body["access_token"].as_str().unwrap().to_owned());
-    }
-    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
     let (_, created) = post_json(&v3("/createRoom"), host, Some(&alice), json!({})).await;
     let room = created["room_id"].as_str().unwrap().to_owned();
     let enc = unitas_federation::inbound::percent;
@@ -1404,25 +1388,9 @@ async fn relations_threads_and_bundled_aggregations() {
 /// `max_depth` and pages.
 #[tokio::test]
 async fn space_hierarchy_shows_visible_children() {
-    let t = TestNode::start_with(|c| {
-        c.registration.enabled = true;
-        c.rate_limits.enabled = false;
-    })
-    .await;
+    let (t, alice, bob) = node_with_two_users().await;
     let host = "localhost:8448";
     let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
-    let mut tokens = Vec::new();
-    for name in ["alice", "bob"] {
-        let (_, body) = post_json(
-            &v3("/register"),
-            host,
-            None,
-            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
-        )
-        .await;
-        tokens.push(body["access_token"].as_str().unwrap().to_owned());
-    }
-    let (alice, bob) = (tokens[0].clone(), tokens[1].clone());
     let create = |body: serde_json::Value| {
         let (url, token) = (v3("/createRoom"), alice.clone());
         async move {
@@ -1515,4 +1483,29 @@ async fn space_hierarchy_shows_visible_children() {
         ["Secret", "Deep"]
     );
     t.node.shutdown().await;
+}
+
+/// A node with open registration and no rate limits, and alice and bob on it: the node and
+/// their access tokens.
+async fn node_with_two_users() -> (TestNode, String, String) {
+    let t = TestNode::start_with(|c| {
+        c.registration.enabled = true;
+        c.rate_limits.enabled = false;
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let (status, body) = post_json(
+            &t.client("/_matrix/client/v3/register"),
+            "localhost:8448",
+            None,
+            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let bob = tokens.pop().unwrap();
+    let alice = tokens.pop().unwrap();
+    (t, alice, bob)
 }
