@@ -286,6 +286,26 @@ def main():
     tree = call("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", {"roomId": space}, token=a)
     if tree is not None and [r["room_id"] for r in tree.get("rooms", [])] != [space, room]:
         failures.append(f"hierarchy: {tree}")
+    # Push rules: the defaults, a rule of the user's own, enabled and actions, deletion.
+    rules = call("GET", f"{c}/pushrules/", token=a)
+    if rules is not None and not any(r.get("rule_id") == ".m.rule.master" for r in rules["global"].get("override", [])):
+        failures.append(f"the default push rules lack .m.rule.master: {rules}")
+    call("GET", f"{c}/pushrules/global/", token=a)
+    p = f"{c}/pushrules/global/{{kind}}/{{ruleId}}"
+    call("PUT", p, {"kind": "content", "ruleId": "cats"}, body={"pattern": "cat", "actions": ["notify"]}, token=a)
+    call("GET", p, {"kind": "content", "ruleId": "cats"}, token=a)
+    call("PUT", p + "/enabled", {"kind": "content", "ruleId": "cats"}, body={"enabled": False}, token=a)
+    enabled = call("GET", p + "/enabled", {"kind": "content", "ruleId": "cats"}, token=a)
+    if enabled is not None and enabled.get("enabled") is not False:
+        failures.append(f"a disabled push rule reads back enabled: {enabled}")
+    call("PUT", p + "/actions", {"kind": "content", "ruleId": "cats"}, body={"actions": ["notify", {"set_tweak": "highlight"}]}, token=a)
+    call("GET", p + "/actions", {"kind": "content", "ruleId": "cats"}, token=a)
+    call("DELETE", p, {"kind": "content", "ruleId": "cats"}, token=a)
+    call("GET", p, {"kind": "content", "ruleId": "cats"}, token=a, status=404)
+    call("PUT", p + "/enabled", {"kind": "override", "ruleId": ".m.rule.master"}, body={"enabled": False}, token=a)
+    initial = call("GET", f"{c}/sync", token=a)
+    if initial is not None and not any(e["type"] == "m.push_rules" for e in initial.get("account_data", {}).get("events", [])):
+        failures.append("an initial sync has no m.push_rules account data")
     # Calls and reports.
     turn = call("GET", f"{c}/voip/turnServer", token=a)
     if turn is not None and not turn.get("username", "").endswith(ua):

@@ -99,6 +99,20 @@ pub fn client_router(state: AppState) -> Router {
         >(routes, rel::relations_by_type_and_event_type_route);
         routes = route::<c::threads::get_threads::v1::Request, _, _>(routes, rel::threads_route);
     }
+    {
+        use crate::api::client::push as p;
+        use c::push as cp;
+        routes = route::<cp::get_pushrules_all::v3::Request, _, _>(routes, p::get_all_route);
+        routes =
+            route::<cp::get_pushrules_global_scope::v3::Request, _, _>(routes, p::get_global_route);
+        routes = route::<cp::get_pushrule::v3::Request, _, _>(routes, p::get_rule_route);
+        routes = route::<cp::set_pushrule::v3::Request, _, _>(routes, p::set_rule_route);
+        routes = route::<cp::delete_pushrule::v3::Request, _, _>(routes, p::delete_rule_route);
+        routes = route::<cp::get_pushrule_enabled::v3::Request, _, _>(routes, p::get_enabled_route);
+        routes = route::<cp::set_pushrule_enabled::v3::Request, _, _>(routes, p::set_enabled_route);
+        routes = route::<cp::get_pushrule_actions::v3::Request, _, _>(routes, p::get_actions_route);
+        routes = route::<cp::set_pushrule_actions::v3::Request, _, _>(routes, p::set_actions_route);
+    }
     routes = route::<c::space::get_hierarchy::v1::Request, _, _>(
         routes,
         crate::api::client::spaces::hierarchy_route,
@@ -323,12 +337,6 @@ pub fn client_router(state: AppState) -> Router {
     routes = route::<c::redact::redact_event::v3::Request, _, _>(routes, r::redact_event_route);
     routes = route::<c::membership::forget_room::v3::Request, _, _>(routes, r::forget_room_route);
     routes = route::<c::context::get_context::v3::Request, _, _>(routes, r::get_context_route);
-    routes =
-        route::<c::push::get_pushrules_all::v3::Request, _, _>(routes, a::get_pushrules_all_route);
-    routes = route::<c::push::get_pushrules_global_scope::v3::Request, _, _>(
-        routes,
-        a::get_pushrules_global_route,
-    );
     routes = route::<c::account::check_registration_token_validity::v1::Request, _, _>(
         routes,
         a::check_registration_token_validity_route,

@@ -425,25 +425,6 @@ pub async fn get_filter_route(
     Ok(get_filter::v3::Response::new(filter).into())
 }
 
-/// `GET /_matrix/client/v3/pushrules/`: the spec's default push rules (editing them, and
-/// evaluating them into notification counts, is client API part 2).
-pub async fn get_pushrules_all_route(
-    req: Ruma<ruma::api::client::push::get_pushrules_all::v3::Request>,
-) -> Result<ruma::api::client::push::get_pushrules_all::v3::Response> {
-    let user = req.user()?;
-    let rules = ruma::push::Ruleset::server_default(&user.user_id);
-    Ok(ruma::api::client::push::get_pushrules_all::v3::Response::new(rules).into())
-}
-
-/// `GET /_matrix/client/v3/pushrules/global/`.
-pub async fn get_pushrules_global_route(
-    req: Ruma<ruma::api::client::push::get_pushrules_global_scope::v3::Request>,
-) -> Result<ruma::api::client::push::get_pushrules_global_scope::v3::Response> {
-    let user = req.user()?;
-    let rules = ruma::push::Ruleset::server_default(&user.user_id);
-    Ok(ruma::api::client::push::get_pushrules_global_scope::v3::Response::new(rules).into())
-}
-
 /// `GET /_matrix/client/v1/register/m.login.registration_token/validity`.
 pub async fn check_registration_token_validity_route(
     State(state): State<AppState>,

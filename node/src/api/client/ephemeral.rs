@@ -287,7 +287,7 @@ pub async fn apply_edus(
     Ok(())
 }
 
-async fn store_account_data(
+pub(crate) async fn store_account_data(
     state: &AppState,
     user: &UserId,
     room: &str,

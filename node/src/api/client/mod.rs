@@ -6,6 +6,7 @@ pub mod directory;
 pub mod ephemeral;
 pub mod keys;
 pub mod media;
+pub mod push;
 pub mod relations;
 pub mod reports;
 pub mod rooms;

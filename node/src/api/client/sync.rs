@@ -192,11 +192,22 @@ async fn build(
         .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
         .await?;
     let data_event = |kind: &str, content: &str| json!({"type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or_default()});
-    let global_data: Vec<Value> = account_data
+    let mut global_data: Vec<Value> = account_data
         .iter()
         .filter(|(room, _, _)| room.is_empty())
         .map(|(_, k, c)| data_event(k, c))
         .collect();
+    // Clients expect the push rules in an initial sync, defaults included.
+    if since.is_none()
+        && !account_data
+            .iter()
+            .any(|(room, kind, _)| room.is_empty() && kind == crate::api::client::push::PUSH_RULES)
+    {
+        global_data.push(json!({
+            "type": crate::api::client::push::PUSH_RULES,
+            "content": crate::api::client::push::default_content(&user.user_id),
+        }));
+    }
     let mut join = serde_json::Map::new();
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
