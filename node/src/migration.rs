@@ -520,6 +520,10 @@ fn read_export(dir: &Path) -> Result<Export, String> {
     if manifest.format != FORMAT {
         return Err(format!("unknown export format {:?}", manifest.format));
     }
+    // The code names files (the key file) and the server name IDs: both must be well-formed.
+    unitas_territory::TerritoryCode::parse(&manifest.code).map_err(|e| e.to_string())?;
+    ruma::ServerName::parse(&manifest.server_name)
+        .map_err(|e| format!("server name {:?}: {e}", manifest.server_name))?;
     let mut tables = Vec::new();
     for table in TABLES {
         let lines = read_lines(&dir.join("tables").join(format!("{}.jsonl", table.name)))?;
@@ -533,6 +537,25 @@ fn read_export(dir: &Path) -> Result<Export, String> {
                 table.name
             ));
         }
+        // Every row must be the territory's own (an export cannot write another territory's
+        // accounts or tokens).
+        for line in &lines {
+            let row: Value = serde_json::from_str(line)
+                .map_err(|e| format!("tables/{}.jsonl: {e}", table.name))?;
+            let owned = match table.owner {
+                unitas_storage::Owner::Territory => row["territory"] == manifest.code.as_str(),
+                unitas_storage::Owner::Code => row["code"] == manifest.code.as_str(),
+                unitas_storage::Owner::ServerOf(column) => row[column]
+                    .as_str()
+                    .is_some_and(|id| id.ends_with(&format!(":{}", manifest.server_name))),
+            };
+            if !owned {
+                return Err(format!(
+                    "tables/{}.jsonl holds a row that is not {}'s: {line}",
+                    table.name, manifest.code
+                ));
+            }
+        }
         tables.push((*table, lines));
     }
     let keys = read_lines(&dir.join("server_keys.jsonl"))?;
@@ -544,6 +567,14 @@ fn read_export(dir: &Path) -> Result<Export, String> {
         return Err("signing.key does not match the manifest".into());
     }
     for (id, expected) in &manifest.media {
+        // Media IDs name files: letters, digits, `-` and `_` only.
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!("media ID {id:?} is not a media ID"));
+        }
         let bytes =
             std::fs::read(dir.join("media").join(id)).map_err(|e| format!("media/{id}: {e}"))?;
         if sha256_hex(&bytes) != expected.sha256 {

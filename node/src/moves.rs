@@ -11,7 +11,8 @@
 //!   cleared) and the server name is ours again;
 //! - the other side of a rollback: a territory this node was named for (it imported it) whose
 //!   newer record names another node gets the read-only mark here by itself (with the version
-//!   that named this node), so it is "moved" from then on, across restarts too.
+//!   that named this node, kept in the database), so it is "moved" from then on, across
+//!   restarts too.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -31,8 +32,6 @@ pub struct Moves {
     read_only: HashMap<String, i64>,
     /// Territories whose registry record names another node now.
     moved: HashSet<String>,
-    /// Per territory code, the highest record version seen naming this node.
-    named: HashMap<String, u64>,
 }
 
 impl Moves {
@@ -152,17 +151,26 @@ async fn handed_over(state: &AppState, ours: &str, now: u64) -> Result<(), Strin
             })
             .collect()
     };
+    let named: std::collections::HashMap<String, i64> = state
+        .store
+        .list_named_versions()
+        .await
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .collect();
     for (code, version, node) in records {
-        let named = {
-            let mut moves = state.moves.write().unwrap_or_else(|e| e.into_inner());
-            if node == ours {
-                let seen = moves.named.entry(code.clone()).or_default();
-                *seen = (*seen).max(version);
-                continue;
+        let version = i64::try_from(version).unwrap_or(i64::MAX);
+        if node == ours {
+            if named.get(&code).is_none_or(|seen| *seen < version) {
+                state
+                    .store
+                    .note_named_version(&code, version)
+                    .await
+                    .map_err(|e| e.to_string())?;
             }
-            moves.named.get(&code).copied()
-        };
-        let Some(named) = named.filter(|named| version > *named) else {
+            continue;
+        }
+        let Some(named) = named.get(&code).copied().filter(|named| version > *named) else {
             continue;
         };
         let marked = state
@@ -175,10 +183,7 @@ async fn handed_over(state: &AppState, ours: &str, now: u64) -> Result<(), Strin
         if !marked {
             state
                 .store
-                .set_territory_read_only(
-                    &code,
-                    Some((crate::node::now_ms(), i64::try_from(named).unwrap_or(0))),
-                )
+                .set_territory_read_only(&code, Some((crate::node::now_ms(), named)))
                 .await
                 .map_err(|e| e.to_string())?;
             tracing::info!(territory = %code, version, "the registry moved the territory to another node");

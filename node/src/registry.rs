@@ -255,6 +255,12 @@ pub async fn publish_once(
 async fn learn(state: &AppState, code: &str) {
     let Some(dht) = &state.dht else { return };
     let code = unitas_territory::catalog::iso_code(code).to_owned();
+    // Only shipped codes are looked up: anyone may call this, with any string.
+    if unitas_territory::catalog::country(&code).is_none()
+        && unitas_territory::catalog::region(&code).is_none()
+    {
+        return;
+    }
     let missing_node = {
         let registry = state.registry.read().unwrap_or_else(|e| e.into_inner());
         match registry.route(&code, now()) {

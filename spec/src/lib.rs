@@ -33,7 +33,9 @@ pub mod errcodes {
     pub const WRONG_TERRITORY: &str = "ORG.UNITAS.WRONG_TERRITORY";
     /// The user's territory is being moved to another node (`unitas territory export` ran):
     /// reads are served, writes are refused until the move completes (the user is then sent
-    /// to the new node with [`WRONG_TERRITORY`]) or is rolled back. HTTP 403.
+    /// to the new node with [`WRONG_TERRITORY`]) or is rolled back. HTTP 403 to clients; peers'
+    /// writes addressed to the territory get HTTP 503 with it (they retry, and reach the new
+    /// node once the registry names it).
     pub const TERRITORY_READ_ONLY: &str = "ORG.UNITAS.TERRITORY_READ_ONLY";
 }
 

@@ -106,6 +106,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "relations",
         include_str!("../migrations/sqlite/0019_relations.sql"),
     ),
+    (
+        20,
+        "named_version",
+        include_str!("../migrations/sqlite/0020_named_version.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -203,6 +208,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         19,
         "relations",
         include_str!("../migrations/postgres/0019_relations.sql"),
+    ),
+    (
+        20,
+        "named_version",
+        include_str!("../migrations/postgres/0020_named_version.sql"),
     ),
 ];
 

@@ -443,11 +443,10 @@ impl EventLoop {
 
     /// Checks a record met anywhere; stores it (replacing an older one) when it is taken.
     fn admit(&mut self, record: &Record, from: Option<PeerId>) -> Result<(), RecordError> {
-        let outcome = {
+        let outcome = check_addresses(record).and_then(|()| {
             let mut registry = self.registry.write().unwrap_or_else(|e| e.into_inner());
-            check_addresses(record)?;
             registry.admit(record.key.as_ref(), &record.value, now_ms())
-        };
+        });
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {

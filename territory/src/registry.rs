@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use crate::TerritoryCode;
 use crate::record::{AuthorityKey, NodeRecord, RecordError, TerritoryRecord};
 
+/// Node records of nodes no territory record names that a registry keeps (new nodes not signed
+/// for yet, standbys); more are refused.
+pub const MAX_UNNAMED_NODES: usize = 64;
+
 /// Largest clock skew allowed on a node record's `updated_at` (ms).
 pub const NODE_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
@@ -135,6 +139,17 @@ impl Registry {
             }
             if self.nodes.get(&record.node_id) == Some(&record) {
                 return Ok(Admitted::Known);
+            }
+            // Anyone can make node keys: records of nodes no territory names are kept only
+            // up to a bound, so they cannot crowd out the others.
+            let named = |id: &str| self.territories.values().any(|t| t.node_id == id);
+            if !named(&record.node_id)
+                && !self.nodes.contains_key(&record.node_id)
+                && self.nodes.keys().filter(|id| !named(id)).count() >= MAX_UNNAMED_NODES
+            {
+                return Err(RecordError::Invalid(
+                    "too many records of nodes no territory names".into(),
+                ));
             }
             self.offer_node(record.clone(), now_ms)?;
             Ok(Admitted::NewNode(record))

@@ -71,6 +71,20 @@ impl FromRequest<AppState> for Peer {
         let origin = claimed
             .verify(&destination, &key, &parts.method, &uri, &body)
             .map_err(|e| unauthorized(e.to_string()))?;
+        // A territory being moved (or moved) takes no more writes from peers: they retry, and
+        // reach the new node once the registry names it.
+        if !matches!(parts.method, http::Method::GET | http::Method::HEAD) {
+            let moves = state.moves.read().unwrap_or_else(|e| e.into_inner());
+            let name = territory.server_name();
+            if moves.is_read_only(name) || moves.has_moved(name) {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    unitas_spec::errcodes::TERRITORY_READ_ONLY,
+                    format!("{name} is moving to another node"),
+                )
+                .into_response());
+            }
+        }
         Ok(Peer {
             origin,
             territory,

@@ -845,6 +845,21 @@ async fn cross_signing_keys_and_signatures() {
     .await;
     assert_eq!(status, 200);
 
+    // A self-signing key the master key did not sign is refused (even with the password).
+    let (status, body) = post_json(
+        &url("/keys/device_signing/upload"),
+        host,
+        Some(&alice_token),
+        json!({"self_signing_key": cross("self_signing", &alice, &other_public),
+            "auth": {"type": "m.login.password", "password": "correct horse",
+                "identifier": {"type": "m.id.user", "user": "alice"}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (400, Some("M_INVALID_PARAM")),
+        "{body}"
+    );
     // Bob sees Alice's master and self-signing keys, not her user-signing key; she sees all.
     let query = json!({"device_keys": {alice.clone(): []}});
     let (_, seen) = post_json(&url("/keys/query"), host, Some(&bob_token), query.clone()).await;
@@ -920,6 +935,19 @@ async fn cross_signing_keys_and_signatures() {
     )
     .await;
     assert_eq!(status, 200);
+    // Only her user-signing key may vouch for another user: her device key may not.
+    let by_device = signed(bob_master.clone(), &alice, &device_key);
+    let (_, answer) = post_json(
+        &url("/keys/signatures/upload"),
+        host,
+        Some(&alice_token),
+        json!({bob.clone(): {bob_master_public.clone(): by_device}}),
+    )
+    .await;
+    assert_eq!(
+        answer["failures"][&bob][&bob_master_public]["errcode"], "M_INVALID_SIGNATURE",
+        "{answer}"
+    );
     let vouched = signed(bob_master, &alice, &user_signing);
     let (status, answer) = post_json(
         &url("/keys/signatures/upload"),

@@ -13,4 +13,5 @@ CREATE INDEX event_search_room ON event_search (room_id);
 INSERT INTO event_search (event_id, room_id, key, body)
     SELECT event_id, room_id, 'content.body', json::jsonb -> 'content' ->> 'body' FROM events
     WHERE event_type = 'm.room.message' AND NOT outlier AND NOT soft_failed
-      AND redacted_by IS NULL AND jsonb_typeof(json::jsonb -> 'content' -> 'body') = 'string';
+      AND redacted_by IS NULL AND strpos(json, '\u0000') = 0
+      AND jsonb_typeof(json::jsonb -> 'content' -> 'body') = 'string';

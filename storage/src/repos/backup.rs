@@ -273,9 +273,11 @@ impl KeyBackups for Store {
         );
         let outcome = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
+            // Writing the row first locks the version: concurrent changes take turns, so each
+            // moves the etag on and sees the other's keys.
             let live: Option<i64> = sqlx::query_scalar(
-                "SELECT etag FROM key_backup_versions
-                 WHERE user_id = $1 AND version = $2 AND deleted = 0",
+                "UPDATE key_backup_versions SET etag = etag
+                 WHERE user_id = $1 AND version = $2 AND deleted = 0 RETURNING etag",
             )
             .bind(user_id)
             .bind(version)
@@ -358,9 +360,11 @@ impl KeyBackups for Store {
         );
         let outcome = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
+            // Writing the row first locks the version: concurrent changes take turns, so each
+            // moves the etag on and sees the other's keys.
             let live: Option<i64> = sqlx::query_scalar(
-                "SELECT etag FROM key_backup_versions
-                 WHERE user_id = $1 AND version = $2 AND deleted = 0",
+                "UPDATE key_backup_versions SET etag = etag
+                 WHERE user_id = $1 AND version = $2 AND deleted = 0 RETURNING etag",
             )
             .bind(user_id)
             .bind(version)

@@ -9,6 +9,8 @@ use crate::{Result, Store};
 /// Which relations of an event to list.
 #[derive(Debug, Clone, Copy)]
 pub struct RelationQuery<'a> {
+    /// The room both events are in.
+    pub room_id: &'a str,
     /// The related-to event.
     pub target: &'a str,
     /// Only this `rel_type`.
@@ -56,6 +58,7 @@ pub trait Relations {
     /// A thread's size, its latest event, and whether `user` wrote in it.
     fn thread_summary(
         &self,
+        room_id: &str,
         root: &str,
         user: &str,
     ) -> impl Future<Output = Result<(i64, Option<String>, bool)>> + Send;
@@ -66,7 +69,7 @@ impl Relations for Store {
         let sql = format!(
             "SELECT event_id, stream_ordering FROM event_relations
              WHERE relates_to = $1 AND ($2 IS NULL OR rel_type = $2)
-               AND ($3 IS NULL OR event_type = $3) AND stream_ordering {} $4
+               AND ($3 IS NULL OR event_type = $3) AND stream_ordering {} $4 AND room_id = $6
              ORDER BY stream_ordering {} LIMIT $5",
             if query.forward { ">" } else { "<" },
             if query.forward { "ASC" } else { "DESC" },
@@ -81,6 +84,7 @@ impl Relations for Store {
                 .bind(query.event_type)
                 .bind(from)
                 .bind(query.limit)
+                .bind(query.room_id)
                 .fetch_all(pool)
                 .await
         })?)
@@ -134,18 +138,25 @@ impl Relations for Store {
         })?)
     }
 
-    async fn thread_summary(&self, root: &str, user: &str) -> Result<(i64, Option<String>, bool)> {
+    async fn thread_summary(
+        &self,
+        room_id: &str,
+        root: &str,
+        user: &str,
+    ) -> Result<(i64, Option<String>, bool)> {
         let (count, latest, mine): (i64, Option<String>, i64) = on_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT COUNT(*),
                         (SELECT event_id FROM event_relations
-                         WHERE relates_to = $1 AND rel_type = 'm.thread'
+                         WHERE relates_to = $1 AND rel_type = 'm.thread' AND room_id = $3
                          ORDER BY stream_ordering DESC LIMIT 1),
                         COALESCE(SUM(CASE WHEN sender = $2 THEN 1 ELSE 0 END), 0)
-                 FROM event_relations WHERE relates_to = $1 AND rel_type = 'm.thread'",
+                 FROM event_relations
+                 WHERE relates_to = $1 AND rel_type = 'm.thread' AND room_id = $3",
             )
             .bind(root)
             .bind(user)
+            .bind(room_id)
             .fetch_one(pool)
             .await
         })?;

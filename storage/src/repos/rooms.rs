@@ -134,8 +134,15 @@ fn relations_of(events: &[NewEvent]) -> Vec<RelationRow<'_>> {
             let position = e.row.stream_ordering?;
             let event: serde_json::Value = serde_json::from_str(&e.row.json).ok()?;
             let relation = event.get("content")?.get("m.relates_to")?;
-            let target = relation.get("event_id")?.as_str()?;
-            let rel_type = relation.get("rel_type")?.as_str()?;
+            // NUL cannot be stored in PostgreSQL text (and names no event): no relation then.
+            let target = relation
+                .get("event_id")?
+                .as_str()
+                .filter(|t| !t.contains('\0'))?;
+            let rel_type = relation
+                .get("rel_type")?
+                .as_str()
+                .filter(|t| !t.contains('\0'))?;
             Some((
                 e.row.event_id.as_str(),
                 e.row.room_id.as_str(),
@@ -164,15 +171,18 @@ fn searchable_text(events: &[NewEvent]) -> Vec<(&str, &str, &'static str, String
                 _ => return None,
             };
             let event: serde_json::Value = serde_json::from_str(&e.row.json).ok()?;
-            let text = event.get("content")?.get(field)?.as_str()?;
-            (!text.is_empty()).then(|| {
-                (
-                    e.row.event_id.as_str(),
-                    e.row.room_id.as_str(),
-                    key,
-                    text.to_owned(),
-                )
-            })
+            // PostgreSQL text cannot hold NUL: a body with one is indexed without it.
+            let text = event
+                .get("content")?
+                .get(field)?
+                .as_str()?
+                .replace('\0', "");
+            (!text.is_empty()).then_some((
+                e.row.event_id.as_str(),
+                e.row.room_id.as_str(),
+                key,
+                text,
+            ))
         })
         .collect()
 }
@@ -583,8 +593,12 @@ impl RoomEvents for Store {
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?;
-            // A redacted event's text is no longer searchable.
+            // A redacted event's text is no longer searchable, and its relation is gone.
             sqlx::query("DELETE FROM event_search WHERE event_id = $1")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM event_relations WHERE event_id = $1")
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?;

@@ -341,6 +341,14 @@ pub trait TerritoryTransfer {
         code: &str,
         since: Option<(i64, i64)>,
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Raises the record version that named this node for a territory (never lowers it).
+    fn note_named_version(
+        &self,
+        code: &str,
+        version: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// The record versions that named this node, by territory code.
+    fn list_named_versions(&self) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
     /// The read-only territories: (code, since, registry record version at export).
     fn list_read_only_territories(
         &self,
@@ -581,6 +589,31 @@ impl TerritoryTransfer for Store {
             });
         }
         Ok(())
+    }
+
+    async fn note_named_version(&self, code: &str, version: i64) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE territories SET named_version = $2
+                 WHERE code = $1 AND (named_version IS NULL OR named_version < $2)",
+            )
+            .bind(code)
+            .bind(version)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn list_named_versions(&self) -> Result<Vec<(String, i64)>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT code, named_version FROM territories WHERE named_version IS NOT NULL",
+            )
+            .fetch_all(pool)
+            .await
+        })?)
     }
 
     async fn list_read_only_territories(&self) -> Result<Vec<(String, i64, i64)>> {

@@ -260,12 +260,30 @@ pub async fn upload_signing_keys_route(
             "a master key must be uploaded before the other cross-signing keys",
         ));
     }
-    let replaces = uploads.iter().any(|(kind, key)| {
+    // The self-signing and user-signing keys must carry the master key's signature.
+    let master = uploads
+        .iter()
+        .find(|(k, _)| *k == "master")
+        .map(|(_, key)| key)
+        .or_else(|| existing.get("master"))
+        .cloned()
+        .unwrap_or_default();
+    let mut master_key = BTreeMap::new();
+    collect_ed25519(&master, &mut master_key);
+    for (kind, key) in uploads.iter().filter(|(k, _)| *k != "master") {
+        if !signed_by(key, user_id, &master_key) {
+            return Err(ApiError::invalid_param(format!(
+                "the {kind} key must be signed by the master key"
+            )));
+        }
+    }
+    // Once a master key exists, any change (a new or different key) needs the password.
+    let changes = uploads.iter().any(|(kind, key)| {
         existing
             .get(*kind)
-            .is_some_and(|old| signed_part(old) != signed_part(key))
+            .is_none_or(|old| signed_part(old) != signed_part(key))
     });
-    if replaces {
+    if existing.contains_key("master") && changes {
         crate::api::client::security::require_password(&state, &user, req.body.auth.as_ref())
             .await?;
     }
@@ -332,6 +350,28 @@ pub async fn upload_signatures_route(
         crate::e2ee::signing_keys_changed(&state, &target).await?;
     }
     Ok(Json(json!({ "failures": failures })))
+}
+
+/// Whether `key` carries a valid signature by `signer` with one of `keys`.
+fn signed_by(key: &Value, signer: &str, keys: &BTreeMap<String, ruma::serde::Base64>) -> bool {
+    let Some(signatures) = key["signatures"][signer].as_object() else {
+        return false;
+    };
+    signatures.iter().any(|(key_id, signature)| {
+        let Some(public) = keys.get(key_id) else {
+            return false;
+        };
+        let mut only = signed_part(key);
+        only["signatures"] = json!({ signer: { key_id: signature } });
+        let Ok(object) = serde_json::from_value::<ruma::CanonicalJsonObject>(only) else {
+            return false;
+        };
+        let mut set = ruma::signatures::PublicKeySet::new();
+        set.insert(key_id.clone(), public.clone());
+        let mut map = ruma::signatures::PublicKeyMap::new();
+        map.insert(signer.to_owned(), set);
+        ruma::signatures::verify_json(&map, &object).is_ok()
+    })
 }
 
 fn collect_ed25519(keys: &Value, into: &mut BTreeMap<String, ruma::serde::Base64>) {
@@ -405,9 +445,21 @@ async fn sign_one(
     else {
         return Err(("M_INVALID_SIGNATURE", format!("no signature by {signer}")));
     };
+    // Another user's key is signed with the caller's user-signing key only.
+    let mut allowed = signer_keys.clone();
+    if target != signer {
+        allowed.clear();
+        if let Some(user_signing) = crate::e2ee::cross_signing_keys(state, signer)
+            .await
+            .map_err(internal)?
+            .get("user_signing")
+        {
+            collect_ed25519(user_signing, &mut allowed);
+        }
+    }
     // Every new signature must verify with the caller's key of that ID.
     for (signature_key, signature) in new {
-        let Some(public) = signer_keys.get(signature_key) else {
+        let Some(public) = allowed.get(signature_key) else {
             return Err((
                 "M_INVALID_SIGNATURE",
                 format!("unknown key {signature_key} of {signer}"),

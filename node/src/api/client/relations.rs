@@ -49,14 +49,20 @@ async fn readable(state: &AppState, room_id: &RoomId, user: &UserId) -> Result<(
     }
 }
 
+/// An event as clients see it (redacted when it was redacted).
 async fn event_json(state: &AppState, id: &str) -> Result<Option<Value>, ApiError> {
-    let Ok(id) = ruma::OwnedEventId::try_from(id) else {
+    let Ok(event_id) = ruma::OwnedEventId::try_from(id) else {
         return Ok(None);
     };
-    match state.rooms.get_pdu(&id).await? {
-        Some(pdu) => Ok(Some(visible_event(state, &pdu, None).await?)),
-        None => Ok(None),
-    }
+    let Some(pdu) = state.rooms.get_pdu(&event_id).await? else {
+        return Ok(None);
+    };
+    let redacted_by = unitas_storage::RoomEvents::get_event(&state.store, id)
+        .await?
+        .and_then(|row| row.redacted_by);
+    Ok(Some(
+        visible_event(state, &pdu, redacted_by.as_deref()).await?,
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -82,6 +88,7 @@ async fn relations(
     let rows = state
         .store
         .list_relations(RelationQuery {
+            room_id: room_id.as_str(),
             target: target.event_id.as_str(),
             rel_type,
             event_type,
@@ -204,10 +211,15 @@ pub async fn bundle_all(
 /// (`m.reference`, up to 50 event IDs).
 pub async fn bundle(state: &AppState, event: Value, user: &UserId) -> Result<Value, ApiError> {
     let mut event = with_thread_summary(state, event, user).await?;
-    let Some(id) = event["event_id"].as_str().map(str::to_owned) else {
+    let (Some(id), Some(room), Some(sender)) = (
+        event["event_id"].as_str().map(str::to_owned),
+        event["room_id"].as_str().map(str::to_owned),
+        event["sender"].as_str().map(str::to_owned),
+    ) else {
         return Ok(event);
     };
     let query = |rel_type, limit| RelationQuery {
+        room_id: &room,
         target: &id,
         rel_type: Some(rel_type),
         event_type: None,
@@ -215,7 +227,17 @@ pub async fn bundle(state: &AppState, event: Value, user: &UserId) -> Result<Val
         forward: false,
         limit,
     };
-    let edit = state.store.list_relations(query("m.replace", 1)).await?;
+    // Only the sender's own edits count (anyone may send an m.replace).
+    let mut edit = Vec::new();
+    for (edit_id, position) in state.store.list_relations(query("m.replace", 20)).await? {
+        if event_json(state, &edit_id)
+            .await?
+            .is_some_and(|e| e["sender"] == sender.as_str())
+        {
+            edit.push((edit_id, position));
+            break;
+        }
+    }
     let references = state.store.list_relations(query("m.reference", 50)).await?;
     if edit.is_empty() && references.is_empty() {
         return Ok(event);
@@ -244,10 +266,16 @@ pub async fn with_thread_summary(
     mut root: Value,
     user: &UserId,
 ) -> Result<Value, ApiError> {
-    let Some(id) = root["event_id"].as_str().map(str::to_owned) else {
+    let (Some(id), Some(room)) = (
+        root["event_id"].as_str().map(str::to_owned),
+        root["room_id"].as_str().map(str::to_owned),
+    ) else {
         return Ok(root);
     };
-    let (count, latest, participated) = state.store.thread_summary(&id, user.as_str()).await?;
+    let (count, latest, participated) = state
+        .store
+        .thread_summary(&room, &id, user.as_str())
+        .await?;
     if count == 0 {
         return Ok(root);
     }
