@@ -75,7 +75,7 @@ pub fn sharded_path(data_dir: &std::path::Path, media_id: &str) -> PathBuf {
 
 /// Where an upload of ours lives.
 pub fn local_path(state: &AppState, media_id: &str) -> PathBuf {
-    sharded(state.config.server.data_dir.join("media"), media_id)
+    sharded_path(&state.config.server.data_dir, media_id)
 }
 
 /// Where a fetched file of `origin` lives. Server names cannot contain `/`, and a name made only

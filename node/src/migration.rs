@@ -156,28 +156,38 @@ async fn open_store(config: &Config) -> Result<Store, String> {
     Ok(store)
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+/// The async runtime of the commands that talk to a node, the DHT or the database.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the async runtime: {e}"))
 }
 
-async fn node_answer(base: &str, path: &str) -> Option<Value> {
-    let client = reqwest::Client::builder()
+/// GET a JSON document from a running node's client API (`base` + `path`); a non-2xx answer
+/// is an error naming the status and body.
+pub(crate) async fn get_json(base: &str, path: &str) -> Result<Value, String> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let response = reqwest::Client::builder()
         .no_proxy()
-        .timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
         .build()
-        .ok()?;
-    let response = client
-        .get(format!("{}{path}", base.trim_end_matches('/')))
+        .map_err(|e| e.to_string())?
+        .get(&url)
         .send()
         .await
-        .ok()?;
-    if !response.status().is_success() {
-        return None;
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url}: {status} {body}"))
     }
-    response.json().await.ok()
+}
+
+async fn node_answer(base: &str, path: &str) -> Option<Value> {
+    get_json(base, path).await.ok()
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {

@@ -209,7 +209,7 @@ pub async fn publish_once(
             .await
             .map_err(|e| e.to_string())?
             .iter()
-            .filter(|a| !a.to_string().contains("/0.0.0.0/") && !a.to_string().contains("/::/"))
+            .filter(|a| unitas_territory::dht::routable(a))
             .map(ToString::to_string)
             .collect()
     } else {
@@ -316,12 +316,7 @@ fn describe(state: &AppState, route: &Route<'_>) -> Value {
             .territories
             .by_server_name(&t.server_name)
             .map(|h| h.config.client_base_url.clone()),
-        (false, Some(node)) => Some(
-            node.client_urls
-                .get(t.code.as_str())
-                .unwrap_or(&node.client_url)
-                .clone(),
-        ),
+        (false, Some(node)) => Some(node.client_url_for(t.code.as_str()).to_owned()),
         (false, None) => None,
     };
     json!({
@@ -462,9 +457,7 @@ pub fn moved_territory(state: &AppState, server_name: &str) -> ApiError {
         return ApiError::forbidden(format!("{server_name} moved to another node"));
     };
     let code = route.territory.code.to_string();
-    let client_url = route
-        .node
-        .map(|n| n.client_urls.get(&code).unwrap_or(&n.client_url).clone());
+    let client_url = route.node.map(|n| n.client_url_for(&code).to_owned());
     ApiError::new(
         http::StatusCode::FORBIDDEN,
         unitas_spec::errcodes::WRONG_TERRITORY,

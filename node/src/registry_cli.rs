@@ -221,35 +221,11 @@ fn node_record(
     Ok(())
 }
 
-/// A runtime for the commands that talk to a node or the DHT.
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting the async runtime: {e}"))
-}
+use crate::migration::runtime;
 
 /// GET a JSON document from the running node's client API.
 fn node_get(base: &str, path: &str) -> Result<serde_json::Value, String> {
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    runtime()?.block_on(async {
-        let response = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("{url}: {status} {body}"))
-        }
-    })
+    runtime()?.block_on(crate::migration::get_json(base, path))
 }
 
 fn ago(now: u64, then: u64) -> String {

@@ -682,7 +682,7 @@ impl EventLoop {
 }
 
 /// Whether an address is worth dialling (not `0.0.0.0`/`::`).
-fn routable(addr: &Multiaddr) -> bool {
+pub fn routable(addr: &Multiaddr) -> bool {
     !addr.iter().any(|p| match p {
         Protocol::Ip4(ip) => ip.is_unspecified(),
         Protocol::Ip6(ip) => ip.is_unspecified(),

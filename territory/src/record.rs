@@ -281,6 +281,11 @@ impl TerritoryRecord {
 }
 
 impl NodeRecord {
+    /// The client URL for a territory of the node (its own one when it has one).
+    pub fn client_url_for(&self, code: &str) -> &str {
+        self.client_urls.get(code).unwrap_or(&self.client_url)
+    }
+
     /// Signs the record with the node's key; sets `node_id` to that key.
     pub fn sign(mut self, node_key: &SigningKey) -> Result<NodeRecord, RecordError> {
         self.node_id = node_key.public_key_base64();

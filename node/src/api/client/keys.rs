@@ -10,7 +10,7 @@ use ruma::api::client::keys::{claim_keys, get_keys, upload_keys};
 use ruma::api::client::to_device::send_event_to_device;
 use ruma::{OneTimeKeyAlgorithm, UInt};
 use serde_json::{Value, json};
-use unitas_storage::{ClientData, DeviceInbox, DeviceKeys, KeyUpload, RoomEvents};
+use unitas_storage::{DeviceInbox, DeviceKeys, KeyUpload, RoomEvents};
 
 use crate::api::ApiError;
 use crate::api::ruma::{Ruma, RumaResponse};
@@ -523,23 +523,7 @@ pub async fn key_changes_route(
     let user = req.user()?.clone();
     let (from, from_aux) = aux_of(&req.body.from)?;
     let (to, to_aux) = aux_of(&req.body.to)?;
-    let mut joined = Vec::new();
-    for room in state
-        .store
-        .list_membership_rooms(user.user_id.as_str())
-        .await?
-    {
-        let Ok(room_id) = ruma::OwnedRoomId::try_from(room) else {
-            continue;
-        };
-        if crate::api::client::rooms::membership(&state, &room_id, &user.user_id)
-            .await?
-            .as_deref()
-            == Some("join")
-        {
-            joined.push(room_id);
-        }
-    }
+    let joined = crate::api::client::rooms::joined_rooms(&state, &user.user_id).await?;
     let mut changed = std::collections::BTreeSet::new();
     for other in state
         .store

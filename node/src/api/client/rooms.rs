@@ -907,24 +907,25 @@ pub async fn joined_rooms_route(
     req: Ruma<joined_rooms::v3::Request>,
 ) -> Result<joined_rooms::v3::Response> {
     let user = req.user()?.clone();
+    let joined = joined_rooms(&state, &user.user_id).await?;
+    Ok(joined_rooms::v3::Response::new(joined).into())
+}
+
+/// The rooms `user` is joined to now.
+pub async fn joined_rooms(
+    state: &AppState,
+    user: &UserId,
+) -> std::result::Result<Vec<OwnedRoomId>, ApiError> {
     let mut joined = Vec::new();
-    for room in state
-        .store
-        .list_membership_rooms(user.user_id.as_str())
-        .await?
-    {
+    for room in state.store.list_membership_rooms(user.as_str()).await? {
         let Ok(room_id) = OwnedRoomId::try_from(room) else {
             continue;
         };
-        if membership(&state, &room_id, &user.user_id)
-            .await?
-            .as_deref()
-            == Some("join")
-        {
+        if membership(state, &room_id, user).await?.as_deref() == Some("join") {
             joined.push(room_id);
         }
     }
-    Ok(joined_rooms::v3::Response::new(joined).into())
+    Ok(joined)
 }
 
 /// `GET /_matrix/client/v3/rooms/{roomId}/joined_members`.

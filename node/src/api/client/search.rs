@@ -8,10 +8,10 @@ use axum::Json;
 use axum::extract::State;
 use ruma::api::client::search::search_events;
 use serde_json::{Value, json};
-use unitas_storage::{ClientData, EventSearch, SearchQuery};
+use unitas_storage::{EventSearch, SearchQuery};
 
 use crate::api::ApiError;
-use crate::api::client::rooms::{membership, visible_event};
+use crate::api::client::rooms::visible_event;
 use crate::api::ruma::Ruma;
 use crate::state::AppState;
 
@@ -42,31 +42,18 @@ pub async fn search_route(
     let offset = offset_of(req.body.next_batch.as_deref())?;
     // The rooms the user is joined to, narrowed by the filter.
     let filter = &criteria.filter;
-    let mut rooms = Vec::new();
-    for room in state
-        .store
-        .list_membership_rooms(user.user_id.as_str())
+    let rooms: Vec<String> = crate::api::client::rooms::joined_rooms(&state, &user.user_id)
         .await?
-    {
-        let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) else {
-            continue;
-        };
-        if filter
-            .rooms
-            .as_ref()
-            .is_some_and(|only| !only.contains(&room_id))
-            || filter.not_rooms.contains(&room_id)
-        {
-            continue;
-        }
-        if membership(&state, &room_id, &user.user_id)
-            .await?
-            .as_deref()
-            == Some("join")
-        {
-            rooms.push(room);
-        }
-    }
+        .into_iter()
+        .filter(|room_id| {
+            filter
+                .rooms
+                .as_ref()
+                .is_none_or(|only| only.contains(room_id))
+                && !filter.not_rooms.contains(room_id)
+        })
+        .map(|room_id| room_id.to_string())
+        .collect();
     let keys: Vec<&str> = match &criteria.keys {
         Some(keys) if !keys.is_empty() => keys.iter().map(|k| k.as_str()).collect(),
         _ => vec!["content.body", "content.name", "content.topic"],
