@@ -265,8 +265,7 @@ async fn export_async(
         println!("{code} is read-only on this node from now (registry version {version})");
     }
     if !standby && running.is_some() {
-        // Wait until the running node refuses writes, then one more check interval for a
-        // write that passed the check just before.
+        // Wait until the running node refuses writes and has none left in progress.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             let state = node_answer(&base, &path).await;
@@ -280,7 +279,6 @@ async fn export_async(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(crate::moves::CHECK_INTERVAL).await;
         println!("the running node at {base} refuses writes of {code}");
     } else if running.is_none() {
         println!("no node answers at {base}: exporting from the database as it is");

@@ -409,6 +409,7 @@ async fn load_territories(config: &Config, store: &Store) -> Result<HostedTerrit
         hosted.push(HostedTerritory {
             config: resolved,
             key: key.into(),
+            writes: Default::default(),
         });
     }
     Ok(HostedTerritories::new(hosted))

@@ -331,10 +331,17 @@ fn describe(state: &AppState, route: &Route<'_>) -> Value {
         "node_last_seen_ms": route.node.map(|n| n.updated_at),
         "state": state.territories.hosts(&t.server_name).then(|| {
             let moves = state.moves.read().unwrap_or_else(|e| e.into_inner());
+            let drained = state
+                .territories
+                .by_server_name(&t.server_name)
+                .is_none_or(|h| h.writes_drained());
             if moves.has_moved(&t.server_name) {
                 "moved"
-            } else if moves.is_read_only(&t.server_name) {
+            } else if moves.is_read_only(&t.server_name) && drained {
                 "read_only"
+            } else if moves.is_read_only(&t.server_name) {
+                // Writes that began before the mark are still running.
+                "draining"
             } else {
                 "serving"
             }

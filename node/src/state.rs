@@ -14,9 +14,38 @@ pub struct HostedTerritory {
     pub config: ResolvedTerritory,
     /// The territory's current signing key.
     pub key: Arc<SigningKey>,
+    /// Client write requests of the territory's users in progress (a move waits for them).
+    pub writes: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a write request of a territory while it lives.
+#[derive(Debug)]
+pub struct WriteGuard(Arc<HostedTerritory>);
+
+impl WriteGuard {
+    /// Counts a write for `territory` until the guard is dropped.
+    pub fn new(territory: Arc<HostedTerritory>) -> WriteGuard {
+        territory
+            .writes
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        WriteGuard(territory)
+    }
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.0
+            .writes
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl HostedTerritory {
+    /// Whether no write request of the territory is in progress.
+    pub fn writes_drained(&self) -> bool {
+        self.writes.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
     /// The territory's server name.
     pub fn server_name(&self) -> &str {
         &self.config.server_name

@@ -74,6 +74,8 @@ pub struct Ruma<R> {
     pub user: Option<ClientUser>,
     /// The territory the request was addressed to.
     pub territory: Arc<HostedTerritory>,
+    /// Counts this request as a write of its territory until the handler is done with it.
+    pub write: Option<crate::state::WriteGuard>,
 }
 
 impl<R> Ruma<R> {
@@ -215,11 +217,13 @@ where
             _ => None,
         };
         // A territory that is being moved refuses writes; one that moved sends its users on.
-        let subject = user
-            .as_ref()
-            .map_or_else(|| territory.server_name(), |u| u.territory.server_name());
-        let write = !matches!(parts.method, http::Method::GET | http::Method::HEAD);
-        crate::moves::check(state, subject, write).map_err(IntoResponse::into_response)?;
+        // A write is counted before the check, so an export that saw no write in progress
+        // after turning the territory read-only knows none is left.
+        let subject = user.as_ref().map_or(&territory, |u| &u.territory).clone();
+        let is_write = !matches!(parts.method, http::Method::GET | http::Method::HEAD);
+        let write = is_write.then(|| crate::state::WriteGuard::new(subject.clone()));
+        crate::moves::check(state, subject.server_name(), is_write)
+            .map_err(IntoResponse::into_response)?;
         if R::RATE_LIMITED
             && let Some(limiter) = &state.rate_limiter
         {
@@ -265,6 +269,7 @@ where
             body,
             user,
             territory,
+            write,
         })
     }
 }

@@ -793,14 +793,35 @@ async fn an_exported_territory_is_read_only_then_moved_then_rolled_back() {
     assert_eq!(manifest["tables"]["accounts"]["count"], 1, "{manifest}");
     assert_eq!(manifest["record_version"], 1);
 
-    // The export: reads still served, writes refused.
-    let exported = tokio::task::spawn_blocking({
+    // The export waits for a write in progress, then reads are still served, writes refused.
+    let in_progress = unitas::state::WriteGuard::new(
+        eu.node
+            .state
+            .territories
+            .by_server_name("dk.unitas.test")
+            .unwrap()
+            .clone(),
+    );
+    let exporting = tokio::task::spawn_blocking({
         let (out, config) = (export.path().join("move"), config.clone());
         move || unitas::migration::export("DK", &out, None, false, Some(&config))
+    });
+    eventually("the node drains DK's writes", || async {
+        let (_, dk) = eu
+            .call(
+                "localhost",
+                None,
+                reqwest::Method::GET,
+                "/_unitas/client/v1/territories/DK",
+                None,
+            )
+            .await;
+        dk["state"] == "draining"
     })
-    .await
-    .unwrap();
-    assert_eq!(exported, Ok(()));
+    .await;
+    assert!(!exporting.is_finished(), "the export waits for the write");
+    drop(in_progress);
+    assert_eq!(exporting.await.unwrap(), Ok(()));
     assert_eq!(whoami().await.0, 200);
     let (status, refused) = set_name("Alicia").await;
     assert_eq!(status, 403);
