@@ -111,6 +111,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "named_version",
         include_str!("../migrations/sqlite/0020_named_version.sql"),
     ),
+    (
+        21,
+        "index_existing",
+        include_str!("../migrations/sqlite/0021_index_existing.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -213,6 +218,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         20,
         "named_version",
         include_str!("../migrations/postgres/0020_named_version.sql"),
+    ),
+    (
+        21,
+        "index_existing",
+        include_str!("../migrations/postgres/0021_index_existing.sql"),
     ),
 ];
 
