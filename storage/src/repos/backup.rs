@@ -166,27 +166,29 @@ impl KeyBackups for Store {
         algorithm: &str,
         auth_data: &str,
     ) -> Result<i64> {
-        Ok(on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let next: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(version), 0) + 1 FROM key_backup_versions WHERE user_id = $1",
-            )
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query(
-                "INSERT INTO key_backup_versions (user_id, version, algorithm, auth_data, etag)
-                 VALUES ($1, $2, $3, $4, 0)",
-            )
-            .bind(user_id)
-            .bind(next)
-            .bind(algorithm)
-            .bind(auth_data)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(next)
-        })?)
+        // One statement picks the next number and inserts it; two devices creating a version
+        // at the same moment may pick the same one, and the loser simply tries again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "INSERT INTO key_backup_versions (user_id, version, algorithm, auth_data, etag)
+                     SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, 0
+                     FROM key_backup_versions WHERE user_id = $1
+                     RETURNING version",
+                )
+                .bind(user_id)
+                .bind(algorithm)
+                .bind(auth_data)
+                .fetch_one(pool)
+                .await
+            });
+            match outcome {
+                Err(sqlx::Error::Database(e)) if e.is_unique_violation() && attempt < 5 => {}
+                other => return Ok(other?),
+            }
+        }
     }
 
     async fn get_backup_version(
