@@ -50,7 +50,8 @@ pub trait Relations {
         before: Option<i64>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<ThreadRow>>> + Send;
-    /// Which of `event_ids` other events relate to.
+    /// Which of `event_ids` other events relate to as threads, edits or references (the
+    /// relations that are bundled).
     fn related_targets(
         &self,
         event_ids: &[String],
@@ -126,8 +127,10 @@ impl Relations for Store {
             return Ok(Vec::new());
         }
         Ok(on_pool!(self, pool => {
+            // Only the relations that are bundled (reactions are not).
             let mut q = sqlx::QueryBuilder::new(
-                "SELECT DISTINCT relates_to FROM event_relations WHERE relates_to IN (",
+                "SELECT DISTINCT relates_to FROM event_relations
+                 WHERE rel_type IN ('m.thread', 'm.replace', 'm.reference') AND relates_to IN (",
             );
             let mut ids = q.separated(", ");
             for id in event_ids {
