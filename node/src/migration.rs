@@ -606,6 +606,25 @@ fn room_files(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(files)
 }
 
+/// Puts the export's signing key at `path` (readable by the owner only); a key already there
+/// must be the exported one.
+fn install_key(dir: &Path, manifest: &Manifest, path: &Path) -> Result<(), String> {
+    if path.exists() {
+        let here = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if sha256_hex(&here) != manifest.signing_key_sha256 {
+            return Err(format!(
+                "{} holds another key than the export's",
+                path.display()
+            ));
+        }
+        return Ok(());
+    }
+    let exported =
+        std::fs::read(dir.join("signing.key")).map_err(|e| format!("signing.key: {e}"))?;
+    write_file(path, &exported)?;
+    restrict(path)
+}
+
 /// `unitas territory import DIR`.
 pub fn import(dir: &Path, config: Option<&Path>) -> Result<(), String> {
     let (manifest, tables, keys) = read_export(dir)?;
@@ -623,19 +642,7 @@ pub fn import(dir: &Path, config: Option<&Path>) -> Result<(), String> {
         }
         Ok(t) => {
             // Configured already: its key must be the exported one.
-            let here = std::fs::read(&t.signing_key_file).unwrap_or_default();
-            if sha256_hex(&here) != manifest.signing_key_sha256 {
-                let exported = std::fs::read(dir.join("signing.key"))
-                    .map_err(|e| format!("signing.key: {e}"))?;
-                if t.signing_key_file.exists() {
-                    return Err(format!(
-                        "{} holds another key than the export's",
-                        t.signing_key_file.display()
-                    ));
-                }
-                write_file(&t.signing_key_file, &exported)?;
-                restrict(&t.signing_key_file)?;
-            }
+            install_key(dir, &manifest, &t.signing_key_file)?;
             config
         }
         Err(_) => {
@@ -647,17 +654,7 @@ pub fn import(dir: &Path, config: Option<&Path>) -> Result<(), String> {
                 .data_dir
                 .join("keys")
                 .join(format!("{}.signing.key", manifest.code));
-            if key_file.exists() {
-                let here = std::fs::read(&key_file).unwrap_or_default();
-                if sha256_hex(&here) != manifest.signing_key_sha256 {
-                    return Err(format!("{} holds another key", key_file.display()));
-                }
-            } else {
-                let exported = std::fs::read(dir.join("signing.key"))
-                    .map_err(|e| format!("signing.key: {e}"))?;
-                write_file(&key_file, &exported)?;
-                restrict(&key_file)?;
-            }
+            install_key(dir, &manifest, &key_file)?;
             // A fresh node that lists no territory serves an implicit default one; the
             // imported territory takes its place.
             if config.territories.is_empty() {
