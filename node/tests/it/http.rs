@@ -1121,26 +1121,10 @@ async fn search_finds_messages_in_joined_rooms_on_both_backends() {
         } else {
             "sqlite"
         };
-        let t = TestNode::start_with(move |c| {
-            c.registration.enabled = true;
-            c.rate_limits.enabled = false;
-            c.storage.database = database;
-        })
-        .await;
+        let (t, alice, bob) = node_with_two_users_on(move |c| c.storage.database = database).await;
+        let (alice, bob) = (&alice, &bob);
         let host = "localhost:8448";
         let url = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
-        let mut tokens = Vec::new();
-        for name in ["alice", "bob"] {
-            let (_, body) = post_json(
-                &url("/register"),
-                host,
-                None,
-                json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
-            )
-            .await;
-            tokens.push(body["access_token"].as_str().unwrap().to_owned());
-        }
-        let (alice, bob) = (&tokens[0], &tokens[1]);
         let room = |token: &str, topic: &str| {
             let (url, token, topic) = (url("/createRoom"), token.to_owned(), topic.to_owned());
             async move {
@@ -1516,9 +1500,15 @@ async fn space_hierarchy_shows_visible_children() {
 /// A node with open registration and no rate limits, and alice and bob on it: the node and
 /// their access tokens.
 async fn node_with_two_users() -> (TestNode, String, String) {
+    node_with_two_users_on(|_| {}).await
+}
+
+/// [`node_with_two_users`] with more settings (another database).
+async fn node_with_two_users_on(adjust: impl FnOnce(&mut Config)) -> (TestNode, String, String) {
     let t = TestNode::start_with(|c| {
         c.registration.enabled = true;
         c.rate_limits.enabled = false;
+        adjust(c);
     })
     .await;
     let mut tokens = Vec::new();

@@ -112,6 +112,23 @@ impl RegionNode {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// Sends a text message to `room` as the user of `token` in territory `code`.
+    async fn send_text(&self, code: &str, token: &str, room: &str, txn: &str, body: &str) {
+        let (status, reply) = self
+            .call(
+                &server_name(code),
+                Some(token),
+                reqwest::Method::PUT,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
+                    unitas_federation::inbound::percent(room)
+                ),
+                Some(json!({"msgtype": "m.text", "body": body})),
+            )
+            .await;
+        assert_eq!(status, 200, "{code}: {reply}");
+    }
+
     /// Registers `name` in territory `code`: (user ID, token).
     async fn register(&self, code: &str, name: &str) -> (String, String) {
         let (status, reply) = self
@@ -378,19 +395,8 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
     for round in 0..3 {
         for (node, code, token) in &members {
             let body = format!("{code} says {round}");
-            let (status, reply) = node
-                .call(
-                    &server_name(code),
-                    Some(token),
-                    reqwest::Method::PUT,
-                    &format!(
-                        "/_matrix/client/v3/rooms/{}/send/m.room.message/{code}{round}",
-                        unitas_federation::inbound::percent(&room)
-                    ),
-                    Some(json!({"msgtype": "m.text", "body": body})),
-                )
+            node.send_text(code, token, &room, &format!("{code}{round}"), &body)
                 .await;
-            assert_eq!(status, 200, "{reply}");
             node.node.state.sender.flush_once().await.unwrap();
             sent.push(body);
         }
@@ -401,27 +407,10 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
     }
     // Two messages at once from two nodes: the room forks (two forward extremities), as it does
     // whenever members of several nodes talk at the same time.
-    let send = |index: usize, txn: &'static str| {
-        let (node, code, token) = (members[index].0, members[index].1, members[index].2.clone());
-        let room = room.clone();
-        async move {
-            let (status, reply) = node
-                .call(
-                    &server_name(code),
-                    Some(&token),
-                    reqwest::Method::PUT,
-                    &format!(
-                        "/_matrix/client/v3/rooms/{}/send/m.room.message/{txn}",
-                        unitas_federation::inbound::percent(&room)
-                    ),
-                    Some(json!({"msgtype": "m.text", "body": txn})),
-                )
-                .await;
-            assert_eq!(status, 200, "{reply}");
-        }
-    };
-    send(2, "fork-us").await;
-    send(0, "fork-dk").await;
+    for (index, txn) in [(2, "fork-us"), (0, "fork-dk")] {
+        let (node, code, token) = &members[index];
+        node.send_text(code, token, &room, txn, txn).await;
+    }
     eu.node.state.sender.flush_once().await.unwrap();
     am.node.state.sender.flush_once().await.unwrap();
     sent.extend(["fork-us".to_owned(), "fork-dk".to_owned()]);
@@ -636,19 +625,8 @@ async fn four_regions_route_users_home_share_a_global_room_and_refuse_forged_rec
     for (sender, code) in [(2, "US"), (0, "DK"), (1, "NO")] {
         let (node, _, token) = &members[sender];
         let body = format!("{code} after the move");
-        let (status, reply) = node
-            .call(
-                &server_name(code),
-                Some(token),
-                reqwest::Method::PUT,
-                &format!(
-                    "/_matrix/client/v3/rooms/{}/send/m.room.message/moved{code}",
-                    unitas_federation::inbound::percent(&room)
-                ),
-                Some(json!({"msgtype": "m.text", "body": body})),
-            )
+        node.send_text(code, token, &room, &format!("moved{code}"), &body)
             .await;
-        assert_eq!(status, 200, "{code}: {reply}");
         node.node.state.sender.flush_once().await.unwrap();
         sent.push(body);
     }
