@@ -116,6 +116,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "index_existing",
         include_str!("../migrations/sqlite/0021_index_existing.sql"),
     ),
+    (
+        22,
+        "push",
+        include_str!("../migrations/sqlite/0022_push.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -223,6 +228,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         21,
         "index_existing",
         include_str!("../migrations/postgres/0021_index_existing.sql"),
+    ),
+    (
+        22,
+        "push",
+        include_str!("../migrations/postgres/0022_push.sql"),
     ),
 ];
 

@@ -210,7 +210,7 @@ impl Devices for Store {
                 .await?
                 .rows_affected();
             // The device's encryption keys go with it, and its owner's device list moves on.
-            for table in ["device_keys", "one_time_keys", "fallback_keys"] {
+            for table in ["device_keys", "one_time_keys", "fallback_keys", "pushers"] {
                 sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"))
                     .bind(user_id)
                     .bind(device_id)

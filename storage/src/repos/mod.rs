@@ -11,6 +11,7 @@ mod devices;
 mod e2ee;
 mod keys;
 mod outbound;
+mod push;
 mod relations;
 mod reports;
 mod rooms;
@@ -26,6 +27,7 @@ pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, Ne
 pub use e2ee::{DeviceInbox, DeviceKeys, KeyUpload, ToDeviceMessage};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
+pub use push::{PushAction, PushStore, Pusher, QueuedPush};
 pub use relations::{RelationQuery, Relations, ThreadRow};
 pub use reports::{Report, Reports};
 pub use rooms::{

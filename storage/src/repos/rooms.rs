@@ -117,7 +117,7 @@ impl EventBatch {
     }
 }
 
-const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, state_key, sender, depth, \
+pub(crate) const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, state_key, sender, depth, \
      origin_server_ts, json, state_group_before, state_group_after, outlier, soft_failed, redacted_by";
 /// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
 const CHUNK: usize = 500;
@@ -232,16 +232,6 @@ pub trait RoomEvents {
         before: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
-    /// Messages after `after` not sent by `user_id`, and how many of them contain `mention`:
-    /// `(notification_count, highlight_count)` for unread badges, counted up to 100 (clients show
-    /// "99+"), so a long-unread room costs no more than a short one.
-    fn count_unread(
-        &self,
-        room_id: &str,
-        after: i64,
-        user_id: &str,
-        mention: &str,
-    ) -> impl Future<Output = Result<(i64, i64)>> + Send;
     /// Marks an event redacted by `redaction_id` (the first redaction wins).
     fn set_redacted_by(
         &self,
@@ -548,41 +538,6 @@ impl RoomEvents for Store {
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql).bind(room_id).bind(before).bind(limit).fetch_all(pool).await
         })?)
-    }
-
-    async fn count_unread(
-        &self,
-        room_id: &str,
-        after: i64,
-        user_id: &str,
-        mention: &str,
-    ) -> Result<(i64, i64)> {
-        let escaped: String = mention
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        let pattern = format!("%{escaped}%");
-        let (total, mentions): (i64, Option<i64>) = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT COUNT(*), SUM(mention) FROM (
-                   SELECT CASE WHEN json LIKE $4 ESCAPE '\\' THEN 1 ELSE 0 END AS mention FROM events
-                   WHERE room_id = $1 AND stream_ordering > $2 AND sender <> $3
-                     AND event_type IN ('m.room.message', 'm.room.encrypted')
-                     AND soft_failed = FALSE AND outlier = FALSE
-                   LIMIT 100
-                 ) unread",
-            )
-            .bind(room_id)
-            .bind(after)
-            .bind(user_id)
-            .bind(&pattern)
-            .fetch_one(pool)
-            .await
-        })?;
-        Ok((total, mentions.unwrap_or(0)))
     }
 
     async fn set_redacted_by(&self, event_id: &str, redaction_id: &str) -> Result<()> {

@@ -268,6 +268,23 @@ pub const TABLES: &[TableSpec] = &[
         owner: Owner::ServerOf("user_id"),
     },
     TableSpec {
+        name: "pushers",
+        columns: &[
+            ("user_id", Text),
+            ("app_id", Text),
+            ("pushkey", Text),
+            ("kind", Text),
+            ("app_display_name", Text),
+            ("device_display_name", Text),
+            ("profile_tag", Text),
+            ("lang", Text),
+            ("data", Text),
+            ("device_id", Text),
+            ("created_ts", Int),
+        ],
+        owner: Owner::ServerOf("user_id"),
+    },
+    TableSpec {
         name: "remote_invites",
         columns: &[
             ("user_id", Text),

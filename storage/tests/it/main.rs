@@ -32,7 +32,7 @@ unitas_storage::both_backends!(
     rooms::outbound_edus_wait_per_destination,
     store::migrations_make_the_store_ready,
     store::migrating_twice_is_a_no_op,
-    store::unread_counts_on_an_empty_room,
+    store::push_actions_pushers_and_queue,
     territories::ensure_is_idempotent,
     territories::server_name_is_fixed_once_stored,
     territories::server_name_belongs_to_one_territory,

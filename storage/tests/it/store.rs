@@ -9,20 +9,123 @@ pub async fn migrating_twice_is_a_no_op(store: Store) {
     assert!(store.is_ready().await.unwrap());
 }
 
-pub async fn unread_counts_on_an_empty_room(store: Store) {
-    use unitas_storage::{ClientExtras, RoomEvents};
+pub async fn push_actions_pushers_and_queue(store: Store) {
+    use unitas_storage::{ClientExtras, PushAction, PushStore, Pusher, QueuedPush};
+    assert_eq!(store.get_push_position().await.unwrap(), None);
+    let action = |event: &str, pos: i64, highlight: bool| PushAction {
+        user_id: "@u:a.test".into(),
+        room_id: "!r:a.test".into(),
+        event_id: event.into(),
+        stream_ordering: pos,
+        notify: true,
+        highlight,
+        actions: "[\"notify\"]".into(),
+        ts: pos,
+    };
+    let queued = QueuedPush {
+        id: 0,
+        user_id: "@u:a.test".into(),
+        app_id: "app".into(),
+        pushkey: "key".into(),
+        url: "https://gw.test/_matrix/push/v1/notify".into(),
+        body: "{}".into(),
+        attempts: 0,
+        next_attempt_ts: 10,
+        created_ts: 10,
+    };
+    let actions = [
+        action("$1", 1, false),
+        action("$2", 2, true),
+        action("$3", 3, false),
+    ];
+    store
+        .save_push_batch(&actions, std::slice::from_ref(&queued), 3)
+        .await
+        .unwrap();
+    // Saving the same batch again changes nothing but the queue.
+    store.save_push_batch(&actions[..1], &[], 3).await.unwrap();
+    assert_eq!(store.get_push_position().await.unwrap(), Some(3));
     assert_eq!(
         store
-            .count_unread("!r:a.test", 0, "@u:a.test", "@u:a.test")
+            .count_notifications("@u:a.test", "!r:a.test", 0)
             .await
             .unwrap(),
-        (0, 0)
+        (3, 1)
     );
+    assert_eq!(
+        store
+            .count_notifications("@u:a.test", "!r:a.test", 2)
+            .await
+            .unwrap(),
+        (1, 0)
+    );
+    assert_eq!(store.count_unread_rooms("@u:a.test").await.unwrap(), 1);
     assert_eq!(
         store
             .get_read_receipt("!r:a.test", "@u:a.test")
             .await
             .unwrap(),
         None
+    );
+    let page = store
+        .list_notifications("@u:a.test", None, 2, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|a| a.event_id.as_str()).collect::<Vec<_>>(),
+        ["$3", "$2"]
+    );
+    let older = store
+        .list_notifications("@u:a.test", Some(2), 10, false)
+        .await
+        .unwrap();
+    assert_eq!(older.len(), 1);
+    let highlights = store
+        .list_notifications("@u:a.test", None, 10, true)
+        .await
+        .unwrap();
+    assert_eq!(highlights.len(), 1);
+
+    // Pushers: without `append`, another user's pusher with the same key goes.
+    let pusher = |user: &str| Pusher {
+        user_id: user.into(),
+        app_id: "app".into(),
+        pushkey: "key".into(),
+        kind: "http".into(),
+        app_display_name: "App".into(),
+        device_display_name: "Phone".into(),
+        profile_tag: None,
+        lang: "en".into(),
+        data: "{}".into(),
+        device_id: Some("D".into()),
+        created_ts: 1,
+    };
+    store.set_pusher(&pusher("@v:a.test"), true).await.unwrap();
+    store.set_pusher(&pusher("@u:a.test"), true).await.unwrap();
+    assert_eq!(store.list_pushers("@v:a.test").await.unwrap().len(), 1);
+    store.set_pusher(&pusher("@u:a.test"), false).await.unwrap();
+    assert!(store.list_pushers("@v:a.test").await.unwrap().is_empty());
+    assert_eq!(store.list_pushers("@u:a.test").await.unwrap().len(), 1);
+
+    // The queue: due rows, retries move them later, deleting the pusher empties its queue.
+    assert_eq!(store.list_due_pushes(9, 10).await.unwrap().len(), 0);
+    let due = store.list_due_pushes(10, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    store.retry_queued_push(due[0].id, 50).await.unwrap();
+    assert_eq!(store.next_push_due().await.unwrap(), Some(50));
+    assert_eq!(store.list_due_pushes(49, 10).await.unwrap().len(), 0);
+    assert_eq!(store.list_due_pushes(50, 10).await.unwrap()[0].attempts, 1);
+    assert!(
+        store
+            .delete_pusher("@u:a.test", "app", "key")
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.next_push_due().await.unwrap(), None);
+    assert!(
+        !store
+            .delete_pusher("@u:a.test", "app", "key")
+            .await
+            .unwrap()
     );
 }

@@ -1,0 +1,56 @@
+-- Push: what the push rules said about each event for each local member (unread counts,
+-- /notifications), the users' pushers, and the durable queue of notifications for push gateways.
+CREATE TABLE event_push_actions (
+    user_id         TEXT NOT NULL,
+    room_id         TEXT NOT NULL,
+    event_id        TEXT NOT NULL,
+    stream_ordering BIGINT NOT NULL,
+    -- The actions contain "notify" / a highlight tweak.
+    notify          BOOLEAN NOT NULL,
+    highlight       BOOLEAN NOT NULL,
+    -- JSON array of the matched rule's actions.
+    actions         TEXT NOT NULL,
+    ts              BIGINT NOT NULL,
+    PRIMARY KEY (user_id, event_id)
+);
+CREATE INDEX event_push_actions_room ON event_push_actions (user_id, room_id, stream_ordering);
+CREATE INDEX event_push_actions_user ON event_push_actions (user_id, stream_ordering);
+
+-- How far the push worker has evaluated the event stream (one row).
+CREATE TABLE push_position (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    position BIGINT NOT NULL
+);
+
+CREATE TABLE pushers (
+    user_id             TEXT NOT NULL,
+    app_id              TEXT NOT NULL,
+    pushkey             TEXT NOT NULL,
+    kind                TEXT NOT NULL,
+    app_display_name    TEXT NOT NULL,
+    device_display_name TEXT NOT NULL,
+    profile_tag         TEXT,
+    lang                TEXT NOT NULL,
+    -- JSON object (url, format and the client's own keys).
+    data                TEXT NOT NULL,
+    -- The device that set it: the pusher goes when the device does.
+    device_id           TEXT,
+    created_ts          BIGINT NOT NULL,
+    PRIMARY KEY (user_id, app_id, pushkey)
+);
+CREATE INDEX pushers_key ON pushers (app_id, pushkey);
+
+-- Notifications waiting for their push gateway's 200; retried with backoff.
+CREATE TABLE push_queue (
+    id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id         TEXT NOT NULL,
+    app_id          TEXT NOT NULL,
+    pushkey         TEXT NOT NULL,
+    url             TEXT NOT NULL,
+    -- The request body (JSON) for /_matrix/push/v1/notify.
+    body            TEXT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ts BIGINT NOT NULL,
+    created_ts      BIGINT NOT NULL
+);
+CREATE INDEX push_queue_due ON push_queue (next_attempt_ts, id);

@@ -1,0 +1,405 @@
+//! Push: the push rules' verdict on each event for each local member (`event_push_actions`,
+//! behind unread counts and `/notifications`), pushers, and the durable queue of notifications
+//! for push gateways.
+
+use std::future::Future;
+
+use crate::repos::EventRow;
+use crate::repos::rooms::EVENT_COLUMNS;
+use crate::store::on_pool;
+use crate::{Result, Store};
+
+/// What the rules said about one event for one user.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PushAction {
+    /// The local user.
+    pub user_id: String,
+    /// The event's room.
+    pub room_id: String,
+    /// The event.
+    pub event_id: String,
+    /// The event's stream position.
+    pub stream_ordering: i64,
+    /// The actions notify.
+    pub notify: bool,
+    /// The actions highlight.
+    pub highlight: bool,
+    /// The actions, as a JSON array.
+    pub actions: String,
+    /// When the event was sent (ms).
+    pub ts: i64,
+}
+
+/// A pusher as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Pusher {
+    /// Owner.
+    pub user_id: String,
+    /// Application ID.
+    pub app_id: String,
+    /// Push key (unique per app and user).
+    pub pushkey: String,
+    /// `http`.
+    pub kind: String,
+    /// Application name for the user.
+    pub app_display_name: String,
+    /// Device name for the user.
+    pub device_display_name: String,
+    /// Profile tag.
+    pub profile_tag: Option<String>,
+    /// Language.
+    pub lang: String,
+    /// JSON object: `url`, `format`, the client's own keys.
+    pub data: String,
+    /// The device that set it.
+    pub device_id: Option<String>,
+    /// When (ms).
+    pub created_ts: i64,
+}
+
+/// A notification for a push gateway.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueuedPush {
+    /// Row ID (ignored when queueing).
+    pub id: i64,
+    /// The pusher's owner.
+    pub user_id: String,
+    /// The pusher's app ID.
+    pub app_id: String,
+    /// The pusher's key.
+    pub pushkey: String,
+    /// The gateway's notify URL.
+    pub url: String,
+    /// The request body.
+    pub body: String,
+    /// Failed attempts so far.
+    pub attempts: i64,
+    /// Not before (ms).
+    pub next_attempt_ts: i64,
+    /// When queued (ms).
+    pub created_ts: i64,
+}
+
+/// Push rules' results, pushers and the push queue.
+pub trait PushStore {
+    /// How far the push worker got (`None` before its first run).
+    fn get_push_position(&self) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// Timeline events of every room after stream position `after`, oldest first.
+    fn list_stream_events(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
+    /// Stores a batch of verdicts and notifications and the new position, in one transaction.
+    fn save_push_batch(
+        &self,
+        actions: &[PushAction],
+        queue: &[QueuedPush],
+        position: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// `(notifications, highlights)` of `user_id` in a room after stream position `after`,
+    /// counted up to 100 (clients show "99+").
+    fn count_notifications(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: i64,
+    ) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// How many rooms have notifications the user has not read (a push's badge count).
+    fn count_unread_rooms(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
+    /// The user's notifications before stream position `before` (all when `None`), newest
+    /// first, highlights only when asked.
+    fn list_notifications(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: i64,
+        only_highlight: bool,
+    ) -> impl Future<Output = Result<Vec<PushAction>>> + Send;
+    /// Adds or replaces a pusher; unless `append`, other users' pushers with the same app ID
+    /// and key go (the spec's `append: false`).
+    fn set_pusher(&self, pusher: &Pusher, append: bool) -> impl Future<Output = Result<()>> + Send;
+    /// Deletes a user's pusher and its queued notifications; returns whether it existed.
+    fn delete_pusher(
+        &self,
+        user_id: &str,
+        app_id: &str,
+        pushkey: &str,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// A user's pushers.
+    fn list_pushers(&self, user_id: &str) -> impl Future<Output = Result<Vec<Pusher>>> + Send;
+    /// Queued notifications due at `now`, oldest first.
+    fn list_due_pushes(
+        &self,
+        now: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<QueuedPush>>> + Send;
+    /// When the next queued notification is due (`None` when the queue is empty).
+    fn next_push_due(&self) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// Removes a delivered (or abandoned) notification.
+    fn delete_queued_push(&self, id: i64) -> impl Future<Output = Result<()>> + Send;
+    /// Records a failed attempt and when to try again.
+    fn retry_queued_push(
+        &self,
+        id: i64,
+        next_attempt_ts: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+const ACTION_COLUMNS: &str =
+    "user_id, room_id, event_id, stream_ordering, notify, highlight, actions, ts";
+const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, \
+    device_display_name, profile_tag, lang, data, device_id, created_ts";
+const QUEUE_COLUMNS: &str =
+    "id, user_id, app_id, pushkey, url, body, attempts, next_attempt_ts, created_ts";
+
+/// The stream position of the user's last unthreaded read receipt in room `room` (SQL).
+const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
+      JOIN events e ON e.event_id = r.event_id
+      WHERE r.room_id = a.room_id AND r.user_id = a.user_id
+        AND r.receipt_type IN ('m.read', 'm.read.private') AND r.thread_id = ''), 0)";
+
+impl PushStore for Store {
+    async fn get_push_position(&self) -> Result<Option<i64>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT position FROM push_position WHERE id = 1")
+                .fetch_optional(pool)
+                .await
+        })?)
+    }
+
+    async fn list_stream_events(&self, after: i64, limit: i64) -> Result<Vec<EventRow>> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events
+             WHERE stream_ordering > $1 AND soft_failed = FALSE AND outlier = FALSE
+             ORDER BY stream_ordering LIMIT $2"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(after).bind(limit).fetch_all(pool).await
+        })?)
+    }
+
+    async fn save_push_batch(
+        &self,
+        actions: &[PushAction],
+        queue: &[QueuedPush],
+        position: i64,
+    ) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for chunk in actions.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO event_push_actions ({ACTION_COLUMNS}) "
+                ));
+                q.push_values(chunk, |mut b, a| {
+                    b.push_bind(&a.user_id)
+                        .push_bind(&a.room_id)
+                        .push_bind(&a.event_id)
+                        .push_bind(a.stream_ordering)
+                        .push_bind(a.notify)
+                        .push_bind(a.highlight)
+                        .push_bind(&a.actions)
+                        .push_bind(a.ts);
+                });
+                q.push(" ON CONFLICT (user_id, event_id) DO NOTHING");
+                q.build().execute(&mut *tx).await?;
+            }
+            for chunk in queue.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO push_queue (user_id, app_id, pushkey, url, body, attempts, \
+                     next_attempt_ts, created_ts) ",
+                );
+                q.push_values(chunk, |mut b, p| {
+                    b.push_bind(&p.user_id)
+                        .push_bind(&p.app_id)
+                        .push_bind(&p.pushkey)
+                        .push_bind(&p.url)
+                        .push_bind(&p.body)
+                        .push_bind(0_i64)
+                        .push_bind(p.next_attempt_ts)
+                        .push_bind(p.created_ts);
+                });
+                q.build().execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "INSERT INTO push_position (id, position) VALUES (1, $1)
+                 ON CONFLICT (id) DO UPDATE SET position = excluded.position",
+            )
+            .bind(position)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn count_notifications(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: i64,
+    ) -> Result<(i64, i64)> {
+        let (total, highlights): (i64, Option<i64>) = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT COUNT(*), SUM(h) FROM (
+                   SELECT CASE WHEN highlight THEN 1 ELSE 0 END AS h FROM event_push_actions
+                   WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 AND notify
+                   LIMIT 100
+                 ) unread",
+            )
+            .bind(user_id)
+            .bind(room_id)
+            .bind(after)
+            .fetch_one(pool)
+            .await
+        })?;
+        Ok((total, highlights.unwrap_or(0)))
+    }
+
+    async fn count_unread_rooms(&self, user_id: &str) -> Result<i64> {
+        let sql = format!(
+            "SELECT COUNT(DISTINCT a.room_id) FROM event_push_actions a
+             WHERE a.user_id = $1 AND a.notify AND a.stream_ordering > {READ_UP_TO}"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar(&sql).bind(user_id).fetch_one(pool).await
+        })?)
+    }
+
+    async fn list_notifications(
+        &self,
+        user_id: &str,
+        before: Option<i64>,
+        limit: i64,
+        only_highlight: bool,
+    ) -> Result<Vec<PushAction>> {
+        let sql = format!(
+            "SELECT {ACTION_COLUMNS} FROM event_push_actions
+             WHERE user_id = $1 AND stream_ordering < $2 AND notify {}
+             ORDER BY stream_ordering DESC LIMIT $3",
+            if only_highlight { "AND highlight" } else { "" }
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(user_id)
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(limit)
+                .fetch_all(pool)
+                .await
+        })?)
+    }
+
+    async fn set_pusher(&self, pusher: &Pusher, append: bool) -> Result<()> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if !append {
+                sqlx::query(
+                    "DELETE FROM pushers WHERE app_id = $1 AND pushkey = $2 AND user_id <> $3",
+                )
+                .bind(&pusher.app_id)
+                .bind(&pusher.pushkey)
+                .bind(&pusher.user_id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            sqlx::query(&format!(
+                "INSERT INTO pushers ({PUSHER_COLUMNS})
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (user_id, app_id, pushkey) DO UPDATE SET
+                   kind = excluded.kind, app_display_name = excluded.app_display_name,
+                   device_display_name = excluded.device_display_name,
+                   profile_tag = excluded.profile_tag, lang = excluded.lang,
+                   data = excluded.data, device_id = excluded.device_id"
+            ))
+            .bind(&pusher.user_id)
+            .bind(&pusher.app_id)
+            .bind(&pusher.pushkey)
+            .bind(&pusher.kind)
+            .bind(&pusher.app_display_name)
+            .bind(&pusher.device_display_name)
+            .bind(&pusher.profile_tag)
+            .bind(&pusher.lang)
+            .bind(&pusher.data)
+            .bind(&pusher.device_id)
+            .bind(pusher.created_ts)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        })?;
+        Ok(())
+    }
+
+    async fn delete_pusher(&self, user_id: &str, app_id: &str, pushkey: &str) -> Result<bool> {
+        let deleted = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let deleted = sqlx::query(
+                "DELETE FROM pushers WHERE user_id = $1 AND app_id = $2 AND pushkey = $3",
+            )
+            .bind(user_id)
+            .bind(app_id)
+            .bind(pushkey)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            sqlx::query(
+                "DELETE FROM push_queue WHERE user_id = $1 AND app_id = $2 AND pushkey = $3",
+            )
+            .bind(user_id)
+            .bind(app_id)
+            .bind(pushkey)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(deleted)
+        })?;
+        Ok(deleted > 0)
+    }
+
+    async fn list_pushers(&self, user_id: &str) -> Result<Vec<Pusher>> {
+        let sql = format!(
+            "SELECT {PUSHER_COLUMNS} FROM pushers WHERE user_id = $1 ORDER BY created_ts, app_id"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(user_id).fetch_all(pool).await
+        })?)
+    }
+
+    async fn list_due_pushes(&self, now: i64, limit: i64) -> Result<Vec<QueuedPush>> {
+        let sql = format!(
+            "SELECT {QUEUE_COLUMNS} FROM push_queue WHERE next_attempt_ts <= $1
+             ORDER BY id LIMIT $2"
+        );
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(now).bind(limit).fetch_all(pool).await
+        })?)
+    }
+
+    async fn next_push_due(&self) -> Result<Option<i64>> {
+        Ok(on_pool!(self, pool => {
+            sqlx::query_scalar("SELECT MIN(next_attempt_ts) FROM push_queue")
+                .fetch_one(pool)
+                .await
+        })?)
+    }
+
+    async fn delete_queued_push(&self, id: i64) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM push_queue WHERE id = $1").bind(id).execute(pool).await.map(|_| ())
+        })?;
+        Ok(())
+    }
+
+    async fn retry_queued_push(&self, id: i64, next_attempt_ts: i64) -> Result<()> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE push_queue SET attempts = attempts + 1, next_attempt_ts = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(next_attempt_ts)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        })?;
+        Ok(())
+    }
+}
