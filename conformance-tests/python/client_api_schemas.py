@@ -202,12 +202,12 @@ def main():
     # Knocking.
     knock_room = call("POST", f"{c}/createRoom", body={"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "knock"}}]}, token=a)["room_id"]
     call("POST", f"{c}/knock/{{roomIdOrAlias}}", {"roomIdOrAlias": knock_room}, body={"reason": "let me in"}, token=b)
-    # Unread counts and lazy-loaded members.
+    # Unread counts (mentions highlight: the spec's .m.rule.is_user_mention) and lazy-loaded members.
     lazy_room = call("POST", f"{c}/createRoom", body={"preset": "public_chat"}, token=a)["room_id"]
     call("POST", f"{c}/join/{{roomIdOrAlias}}", {"roomIdOrAlias": lazy_room}, body={}, token=b)
     last = None
     for i in range(2):
-        last = call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": lazy_room, "eventType": "m.room.message", "txnId": f"u{i}"}, body={"msgtype": "m.text", "body": f"hey {ub}"}, token=a)["event_id"]
+        last = call("PUT", f"{c}/rooms/{{roomId}}/send/{{eventType}}/{{txnId}}", {"roomId": lazy_room, "eventType": "m.room.message", "txnId": f"u{i}"}, body={"msgtype": "m.text", "body": f"hey {ub}", "m.mentions": {"user_ids": [ub]}}, token=a)["event_id"]
     lazy = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 1}}})
     synced = call("GET", f"{c}/sync", query={"filter": lazy}, token=b)
     room_view = synced["rooms"]["join"][lazy_room]
@@ -306,6 +306,19 @@ def main():
     initial = call("GET", f"{c}/sync", token=a)
     if initial is not None and not any(e["type"] == "m.push_rules" for e in initial.get("account_data", {}).get("events", [])):
         failures.append("an initial sync has no m.push_rules account data")
+    # Notifications and pushers (a gateway name that resolves nowhere: nothing is delivered).
+    notes = call("GET", f"{c}/notifications", token=b, query={"limit": "5"})
+    if notes is not None and not notes.get("notifications"):
+        failures.append(f"b has no notifications after a's messages: {notes}")
+    pusher = {"kind": "http", "app_id": "org.example.app", "pushkey": "k1", "app_display_name": "App",
+              "device_display_name": "Phone", "lang": "en",
+              "data": {"url": "https://push.invalid/_matrix/push/v1/notify", "format": "event_id_only"}}
+    call("POST", f"{c}/pushers/set", body=pusher, token=b)
+    listed = call("GET", f"{c}/pushers", token=b)
+    if listed is not None and [p["pushkey"] for p in listed.get("pushers", [])] != ["k1"]:
+        failures.append(f"pushers: {listed}")
+    call("POST", f"{c}/pushers/set", body={**pusher, "data": {"url": "http://push.invalid/x"}}, token=b, status=400)
+    call("POST", f"{c}/pushers/set", body={"kind": None, "app_id": "org.example.app", "pushkey": "k1"}, token=b)
     # Calls and reports.
     turn = call("GET", f"{c}/voip/turnServer", token=a)
     if turn is not None and not turn.get("username", "").endswith(ua):

@@ -81,7 +81,8 @@ pub enum SendError {
     NoKey(String),
 }
 
-fn jittered(delay: Duration) -> Duration {
+/// `delay` times a random factor in [0.5, 1.5] (retries of many peers do not line up).
+pub fn jittered(delay: Duration) -> Duration {
     let mut byte = [0u8; 1];
     let factor = match getrandom::fill(&mut byte) {
         Ok(()) => 0.5 + f64::from(byte[0]) / 255.0,

@@ -25,6 +25,7 @@ pub mod migration;
 pub mod moves;
 pub mod node;
 pub mod presence;
+pub mod push;
 pub mod ratelimit;
 pub mod registry;
 pub mod registry_cli;

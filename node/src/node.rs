@@ -243,6 +243,10 @@ impl Node {
             federation.clone(),
         ));
         let presence = Arc::new(crate::presence::Presence::new(config.presence.enabled));
+        let push = Arc::new(
+            crate::push::Push::new(&config.push)
+                .map_err(|e| StartError::Federation(format!("push client: {e}")))?,
+        );
         let registry = Arc::new(std::sync::RwLock::new(crate::registry::load(
             &config.registry,
         )?));
@@ -269,6 +273,7 @@ impl Node {
             rooms,
             ephemeral,
             presence,
+            push,
             registry,
             dht: dht_parts.as_ref().map(|(client, _, _)| client.clone()),
             moves: Default::default(),
@@ -324,6 +329,14 @@ impl Node {
                 shutdown_signalled(shutdown_rx.clone()),
             ));
         }
+        tasks.spawn(crate::push::evaluate_loop(
+            state.clone(),
+            shutdown_signalled(shutdown_rx.clone()),
+        ));
+        tasks.spawn(crate::push::deliver_loop(
+            state.clone(),
+            shutdown_signalled(shutdown_rx.clone()),
+        ));
         if state.presence.enabled() {
             tasks.spawn(crate::presence::sweep_loop(
                 state.clone(),

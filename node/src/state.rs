@@ -159,6 +159,8 @@ pub struct AppState {
     pub ephemeral: Arc<crate::ephemeral::Ephemeral>,
     /// Who is online.
     pub presence: Arc<crate::presence::Presence>,
+    /// Push rule evaluation and push gateway delivery.
+    pub push: Arc<crate::push::Push>,
     /// The territory registry as this node knows it.
     pub registry: Arc<std::sync::RwLock<unitas_territory::registry::Registry>>,
     /// Hosted territories that are read-only (being exported) or moved to another node.

@@ -656,6 +656,26 @@ impl Rooms {
         Ok(servers)
     }
 
+    /// How many members a room has joined, and its local members (joined, invited or
+    /// knocking); both kept in memory with the state (`None` for an unknown room).
+    pub async fn member_summary(
+        &self,
+        room_id: &RoomId,
+    ) -> Result<Option<(usize, Vec<OwnedUserId>)>, AppendError> {
+        let (_slot, guard) = self.lock_room(room_id).await?;
+        Ok(guard.as_ref().map(|entry| {
+            let joined = entry.servers.values().sum();
+            let local = entry
+                .local_members
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect();
+            (joined, local)
+        }))
+    }
+
     /// The event ID in one slot of a room's current state, without copying the state.
     pub async fn current_state_event_id(
         &self,

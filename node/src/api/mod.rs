@@ -112,6 +112,9 @@ pub fn client_router(state: AppState) -> Router {
         routes = route::<cp::set_pushrule_enabled::v3::Request, _, _>(routes, p::set_enabled_route);
         routes = route::<cp::get_pushrule_actions::v3::Request, _, _>(routes, p::get_actions_route);
         routes = route::<cp::set_pushrule_actions::v3::Request, _, _>(routes, p::set_actions_route);
+        routes = route::<cp::get_notifications::v3::Request, _, _>(routes, p::notifications_route);
+        routes = route::<cp::get_pushers::v3::Request, _, _>(routes, p::get_pushers_route);
+        routes = route::<cp::set_pusher::v3::Request, _, _>(routes, p::set_pusher_route);
     }
     routes = route::<c::space::get_hierarchy::v1::Request, _, _>(
         routes,

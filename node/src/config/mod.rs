@@ -52,6 +52,8 @@ pub struct Config {
     pub presence: PresenceConfig,
     /// Calls: TURN credentials and MatrixRTC (Element Call) transports.
     pub voip: VoipConfig,
+    /// Push: notifications to the users' push gateways.
+    pub push: PushConfig,
     /// The territory registry: which node serves which territory.
     pub registry: RegistryConfig,
     /// The registry's DHT (Kademlia over libp2p) among the network's nodes.
@@ -192,32 +194,35 @@ pub struct FederationConfig {
     pub request_timeout_secs: u64,
 }
 
+/// Address ranges peers and push gateways may not be at by default (loopback, private,
+/// link-local and other special ranges).
+const DENIED: &[&str] = &[
+    "127.0.0.0/8",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "192.0.0.0/24",
+    "169.254.0.0/16",
+    "192.88.99.0/24",
+    "198.18.0.0/15",
+    "192.0.2.0/24",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "0.0.0.0/8",
+    "255.255.255.255/32",
+    "::1/128",
+    "fe80::/10",
+    "fc00::/7",
+    "2001:db8::/32",
+    "ff00::/8",
+    "fec0::/10",
+    "::/128",
+];
+
 impl Default for FederationConfig {
     fn default() -> Self {
-        const DENIED: &[&str] = &[
-            "127.0.0.0/8",
-            "10.0.0.0/8",
-            "172.16.0.0/12",
-            "192.168.0.0/16",
-            "100.64.0.0/10",
-            "192.0.0.0/24",
-            "169.254.0.0/16",
-            "192.88.99.0/24",
-            "198.18.0.0/15",
-            "192.0.2.0/24",
-            "198.51.100.0/24",
-            "203.0.113.0/24",
-            "224.0.0.0/4",
-            "0.0.0.0/8",
-            "255.255.255.255/32",
-            "::1/128",
-            "fe80::/10",
-            "fc00::/7",
-            "2001:db8::/32",
-            "ff00::/8",
-            "fec0::/10",
-            "::/128",
-        ];
         FederationConfig {
             verify_tls: true,
             ip_range_allowlist: Vec::new(),
@@ -399,6 +404,47 @@ impl Default for VoipConfig {
             turn_shared_secret: None,
             turn_user_lifetime_secs: 86_400,
             rtc_foci: Vec::new(),
+        }
+    }
+}
+
+/// `[push]`
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct PushConfig {
+    /// Deliver notifications to push gateways (pushers). Off: pushers can be set, nothing is
+    /// sent (unread counts and `/notifications` work either way).
+    pub enabled: bool,
+    /// Check push gateways' TLS certificates (off only for test networks).
+    pub verify_tls: bool,
+    /// IP ranges (CIDR) a push gateway may be at even when they are in the deny list.
+    #[serde(deserialize_with = "list_or_csv")]
+    #[schemars(with = "Vec<String>")]
+    pub ip_range_allowlist: Vec<ipnet::IpNet>,
+    /// IP ranges (CIDR) push gateways may not be at, so a pusher URL cannot make the node call
+    /// internal addresses. Default: as `[federation] ip_range_denylist`.
+    #[serde(deserialize_with = "list_or_csv")]
+    #[schemars(with = "Vec<String>")]
+    pub ip_range_denylist: Vec<ipnet::IpNet>,
+    /// Seconds to wait for a gateway's answer.
+    pub request_timeout_secs: u64,
+    /// Milliseconds before the first retry; each further retry waits twice as long (with jitter),
+    /// up to an hour.
+    pub retry_initial_ms: u64,
+    /// A notification not delivered after this many seconds is dropped.
+    pub give_up_after_secs: u64,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            enabled: true,
+            verify_tls: true,
+            ip_range_allowlist: Vec::new(),
+            ip_range_denylist: DENIED.iter().filter_map(|r| r.parse().ok()).collect(),
+            request_timeout_secs: 10,
+            retry_initial_ms: 2_000,
+            give_up_after_secs: 24 * 60 * 60,
         }
     }
 }

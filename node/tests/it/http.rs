@@ -5,7 +5,10 @@ use unitas::config::TerritoryConfig;
 use unitas::{Config, Node};
 use unitas_territory::TerritoryCode;
 
-use crate::support::{TestNode, get_json, http, test_config, verify_server_keys};
+use crate::support::{
+    TestNode, get_json, http, node_with_two_users, node_with_two_users_on, post_json, test_config,
+    verify_server_keys,
+};
 
 #[tokio::test]
 async fn versions_and_health() {
@@ -407,25 +410,6 @@ async fn clients_over_the_rate_limit_are_told_when_to_retry() {
         200
     );
     t.node.shutdown().await;
-}
-
-/// POST `body` as JSON to `url` with a Host header (and a token) -> (status, JSON).
-async fn post_json(
-    url: &str,
-    host: &str,
-    token: Option<&str>,
-    body: serde_json::Value,
-) -> (u16, serde_json::Value) {
-    let mut request = http().post(url).header("host", host).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        response.json().await.unwrap_or(serde_json::Value::Null),
-    )
 }
 
 #[tokio::test]
@@ -1495,35 +1479,4 @@ async fn space_hierarchy_shows_visible_children() {
         ["Secret", "Deep"]
     );
     t.node.shutdown().await;
-}
-
-/// A node with open registration and no rate limits, and alice and bob on it: the node and
-/// their access tokens.
-async fn node_with_two_users() -> (TestNode, String, String) {
-    node_with_two_users_on(|_| {}).await
-}
-
-/// [`node_with_two_users`] with more settings (another database).
-async fn node_with_two_users_on(adjust: impl FnOnce(&mut Config)) -> (TestNode, String, String) {
-    let t = TestNode::start_with(|c| {
-        c.registration.enabled = true;
-        c.rate_limits.enabled = false;
-        adjust(c);
-    })
-    .await;
-    let mut tokens = Vec::new();
-    for name in ["alice", "bob"] {
-        let (status, body) = post_json(
-            &t.client("/_matrix/client/v3/register"),
-            "localhost:8448",
-            None,
-            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
-        )
-        .await;
-        assert_eq!(status, 200, "{body}");
-        tokens.push(body["access_token"].as_str().unwrap().to_owned());
-    }
-    let bob = tokens.pop().unwrap();
-    let alice = tokens.pop().unwrap();
-    (t, alice, bob)
 }

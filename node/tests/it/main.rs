@@ -8,5 +8,6 @@
 mod cli;
 mod federation;
 mod http;
+mod push;
 mod support;
 mod territories;

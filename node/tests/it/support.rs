@@ -5,7 +5,7 @@ use std::path::Path;
 use ruma::CanonicalJsonObject;
 use ruma::serde::Base64;
 use ruma::signatures::{PublicKeyMap, PublicKeySet, verify_json};
-use serde_json::Value;
+use serde_json::{Value, json};
 use unitas::{Config, Node};
 
 /// A config for a test node: ports 0, data under `dir`, SQLite unless `database` is given.
@@ -80,4 +80,56 @@ pub fn verify_server_keys(doc: &Value) {
     map.insert(server_name.to_owned(), set);
     let object: CanonicalJsonObject = serde_json::from_value(doc.clone()).unwrap();
     verify_json(&map, &object).expect("key server document verifies");
+}
+
+/// POST `body` as JSON to `url` with a Host header (and a token) -> (status, JSON).
+pub async fn post_json(
+    url: &str,
+    host: &str,
+    token: Option<&str>,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let mut request = http().post(url).header("host", host).json(&body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A node with open registration and no rate limits, and alice and bob on it: the node and
+/// their access tokens.
+pub async fn node_with_two_users() -> (TestNode, String, String) {
+    node_with_two_users_on(|_| {}).await
+}
+
+/// [`node_with_two_users`] with more settings (another database).
+pub async fn node_with_two_users_on(
+    adjust: impl FnOnce(&mut Config),
+) -> (TestNode, String, String) {
+    let t = TestNode::start_with(|c| {
+        c.registration.enabled = true;
+        c.rate_limits.enabled = false;
+        adjust(c);
+    })
+    .await;
+    let mut tokens = Vec::new();
+    for name in ["alice", "bob"] {
+        let (status, body) = post_json(
+            &t.client("/_matrix/client/v3/register"),
+            "localhost:8448",
+            None,
+            json!({"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        tokens.push(body["access_token"].as_str().unwrap().to_owned());
+    }
+    let bob = tokens.pop().unwrap();
+    let alice = tokens.pop().unwrap();
+    (t, alice, bob)
 }

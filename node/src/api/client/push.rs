@@ -1,16 +1,21 @@
 //! Push rules (spec: client-server API, "Push Rules"): the spec's default rule set for each
 //! user, changed with the rule endpoints and kept as the user's `m.push_rules` account data
-//! (`{"global": ruleset}`), so clients also see it in sync.
+//! (`{"global": ruleset}`), so clients also see it in sync; `/notifications` and pushers
+//! (evaluation and delivery: [`crate::push`]).
 
+use std::collections::HashMap;
+
+use axum::Json;
 use axum::extract::State;
 use ruma::UserId;
 use ruma::api::client::push::{
-    delete_pushrule, get_pushrule, get_pushrule_actions, get_pushrule_enabled, get_pushrules_all,
-    get_pushrules_global_scope, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
+    PusherKind, delete_pushrule, get_notifications, get_pushers, get_pushrule,
+    get_pushrule_actions, get_pushrule_enabled, get_pushrules_all, get_pushrules_global_scope,
+    set_pusher, set_pushrule, set_pushrule_actions, set_pushrule_enabled,
 };
 use ruma::push::Ruleset;
 use serde_json::{Value, json};
-use unitas_storage::ClientExtras;
+use unitas_storage::{ClientExtras, PushStore, RoomEvents};
 
 use crate::api::ApiError;
 use crate::api::ruma::{Ruma, RumaResponse};
@@ -176,4 +181,157 @@ pub async fn set_actions_route(
         .map_err(|_| not_found())?;
     save(&state, &user, &rules).await?;
     Ok(set_pushrule_actions::v3::Response::new().into())
+}
+
+/// `GET /_matrix/client/v3/notifications`: the user's notifications, newest first; `from` is
+/// the stream position to continue below, `only=highlight` keeps highlights.
+pub async fn notifications_route(
+    State(state): State<AppState>,
+    req: Ruma<get_notifications::v3::Request>,
+) -> std::result::Result<Json<Value>, ApiError> {
+    let user = req.user()?.user_id.clone();
+    let before = match req.body.from.as_deref() {
+        Some(from) => Some(
+            from.parse::<i64>()
+                .map_err(|_| ApiError::invalid_param("from is not a token from this server"))?,
+        ),
+        None => None,
+    };
+    let limit = req.body.limit.map(u64::from).unwrap_or(20).clamp(1, 100);
+    let limit = i64::try_from(limit).unwrap_or(100);
+    let only_highlight = req.body.only.as_deref() == Some("highlight");
+    let rows = state
+        .store
+        .list_notifications(user.as_str(), before, limit, only_highlight)
+        .await?;
+    let mut read_up_to: HashMap<String, i64> = HashMap::new();
+    let mut notifications = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(event) = state.store.get_event(&row.event_id).await? else {
+            continue;
+        };
+        let Some(event) = crate::api::client::sync::events_of(&state, &[event], &user)
+            .await?
+            .pop()
+        else {
+            continue;
+        };
+        if !read_up_to.contains_key(&row.room_id) {
+            let position = match state
+                .store
+                .get_read_receipt(&row.room_id, user.as_str())
+                .await?
+            {
+                Some(id) => state
+                    .store
+                    .get_event(&id)
+                    .await?
+                    .and_then(|e| e.stream_ordering)
+                    .unwrap_or(0),
+                None => 0,
+            };
+            read_up_to.insert(row.room_id.clone(), position);
+        }
+        let read = read_up_to
+            .get(&row.room_id)
+            .is_some_and(|p| row.stream_ordering <= *p);
+        let actions: Value = serde_json::from_str(&row.actions).unwrap_or(json!([]));
+        notifications.push(json!({
+            "actions": actions,
+            "event": event,
+            "read": read,
+            "room_id": row.room_id,
+            "ts": row.ts,
+        }));
+    }
+    let mut body = json!({ "notifications": notifications });
+    if i64::try_from(rows.len()).unwrap_or(0) == limit
+        && let Some(last) = rows.last()
+    {
+        body["next_token"] = json!(last.stream_ordering.to_string());
+    }
+    Ok(Json(body))
+}
+
+/// `GET /_matrix/client/v3/pushers`.
+pub async fn get_pushers_route(
+    State(state): State<AppState>,
+    req: Ruma<get_pushers::v3::Request>,
+) -> std::result::Result<Json<Value>, ApiError> {
+    let user = req.user()?.user_id.clone();
+    let pushers: Vec<Value> = state
+        .store
+        .list_pushers(user.as_str())
+        .await?
+        .into_iter()
+        .map(|p| {
+            let mut pusher = json!({
+                "app_id": p.app_id,
+                "pushkey": p.pushkey,
+                "kind": p.kind,
+                "app_display_name": p.app_display_name,
+                "device_display_name": p.device_display_name,
+                "lang": p.lang,
+                "data": serde_json::from_str::<Value>(&p.data).unwrap_or(json!({})),
+            });
+            if let Some(tag) = p.profile_tag {
+                pusher["profile_tag"] = json!(tag);
+            }
+            pusher
+        })
+        .collect();
+    Ok(Json(json!({ "pushers": pushers })))
+}
+
+/// `POST /_matrix/client/v3/pushers/set`: `http` pushers (the URL must be an `https` push
+/// gateway's notify URL this server may call); `kind: null` deletes. Email pushers are
+/// refused: this server sends no email.
+pub async fn set_pusher_route(
+    State(state): State<AppState>,
+    req: Ruma<set_pusher::v3::Request>,
+) -> Result<set_pusher::v3::Response> {
+    let client = req.user()?.clone();
+    let user = client.user_id.as_str();
+    match &req.body.action {
+        set_pusher::v3::PusherAction::Delete(ids) => {
+            state
+                .store
+                .delete_pusher(user, &ids.app_id, &ids.pushkey)
+                .await?;
+        }
+        set_pusher::v3::PusherAction::Post(post) => {
+            let pusher = &post.pusher;
+            if pusher.ids.app_id.len() > 64 {
+                return Err(ApiError::invalid_param("app_id is longer than 64 bytes"));
+            }
+            if pusher.ids.pushkey.len() > 512 {
+                return Err(ApiError::invalid_param("pushkey is longer than 512 bytes"));
+            }
+            let PusherKind::Http(data) = &pusher.kind else {
+                return Err(ApiError::invalid_param(
+                    "only http pushers are supported (this server sends no email)",
+                ));
+            };
+            state
+                .push
+                .check_url(&data.url)
+                .map_err(ApiError::invalid_param)?;
+            let stored = unitas_storage::Pusher {
+                user_id: user.to_owned(),
+                app_id: pusher.ids.app_id.clone(),
+                pushkey: pusher.ids.pushkey.clone(),
+                kind: "http".into(),
+                app_display_name: pusher.app_display_name.clone(),
+                device_display_name: pusher.device_display_name.clone(),
+                profile_tag: pusher.profile_tag.clone(),
+                lang: pusher.lang.clone(),
+                data: serde_json::to_string(data).unwrap_or_else(|_| "{}".into()),
+                device_id: Some(client.device_id.to_string()),
+                created_ts: crate::node::now_ms(),
+            };
+            state.store.set_pusher(&stored, post.append).await?;
+        }
+        _ => return Err(ApiError::invalid_param("unknown pusher action")),
+    }
+    Ok(set_pusher::v3::Response::new().into())
 }

@@ -18,7 +18,8 @@ use ruma::api::client::sync::sync_events;
 use ruma::{OwnedEventId, OwnedRoomId};
 use serde_json::{Value, json};
 use unitas_storage::{
-    ClientData, ClientExtras, DeviceInbox, DeviceKeys, EventRow, RemoteInvites, RoomEvents,
+    ClientData, ClientExtras, DeviceInbox, DeviceKeys, EventRow, PushStore, RemoteInvites,
+    RoomEvents,
 };
 
 use super::rooms::{
@@ -60,6 +61,8 @@ pub async fn sync_events_route(
         mine.borrow_and_update();
         let now = *position.borrow();
         let now_aux = *aux.borrow_and_update();
+        // Unread counts up to `now` need the push rules to have seen every event up to it.
+        state.push.caught_up(now).await;
         let window = Window {
             since,
             now,
@@ -151,7 +154,7 @@ async fn sync_filter(
 }
 
 /// Timeline events as clients see them, relations bundled (`unsigned.m.relations`).
-async fn events_of(
+pub(crate) async fn events_of(
     state: &AppState,
     rows: &[EventRow],
     user: &ruma::UserId,
@@ -345,7 +348,7 @@ async fn build(
                     rows.iter().map(|r| r.event_id.as_str()).collect();
                 let senders: std::collections::HashSet<&str> =
                     rows.iter().map(|r| r.sender.as_str()).collect();
-                // Unread: messages after the user's read receipt (mentions of the user ID highlight).
+                // Unread: notifying events after the user's read receipt.
                 let read_up_to = match state
                     .store
                     .get_read_receipt(room_id.as_str(), user.user_id.as_str())
@@ -359,14 +362,10 @@ async fn build(
                         .unwrap_or(0),
                     None => member_position,
                 };
+                // Counts come from the push rules' verdicts (see crate::push).
                 let unread = state
                     .store
-                    .count_unread(
-                        room_id.as_str(),
-                        read_up_to,
-                        user.user_id.as_str(),
-                        user.user_id.as_str(),
-                    )
+                    .count_notifications(user.user_id.as_str(), room_id.as_str(), read_up_to)
                     .await?;
                 let state_events = if since.is_none() || full_state || limited || changed_since {
                     current_state_events(state, &room_id)

@@ -1,0 +1,701 @@
+//! Push (spec: client-server API "Push notifications", Push Gateway API).
+//!
+//! ```text
+//!  room writer commits -> position watch -> evaluate_loop: for each new timeline event and each
+//!    local member of its room (not the sender), the member's push rules (ruma's evaluator)
+//!    -> event_push_actions (unread counts, /notifications) + push_queue rows for the
+//!       member's pushers, with the worker's position, in one transaction
+//!  deliver_loop: due push_queue rows -> POST <pusher url> (/_matrix/push/v1/notify)
+//!    -> 200: row deleted (rejected pushkeys: pusher deleted); else retried with backoff
+//! ```
+//!
+//! Evaluation runs beside the append path, not in it: sending stays as fast as before, and a
+//! sync waits (briefly) until the worker has caught up with the position it answers for, so
+//! the counts it shows include the events it shows.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ruma::events::room::power_levels::{
+    RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
+};
+use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::serde::Raw;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use unitas_federation::discovery::{FilteringResolver, IpFilter};
+use unitas_federation::rooms::Pdu;
+use unitas_storage::{EventRow, PushAction, PushStore, Pusher, QueuedPush};
+
+use crate::config::PushConfig;
+use crate::node::now_ms;
+use crate::state::AppState;
+
+/// Events evaluated per transaction.
+const BATCH: i64 = 200;
+/// Longest a sync waits for the worker to catch up before answering with older counts.
+const CATCH_UP: Duration = Duration::from_secs(2);
+/// Rooms whose members and power levels are kept between batches.
+const ROOM_CACHE: usize = 1_000;
+/// Longest wait between two delivery attempts of one notification.
+const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
+/// The path every push gateway URL must have (spec).
+pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
+
+/// The push worker's shared half: how far evaluation got, and the delivery client.
+#[derive(Debug)]
+pub struct Push {
+    evaluated: watch::Sender<i64>,
+    queued: Notify,
+    http: reqwest::Client,
+    filter: IpFilter,
+    config: PushConfig,
+}
+
+impl Push {
+    /// The push state for `config` (the delivery client honours its address filter and TLS
+    /// setting).
+    pub fn new(config: &PushConfig) -> Result<Push, String> {
+        let filter = IpFilter::new(
+            config.ip_range_allowlist.clone(),
+            config.ip_range_denylist.clone(),
+        );
+        let resolver = FilteringResolver::new(filter.clone())?;
+        let timeout = Duration::from_secs(config.request_timeout_secs.max(1));
+        let http = reqwest::Client::builder()
+            .dns_resolver(Arc::new(resolver))
+            .danger_accept_invalid_certs(!config.verify_tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .user_agent(concat!("Unitas/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Push {
+            evaluated: watch::channel(0).0,
+            queued: Notify::new(),
+            http,
+            filter,
+            config: config.clone(),
+        })
+    }
+
+    /// Waits until the worker has evaluated every event up to `position` (at most a short
+    /// while: a stuck worker delays counts, never a sync).
+    pub async fn caught_up(&self, position: i64) {
+        let mut rx = self.evaluated.subscribe();
+        let _ = tokio::time::timeout(CATCH_UP, rx.wait_for(|p| *p >= position)).await;
+    }
+
+    /// Checks a pusher's URL: `https`, the spec's notify path, and not an address the filter
+    /// denies (host names are checked again when resolved).
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| "data.url is not a URL".to_owned())?;
+        if parsed.scheme() != "https" {
+            return Err("data.url must be an https URL".into());
+        }
+        if parsed.path() != NOTIFY_PATH {
+            return Err(format!("data.url must have the path {NOTIFY_PATH}"));
+        }
+        let host = parsed
+            .host_str()
+            .ok_or_else(|| "data.url has no host".to_owned())?;
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            && !self.filter.allows(ip)
+        {
+            return Err("data.url points at an address this server does not call".into());
+        }
+        Ok(parsed)
+    }
+}
+
+/// One room as the rules need it.
+struct RoomContext {
+    joined: usize,
+    /// Local joined members and their display names.
+    members: Vec<(OwnedUserId, String)>,
+    power: Option<PushConditionPowerLevelsCtx>,
+    name: Option<String>,
+}
+
+async fn state_content(
+    state: &AppState,
+    room_id: &RoomId,
+    kind: &str,
+    key: &str,
+) -> Result<Option<(Arc<Pdu>, Value)>, crate::api::ApiError> {
+    let Some(id) = state
+        .rooms
+        .current_state_event_id(room_id, kind, key)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(pdu) = state.rooms.get_pdu(&id).await? else {
+        return Ok(None);
+    };
+    let content = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
+    Ok(Some((pdu, content)))
+}
+
+async fn room_context(
+    state: &AppState,
+    room_id: &RoomId,
+) -> Result<Option<RoomContext>, crate::api::ApiError> {
+    let Some((joined, local)) = state.rooms.member_summary(room_id).await? else {
+        return Ok(None);
+    };
+    let mut members = Vec::new();
+    for user in local {
+        let Some((_, content)) =
+            state_content(state, room_id, "m.room.member", user.as_str()).await?
+        else {
+            continue;
+        };
+        if content["membership"] == "join" {
+            let name = content["displayname"]
+                .as_str()
+                .unwrap_or(user.localpart())
+                .to_owned();
+            members.push((user, name));
+        }
+    }
+    let power = match state.rooms.room_version(room_id).await? {
+        Some(version) => {
+            let rules = &version.rules().authorization;
+            let mut creators = Vec::new();
+            if rules.explicitly_privilege_room_creators
+                && let Some((create, content)) =
+                    state_content(state, room_id, "m.room.create", "").await?
+            {
+                creators.push(create.sender.clone());
+                if let Some(extra) = content["additional_creators"].as_array() {
+                    creators.extend(
+                        extra
+                            .iter()
+                            .filter_map(|c| c.as_str())
+                            .filter_map(|c| OwnedUserId::try_from(c).ok()),
+                    );
+                }
+            }
+            let source = match state_content(state, room_id, "m.room.power_levels", "").await? {
+                Some((_, content)) => {
+                    match serde_json::from_value::<RoomPowerLevelsEventContent>(content) {
+                        Ok(content) => RoomPowerLevelsSource::Original(content),
+                        Err(_) => RoomPowerLevelsSource::None,
+                    }
+                }
+                None => RoomPowerLevelsSource::None,
+            };
+            Some(RoomPowerLevels::new(source, rules, creators).into())
+        }
+        None => None,
+    };
+    let name = state_content(state, room_id, "m.room.name", "")
+        .await?
+        .and_then(|(_, c)| c["name"].as_str().map(str::to_owned));
+    Ok(Some(RoomContext {
+        joined,
+        members,
+        power,
+        name,
+    }))
+}
+
+/// The gateway's `tweaks` from a rule's actions (`set_tweak` -> value; highlight without a
+/// value means true).
+fn tweaks(actions: &Value) -> Value {
+    let mut tweaks = serde_json::Map::new();
+    for action in actions.as_array().into_iter().flatten() {
+        if let Some(tweak) = action["set_tweak"].as_str() {
+            let value = action.get("value").cloned().unwrap_or(Value::Bool(true));
+            tweaks.insert(tweak.to_owned(), value);
+        }
+    }
+    Value::Object(tweaks)
+}
+
+/// The `/_matrix/push/v1/notify` body of one event for one pusher.
+struct Notification<'a> {
+    event: &'a Value,
+    room_name: Option<&'a str>,
+    sender_name: Option<&'a str>,
+    user: &'a UserId,
+    actions: &'a Value,
+}
+
+fn notify_body(pusher: &Pusher, n: &Notification<'_>) -> Value {
+    let mut data: serde_json::Map<String, Value> =
+        serde_json::from_str(&pusher.data).unwrap_or_default();
+    data.remove("url");
+    let event_id_only = data.get("format").and_then(Value::as_str) == Some("event_id_only");
+    let tweaks = tweaks(n.actions);
+    let high = tweaks.get("sound").is_some() || tweaks["highlight"] == true;
+    let device = json!({
+        "app_id": pusher.app_id,
+        "pushkey": pusher.pushkey,
+        "pushkey_ts": pusher.created_ts / 1000,
+        "data": data,
+        "tweaks": tweaks,
+    });
+    let mut notification = json!({
+        "event_id": n.event["event_id"],
+        "room_id": n.event["room_id"],
+        // Filled in when sent, so the badge is current then.
+        "counts": {"unread": 0},
+        "devices": [device],
+        "prio": if high { "high" } else { "low" },
+    });
+    if !event_id_only {
+        let fields = [
+            ("type", n.event["type"].clone()),
+            ("sender", n.event["sender"].clone()),
+            ("content", n.event["content"].clone()),
+        ];
+        for (key, value) in fields {
+            notification[key] = value;
+        }
+        if let Some(name) = n.sender_name {
+            notification["sender_display_name"] = json!(name);
+        }
+        if let Some(name) = n.room_name {
+            notification["room_name"] = json!(name);
+        }
+        if n.event["type"] == "m.room.member" {
+            notification["user_is_target"] = json!(n.event["state_key"] == n.user.as_str());
+        }
+    }
+    json!({ "notification": notification })
+}
+
+/// Evaluates new events for as long as the node runs.
+pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let mut committed = state.rooms.subscribe();
+    let mut position = match state.store.get_push_position().await {
+        Ok(Some(p)) => p,
+        // First start: rules apply from now on (history is not evaluated).
+        _ => *committed.borrow(),
+    };
+    let _ = state.store.save_push_batch(&[], &[], position).await;
+    state.push.evaluated.send_replace(position);
+    let mut rooms: HashMap<OwnedRoomId, Arc<RoomContext>> = HashMap::new();
+    loop {
+        let target = *committed.borrow_and_update();
+        match evaluate_batch(&state, position, &mut rooms).await {
+            Ok(Some(last)) => {
+                position = last;
+                state.push.evaluated.send_replace(position);
+                state.push.queued.notify_one();
+                continue;
+            }
+            Ok(None) => {
+                // Nothing after `position` up to `target` (read before the query): caught up.
+                if target > position {
+                    position = target;
+                    state.push.evaluated.send_replace(position);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(?error, "push evaluation failed; retrying");
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            changed = committed.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Evaluates the events after `after`; returns the last position evaluated (`None` when there
+/// was nothing).
+async fn evaluate_batch(
+    state: &AppState,
+    after: i64,
+    rooms: &mut HashMap<OwnedRoomId, Arc<RoomContext>>,
+) -> Result<Option<i64>, crate::api::ApiError> {
+    let events = state.store.list_stream_events(after, BATCH).await?;
+    let Some(last) = events.last().and_then(|e| e.stream_ordering) else {
+        return Ok(None);
+    };
+    let mut rulesets: HashMap<OwnedUserId, Ruleset> = HashMap::new();
+    let mut pushers: HashMap<OwnedUserId, Vec<Pusher>> = HashMap::new();
+    let mut actions = Vec::new();
+    let mut queue = Vec::new();
+    for row in &events {
+        let Ok(room_id) = OwnedRoomId::try_from(row.room_id.as_str()) else {
+            continue;
+        };
+        if rooms.len() > ROOM_CACHE {
+            rooms.clear();
+        }
+        let context = match rooms.get(&room_id) {
+            Some(c) => c.clone(),
+            None => match room_context(state, &room_id).await? {
+                Some(c) => {
+                    let c = Arc::new(c);
+                    rooms.insert(room_id.clone(), c.clone());
+                    c
+                }
+                None => continue,
+            },
+        };
+        evaluate_event(
+            state,
+            row,
+            &room_id,
+            &context,
+            &mut rulesets,
+            &mut pushers,
+            (&mut actions, &mut queue),
+        )
+        .await?;
+        // A state event may change members, names or power levels.
+        if row.state_key.is_some() {
+            rooms.remove(&room_id);
+        }
+    }
+    state.store.save_push_batch(&actions, &queue, last).await?;
+    Ok(Some(last))
+}
+
+/// A local user this event invites (not a member yet, but the invite is for them).
+fn invitee(
+    state: &AppState,
+    row: &EventRow,
+    context: &RoomContext,
+) -> Option<(OwnedUserId, String)> {
+    if row.event_type != "m.room.member" {
+        return None;
+    }
+    let user = OwnedUserId::try_from(row.state_key.as_deref()?).ok()?;
+    if !state.rooms.is_local_server(user.server_name().as_str())
+        || context.members.iter().any(|(m, _)| *m == user)
+    {
+        return None;
+    }
+    let event: Value = serde_json::from_str(&row.json).ok()?;
+    if event["content"]["membership"] != "invite" {
+        return None;
+    }
+    let name = user.localpart().to_owned();
+    Some((user, name))
+}
+
+async fn evaluate_event(
+    state: &AppState,
+    row: &EventRow,
+    room_id: &OwnedRoomId,
+    context: &RoomContext,
+    rulesets: &mut HashMap<OwnedUserId, Ruleset>,
+    pushers: &mut HashMap<OwnedUserId, Vec<Pusher>>,
+    (actions, queue): (&mut Vec<PushAction>, &mut Vec<QueuedPush>),
+) -> Result<(), crate::api::ApiError> {
+    let Some(position) = row.stream_ordering else {
+        return Ok(());
+    };
+    let Ok(raw) = serde_json::value::RawValue::from_string(row.json.clone()) else {
+        return Ok(());
+    };
+    let raw: Raw<Value> = Raw::from_json(raw);
+    let mut client_event = None;
+    let invited = invitee(state, row, context);
+    for (user, display_name) in context.members.iter().chain(invited.iter()) {
+        if user.as_str() == row.sender {
+            continue;
+        }
+        if !rulesets.contains_key(user) {
+            let rules = crate::api::client::push::ruleset(state, user).await?;
+            rulesets.insert(user.clone(), rules);
+        }
+        let Some(rules) = rulesets.get(user) else {
+            continue;
+        };
+        let mut ctx = PushConditionRoomCtx::new(
+            room_id.clone(),
+            ruma::UInt::try_from(context.joined).unwrap_or(ruma::UInt::MAX),
+            user.clone(),
+            display_name.clone(),
+        );
+        if let Some(power) = &context.power {
+            ctx = ctx.with_power_levels(power.clone());
+        }
+        let matched: Vec<Action> = rules.get_actions(&raw, &ctx).await.to_vec();
+        if matched.is_empty() {
+            continue;
+        }
+        let notify = matched.iter().any(Action::should_notify);
+        let highlight = matched.iter().any(Action::is_highlight);
+        let actions_json = serde_json::to_value(&matched).unwrap_or(Value::Array(Vec::new()));
+        actions.push(PushAction {
+            user_id: user.to_string(),
+            room_id: row.room_id.clone(),
+            event_id: row.event_id.clone(),
+            stream_ordering: position,
+            notify,
+            highlight,
+            actions: actions_json.to_string(),
+            ts: row.origin_server_ts,
+        });
+        if !notify || !state.push.config.enabled {
+            continue;
+        }
+        if !pushers.contains_key(user) {
+            let list = state.store.list_pushers(user.as_str()).await?;
+            pushers.insert(user.clone(), list);
+        }
+        let Some(list) = pushers.get(user).filter(|l| !l.is_empty()) else {
+            continue;
+        };
+        if client_event.is_none() {
+            let sender_name = state_content(state, room_id, "m.room.member", &row.sender)
+                .await?
+                .and_then(|(_, c)| c["displayname"].as_str().map(str::to_owned));
+            let Ok(id) = ruma::OwnedEventId::try_from(row.event_id.as_str()) else {
+                continue;
+            };
+            let Some(pdu) = state.rooms.get_pdu(&id).await? else {
+                continue;
+            };
+            client_event = Some((crate::api::client::rooms::client_event(&pdu), sender_name));
+        }
+        let Some((event, sender_name)) = &client_event else {
+            continue;
+        };
+        let now = now_ms();
+        for pusher in list {
+            let Ok(data) = serde_json::from_str::<Value>(&pusher.data) else {
+                continue;
+            };
+            let Some(url) = data["url"].as_str() else {
+                continue;
+            };
+            let body = notify_body(
+                pusher,
+                &Notification {
+                    event,
+                    room_name: context.name.as_deref(),
+                    sender_name: sender_name.as_deref(),
+                    user,
+                    actions: &actions_json,
+                },
+            );
+            queue.push(QueuedPush {
+                id: 0,
+                user_id: pusher.user_id.clone(),
+                app_id: pusher.app_id.clone(),
+                pushkey: pusher.pushkey.clone(),
+                url: url.to_owned(),
+                body: body.to_string(),
+                attempts: 0,
+                next_attempt_ts: now,
+                created_ts: now,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What became of one delivery attempt.
+enum Delivery {
+    /// The gateway took it; these pushkeys it rejected.
+    Done(Vec<String>),
+    /// Worth trying again.
+    Retry(String),
+    /// Never going to work (a 4xx, a URL we may not call).
+    Drop(String),
+}
+
+async fn deliver(push: &Push, item: &QueuedPush) -> Delivery {
+    let url = match push.check_url(&item.url) {
+        Ok(url) => url,
+        Err(reason) => return Delivery::Drop(reason),
+    };
+    let response = match push
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .body(item.body.clone())
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return Delivery::Retry(e.to_string()),
+    };
+    let status = response.status();
+    if status.is_success() {
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let rejected = body["rejected"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(str::to_owned))
+            .collect();
+        return Delivery::Done(rejected);
+    }
+    if status.is_client_error()
+        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+        && status != reqwest::StatusCode::REQUEST_TIMEOUT
+    {
+        return Delivery::Drop(format!("gateway answered {status}"));
+    }
+    Delivery::Retry(format!("gateway answered {status}"))
+}
+
+/// The queued notification with the user's current badge count (rooms with unread
+/// notifications).
+async fn with_counts(
+    state: &AppState,
+    item: &QueuedPush,
+) -> Result<QueuedPush, unitas_storage::StorageError> {
+    let unread = state.store.count_unread_rooms(&item.user_id).await?;
+    let mut body: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
+    if body["notification"].is_object() {
+        body["notification"]["counts"]["unread"] = json!(unread);
+    }
+    Ok(QueuedPush {
+        body: body.to_string(),
+        ..item.clone()
+    })
+}
+
+/// The wait before attempt `attempts + 1`: doubling from the configured start, up to an
+/// hour, with jitter.
+fn backoff_ms(config: &PushConfig, attempts: i64) -> i64 {
+    let exp = u32::try_from(attempts.clamp(0, 20)).unwrap_or(20);
+    let base = config
+        .retry_initial_ms
+        .max(1)
+        .saturating_mul(1_u64 << exp)
+        .min(MAX_BACKOFF_MS);
+    let delay = unitas_federation::sender::jittered(Duration::from_millis(base));
+    i64::try_from(delay.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Delivers queued notifications for as long as the node runs.
+pub async fn deliver_loop(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    let push = state.push.clone();
+    loop {
+        let now = now_ms();
+        let due = match state.store.list_due_pushes(now, 100).await {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::warn!(%error, "reading the push queue failed");
+                Vec::new()
+            }
+        };
+        for item in &due {
+            let outcome = match with_counts(&state, item).await {
+                Ok(item) => deliver(&push, &item).await,
+                Err(error) => Delivery::Retry(error.to_string()),
+            };
+            let result = match outcome {
+                Delivery::Done(rejected) => {
+                    for key in rejected {
+                        tracing::info!(user = %item.user_id, app = %item.app_id, "gateway rejected a pushkey; pusher removed");
+                        let _ = state
+                            .store
+                            .delete_pusher(&item.user_id, &item.app_id, &key)
+                            .await;
+                    }
+                    state.store.delete_queued_push(item.id).await
+                }
+                Delivery::Drop(reason) => {
+                    tracing::warn!(user = %item.user_id, %reason, "push notification dropped");
+                    state.store.delete_queued_push(item.id).await
+                }
+                Delivery::Retry(reason) => {
+                    let give_up = i64::try_from(push.config.give_up_after_secs)
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1000);
+                    if now_ms() - item.created_ts > give_up {
+                        tracing::warn!(user = %item.user_id, %reason, "push notification given up");
+                        state.store.delete_queued_push(item.id).await
+                    } else {
+                        tracing::debug!(user = %item.user_id, %reason, "push delivery failed; retrying");
+                        let next = now_ms() + backoff_ms(&push.config, item.attempts);
+                        state.store.retry_queued_push(item.id, next).await
+                    }
+                }
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "updating the push queue failed");
+            }
+        }
+        if !due.is_empty() {
+            continue;
+        }
+        // Sleep until the next retry is due or something is queued.
+        let next = state.store.next_push_due().await.ok().flatten();
+        let wait = next
+            .map(|at| Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0)))
+            .unwrap_or(Duration::from_secs(3600));
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = push.queued.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tweaks_come_from_set_tweak_actions() {
+        let actions = json!(["notify", {"set_tweak": "sound", "value": "default"},
+            {"set_tweak": "highlight"}]);
+        assert_eq!(
+            tweaks(&actions),
+            json!({"sound": "default", "highlight": true})
+        );
+    }
+
+    #[test]
+    fn gateway_urls_are_checked() {
+        let push = Push::new(&PushConfig::default()).expect("client");
+        assert!(
+            push.check_url("https://push.example/_matrix/push/v1/notify")
+                .is_ok()
+        );
+        assert!(
+            push.check_url("http://push.example/_matrix/push/v1/notify")
+                .is_err()
+        );
+        assert!(push.check_url("https://push.example/other").is_err());
+        assert!(
+            push.check_url("https://127.0.0.1/_matrix/push/v1/notify")
+                .is_err()
+        );
+        assert!(
+            push.check_url("https://[::1]/_matrix/push/v1/notify")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let config = PushConfig {
+            retry_initial_ms: 100,
+            ..PushConfig::default()
+        };
+        let first = backoff_ms(&config, 0);
+        assert!((50..=150).contains(&first), "{first}");
+        let third = backoff_ms(&config, 2);
+        assert!((200..=600).contains(&third), "{third}");
+        let late = backoff_ms(&config, 40);
+        assert!(late <= 90 * 60 * 1000, "{late}");
+    }
+}
