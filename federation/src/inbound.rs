@@ -700,13 +700,24 @@ pub enum JoinError {
     },
 }
 
+/// What a checked membership template says: parents, auth events, depth, and for a restricted
+/// join the resident server's user who vouches.
+pub type CheckedTemplate = (
+    Vec<OwnedEventId>,
+    Vec<OwnedEventId>,
+    u64,
+    Option<ruma::OwnedUserId>,
+);
+
 /// Checks a resident server's join template before we sign anything made from it: exactly a
-/// join of `user` in `room_id`, nothing more. Returns the parents, auth events and depth.
+/// join of `user` in `room_id`, nothing more, except that a restricted room's template may name
+/// a user of `resident` (the server asked) in `join_authorised_via_users_server`.
 pub fn check_join_template(
     template: &Value,
     room_id: &RoomId,
     user: &ruma::UserId,
-) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>, u64), String> {
+    resident: &str,
+) -> Result<CheckedTemplate, String> {
     let object = template
         .as_object()
         .ok_or("the template is not an object")?;
@@ -720,10 +731,29 @@ pub fn check_join_template(
     if field("room_id") != Some(room_id.as_str()) {
         return Err("another room".into());
     }
-    if object.get("content") != Some(&json!({"membership": "join"})) {
+    let content = object.get("content").cloned().unwrap_or(Value::Null);
+    let mut rest = content.clone();
+    let authoriser = match rest
+        .as_object_mut()
+        .and_then(|c| c.remove("join_authorised_via_users_server"))
+    {
+        None => None,
+        Some(value) => {
+            let by = value
+                .as_str()
+                .and_then(|u| ruma::OwnedUserId::try_from(u).ok())
+                .ok_or("join_authorised_via_users_server is not a user ID")?;
+            if by.server_name().as_str() != resident {
+                return Err(format!(
+                    "the join is vouched for by {by}, not by a user of {resident}"
+                ));
+            }
+            Some(by)
+        }
+    };
+    if rest != json!({"membership": "join"}) {
         return Err(format!(
-            "the content must be exactly {{\"membership\": \"join\"}}, got {}",
-            object.get("content").cloned().unwrap_or(Value::Null)
+            "the content must be exactly {{\"membership\": \"join\"}}, got {content}"
         ));
     }
     let ids = |name: &str, max: usize| -> Result<Vec<OwnedEventId>, String> {
@@ -749,7 +779,7 @@ pub fn check_join_template(
         .and_then(Value::as_u64)
         .filter(|d| (1..=(1u64 << 53)).contains(d))
         .ok_or("depth must be a positive integer")?;
-    Ok((prev, auth, depth))
+    Ok((prev, auth, depth, authoriser))
 }
 
 impl Inbound {
@@ -798,10 +828,26 @@ impl Inbound {
             state: Vec<CanonicalJsonObject>,
             #[serde(default)]
             auth_chain: Vec<CanonicalJsonObject>,
+            /// Our join with the resident server's signature (restricted joins).
+            #[serde(default)]
+            event: Option<CanonicalJsonObject>,
         }
-        let (version, join, answer) = self
+        let (version, mut join, mut answer) = self
             .membership_handshake::<JoinAnswer>(local, user, room_id, server, "join")
             .await?;
+        if let Some(signed) = answer.event.take() {
+            // The same event (signatures are not in its ID), now vouched for by the resident.
+            let signed = self
+                .verify_many(vec![signed], &version, room_id)
+                .await
+                .map_err(|e| format!("send_join event: {e}"))?
+                .pop()
+                .ok_or("send_join answered an empty event")?;
+            if signed.event_id != join.event_id {
+                return Err("send_join answered another event than our join".into());
+            }
+            join = signed;
+        }
         let handshake = started.elapsed();
         let version_id = version.id().as_str().to_owned();
         let state = self
@@ -854,7 +900,11 @@ pub fn check_membership_template(
     room_id: &RoomId,
     user: &ruma::UserId,
     membership: &str,
-) -> Result<(Vec<OwnedEventId>, Vec<OwnedEventId>, u64), String> {
+    resident: &str,
+) -> Result<CheckedTemplate, String> {
+    if membership == "join" {
+        return check_join_template(template, room_id, user, resident);
+    }
     if template.get("content") != Some(&json!({"membership": membership})) {
         return Err(format!(
             "the content must be exactly {{\"membership\": \"{membership}\"}}, got {}",
@@ -863,7 +913,7 @@ pub fn check_membership_template(
     }
     let mut as_join = template.clone();
     as_join["content"] = json!({"membership": "join"});
-    check_join_template(&as_join, room_id, user)
+    check_join_template(&as_join, room_id, user, resident)
 }
 
 impl Inbound {
@@ -1040,15 +1090,15 @@ impl Inbound {
         let template = answer
             .get("event")
             .ok_or_else(|| format!("make_{membership} answered no event"))?;
-        let (prev_events, auth_events, depth) =
-            check_membership_template(template, room_id, user, membership)?;
+        let (prev_events, auth_events, depth, authoriser) =
+            check_membership_template(template, room_id, user, membership, server)?;
+        let mut content = json!({"membership": membership});
+        if let Some(by) = &authoriser {
+            content["join_authorised_via_users_server"] = json!(by);
+        }
         let event = crate::rooms::build::build_pdu(
             &version,
-            &crate::rooms::EventTemplate::state(
-                "m.room.member",
-                user.as_str(),
-                json!({"membership": membership}),
-            ),
+            &crate::rooms::EventTemplate::state("m.room.member", user.as_str(), content),
             crate::rooms::build::Placement {
                 room_id: Some(room_id),
                 sender: user,

@@ -255,6 +255,18 @@ impl SigningKey {
         ruma::signatures::hash_and_sign_event(origin, &self.pair, object, rules)
             .map_err(|e| KeyError::Sign(e.to_string()))
     }
+
+    /// Adds `server`'s signature to a PDU that already carries its hash and its origin's
+    /// signature (a resident server vouching for a restricted join).
+    pub fn cosign_event(
+        &self,
+        server: &str,
+        object: &mut CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RedactionRules,
+    ) -> Result<(), KeyError> {
+        ruma::signatures::sign_event(server, &self.pair, object, rules)
+            .map_err(|e| KeyError::Sign(e.to_string()))
+    }
 }
 
 /// Creates a directory (and parents) that only its owner may enter, when it does not exist.

@@ -17,18 +17,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ruma::events::room::power_levels::{
-    RoomPowerLevels, RoomPowerLevelsEventContent, RoomPowerLevelsSource,
-};
 use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use unitas_federation::discovery::{FilteringResolver, IpFilter};
-use unitas_federation::rooms::Pdu;
 use unitas_storage::{EventRow, PushAction, PushStore, Pusher, QueuedPush};
 
+use crate::api::restricted::{power_levels, state_content};
 use crate::config::PushConfig;
 use crate::node::now_ms;
 use crate::state::AppState;
@@ -124,26 +121,6 @@ struct RoomContext {
     name: Option<String>,
 }
 
-async fn state_content(
-    state: &AppState,
-    room_id: &RoomId,
-    kind: &str,
-    key: &str,
-) -> Result<Option<(Arc<Pdu>, Value)>, crate::api::ApiError> {
-    let Some(id) = state
-        .rooms
-        .current_state_event_id(room_id, kind, key)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let Some(pdu) = state.rooms.get_pdu(&id).await? else {
-        return Ok(None);
-    };
-    let content = serde_json::from_str(pdu.content.get()).unwrap_or(Value::Null);
-    Ok(Some((pdu, content)))
-}
-
 async fn room_context(
     state: &AppState,
     room_id: &RoomId,
@@ -166,37 +143,7 @@ async fn room_context(
             members.push((user, name));
         }
     }
-    let power = match state.rooms.room_version(room_id).await? {
-        Some(version) => {
-            let rules = &version.rules().authorization;
-            let mut creators = Vec::new();
-            if rules.explicitly_privilege_room_creators
-                && let Some((create, content)) =
-                    state_content(state, room_id, "m.room.create", "").await?
-            {
-                creators.push(create.sender.clone());
-                if let Some(extra) = content["additional_creators"].as_array() {
-                    creators.extend(
-                        extra
-                            .iter()
-                            .filter_map(|c| c.as_str())
-                            .filter_map(|c| OwnedUserId::try_from(c).ok()),
-                    );
-                }
-            }
-            let source = match state_content(state, room_id, "m.room.power_levels", "").await? {
-                Some((_, content)) => {
-                    match serde_json::from_value::<RoomPowerLevelsEventContent>(content) {
-                        Ok(content) => RoomPowerLevelsSource::Original(content),
-                        Err(_) => RoomPowerLevelsSource::None,
-                    }
-                }
-                None => RoomPowerLevelsSource::None,
-            };
-            Some(RoomPowerLevels::new(source, rules, creators).into())
-        }
-        None => None,
-    };
+    let power = power_levels(state, room_id).await?.map(Into::into);
     let name = state_content(state, room_id, "m.room.name", "")
         .await?
         .and_then(|(_, c)| c["name"].as_str().map(str::to_owned));

@@ -937,11 +937,41 @@ impl Rooms {
         signer: Signer<'_>,
         transaction: Option<(&str, &str)>,
     ) -> Result<Arc<Pdu>, AppendError> {
+        self.send_local_signed(room_id, sender, template, signer, None, transaction)
+            .await
+    }
+
+    /// [`Rooms::send_local`] also signed by `cosigner` (another of our territories, whose user
+    /// vouches for a restricted join).
+    pub async fn send_local_cosigned(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        signer: Signer<'_>,
+        cosigner: Signer<'_>,
+    ) -> Result<Arc<Pdu>, AppendError> {
+        self.send_local_signed(room_id, sender, template, signer, Some(cosigner), None)
+            .await
+    }
+
+    async fn send_local_signed(
+        &self,
+        room_id: &RoomId,
+        sender: &UserId,
+        template: &EventTemplate,
+        signer: Signer<'_>,
+        cosigner: Option<Signer<'_>>,
+        transaction: Option<(&str, &str)>,
+    ) -> Result<Arc<Pdu>, AppendError> {
         let (slot, mut guard) = self.lock_room(room_id).await?;
         let Some(entry) = guard.as_mut() else {
             return Err(AppendError::UnknownRoom(room_id.to_owned()));
         };
-        let pdu = build_on(entry, room_id, sender, template, signer)?;
+        let mut pdu = build_on(entry, room_id, sender, template, signer)?;
+        if let Some(cosigner) = cosigner {
+            pdu = super::build::cosign(&pdu, &entry.version, cosigner.server_name, cosigner.key)?;
+        }
         let version = entry.version.clone();
         let preloaded = self.preload_for_auth(&pdu, entry, &version).await?;
         let (mut staged, pdu) =
@@ -973,23 +1003,20 @@ impl Rooms {
     }
 
     /// An unsigned membership event of `user` (of another server) placed on the room's current
-    /// state, for `make_join`/`make_leave`/`make_knock`: the room's version and the template.
+    /// state, for `make_join`/`make_leave`/`make_knock` (`content`: the membership, and for a
+    /// restricted join who vouches): the room's version and the template.
     pub async fn membership_template(
         &self,
         room_id: &RoomId,
         user: &UserId,
-        membership: &str,
+        content: serde_json::Value,
         signer: Signer<'_>,
     ) -> Result<(RoomVersion, CanonicalJsonObject), AppendError> {
         let (_slot, guard) = self.lock_room(room_id).await?;
         let Some(entry) = guard.as_ref() else {
             return Err(AppendError::UnknownRoom(room_id.to_owned()));
         };
-        let template = EventTemplate::state(
-            "m.room.member",
-            user.as_str(),
-            json!({"membership": membership}),
-        );
+        let template = EventTemplate::state("m.room.member", user.as_str(), content);
         let placement = placement_on(entry, room_id, user, &template, signer)?;
         let object = super::build::unsigned_event(&entry.version, &template, &placement)?;
         Ok((entry.version.clone(), object))

@@ -88,6 +88,20 @@ pub fn build_pdu(
     Pdu::from_object(object, version, at.room_id)
 }
 
+/// `pdu` with `server`'s signature added (the event ID does not change: signatures are not
+/// part of the reference hash).
+pub fn cosign(
+    pdu: &Pdu,
+    version: &RoomVersion,
+    server: &str,
+    key: &SigningKey,
+) -> Result<Pdu, EventError> {
+    let mut object = pdu.to_object()?;
+    key.cosign_event(server, &mut object, &version.rules().redaction)
+        .map_err(|e| EventError::Signature(e.to_string()))?;
+    Pdu::from_object(object, version, Some(&pdu.room_id))
+}
+
 /// The event before hashing and signing (a membership template handed to another server).
 pub fn unsigned_event(
     version: &RoomVersion,

@@ -200,13 +200,26 @@ async fn make_membership(
         )
         .with_extra("room_version", version.id().as_str().into()));
     }
+    let mut content = json!({"membership": membership});
+    if membership == "join"
+        && let crate::api::restricted::JoinAuthorisation::By(by) =
+            crate::api::restricted::authorise_join(
+                state,
+                room_id,
+                user,
+                peer.territory.server_name(),
+            )
+            .await?
+    {
+        content["join_authorised_via_users_server"] = json!(by);
+    }
     let t = &peer.territory;
     let (version, template) = state
         .rooms
         .membership_template(
             room_id,
             user,
-            membership,
+            content,
             Signer {
                 server_name: t.server_name(),
                 key: &t.key,
@@ -220,14 +233,15 @@ async fn make_membership(
 }
 
 /// `send_join`/`send_leave`: the peer's signed membership event of its own user, verified,
-/// checked and appended; the event ID.
+/// checked and appended; the event ID, and for a restricted join the event with our signature
+/// (we vouch for it).
 async fn receive_membership(
     state: &AppState,
     room_id: &RoomId,
     event_id: &str,
     peer: &Peer,
     membership: &str,
-) -> Result<OwnedEventId, ApiError> {
+) -> Result<(OwnedEventId, Option<Value>), ApiError> {
     let Some(version) = state.rooms.room_version(room_id).await? else {
         return Err(ApiError::not_found(format!(
             "Room {room_id} is not known here"
@@ -236,7 +250,13 @@ async fn receive_membership(
     require_acl(state, room_id, peer).await?;
     let value: Value =
         serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
-    let object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let mut object = canonical_object(&value).map_err(|e| ApiError::bad_json(e.to_string()))?;
+    let vouched = if membership == "join" {
+        vouch_for_join(state, room_id, &value, &version, &mut object).await?
+    } else {
+        false
+    };
+    let signed = vouched.then(|| Value::from(ruma::CanonicalJsonValue::Object(object.clone())));
     let event = verify_pdu(state.inbound.key_ring(), object, &version, Some(room_id))
         .await
         .map_err(|e| ApiError::forbidden(e.to_string()))?;
@@ -257,10 +277,54 @@ async fn receive_membership(
     }
     let id = event.event_id.clone();
     match state.rooms.append_remote(event).await {
-        Ok(_) => Ok(id),
+        Ok(_) => Ok((id, signed)),
         Err(AppendError::Event(err)) => Err(ApiError::forbidden(err.to_string())),
         Err(err) => Err(err.into()),
     }
+}
+
+/// A join naming one of our users in `join_authorised_via_users_server`: checks that the
+/// joining user may join through the room's restricted rule (a member of an allowed room) and
+/// that the named user may vouch (joined, allowed to invite), then adds our signature. Returns
+/// whether it signed. A join naming another server's user is left to the auth rules.
+async fn vouch_for_join(
+    state: &AppState,
+    room_id: &RoomId,
+    value: &Value,
+    version: &unitas_federation::rooms::RoomVersion,
+    object: &mut ruma::CanonicalJsonObject,
+) -> Result<bool, ApiError> {
+    let Some(by) = value["content"]["join_authorised_via_users_server"].as_str() else {
+        return Ok(false);
+    };
+    let by = <&UserId>::try_from(by).map_err(|_| {
+        ApiError::invalid_param("join_authorised_via_users_server is not a user ID")
+    })?;
+    let Some(territory) = state.territories.by_server_name(by.server_name().as_str()) else {
+        return Ok(false);
+    };
+    let joining = value["sender"]
+        .as_str()
+        .and_then(|u| <&UserId>::try_from(u).ok())
+        .ok_or_else(|| ApiError::invalid_param("the join has no valid sender"))?;
+    // The joining user must be let in by the rule (make_join checked it; check again here, a
+    // peer may skip make_join).
+    crate::api::restricted::authorise_join(state, room_id, joining, territory.server_name())
+        .await?;
+    let joined = crate::api::restricted::membership_of(state, room_id, by).await?;
+    let may_invite = crate::api::restricted::power_levels(state, room_id)
+        .await?
+        .is_some_and(|p| p.user_can_invite(by));
+    if joined.as_deref() != Some("join") || !may_invite {
+        return Err(ApiError::forbidden(format!(
+            "{by} cannot vouch for joins of this room"
+        )));
+    }
+    territory
+        .key
+        .cosign_event(territory.server_name(), object, &version.rules().redaction)
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(true)
 }
 
 /// The `ver` parameters of a query string (the room versions the joining server supports).
@@ -288,7 +352,7 @@ pub async fn send_join_route(
 ) -> Result<Json<Value>, ApiError> {
     let started = std::time::Instant::now();
     let room_id = parse_room(&room_id)?;
-    let join_id = receive_membership(&state, room_id, &event_id, &peer, "join").await?;
+    let (join_id, signed) = receive_membership(&state, room_id, &event_id, &peer, "join").await?;
     let appended = started.elapsed();
     let before = state
         .rooms
@@ -309,13 +373,17 @@ pub async fn send_join_route(
         gather_ms = (started.elapsed() - appended).as_millis(),
         "send_join answered"
     );
-    Ok(Json(json!({
+    let mut answer = json!({
         "origin": peer.territory.server_name(),
         "state": raw_list(state_events)?,
         "auth_chain": raw_list(chain)?,
         "members_omitted": query.omit_members,
         "servers_in_room": servers,
-    })))
+    });
+    if let Some(signed) = signed {
+        answer["event"] = signed;
+    }
+    Ok(Json(answer))
 }
 
 /// `GET /_matrix/federation/v1/event/{eventId}`.
@@ -725,7 +793,7 @@ pub async fn send_knock_route(
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
     let room_id = parse_room(&room_id)?;
-    let knock_id = receive_membership(&state, room_id, &event_id, &peer, "knock").await?;
+    let (knock_id, _) = receive_membership(&state, room_id, &event_id, &peer, "knock").await?;
     let knock = state
         .rooms
         .get_pdu(&knock_id)

@@ -13,6 +13,7 @@ pub(crate) mod federation_rooms;
 mod health;
 mod json;
 mod peer;
+pub mod restricted;
 pub mod ruma;
 mod territory;
 mod versions;

@@ -855,7 +855,15 @@ fn join_templates_are_checked_before_we_sign() {
         "room_id": "!r:a.example", "content": {"membership": "join"},
         "prev_events": ["$p"], "auth_events": ["$a"], "depth": 5, "origin_server_ts": 1,
     });
-    assert!(check_join_template(&good, &room, &user).is_ok());
+    assert!(check_join_template(&good, &room, &user, "a.example").is_ok());
+    // A restricted room's template may name a user of the server asked, who vouches.
+    let mut vouched = good.clone();
+    vouched["content"]["join_authorised_via_users_server"] = json!("@admin:a.example");
+    let checked = check_join_template(&vouched, &room, &user, "a.example").unwrap();
+    assert_eq!(checked.3.unwrap().as_str(), "@admin:a.example");
+    assert!(check_join_template(&vouched, &room, &user, "c.example").is_err());
+    vouched["content"]["join_authorised_via_users_server"] = json!("not a user");
+    assert!(check_join_template(&vouched, &room, &user, "a.example").is_err());
     let variants: Vec<(&str, Value)> = vec![
         ("content", json!({"membership": "join", "displayname": "x"})),
         ("content", json!({"membership": "leave"})),
@@ -871,7 +879,7 @@ fn join_templates_are_checked_before_we_sign() {
         let mut bad = good.clone();
         bad[field] = value.clone();
         assert!(
-            check_join_template(&bad, &room, &user).is_err(),
+            check_join_template(&bad, &room, &user, "a.example").is_err(),
             "{field} = {value}"
         );
     }
@@ -1220,6 +1228,190 @@ async fn a_user_of_another_node_knocks_and_is_let_in() {
     let mut both = vec![alice, carol];
     both.sort();
     assert_eq!(joined(&a, &alice_token, &room).await, both);
+
+    a.stop().await;
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn restricted_rooms_let_in_members_of_the_space_on_both_nodes() {
+    let a = Peer::start(|_| {}).await;
+    let c = Peer::start(|_| {}).await;
+    let (alice, alice_token) = account(&a, "alice").await;
+    let (dave, dave_token) = account(&a, "dave").await;
+    let (carol, carol_token) = account(&c, "carol").await;
+    let (erin, _) = account(&c, "erin").await;
+    let (_, space) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "public_chat", "creation_content": {"type": "m.space"}}),
+    )
+    .await;
+    let space = space["room_id"].as_str().unwrap().to_owned();
+    let (status, created) = call(
+        &a,
+        &alice_token,
+        reqwest::Method::POST,
+        "/createRoom",
+        json!({"preset": "private_chat", "initial_state": [{"type": "m.room.join_rules",
+            "state_key": "", "content": {"join_rule": "restricted",
+            "allow": [{"type": "m.room_membership", "room_id": space}]}}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room_id = ruma::OwnedRoomId::try_from(room.as_str()).unwrap();
+    let join = |peer: &'static str, token: String, target: String| {
+        let (p, via) = if peer == "a" {
+            (&a, None)
+        } else {
+            (&c, Some(a.name()))
+        };
+        async move {
+            let path = match via {
+                Some(via) => format!("/join/{}?via={}", urlencode(&target), urlencode(&via)),
+                None => format!("/join/{}", urlencode(&target)),
+            };
+            call(p, &token, reqwest::Method::POST, &path, json!({})).await
+        }
+    };
+    let member_event = |user: String| {
+        let a = &a;
+        let room_id = room_id.clone();
+        async move {
+            let id = a
+                .node
+                .state
+                .rooms
+                .current_state_event_id(&room_id, "m.room.member", &user)
+                .await
+                .unwrap()
+                .unwrap();
+            as_json(&a.node.state.rooms.get_pdu(&id).await.unwrap().unwrap())
+        }
+    };
+
+    // Not in the space: refused, on this node and from the other.
+    let (status, body) = join("a", dave_token.clone(), room.clone()).await;
+    assert_eq!(
+        (status, body["errcode"].as_str()),
+        (403, Some("M_FORBIDDEN"))
+    );
+    let (status, _) = join("c", carol_token.clone(), room.clone()).await;
+    assert_ne!(status, 200);
+
+    // In the space: let in, vouched for by Alice (the one who may invite).
+    let (status, body) = join("a", dave_token.clone(), space.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = join("a", dave_token.clone(), room.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let event = member_event(dave.clone()).await;
+    assert_eq!(event["content"]["join_authorised_via_users_server"], alice);
+
+    let (status, body) = join("c", carol_token.clone(), space.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = join("c", carol_token.clone(), room.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let event = member_event(carol.clone()).await;
+    assert_eq!(event["content"]["join_authorised_via_users_server"], alice);
+    assert!(event["signatures"].get(a.name()).is_some(), "{event}");
+    assert!(event["signatures"].get(c.name()).is_some(), "{event}");
+    // C keeps the join with A's signature (peers check it).
+    let carol_join = a
+        .node
+        .state
+        .rooms
+        .current_state_event_id(&room_id, "m.room.member", &carol)
+        .await
+        .unwrap()
+        .unwrap();
+    let on_c = as_json(
+        &c.node
+            .state
+            .rooms
+            .get_pdu(&carol_join)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert!(on_c["signatures"].get(a.name()).is_some(), "{on_c}");
+
+    // A forged vouch: C sends Erin's join naming Alice straight to send_join; A refuses it.
+    let version = a
+        .node
+        .state
+        .rooms
+        .room_version(&room_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let state = a
+        .node
+        .state
+        .rooms
+        .current_state(&room_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let slot = |kind: &str, key: &str| state.get(&(kind.to_owned(), key.to_owned())).cloned();
+    let auth: Vec<_> = [
+        slot("m.room.create", ""),
+        slot("m.room.power_levels", ""),
+        slot("m.room.join_rules", ""),
+        slot("m.room.member", &alice),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let erin_id = ruma::OwnedUserId::try_from(erin.as_str()).unwrap();
+    let forged = unitas_federation::rooms::build::build_pdu(
+        &version,
+        &unitas_federation::rooms::EventTemplate::state(
+            "m.room.member",
+            &erin,
+            json!({"membership": "join", "join_authorised_via_users_server": alice}),
+        ),
+        unitas_federation::rooms::build::Placement {
+            room_id: Some(&room_id),
+            sender: &erin_id,
+            prev_events: a
+                .node
+                .state
+                .rooms
+                .forward_extremities(&room_id)
+                .await
+                .unwrap(),
+            auth_events: auth,
+            depth: 1_000,
+            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
+            origin: &c.name(),
+            key: c.key(),
+        },
+    )
+    .unwrap();
+    let refused = c
+        .node
+        .state
+        .federation
+        .request(
+            &ServerName::parse(c.name()).unwrap(),
+            c.key(),
+            &ServerName::parse(a.name()).unwrap(),
+            http::Method::PUT,
+            &format!(
+                "/_matrix/federation/v2/send_join/{}/{}",
+                urlencode(&room),
+                urlencode(forged.event_id.as_str())
+            ),
+            Some(&as_json(&forged)),
+        )
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    let mut members = vec![alice, carol, dave];
+    members.sort();
+    assert_eq!(joined(&a, &alice_token, &room).await, members);
 
     a.stop().await;
     c.stop().await;

@@ -171,6 +171,22 @@ async fn send(
         .await?)
 }
 
+/// A join's content with the joining user's profile (display name, avatar) added.
+async fn join_content(
+    state: &AppState,
+    user: &UserId,
+    mut content: Value,
+) -> std::result::Result<Value, ApiError> {
+    let profile = state.store.get_profile(user.as_str()).await?;
+    if let Some(name) = profile.displayname {
+        content["displayname"] = json!(name);
+    }
+    if let Some(url) = profile.avatar_url {
+        content["avatar_url"] = json!(url);
+    }
+    Ok(content)
+}
+
 /// Sets `target`'s membership with an optional reason.
 async fn set_membership(
     state: &AppState,
@@ -191,13 +207,7 @@ async fn set_membership(
         }
     }
     if membership == "join" {
-        let profile = state.store.get_profile(target.as_str()).await?;
-        if let Some(name) = profile.displayname {
-            content["displayname"] = json!(name);
-        }
-        if let Some(url) = profile.avatar_url {
-            content["avatar_url"] = json!(url);
-        }
+        content = join_content(state, target, content).await?;
     }
     send(
         state,
@@ -392,16 +402,62 @@ async fn join(
     if membership(state, room_id, &user.user_id).await?.as_deref() == Some("join") {
         return Ok(());
     }
-    set_membership(
+    // A restricted room: a member of an allowed room joins, vouched for by a local user who
+    // may invite (of the user's own territory when there is one; another territory of this
+    // node signs the join too).
+    let by = match crate::api::restricted::authorise_join(
         state,
-        user,
         room_id,
-        &user.user_id.clone(),
-        "join",
-        None,
-        json!({}),
+        &user.user_id,
+        user.territory.server_name(),
+    )
+    .await?
+    {
+        crate::api::restricted::JoinAuthorisation::NotNeeded => None,
+        crate::api::restricted::JoinAuthorisation::By(by) => Some(by),
+    };
+    let Some(by) = by else {
+        set_membership(
+            state,
+            user,
+            room_id,
+            &user.user_id.clone(),
+            "join",
+            None,
+            json!({}),
+        )
+        .await?;
+        return Ok(());
+    };
+    let content = join_content(
+        state,
+        &user.user_id,
+        json!({"membership": "join", "join_authorised_via_users_server": by}),
     )
     .await?;
+    let template = EventTemplate::state("m.room.member", user.user_id.as_str(), content);
+    let vouching = state
+        .territories
+        .by_server_name(by.server_name().as_str())
+        .filter(|t| t.server_name() != user.territory.server_name());
+    match vouching {
+        None => send(state, user, room_id, template).await?,
+        Some(territory) => {
+            state
+                .rooms
+                .send_local_cosigned(
+                    room_id,
+                    &user.user_id,
+                    &template,
+                    signer(user),
+                    Signer {
+                        server_name: territory.server_name(),
+                        key: &territory.key,
+                    },
+                )
+                .await?
+        }
+    };
     Ok(())
 }
 
