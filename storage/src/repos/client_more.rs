@@ -93,7 +93,8 @@ pub trait ClientExtras {
         room_id: &str,
         since: i64,
     ) -> impl Future<Output = Result<Vec<ReceiptRow>>> + Send;
-    /// The event a user's unthreaded read receipt points at in a room.
+    /// The event a user's read receipt for the main timeline (unthreaded or `main`, the later
+    /// of the two) points at in a room.
     fn get_read_receipt(
         &self,
         room_id: &str,
@@ -231,9 +232,11 @@ impl ClientExtras for Store {
     async fn get_read_receipt(&self, room_id: &str, user_id: &str) -> Result<Option<String>> {
         Ok(on_pool!(self, pool => {
             sqlx::query_scalar(
-                "SELECT event_id FROM receipts WHERE room_id = $1 AND user_id = $2
-                 AND receipt_type IN ('m.read', 'm.read.private') AND thread_id = ''
-                 ORDER BY aux_position DESC LIMIT 1",
+                "SELECT r.event_id FROM receipts r LEFT JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = $1 AND r.user_id = $2
+                   AND r.receipt_type IN ('m.read', 'm.read.private')
+                   AND r.thread_id IN ('', 'main')
+                 ORDER BY COALESCE(e.stream_ordering, -1) DESC, r.aux_position DESC LIMIT 1",
             )
             .bind(room_id).bind(user_id).fetch_optional(pool).await
         })?)

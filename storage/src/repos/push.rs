@@ -153,11 +153,12 @@ const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, 
 const QUEUE_COLUMNS: &str =
     "id, user_id, app_id, pushkey, url, body, attempts, next_attempt_ts, created_ts";
 
-/// The stream position of the user's last unthreaded read receipt in room `room` (SQL).
+/// The stream position of the user's read receipt for the room's main timeline (unthreaded or
+/// `main`) in the row's room (SQL).
 const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
       JOIN events e ON e.event_id = r.event_id
       WHERE r.room_id = a.room_id AND r.user_id = a.user_id
-        AND r.receipt_type IN ('m.read', 'm.read.private') AND r.thread_id = ''), 0)";
+        AND r.receipt_type IN ('m.read', 'm.read.private') AND r.thread_id IN ('', 'main')), 0)";
 
 impl PushStore for Store {
     async fn get_push_position(&self) -> Result<Option<i64>> {

@@ -946,15 +946,17 @@ pub async fn get_room_event_route(
     if pdu.room_id != req.body.room_id {
         return Err(ApiError::not_found("Event not found"));
     }
-    let row = state.store.get_event(pdu.event_id.as_str()).await?;
-    let redacted_by = row.and_then(|r| r.redacted_by);
-    Ok(get_room_event::v3::Response::new(raw(&visible_event(
-        &state,
-        &pdu,
-        redacted_by.as_deref(),
-    )
-    .await?)?)
-    .into())
+    // As the timeline shows it: redacted when redacted, relations bundled.
+    let row = state
+        .store
+        .get_event(pdu.event_id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    let event = super::sync::events_of(&state, &[row], &user.user_id)
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found("Event not found"))?;
+    Ok(get_room_event::v3::Response::new(raw(&event)?).into())
 }
 
 /// `GET /_matrix/client/v3/joined_rooms`.
@@ -1173,34 +1175,24 @@ pub async fn get_context_route(
         .get_room_events_after(body.room_id.as_str(), position, limit - half.min(limit))
         .await?;
     let mut response = get_context::v3::Response::new();
+    // As the timeline shows them: redacted when redacted, relations bundled.
     let mut to_raw = Vec::new();
     for rows in [&before, &after] {
-        let mut list = Vec::new();
-        for r in rows {
-            let Ok(id) = ruma::OwnedEventId::try_from(r.event_id.as_str()) else {
-                continue;
-            };
-            if let Some(pdu) = state.rooms.get_pdu(&id).await? {
-                list.push(raw(
-                    &visible_event(&state, &pdu, r.redacted_by.as_deref()).await?
-                )?);
-            }
-        }
-        to_raw.push(list);
+        let events = super::sync::events_of(&state, rows, &user.user_id).await?;
+        to_raw.push(
+            events
+                .iter()
+                .map(raw)
+                .collect::<std::result::Result<Vec<_>, _>>()?,
+        );
     }
     response.events_after = to_raw.pop().unwrap_or_default();
     response.events_before = to_raw.pop().unwrap_or_default();
-    let pdu = state
-        .rooms
-        .get_pdu(&body.event_id)
+    let event = super::sync::events_of(&state, std::slice::from_ref(&row), &user.user_id)
         .await?
+        .pop()
         .ok_or_else(|| ApiError::not_found("Event not found"))?;
-    response.event = Some(raw(&visible_event(
-        &state,
-        &pdu,
-        row.redacted_by.as_deref(),
-    )
-    .await?)?);
+    response.event = Some(raw(&event)?);
     response.start = Some(format!(
         "s{}",
         before
