@@ -77,6 +77,32 @@ async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_sees_push_counts_a_thread_an_edit_and_a_reaction() {
+    let Some(node_js) = unitas_conformance_tests::node_js() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::foundation::config(dir.path());
+    config.registration.enabled = true;
+    config.rate_limits.enabled = false;
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.client_addr);
+    let script = unitas_conformance_tests::js_script("push_threads.mjs");
+    let (ok, stdout, stderr) =
+        crate::run_to_end(node_js, vec![script.display().to_string(), base]).await;
+    assert!(ok, "matrix-js-sdk failed:\n{stderr}\n{stdout}");
+    let facts: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
+    assert_eq!(facts["notifications"], 3, "{facts}");
+    assert_eq!(facts["highlights"], 1, "{facts}");
+    assert_eq!(facts["cleared"], true, "{facts}");
+    assert_eq!(facts["thread_replies"], 2, "{facts}");
+    assert_eq!(facts["edited_body"], "edited body", "{facts}");
+    assert_eq!(facts["reaction_key"], "👍", "{facts}");
+    node.shutdown().await;
+}
+
 /// A node named `127.0.0.1:<federation port>` that federates with loopback peers.
 async fn federating_node(dir: &std::path::Path) -> Node {
     let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
