@@ -274,6 +274,7 @@ impl Node {
             ephemeral,
             presence,
             push,
+            sliding: Default::default(),
             registry,
             dht: dht_parts.as_ref().map(|(client, _, _)| client.clone()),
             moves: Default::default(),

@@ -161,6 +161,8 @@ pub struct AppState {
     pub presence: Arc<crate::presence::Presence>,
     /// Push rule evaluation and push gateway delivery.
     pub push: Arc<crate::push::Push>,
+    /// Sliding sync connections (MSC4186).
+    pub sliding: Arc<crate::api::client::sliding::Connections>,
     /// The territory registry as this node knows it.
     pub registry: Arc<std::sync::RwLock<unitas_territory::registry::Registry>>,
     /// Hosted territories that are read-only (being exported) or moved to another node.

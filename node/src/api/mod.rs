@@ -117,6 +117,10 @@ pub fn client_router(state: AppState) -> Router {
         routes = route::<cp::get_pushers::v3::Request, _, _>(routes, p::get_pushers_route);
         routes = route::<cp::set_pusher::v3::Request, _, _>(routes, p::set_pusher_route);
     }
+    routes = route::<c::sync::sync_events::v5::Request, _, _>(
+        routes,
+        crate::api::client::sliding::sliding_sync_route,
+    );
     routes = route::<c::space::get_hierarchy::v1::Request, _, _>(
         routes,
         crate::api::client::spaces::hierarchy_route,

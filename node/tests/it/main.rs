@@ -9,5 +9,6 @@ mod cli;
 mod federation;
 mod http;
 mod push;
+mod sliding;
 mod support;
 mod territories;

@@ -133,3 +133,10 @@ pub async fn node_with_two_users_on(
     let alice = tokens.pop().unwrap();
     (t, alice, bob)
 }
+
+/// GET `url` as the holder of `token` -> (status, JSON body).
+pub async fn get_json_as(url: &str, token: &str) -> (u16, Value) {
+    let response = http().get(url).bearer_auth(token).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

@@ -12,6 +12,7 @@ pub mod reports;
 pub mod rooms;
 pub mod search;
 pub mod security;
+pub mod sliding;
 pub mod spaces;
 pub mod sync;
 pub mod voip;

@@ -194,7 +194,6 @@ async fn build(
         .store
         .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
         .await?;
-    let data_event = |kind: &str, content: &str| json!({"type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or_default()});
     let mut global_data: Vec<Value> = account_data
         .iter()
         .filter(|(room, _, _)| room.is_empty())
@@ -215,19 +214,8 @@ async fn build(
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
     let mut knock = serde_json::Map::new();
-    // Users whose devices changed since the last sync (incremental syncs only); listed when they
-    // share a joined room with this user, or are this user.
-    let device_changes = match (since, since_aux) {
-        (Some(_), Some(from)) => state.store.list_device_list_changes(from, now_aux).await?,
-        _ => Vec::new(),
-    };
-    let mut changed_devices = std::collections::BTreeSet::new();
-    if device_changes.iter().any(|u| u == user.user_id.as_str()) {
-        changed_devices.insert(user.user_id.to_string());
-    }
-    // Users who may have stopped sharing every room with this user since the last sync, and the
-    // current state of the rooms the user is joined to (to check them against).
-    let mut maybe_left = std::collections::BTreeSet::new();
+    let mut devices =
+        DeviceListDelta::new(state, &user.user_id, since.and(since_aux), now_aux).await?;
     let mut joined_rooms = Vec::new();
     let rooms = state
         .store
@@ -261,40 +249,16 @@ async fn build(
                 // device_lists: users who started sharing this room with the user (everyone in
                 // it when the user is the one who joined) are `changed`; who left may be `left`.
                 joined_rooms.push(room_id.clone());
-                if let Some(since) = since {
-                    let others = if changed_since {
-                        member_keys(&current)
-                    } else {
-                        state
-                            .store
-                            .list_member_changes(room_id.as_str(), since, now)
-                            .await?
-                    };
-                    for other in others {
-                        if other == user.user_id.as_str() {
-                            continue;
-                        }
-                        if is_joined(state, &current, &other).await? {
-                            changed_devices.insert(other);
-                        } else if !changed_since {
-                            maybe_left.insert(other);
-                        }
-                    }
-                }
-                for other in &device_changes {
-                    if changed_devices.contains(other) {
-                        continue;
-                    }
-                    if let Some(id) = current.get(&("m.room.member".to_owned(), other.clone()))
-                        && let Some(pdu) = state.rooms.get_pdu(id).await?
-                        && serde_json::from_str::<Value>(pdu.content.get())
-                            .ok()
-                            .and_then(|c| c.get("membership").cloned())
-                            == Some(Value::from("join"))
-                    {
-                        changed_devices.insert(other.clone());
-                    }
-                }
+                devices
+                    .joined_room(
+                        state,
+                        &user.user_id,
+                        &room_id,
+                        &current,
+                        (since, now),
+                        changed_since,
+                    )
+                    .await?;
                 // The newest `limit` events of (since, now], oldest first.
                 let mut rows = state
                     .store
@@ -310,21 +274,8 @@ async fn build(
                     .map(|(_, k, c)| data_event(k, c))
                     .collect();
                 let mut ephemeral = Vec::new();
-                let receipts = state
-                    .store
-                    .list_receipts_since(room_id.as_str(), since_aux.unwrap_or(0))
-                    .await?;
-                if !receipts.is_empty() {
-                    let mut content = serde_json::Map::new();
-                    for (reader, kind, thread, event_id, ts) in receipts {
-                        let mut receipt = json!({"ts": ts});
-                        if !thread.is_empty() {
-                            receipt["thread_id"] = json!(thread);
-                        }
-                        let entry = content.entry(event_id).or_insert_with(|| json!({}));
-                        entry[kind.as_str()][reader.as_str()] = receipt;
-                    }
-                    ephemeral.push(json!({"type": "m.receipt", "content": content}));
+                if let Some(receipts) = receipt_event(state, &room_id, since_aux).await? {
+                    ephemeral.push(receipts);
                 }
                 if let Some(typing) = state.ephemeral.typing_since(&room_id, since_aux) {
                     ephemeral.push(json!({"type": "m.typing", "content": {"user_ids": typing}}));
@@ -348,25 +299,7 @@ async fn build(
                     rows.iter().map(|r| r.event_id.as_str()).collect();
                 let senders: std::collections::HashSet<&str> =
                     rows.iter().map(|r| r.sender.as_str()).collect();
-                // Unread: notifying events after the user's read receipt.
-                let read_up_to = match state
-                    .store
-                    .get_read_receipt(room_id.as_str(), user.user_id.as_str())
-                    .await?
-                {
-                    Some(event_id) => state
-                        .store
-                        .get_event(&event_id)
-                        .await?
-                        .and_then(|r| r.stream_ordering)
-                        .unwrap_or(0),
-                    None => member_position,
-                };
-                // Counts come from the push rules' verdicts (see crate::push).
-                let unread = state
-                    .store
-                    .count_notifications(user.user_id.as_str(), room_id.as_str(), read_up_to)
-                    .await?;
+                let unread = unread_counts(state, &user.user_id, &room_id, member_position).await?;
                 let state_events = if since.is_none() || full_state || limited || changed_since {
                     current_state_events(state, &room_id)
                         .await?
@@ -420,12 +353,7 @@ async fn build(
                 );
             }
             Some("leave" | "ban") if since.is_some() && changed_since => {
-                // Everyone the user shared this room with may now share nothing with them.
-                for other in member_keys(&current) {
-                    if is_joined(state, &current, &other).await? {
-                        maybe_left.insert(other);
-                    }
-                }
+                devices.left_room(state, &current).await?;
                 let mut rows = state
                     .store
                     .get_room_events_before(room_id.as_str(), member_position + 1, limit)
@@ -441,17 +369,8 @@ async fn build(
             _ => {}
         }
     }
-    // `left`: users who share no joined room with the user any more.
-    maybe_left.retain(|other| other != user.user_id.as_str() && !changed_devices.contains(other));
-    let mut left_devices = Vec::new();
-    for other in maybe_left {
-        let Ok(other_id) = ruma::OwnedUserId::try_from(other.as_str()) else {
-            continue;
-        };
-        if !joined_to_any(state, &joined_rooms, &other_id).await? {
-            left_devices.push(other);
-        }
-    }
+    let (changed_devices, left_devices) =
+        devices.finish(state, &user.user_id, &joined_rooms).await?;
     // Presence of the user and of users sharing a joined room with them.
     let mut presence = Vec::new();
     if wants_presence {
@@ -491,29 +410,8 @@ async fn build(
         }
     }
     // What the device's encryption needs to keep enough keys on the server.
-    let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
-    let one_time_keys: serde_json::Map<String, Value> = state
-        .store
-        .count_one_time_keys(user_id, device_id)
-        .await?
-        .into_iter()
-        .map(|(algorithm, count)| (algorithm, count.into()))
-        .collect();
-    let fallback_types = state
-        .store
-        .unused_fallback_key_types(user_id, device_id)
-        .await?;
-    // To-device messages: those before `since` were delivered and are dropped now.
-    let to_device: Vec<Value> = state
-        .store
-        .take_to_device(user_id, device_id, since.and(since_aux), now_aux)
-        .await?
-        .into_iter()
-        .map(|(sender, kind, content)| {
-            json!({"sender": sender, "type": kind,
-                   "content": serde_json::from_str::<Value>(&content).unwrap_or_default()})
-        })
-        .collect();
+    let (one_time_keys, fallback_types) = key_counts(state, user).await?;
+    let to_device = to_device_events(state, user, since.and(since_aux), now_aux).await?;
     let has_updates = !(join.is_empty()
         && invite.is_empty()
         && knock.is_empty()
@@ -539,6 +437,223 @@ async fn build(
         "device_unused_fallback_key_types": fallback_types,
     });
     Ok((response, has_updates))
+}
+
+/// Notifying events after the user's read receipt (or `member_position`, their membership,
+/// when they sent none): `(notifications, highlights)`, from the push rules' verdicts (see
+/// [`crate::push`]).
+pub(crate) async fn unread_counts(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    member_position: i64,
+) -> Result<(i64, i64), ApiError> {
+    let read_up_to = match state
+        .store
+        .get_read_receipt(room_id.as_str(), user.as_str())
+        .await?
+    {
+        Some(event_id) => state
+            .store
+            .get_event(&event_id)
+            .await?
+            .and_then(|r| r.stream_ordering)
+            .unwrap_or(0),
+        None => member_position,
+    };
+    Ok(state
+        .store
+        .count_notifications(user.as_str(), room_id.as_str(), read_up_to)
+        .await?)
+}
+
+/// The room's read receipts after aux position `since` (all when `None`) as one `m.receipt`
+/// event, or `None` when there are none.
+pub(crate) async fn receipt_event(
+    state: &AppState,
+    room_id: &ruma::RoomId,
+    since: Option<i64>,
+) -> Result<Option<Value>, ApiError> {
+    let receipts = state
+        .store
+        .list_receipts_since(room_id.as_str(), since.unwrap_or(0))
+        .await?;
+    if receipts.is_empty() {
+        return Ok(None);
+    }
+    let mut content = serde_json::Map::new();
+    for (reader, kind, thread, event_id, ts) in receipts {
+        let mut receipt = json!({"ts": ts});
+        if !thread.is_empty() {
+            receipt["thread_id"] = json!(thread);
+        }
+        let entry = content.entry(event_id).or_insert_with(|| json!({}));
+        entry[kind.as_str()][reader.as_str()] = receipt;
+    }
+    Ok(Some(json!({"type": "m.receipt", "content": content})))
+}
+
+/// The device's one-time key counts and unused fallback key types (what its encryption needs
+/// to keep enough keys on the server).
+pub(crate) async fn key_counts(
+    state: &AppState,
+    user: &ClientUser,
+) -> Result<(serde_json::Map<String, Value>, Vec<String>), ApiError> {
+    let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
+    let one_time_keys = state
+        .store
+        .count_one_time_keys(user_id, device_id)
+        .await?
+        .into_iter()
+        .map(|(algorithm, count)| (algorithm, count.into()))
+        .collect();
+    let fallback_types = state
+        .store
+        .unused_fallback_key_types(user_id, device_id)
+        .await?;
+    Ok((one_time_keys, fallback_types))
+}
+
+/// The device's to-device messages up to aux position `now_aux`; those up to `delivered` were
+/// delivered by an earlier response and are dropped now.
+pub(crate) async fn to_device_events(
+    state: &AppState,
+    user: &ClientUser,
+    delivered: Option<i64>,
+    now_aux: i64,
+) -> Result<Vec<Value>, ApiError> {
+    Ok(state
+        .store
+        .take_to_device(
+            user.user_id.as_str(),
+            user.device_id.as_str(),
+            delivered,
+            now_aux,
+        )
+        .await?
+        .into_iter()
+        .map(|(sender, kind, content)| {
+            json!({"sender": sender, "type": kind,
+                   "content": serde_json::from_str::<Value>(&content).unwrap_or_default()})
+        })
+        .collect())
+}
+
+/// An account data event as clients get it.
+pub(crate) fn data_event(kind: &str, content: &str) -> Value {
+    json!({"type": kind, "content": serde_json::from_str::<Value>(content).unwrap_or_default()})
+}
+
+/// The `device_lists` of an incremental sync: users whose devices a client must query again
+/// (`changed`: their devices changed and they share a joined room with the user, or they just
+/// started sharing one) and users who share no room with the user any more (`left`).
+#[derive(Debug, Default)]
+pub(crate) struct DeviceListDelta {
+    /// Users whose devices changed in the window.
+    device_changes: Vec<String>,
+    changed: std::collections::BTreeSet<String>,
+    /// Users who may have stopped sharing every room with the user.
+    maybe_left: std::collections::BTreeSet<String>,
+}
+
+impl DeviceListDelta {
+    /// Device changes in aux positions `(since_aux, now_aux]`; nothing for an initial sync
+    /// (`since_aux` `None`).
+    pub(crate) async fn new(
+        state: &AppState,
+        user: &ruma::UserId,
+        since_aux: Option<i64>,
+        now_aux: i64,
+    ) -> Result<DeviceListDelta, ApiError> {
+        let mut delta = DeviceListDelta::default();
+        if let Some(from) = since_aux {
+            delta.device_changes = state.store.list_device_list_changes(from, now_aux).await?;
+            if delta.device_changes.iter().any(|u| u == user.as_str()) {
+                delta.changed.insert(user.to_string());
+            }
+        }
+        Ok(delta)
+    }
+
+    /// A room the user is joined to, with its current state; `window` is the stream window
+    /// `(since, now]` (`since` `None`: initial), `changed_since` whether the user's own
+    /// membership changed in it (then everyone in the room is new to them).
+    pub(crate) async fn joined_room(
+        &mut self,
+        state: &AppState,
+        user: &ruma::UserId,
+        room_id: &ruma::RoomId,
+        current: &unitas_federation::rooms::auth::State,
+        (since, now): (Option<i64>, i64),
+        changed_since: bool,
+    ) -> Result<(), ApiError> {
+        if let Some(since) = since {
+            let others = if changed_since {
+                member_keys(current)
+            } else {
+                state
+                    .store
+                    .list_member_changes(room_id.as_str(), since, now)
+                    .await?
+            };
+            for other in others {
+                if other == user.as_str() {
+                    continue;
+                }
+                if is_joined(state, current, &other).await? {
+                    self.changed.insert(other);
+                } else if !changed_since {
+                    self.maybe_left.insert(other);
+                }
+            }
+        }
+        for other in &self.device_changes {
+            if !self.changed.contains(other) && is_joined(state, current, other).await? {
+                self.changed.insert(other.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// A room the user left in the window: everyone they shared it with may now share nothing
+    /// with them.
+    pub(crate) async fn left_room(
+        &mut self,
+        state: &AppState,
+        current: &unitas_federation::rooms::auth::State,
+    ) -> Result<(), ApiError> {
+        for other in member_keys(current) {
+            if is_joined(state, current, &other).await? {
+                self.maybe_left.insert(other);
+            }
+        }
+        Ok(())
+    }
+
+    /// `(changed, left)`, given the rooms the user is joined to.
+    pub(crate) async fn finish(
+        self,
+        state: &AppState,
+        user: &ruma::UserId,
+        joined_rooms: &[OwnedRoomId],
+    ) -> Result<(Vec<String>, Vec<String>), ApiError> {
+        let DeviceListDelta {
+            changed,
+            mut maybe_left,
+            ..
+        } = self;
+        maybe_left.retain(|other| other != user.as_str() && !changed.contains(other));
+        let mut left = Vec::new();
+        for other in maybe_left {
+            let Ok(other_id) = ruma::OwnedUserId::try_from(other.as_str()) else {
+                continue;
+            };
+            if !joined_to_any(state, joined_rooms, &other_id).await? {
+                left.push(other);
+            }
+        }
+        Ok((changed.into_iter().collect(), left))
+    }
 }
 
 /// The users with a membership event in a room's state.

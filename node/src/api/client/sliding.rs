@@ -1,0 +1,851 @@
+//! Simplified sliding sync (MSC4186,
+//! `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`), the protocol Element X
+//! and matrix-rust-sdk use.
+//!
+//! ```text
+//!  request (pos, lists with ranges, room_subscriptions, extensions)
+//!    -> the connection's snapshot at `pos`: which rooms the client has, up to which stream
+//!       position and with which settings (unknown pos: 400 M_UNKNOWN_POS, the client starts over)
+//!    -> rooms of the user sorted by recency (newest event first), filtered per list; the rooms
+//!       in the lists' ranges and the subscribed rooms are "in view"
+//!    -> each room in view: new to the client (or its settings changed) -> `initial` with the
+//!       newest events and the required state; known -> the events since the snapshot
+//!       (`limited` + `prev_batch` when more than the timeline limit); unchanged -> left out
+//!    -> extensions (to-device, e2ee, account data, receipts, typing) since the snapshot's
+//!       positions
+//!    -> a new snapshot under a new `pos`; nothing new: long-poll (woken like /sync v3)
+//! ```
+//!
+//! A position never loses an event: a room leaving the ranges keeps its place in the snapshot,
+//! so when it comes back the client gets everything after what it had (or a limited timeline it
+//! can page back from). Snapshots live in memory, a few per connection; after a restart every
+//! `pos` is unknown and clients start a new connection, which is what the MSC prescribes.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use ruma::api::client::sync::sync_events::v5;
+use ruma::{OwnedRoomId, OwnedUserId, RoomId};
+use serde_json::{Value, json};
+use unitas_storage::{ClientData, ClientExtras, RemoteInvite, RemoteInvites, RoomEvents};
+
+use super::rooms::{current_state_events, stripped_state};
+use super::sync::{
+    DeviceListDelta, data_event, events_of, key_counts, receipt_event, to_device_events,
+    unread_counts,
+};
+use crate::api::ApiError;
+use crate::api::restricted::state_content;
+use crate::api::ruma::{ClientUser, Ruma};
+use crate::state::AppState;
+
+/// Snapshots kept per connection (a client may retry the previous `pos`).
+const SNAPSHOTS: usize = 4;
+/// Connections kept in memory; the least recently used go first.
+const CONNECTIONS: usize = 10_000;
+/// Longest long-poll.
+const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most timeline events per room and response.
+const MAX_TIMELINE: i64 = 100;
+/// New state events of a room looked at for a delta's `required_state`; more: sent as initial.
+const STATE_DELTA_CAP: i64 = 500;
+
+/// What the client has of one room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RoomSent {
+    /// Stream position its timeline was sent up to.
+    position: i64,
+    /// The settings it was sent with (required state, timeline limit).
+    settings: String,
+    /// The user's membership when sent.
+    membership: String,
+}
+
+/// A connection's state after one response.
+#[derive(Debug, Clone, Default)]
+struct Snapshot {
+    /// Stream position (events).
+    stream: i64,
+    /// Aux position (receipts, account data, to-device, device lists).
+    aux: i64,
+    rooms: HashMap<OwnedRoomId, RoomSent>,
+    /// Each list's room count when last sent.
+    counts: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Default)]
+struct Connection {
+    next: u64,
+    snapshots: VecDeque<(u64, Snapshot)>,
+    used: Option<Instant>,
+}
+
+/// The sliding sync connections of every user (in memory).
+#[derive(Debug, Default)]
+pub struct Connections {
+    map: Mutex<HashMap<(OwnedUserId, String, String), Connection>>,
+}
+
+impl Connections {
+    /// The snapshot at `pos` (a fresh one without `pos`; `None` for an unknown `pos`).
+    fn snapshot(&self, key: &(OwnedUserId, String, String), pos: Option<&str>) -> Option<Snapshot> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pos) = pos else {
+            return Some(Snapshot::default());
+        };
+        let n: u64 = pos.parse().ok()?;
+        let connection = map.get_mut(key)?;
+        connection.used = Some(Instant::now());
+        connection
+            .snapshots
+            .iter()
+            .find(|(id, _)| *id == n)
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Keeps `snapshot` under a new position; returns it.
+    fn store(&self, key: (OwnedUserId, String, String), fresh: bool, snapshot: Snapshot) -> String {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= CONNECTIONS && !map.contains_key(&key) {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                map.remove(&oldest);
+            }
+        }
+        let connection = map.entry(key).or_default();
+        if fresh {
+            connection.snapshots.clear();
+        }
+        connection.next += 1;
+        let n = connection.next;
+        connection.snapshots.push_back((n, snapshot));
+        while connection.snapshots.len() > SNAPSHOTS {
+            connection.snapshots.pop_front();
+        }
+        connection.used = Some(Instant::now());
+        n.to_string()
+    }
+}
+
+/// A room of the user, as the lists see it.
+#[derive(Debug, Clone)]
+struct Candidate {
+    room_id: OwnedRoomId,
+    membership: String,
+    /// Recency: the stream position of its newest event (of the invite for invites).
+    bump: i64,
+    /// Where the user's membership event is.
+    member_position: i64,
+    /// An invite into a room this node is not in.
+    remote: Option<RemoteInvite>,
+    room_type: Option<String>,
+    encrypted: bool,
+}
+
+/// How one room is to be sent: merged from the lists and subscriptions it is in.
+#[derive(Debug, Clone, Default)]
+struct Wanted {
+    required_state: Vec<(String, String)>,
+    timeline_limit: i64,
+    lists: HashSet<String>,
+    subscribed: bool,
+}
+
+impl Wanted {
+    fn merge(&mut self, required: &[(ruma::events::StateEventType, String)], limit: u64) {
+        for (kind, key) in required {
+            let entry = (kind.to_string(), key.clone());
+            if !self.required_state.contains(&entry) {
+                self.required_state.push(entry);
+            }
+        }
+        let limit = i64::try_from(limit).unwrap_or(MAX_TIMELINE);
+        self.timeline_limit = self.timeline_limit.max(limit.min(MAX_TIMELINE));
+    }
+
+    fn settings(&self) -> String {
+        let mut required = self.required_state.clone();
+        required.sort();
+        format!("{}|{required:?}", self.timeline_limit)
+    }
+}
+
+/// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`.
+pub async fn sliding_sync_route(
+    State(state): State<AppState>,
+    req: Ruma<v5::Request>,
+) -> Result<Json<Value>, ApiError> {
+    let user = req.user()?.clone();
+    let body = req.body;
+    let key = (
+        user.user_id.clone(),
+        user.device_id.to_string(),
+        body.conn_id.clone().unwrap_or_default(),
+    );
+    let Some(snapshot) = state.sliding.snapshot(&key, body.pos.as_deref()) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "M_UNKNOWN_POS",
+            "Unknown position: start a new connection",
+        ));
+    };
+    let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
+    let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut mine = state.rooms.subscribe_user(&user.user_id);
+    let position = state.rooms.subscribe();
+    let mut aux = state.ephemeral.subscribe();
+    loop {
+        mine.borrow_and_update();
+        let now = *position.borrow();
+        let now_aux = *aux.borrow_and_update();
+        state.push.caught_up(now).await;
+        let (mut response, next, has_updates) =
+            build(&state, &user, &body, &snapshot, now, now_aux).await?;
+        let waited_out = body.pos.is_some() && !has_updates;
+        if !waited_out || tokio::time::Instant::now() >= deadline {
+            response["pos"] = json!(state.sliding.store(key, body.pos.is_none(), next));
+            if let Some(txn) = &body.txn_id {
+                response["txn_id"] = json!(txn);
+            }
+            return Ok(Json(response));
+        }
+        let woken = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                r = mine.changed() => r.is_ok(),
+                r = aux.changed() => r.is_ok(),
+            }
+        })
+        .await;
+        if !matches!(woken, Ok(true)) {
+            response["pos"] = json!(state.sliding.store(key, false, next));
+            if let Some(txn) = &body.txn_id {
+                response["txn_id"] = json!(txn);
+            }
+            return Ok(Json(response));
+        }
+    }
+}
+
+/// The user's rooms: joined, invited (locally or over federation), and the rooms the
+/// snapshot has that the user left since (sent once more with the leave).
+async fn candidates(
+    state: &AppState,
+    user: &ClientUser,
+    now: i64,
+) -> Result<Vec<Candidate>, ApiError> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for room in state
+        .store
+        .list_membership_rooms(user.user_id.as_str())
+        .await?
+    {
+        let Ok(room_id) = OwnedRoomId::try_from(room) else {
+            continue;
+        };
+        let Some((member, content)) =
+            state_content(state, &room_id, "m.room.member", user.user_id.as_str()).await?
+        else {
+            continue;
+        };
+        let member_position = state
+            .store
+            .get_event(member.event_id.as_str())
+            .await?
+            .and_then(|r| r.stream_ordering)
+            .unwrap_or(0);
+        if member_position > now {
+            continue;
+        }
+        let membership = content["membership"].as_str().unwrap_or("leave").to_owned();
+        let bump = if membership == "join" {
+            state
+                .store
+                .get_room_events_before(room_id.as_str(), now + 1, 1)
+                .await?
+                .first()
+                .and_then(|r| r.stream_ordering)
+                .unwrap_or(member_position)
+        } else {
+            member_position
+        };
+        let room_type = state_content(state, &room_id, "m.room.create", "")
+            .await?
+            .and_then(|(_, c)| c["type"].as_str().map(str::to_owned));
+        let encrypted = state
+            .rooms
+            .current_state_event_id(&room_id, "m.room.encryption", "")
+            .await?
+            .is_some();
+        seen.insert(room_id.clone());
+        out.push(Candidate {
+            room_id,
+            membership,
+            bump,
+            member_position,
+            remote: None,
+            room_type,
+            encrypted,
+        });
+    }
+    for pending in state
+        .store
+        .list_remote_invites(user.user_id.as_str())
+        .await?
+    {
+        let Ok(room_id) = OwnedRoomId::try_from(pending.room_id.as_str()) else {
+            continue;
+        };
+        if pending.membership != "invite" || seen.contains(&room_id) {
+            continue;
+        }
+        out.push(Candidate {
+            room_id,
+            membership: "invite".into(),
+            // Invites from elsewhere sort first among the newest.
+            bump: now,
+            member_position: now,
+            remote: Some(pending),
+            room_type: None,
+            encrypted: false,
+        });
+    }
+    out.sort_by(|a, b| b.bump.cmp(&a.bump).then_with(|| a.room_id.cmp(&b.room_id)));
+    Ok(out)
+}
+
+fn passes(
+    filters: Option<&v5::request::ListFilters>,
+    room: &Candidate,
+    dms: &HashSet<String>,
+) -> bool {
+    if !matches!(room.membership.as_str(), "join" | "invite") {
+        return false;
+    }
+    let Some(f) = filters else {
+        return true;
+    };
+    if f.is_invite
+        .is_some_and(|want| want != (room.membership == "invite"))
+    {
+        return false;
+    }
+    if f.is_dm
+        .is_some_and(|want| want != dms.contains(room.room_id.as_str()))
+    {
+        return false;
+    }
+    if f.is_encrypted.is_some_and(|want| want != room.encrypted) {
+        return false;
+    }
+    let kind = room.room_type.as_deref();
+    if !f.room_types.is_empty() && !f.room_types.iter().any(|t| t.as_str() == kind) {
+        return false;
+    }
+    !f.not_room_types.iter().any(|t| t.as_str() == kind)
+}
+
+/// The rooms `m.direct` names (direct chats).
+async fn direct_rooms(state: &AppState, user: &ClientUser) -> Result<HashSet<String>, ApiError> {
+    let content = state
+        .store
+        .get_account_data(user.user_id.as_str(), "", "m.direct")
+        .await?
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .unwrap_or(Value::Null);
+    Ok(content
+        .as_object()
+        .into_iter()
+        .flat_map(|m| m.values())
+        .flat_map(|v| v.as_array().cloned().unwrap_or_default())
+        .filter_map(|r| r.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// Whether a state slot is asked for (`*` for any type or key, `$ME` for the user, `$LAZY`
+/// members: the timeline's senders).
+fn wanted_slot(
+    required: &[(String, String)],
+    kind: &str,
+    key: &str,
+    user: &str,
+    senders: &HashSet<&str>,
+) -> bool {
+    required.iter().any(|(k, sk)| {
+        (k == "*" || k == kind)
+            && (sk == "*"
+                || sk == key
+                || (sk == "$ME" && key == user)
+                || (sk == "$LAZY"
+                    && kind == "m.room.member"
+                    && (senders.contains(key) || key == user)))
+    })
+}
+
+/// One response: the body (without `pos`), the next snapshot, whether anything is new.
+async fn build(
+    state: &AppState,
+    user: &ClientUser,
+    body: &v5::Request,
+    snapshot: &Snapshot,
+    now: i64,
+    now_aux: i64,
+) -> Result<(Value, Snapshot, bool), ApiError> {
+    let initial_connection = body.pos.is_none();
+    let rooms = candidates(state, user, now).await?;
+    let dms = direct_rooms(state, user).await?;
+    let mut wanted: HashMap<OwnedRoomId, Wanted> = HashMap::new();
+    let mut lists = serde_json::Map::new();
+    let mut counts = BTreeMap::new();
+    for (name, list) in &body.lists {
+        let matching: Vec<&Candidate> = rooms
+            .iter()
+            .filter(|r| passes(list.filters.as_ref(), r, &dms))
+            .collect();
+        counts.insert(name.clone(), matching.len());
+        lists.insert(name.clone(), json!({"count": matching.len()}));
+        for (start, end) in &list.ranges {
+            let start = usize::try_from(u64::from(*start)).unwrap_or(usize::MAX);
+            let end = usize::try_from(u64::from(*end)).unwrap_or(usize::MAX);
+            for room in matching
+                .iter()
+                .skip(start)
+                .take(end.saturating_sub(start).saturating_add(1))
+            {
+                let w = wanted.entry(room.room_id.clone()).or_default();
+                w.merge(
+                    &list.room_details.required_state,
+                    u64::from(list.room_details.timeline_limit),
+                );
+                w.lists.insert(name.clone());
+            }
+        }
+    }
+    for (room_id, sub) in &body.room_subscriptions {
+        if rooms
+            .iter()
+            .any(|r| &r.room_id == room_id && matches!(r.membership.as_str(), "join" | "invite"))
+        {
+            let w = wanted.entry(room_id.clone()).or_default();
+            w.merge(&sub.required_state, u64::from(sub.timeline_limit));
+            w.subscribed = true;
+        }
+    }
+    let mut next = snapshot.clone();
+    next.stream = now;
+    next.aux = now_aux;
+    next.counts = counts.clone();
+    let mut out_rooms = serde_json::Map::new();
+    for room in &rooms {
+        let sent = snapshot.rooms.get(&room.room_id);
+        if matches!(room.membership.as_str(), "leave" | "ban") {
+            // Left since the client last had the room: the events up to the leave, once.
+            if let Some(sent) = sent
+                && room.member_position > sent.position
+            {
+                let limit = MAX_TIMELINE.min(20);
+                let mut rows = state
+                    .store
+                    .get_room_events_before(
+                        room.room_id.as_str(),
+                        room.member_position + 1,
+                        limit + 1,
+                    )
+                    .await?;
+                rows.retain(|r| r.stream_ordering.unwrap_or(0) > sent.position);
+                let limited = rows.len() as i64 > limit;
+                rows.truncate(limit as usize);
+                rows.reverse();
+                let prev_batch = rows
+                    .first()
+                    .and_then(|r| r.stream_ordering)
+                    .map(|s| format!("s{}", s - 1));
+                let timeline = events_of(state, &rows, &user.user_id).await?;
+                out_rooms.insert(
+                    room.room_id.to_string(),
+                    json!({"timeline": timeline, "limited": limited, "prev_batch": prev_batch,
+                           "num_live": timeline.len(), "bump_stamp": room.bump}),
+                );
+            }
+            next.rooms.remove(&room.room_id);
+            continue;
+        }
+        let Some(w) = wanted.get(&room.room_id) else {
+            continue;
+        };
+        let settings = w.settings();
+        let fresh = sent.is_none_or(|s| s.settings != settings || s.membership != room.membership);
+        if !fresh && sent.is_some_and(|s| room.bump <= s.position) {
+            continue;
+        }
+        let since = if fresh {
+            None
+        } else {
+            sent.map(|s| s.position)
+        };
+        let entry = if room.membership == "invite" {
+            invite_room(state, user, room).await?
+        } else {
+            joined_room(state, user, room, w, since, now).await?
+        };
+        out_rooms.insert(room.room_id.to_string(), entry);
+        next.rooms.insert(
+            room.room_id.clone(),
+            RoomSent {
+                position: now.max(room.bump),
+                settings,
+                membership: room.membership.clone(),
+            },
+        );
+    }
+
+    // Extensions.
+    let since_aux = (!initial_connection).then_some(snapshot.aux);
+    let ext = &body.extensions;
+    let mut extensions = serde_json::Map::new();
+    let mut ext_updates = false;
+    let for_extension = |lists: &Option<Vec<String>>,
+                         rooms: &Option<Vec<v5::request::ExtensionRoomConfig>>,
+                         room_id: &RoomId,
+                         w: &Wanted| {
+        let by_list = match lists {
+            None => true,
+            Some(names) => names.iter().any(|n| n == "*" || w.lists.contains(n)),
+        };
+        let by_room = match rooms {
+            None => w.subscribed,
+            Some(configs) => configs.iter().any(|c| match c {
+                v5::request::ExtensionRoomConfig::AllSubscribed => w.subscribed,
+                v5::request::ExtensionRoomConfig::Room(r) => r == room_id,
+                _ => false,
+            }),
+        };
+        (by_list && !w.lists.is_empty()) || by_room
+    };
+    if ext.to_device.enabled == Some(true) {
+        let delivered = ext
+            .to_device
+            .since
+            .as_deref()
+            .and_then(|s| s.parse::<i64>().ok());
+        let events = to_device_events(state, user, delivered, now_aux).await?;
+        ext_updates |= !events.is_empty();
+        extensions.insert(
+            "to_device".into(),
+            json!({"next_batch": now_aux.to_string(), "events": events}),
+        );
+    }
+    if ext.e2ee.enabled == Some(true) {
+        let mut devices = DeviceListDelta::new(state, &user.user_id, since_aux, now_aux).await?;
+        let mut joined = Vec::new();
+        for room in rooms.iter() {
+            let Some(current) = state.rooms.current_state(&room.room_id).await? else {
+                continue;
+            };
+            match room.membership.as_str() {
+                "join" => {
+                    joined.push(room.room_id.clone());
+                    if !initial_connection {
+                        let changed_since = room.member_position > snapshot.stream;
+                        devices
+                            .joined_room(
+                                state,
+                                &user.user_id,
+                                &room.room_id,
+                                &current,
+                                (Some(snapshot.stream), now),
+                                changed_since,
+                            )
+                            .await?;
+                    }
+                }
+                "leave" | "ban"
+                    if !initial_connection && room.member_position > snapshot.stream =>
+                {
+                    devices.left_room(state, &current).await?;
+                }
+                _ => {}
+            }
+        }
+        let (changed, left) = devices.finish(state, &user.user_id, &joined).await?;
+        ext_updates |= !changed.is_empty() || !left.is_empty();
+        let (one_time_keys, fallback_types) = key_counts(state, user).await?;
+        extensions.insert(
+            "e2ee".into(),
+            json!({"device_lists": {"changed": changed, "left": left},
+                   "device_one_time_keys_count": one_time_keys,
+                   "device_unused_fallback_key_types": fallback_types}),
+        );
+    }
+    if ext.account_data.enabled == Some(true) {
+        let data = state
+            .store
+            .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
+            .await?;
+        let mut global: Vec<Value> = data
+            .iter()
+            .filter(|(room, _, _)| room.is_empty())
+            .map(|(_, k, c)| data_event(k, c))
+            .collect();
+        if initial_connection
+            && !data
+                .iter()
+                .any(|(r, k, _)| r.is_empty() && k == crate::api::client::push::PUSH_RULES)
+        {
+            global.push(json!({"type": crate::api::client::push::PUSH_RULES,
+                "content": crate::api::client::push::default_content(&user.user_id)}));
+        }
+        let mut per_room = serde_json::Map::new();
+        for (room, kind, content) in data.iter().filter(|(r, _, _)| !r.is_empty()) {
+            let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
+                continue;
+            };
+            let shown = wanted.get(&room_id).is_some_and(|w| {
+                for_extension(
+                    &ext.account_data.lists,
+                    &ext.account_data.rooms,
+                    &room_id,
+                    w,
+                )
+            });
+            if shown
+                && let Some(list) = per_room
+                    .entry(room.clone())
+                    .or_insert_with(|| json!([]))
+                    .as_array_mut()
+            {
+                list.push(data_event(kind, content));
+            }
+        }
+        ext_updates |= !global.is_empty() || !per_room.is_empty();
+        extensions.insert(
+            "account_data".into(),
+            json!({"global": global, "rooms": per_room}),
+        );
+    }
+    if ext.receipts.enabled == Some(true) || ext.typing.enabled == Some(true) {
+        let mut receipts = serde_json::Map::new();
+        let mut typing = serde_json::Map::new();
+        for (room_id, w) in &wanted {
+            // A room new to the client gets all its receipts.
+            let room_since = if out_rooms
+                .get(room_id.as_str())
+                .is_some_and(|r| r["initial"] == true)
+            {
+                None
+            } else {
+                since_aux
+            };
+            if ext.receipts.enabled == Some(true)
+                && for_extension(&ext.receipts.lists, &ext.receipts.rooms, room_id, w)
+                && let Some(event) = receipt_event(state, room_id, room_since).await?
+            {
+                receipts.insert(room_id.to_string(), event);
+            }
+            if ext.typing.enabled == Some(true)
+                && for_extension(&ext.typing.lists, &ext.typing.rooms, room_id, w)
+                && let Some(users) = state.ephemeral.typing_since(room_id, room_since)
+            {
+                typing.insert(
+                    room_id.to_string(),
+                    json!({"type": "m.typing", "content": {"user_ids": users}}),
+                );
+            }
+        }
+        ext_updates |= !receipts.is_empty() || !typing.is_empty();
+        if ext.receipts.enabled == Some(true) {
+            extensions.insert("receipts".into(), json!({"rooms": receipts}));
+        }
+        if ext.typing.enabled == Some(true) {
+            extensions.insert("typing".into(), json!({"rooms": typing}));
+        }
+    }
+    let has_updates = !out_rooms.is_empty() || ext_updates || counts != snapshot.counts;
+    let response = json!({
+        "lists": lists,
+        "rooms": out_rooms,
+        "extensions": extensions,
+    });
+    Ok((response, next, has_updates))
+}
+
+/// An invited room: what the invite showed.
+async fn invite_room(
+    state: &AppState,
+    user: &ClientUser,
+    room: &Candidate,
+) -> Result<Value, ApiError> {
+    let events = match &room.remote {
+        Some(pending) => {
+            let mut events: Vec<Value> =
+                serde_json::from_str(&pending.invite_state).unwrap_or_default();
+            if let Ok(ours) = serde_json::from_str::<Value>(&pending.event_json) {
+                events.push(json!({"type": ours["type"], "state_key": ours["state_key"],
+                    "sender": ours["sender"], "content": ours["content"]}));
+            }
+            events
+        }
+        None => {
+            let Some((invite, content)) =
+                state_content(state, &room.room_id, "m.room.member", user.user_id.as_str()).await?
+            else {
+                return Ok(json!({"initial": true, "invite_state": []}));
+            };
+            let mut events = stripped_state(state, &room.room_id, &invite.sender).await?;
+            events.push(json!({"type": "m.room.member", "state_key": user.user_id,
+                "sender": invite.sender, "content": content}));
+            events
+        }
+    };
+    let name = events
+        .iter()
+        .find(|e| e["type"] == "m.room.name")
+        .and_then(|e| e["content"]["name"].as_str())
+        .map(str::to_owned);
+    let mut entry = json!({"initial": true, "invite_state": events, "bump_stamp": room.bump});
+    if let Some(name) = name {
+        entry["name"] = json!(name);
+    }
+    Ok(entry)
+}
+
+/// A joined room: everything when `since` is `None`, else what came after it.
+async fn joined_room(
+    state: &AppState,
+    user: &ClientUser,
+    room: &Candidate,
+    w: &Wanted,
+    since: Option<i64>,
+    now: i64,
+) -> Result<Value, ApiError> {
+    let room_id = &room.room_id;
+    let limit = w.timeline_limit.max(0);
+    let mut rows = state
+        .store
+        .get_room_events_before(room_id.as_str(), now + 1, limit + 1)
+        .await?;
+    rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
+    let limited = rows.len() as i64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(0));
+    rows.reverse();
+    let prev_batch = rows
+        .first()
+        .and_then(|r| r.stream_ordering)
+        .map(|s| format!("s{}", s - 1))
+        .unwrap_or(format!("s{now}"));
+    let senders: HashSet<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
+    // The state slots to send: all the wanted ones for a room new to the client; else the ones
+    // that changed since (when too many changed, all of them again).
+    let changed_slots: Option<HashSet<(String, String)>> = match since {
+        None => None,
+        Some(s) => {
+            let changes = state
+                .store
+                .get_room_events_after(room_id.as_str(), s, STATE_DELTA_CAP)
+                .await?;
+            if changes.len() as i64 >= STATE_DELTA_CAP {
+                None
+            } else {
+                Some(
+                    changes
+                        .iter()
+                        .filter_map(|r| Some((r.event_type.clone(), r.state_key.clone()?)))
+                        .collect(),
+                )
+            }
+        }
+    };
+    let in_timeline: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let current = current_state_events(state, room_id).await?;
+    let mut required_state = Vec::new();
+    for event in &current {
+        let kind = event.kind.to_string();
+        let key = event.state_key.as_deref().unwrap_or("");
+        if in_timeline.contains(event.event_id.as_str()) {
+            continue;
+        }
+        let lazy_member_new = kind == "m.room.member" && senders.contains(key);
+        let changed = changed_slots
+            .as_ref()
+            .is_none_or(|c| c.contains(&(kind.clone(), key.to_owned())) || lazy_member_new);
+        if changed
+            && wanted_slot(
+                &w.required_state,
+                &kind,
+                key,
+                user.user_id.as_str(),
+                &senders,
+            )
+        {
+            required_state.push(super::rooms::client_event(event));
+        }
+    }
+    let timeline = events_of(state, &rows, &user.user_id).await?;
+    let (notifications, highlights) =
+        unread_counts(state, &user.user_id, room_id, room.member_position).await?;
+    let (joined_count, _) = state
+        .rooms
+        .member_summary(room_id)
+        .await?
+        .unwrap_or_default();
+    let mut entry = json!({
+        "timeline": timeline,
+        "required_state": required_state,
+        "prev_batch": prev_batch,
+        "limited": limited,
+        "num_live": if since.is_some() { rows.len() } else { 0 },
+        "joined_count": joined_count,
+        "notification_count": notifications,
+        "highlight_count": highlights,
+        "bump_stamp": room.bump,
+    });
+    if since.is_none() {
+        entry["initial"] = json!(true);
+    }
+    let name = current
+        .iter()
+        .find(|e| e.kind.to_string() == "m.room.name")
+        .and_then(|e| serde_json::from_str::<Value>(e.content.get()).ok())
+        .and_then(|c| {
+            c["name"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+        });
+    match name {
+        Some(name) => entry["name"] = json!(name),
+        None if since.is_none() => {
+            // No name: the client names the room after up to five other members.
+            let heroes: Vec<Value> = current
+                .iter()
+                .filter(|e| e.kind.to_string() == "m.room.member")
+                .filter(|e| e.state_key.as_deref() != Some(user.user_id.as_str()))
+                .filter_map(|e| {
+                    let c: Value = serde_json::from_str(e.content.get()).ok()?;
+                    matches!(c["membership"].as_str(), Some("join" | "invite"))
+                        .then(|| json!({"user_id": e.state_key, "displayname": c["displayname"]}))
+                })
+                .take(5)
+                .collect();
+            entry["heroes"] = json!(heroes);
+        }
+        None => {}
+    }
+    if let Some(avatar) = current
+        .iter()
+        .find(|e| e.kind.to_string() == "m.room.avatar")
+        .and_then(|e| serde_json::from_str::<Value>(e.content.get()).ok())
+        .and_then(|c| c["url"].as_str().map(str::to_owned))
+    {
+        entry["avatar"] = json!(avatar);
+    }
+    Ok(entry)
+}
