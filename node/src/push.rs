@@ -355,6 +355,16 @@ async fn evaluate_event(
         return Ok(());
     };
     let raw: Raw<Value> = Raw::from_json(raw);
+    // Events in a thread count towards the thread (clients may ask for them apart).
+    let thread_id = serde_json::from_str::<Value>(&row.json)
+        .ok()
+        .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.thread")
+        .and_then(|e| {
+            e["content"]["m.relates_to"]["event_id"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
     let mut client_event = None;
     let invited = invitee(state, row, context);
     for (user, display_name) in context.members.iter().chain(invited.iter()) {
@@ -391,6 +401,7 @@ async fn evaluate_event(
             stream_ordering: position,
             notify,
             highlight,
+            thread_id: thread_id.clone(),
             actions: actions_json.to_string(),
             ts: row.origin_server_ts,
         });

@@ -309,5 +309,27 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
     tokio::time::timeout(Duration::from_secs(10), pushers)
         .await
         .expect("a rejected pusher is removed");
+
+    // A reply in a thread: one count for clients that mix threads in; apart for those that
+    // ask (`unread_thread_notifications`).
+    send(
+        "5",
+        json!({"msgtype": "m.text", "body": "in thread",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": plain}}),
+    )
+    .await;
+    assert_eq!(counts(&t, &bob, &room).await, (2, 0));
+    let filter =
+        enc(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
+    let (_, synced) = get(&v3(&format!("/sync?filter={filter}")), &bob).await;
+    let joined = &synced["rooms"]["join"][&room];
+    assert_eq!(
+        joined["unread_notifications"]["notification_count"], 1,
+        "{joined}"
+    );
+    assert_eq!(
+        joined["unread_thread_notifications"][&plain]["notification_count"], 1,
+        "{joined}"
+    );
     t.node.shutdown().await;
 }

@@ -8,6 +8,8 @@ CREATE TABLE event_push_actions (
     -- The actions contain "notify" / a highlight tweak.
     notify          BOOLEAN NOT NULL,
     highlight       BOOLEAN NOT NULL,
+    -- The thread root for events in a thread ('' for the main timeline).
+    thread_id       TEXT NOT NULL DEFAULT '',
     -- JSON array of the matched rule's actions.
     actions         TEXT NOT NULL,
     ts              BIGINT NOT NULL,

@@ -8,6 +8,8 @@ CREATE TABLE event_push_actions (
     -- The actions contain "notify" / a highlight tweak.
     notify          INTEGER NOT NULL,
     highlight       INTEGER NOT NULL,
+    -- The thread root for events in a thread ('' for the main timeline).
+    thread_id       TEXT NOT NULL DEFAULT '',
     -- JSON array of the matched rule's actions.
     actions         TEXT NOT NULL,
     ts              INTEGER NOT NULL,

@@ -24,6 +24,8 @@ pub struct PushAction {
     pub notify: bool,
     /// The actions highlight.
     pub highlight: bool,
+    /// The thread root of an event in a thread (`""` for the main timeline).
+    pub thread_id: String,
     /// The actions, as a JSON array.
     pub actions: String,
     /// When the event was sent (ms).
@@ -97,14 +99,24 @@ pub trait PushStore {
         queue: &[QueuedPush],
         position: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// `(notifications, highlights)` of `user_id` in a room after stream position `after`,
-    /// counted up to 100 (clients show "99+").
+    /// `(notifications, highlights)` of `user_id` in a room after stream position `after`
+    /// (of the main timeline only when `main_only`), counted up to 100 (clients show "99+").
     fn count_notifications(
         &self,
         user_id: &str,
         room_id: &str,
         after: i64,
+        main_only: bool,
     ) -> impl Future<Output = Result<(i64, i64)>> + Send;
+    /// Per thread of a room: `(thread root, notifications, highlights)` after stream position
+    /// `after` (the user's membership) and after the user's receipts in that thread or
+    /// unthreaded.
+    fn list_thread_notifications(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: i64,
+    ) -> impl Future<Output = Result<Vec<(String, i64, i64)>>> + Send;
     /// How many rooms have notifications the user has not read (a push's badge count).
     fn count_unread_rooms(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
     /// The user's notifications before stream position `before` (all when `None`), newest
@@ -147,7 +159,7 @@ pub trait PushStore {
 }
 
 const ACTION_COLUMNS: &str =
-    "user_id, room_id, event_id, stream_ordering, notify, highlight, actions, ts";
+    "user_id, room_id, event_id, stream_ordering, notify, highlight, thread_id, actions, ts";
 const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, \
     device_display_name, profile_tag, lang, data, device_id, created_ts";
 const QUEUE_COLUMNS: &str =
@@ -199,6 +211,7 @@ impl PushStore for Store {
                         .push_bind(a.stream_ordering)
                         .push_bind(a.notify)
                         .push_bind(a.highlight)
+                        .push_bind(&a.thread_id)
                         .push_bind(&a.actions)
                         .push_bind(a.ts);
                 });
@@ -239,22 +252,56 @@ impl PushStore for Store {
         user_id: &str,
         room_id: &str,
         after: i64,
+        main_only: bool,
     ) -> Result<(i64, i64)> {
+        let sql = format!(
+            "SELECT COUNT(*), SUM(h) FROM (
+               SELECT CASE WHEN highlight THEN 1 ELSE 0 END AS h FROM event_push_actions
+               WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 AND notify {}
+               LIMIT 100
+             ) unread",
+            if main_only { "AND thread_id = ''" } else { "" }
+        );
         let (total, highlights): (i64, Option<i64>) = on_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(user_id)
+                .bind(room_id)
+                .bind(after)
+                .fetch_one(pool)
+                .await
+        })?;
+        Ok((total, highlights.unwrap_or(0)))
+    }
+
+    async fn list_thread_notifications(
+        &self,
+        user_id: &str,
+        room_id: &str,
+        after: i64,
+    ) -> Result<Vec<(String, i64, i64)>> {
+        let rows: Vec<(String, i64, Option<i64>)> = on_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT COUNT(*), SUM(h) FROM (
-                   SELECT CASE WHEN highlight THEN 1 ELSE 0 END AS h FROM event_push_actions
-                   WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 AND notify
-                   LIMIT 100
-                 ) unread",
+                "SELECT a.thread_id, COUNT(*), SUM(CASE WHEN a.highlight THEN 1 ELSE 0 END)
+                 FROM event_push_actions a
+                 WHERE a.user_id = $1 AND a.room_id = $2 AND a.notify AND a.thread_id <> ''
+                   AND a.stream_ordering > $3
+                   AND a.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
+                       FROM receipts r JOIN events e ON e.event_id = r.event_id
+                       WHERE r.room_id = a.room_id AND r.user_id = a.user_id
+                         AND r.receipt_type IN ('m.read', 'm.read.private')
+                         AND (r.thread_id = a.thread_id OR r.thread_id = '')), 0)
+                 GROUP BY a.thread_id ORDER BY a.thread_id LIMIT 100",
             )
             .bind(user_id)
             .bind(room_id)
             .bind(after)
-            .fetch_one(pool)
+            .fetch_all(pool)
             .await
         })?;
-        Ok((total, highlights.unwrap_or(0)))
+        Ok(rows
+            .into_iter()
+            .map(|(thread, n, h)| (thread, n, h.unwrap_or(0)))
+            .collect())
     }
 
     async fn count_unread_rooms(&self, user_id: &str) -> Result<i64> {

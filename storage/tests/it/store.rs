@@ -19,6 +19,7 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
         stream_ordering: pos,
         notify: true,
         highlight,
+        thread_id: String::new(),
         actions: "[\"notify\"]".into(),
         ts: pos,
     };
@@ -33,10 +34,13 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
         next_attempt_ts: 10,
         created_ts: 10,
     };
+    let mut threaded = action("$4", 4, false);
+    threaded.thread_id = "$root".into();
     let actions = [
         action("$1", 1, false),
         action("$2", 2, true),
         action("$3", 3, false),
+        threaded,
     ];
     store
         .save_push_batch(&actions, std::slice::from_ref(&queued), 3)
@@ -47,17 +51,32 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     assert_eq!(store.get_push_position().await.unwrap(), Some(3));
     assert_eq!(
         store
-            .count_notifications("@u:a.test", "!r:a.test", 0)
+            .count_notifications("@u:a.test", "!r:a.test", 0, false)
             .await
             .unwrap(),
-        (3, 1)
+        (4, 1)
     );
+    // The thread's event counts in the room, and on its own when threads are apart.
     assert_eq!(
         store
-            .count_notifications("@u:a.test", "!r:a.test", 2)
+            .count_notifications("@u:a.test", "!r:a.test", 2, true)
             .await
             .unwrap(),
         (1, 0)
+    );
+    assert_eq!(
+        store
+            .list_thread_notifications("@u:a.test", "!r:a.test", 0)
+            .await
+            .unwrap(),
+        vec![("$root".to_owned(), 1, 0)]
+    );
+    assert_eq!(
+        store
+            .count_notifications("@u:a.test", "!r:a.test", 2, false)
+            .await
+            .unwrap(),
+        (2, 0)
     );
     assert_eq!(store.count_unread_rooms("@u:a.test").await.unwrap(), 1);
     assert_eq!(
@@ -73,7 +92,7 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
         .unwrap();
     assert_eq!(
         page.iter().map(|a| a.event_id.as_str()).collect::<Vec<_>>(),
-        ["$3", "$2"]
+        ["$4", "$3"]
     );
     let older = store
         .list_notifications("@u:a.test", Some(2), 10, false)

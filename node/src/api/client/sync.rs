@@ -47,7 +47,8 @@ pub async fn sync_events_route(
         .as_deref()
         .and_then(|t| t.split_once('_'))
         .and_then(|(_, a)| a.parse::<i64>().ok());
-    let (limit, lazy_members, presence) = sync_filter(&state, &user, body.filter.as_ref()).await?;
+    let (limit, lazy_members, presence, threads) =
+        sync_filter(&state, &user, body.filter.as_ref()).await?;
     // The user is online while a client syncs (unless it asks otherwise), until the guard drops.
     let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
     let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
@@ -74,6 +75,7 @@ pub async fn sync_events_route(
             limit,
             lazy_members,
             presence,
+            threads,
         };
         let (response, has_updates) = build(&state, &user, window, options).await?;
         if since.is_none() || has_updates || body.full_state {
@@ -112,6 +114,8 @@ struct Options {
     lazy_members: bool,
     /// Presence events wanted.
     presence: bool,
+    /// Thread notifications counted apart (`unread_thread_notifications`).
+    threads: bool,
 }
 
 /// What the sync filter asks for: the timeline limit, whether members are lazy-loaded, and
@@ -120,7 +124,7 @@ async fn sync_filter(
     state: &AppState,
     user: &ClientUser,
     filter: Option<&sync_events::v3::Filter>,
-) -> Result<(i64, bool, bool), ApiError> {
+) -> Result<(i64, bool, bool, bool), ApiError> {
     let definition: Option<FilterDefinition> = match filter {
         Some(sync_events::v3::Filter::FilterDefinition(definition)) => Some(definition.clone()),
         Some(sync_events::v3::Filter::FilterId(id)) => match id.parse::<i64>() {
@@ -146,11 +150,15 @@ async fn sync_filter(
             && !filter.not_types.iter().any(excluded)
     });
     let limit = definition
+        .as_ref()
         .and_then(|d| d.room.timeline.limit)
         .map(|l| i64::try_from(u64::from(l)).unwrap_or(DEFAULT_TIMELINE_LIMIT))
         .unwrap_or(DEFAULT_TIMELINE_LIMIT)
         .clamp(1, 1000);
-    Ok((limit, lazy, presence))
+    let threads = definition
+        .as_ref()
+        .is_some_and(|d| d.room.timeline.unread_thread_notifications);
+    Ok((limit, lazy, presence, threads))
 }
 
 /// Timeline events as clients see them, relations bundled (`unsigned.m.relations`).
@@ -189,6 +197,7 @@ async fn build(
         limit,
         lazy_members,
         presence: wants_presence,
+        threads,
     } = options;
     let account_data = state
         .store
@@ -299,7 +308,16 @@ async fn build(
                     rows.iter().map(|r| r.event_id.as_str()).collect();
                 let senders: std::collections::HashSet<&str> =
                     rows.iter().map(|r| r.sender.as_str()).collect();
-                let unread = unread_counts(state, &user.user_id, &room_id, member_position).await?;
+                let (unread, thread_unread) = if threads {
+                    let (main, per_thread) =
+                        thread_counts(state, &user.user_id, &room_id, member_position).await?;
+                    (main, Some(per_thread))
+                } else {
+                    (
+                        unread_counts(state, &user.user_id, &room_id, member_position).await?,
+                        None,
+                    )
+                };
                 let state_events = if since.is_none() || full_state || limited || changed_since {
                     current_state_events(state, &room_id)
                         .await?
@@ -317,17 +335,18 @@ async fn build(
                 } else {
                     Vec::new()
                 };
-                join.insert(
-                    room_id.to_string(),
-                    json!({
-                        "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
-                        "state": {"events": state_events},
-                        "account_data": {"events": room_data},
-                        "ephemeral": {"events": ephemeral},
-                        "unread_notifications": {"notification_count": unread.0, "highlight_count": unread.1},
-                        "summary": {},
-                    }),
-                );
+                let mut joined = json!({
+                    "timeline": {"events": timeline, "limited": limited, "prev_batch": prev_batch},
+                    "state": {"events": state_events},
+                    "account_data": {"events": room_data},
+                    "ephemeral": {"events": ephemeral},
+                    "unread_notifications": {"notification_count": unread.0, "highlight_count": unread.1},
+                    "summary": {},
+                });
+                if let Some(per_thread) = thread_unread {
+                    joined["unread_thread_notifications"] = per_thread;
+                }
+                join.insert(room_id.to_string(), joined);
             }
             Some("knock") if changed_since => {
                 // The room's essentials with the knock itself (the user's own membership).
@@ -448,23 +467,63 @@ pub(crate) async fn unread_counts(
     room_id: &ruma::RoomId,
     member_position: i64,
 ) -> Result<(i64, i64), ApiError> {
-    let read_up_to = match state
-        .store
-        .get_read_receipt(room_id.as_str(), user.as_str())
-        .await?
-    {
-        Some(event_id) => state
-            .store
-            .get_event(&event_id)
-            .await?
-            .and_then(|r| r.stream_ordering)
-            .unwrap_or(0),
-        None => member_position,
-    };
+    let read_up_to = read_position(state, user, room_id, member_position).await?;
     Ok(state
         .store
-        .count_notifications(user.as_str(), room_id.as_str(), read_up_to)
+        .count_notifications(user.as_str(), room_id.as_str(), read_up_to, false)
         .await?)
+}
+
+/// Where the user read the room's main timeline up to (their receipt, else their membership).
+async fn read_position(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    member_position: i64,
+) -> Result<i64, ApiError> {
+    Ok(
+        match state
+            .store
+            .get_read_receipt(room_id.as_str(), user.as_str())
+            .await?
+        {
+            Some(event_id) => state
+                .store
+                .get_event(&event_id)
+                .await?
+                .and_then(|r| r.stream_ordering)
+                .unwrap_or(0),
+            None => member_position,
+        },
+    )
+}
+
+/// The counts of a client that keeps threads apart (`unread_thread_notifications` in its
+/// filter): the main timeline's `(notifications, highlights)` and each thread's
+/// `unread_thread_notifications` entry.
+async fn thread_counts(
+    state: &AppState,
+    user: &ruma::UserId,
+    room_id: &ruma::RoomId,
+    member_position: i64,
+) -> Result<((i64, i64), Value), ApiError> {
+    let read_up_to = read_position(state, user, room_id, member_position).await?;
+    let main = state
+        .store
+        .count_notifications(user.as_str(), room_id.as_str(), read_up_to, true)
+        .await?;
+    let mut threads = serde_json::Map::new();
+    for (root, notifications, highlights) in state
+        .store
+        .list_thread_notifications(user.as_str(), room_id.as_str(), member_position)
+        .await?
+    {
+        threads.insert(
+            root,
+            json!({"notification_count": notifications, "highlight_count": highlights}),
+        );
+    }
+    Ok((main, Value::Object(threads)))
 }
 
 /// The room's read receipts after aux position `since` (all when `None`) as one `m.receipt`
