@@ -40,7 +40,7 @@ pub use repos::{
     RemoteInvites, RoomEvents, RoomRow, TransactionRow,
 };
 pub use repos::{EventSearch, RelationQuery, Relations, SearchPage, SearchQuery, ThreadRow};
-pub use repos::{PushAction, PushStore, Pusher, QueuedPush};
+pub use repos::{PushAction, PushStore, PushWrite, Pusher, QueuedPush};
 pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
 
 /// Result of every storage operation.

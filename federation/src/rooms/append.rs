@@ -1673,6 +1673,16 @@ impl Rooms {
         Ok(rx)
     }
 
+    /// Writes the push worker's verdicts through the group commit (the one writer), and waits
+    /// until they are durable.
+    pub async fn write_push(&self, push: unitas_storage::PushWrite) -> Result<(), AppendError> {
+        self.write_and_wait(EventBatch {
+            push,
+            ..Default::default()
+        })
+        .await
+    }
+
     /// Writes a batch through the group commit and waits until it is durable.
     async fn write_and_wait(&self, batch: EventBatch) -> Result<(), AppendError> {
         let rx = self.enqueue_write(batch).await?;
@@ -1962,6 +1972,7 @@ impl Rooms {
             }],
             transactions: Vec::new(),
             outbound,
+            push: Default::default(),
         };
         self.remember(pdu.clone(), group_after);
         let (done, rx) = oneshot::channel();

@@ -1,22 +1,35 @@
--- Push: what the push rules said about each event for each local member (unread counts,
--- /notifications), the users' pushers, and the durable queue of notifications for push gateways.
-CREATE TABLE event_push_actions (
-    user_id         TEXT NOT NULL,
+-- Push: what the push rules said about each event (unread counts, /notifications), the users'
+-- pushers, and the durable queue of notifications for push gateways.
+--
+-- One verdict per event holds for every local member whose rules give the same answer as the
+-- default rules for an unnamed member (most members, most events); only a member whose verdict
+-- differs (a mention, an invite, rules of their own) gets a row in event_push_exceptions. A
+-- member's verdict is their exception, else the event's. Events are named by stream position
+-- (their IDs and times are in `events`).
+CREATE TABLE event_push (
     room_id         TEXT NOT NULL,
-    event_id        TEXT NOT NULL,
     stream_ordering BIGINT NOT NULL,
+    -- The sender's own events never count for them.
+    sender          TEXT NOT NULL,
+    -- The thread root for events in a thread ('' for the main timeline).
+    thread_id       TEXT NOT NULL DEFAULT '',
     -- The actions contain "notify" / a highlight tweak.
     notify          BOOLEAN NOT NULL,
     highlight       BOOLEAN NOT NULL,
-    -- The thread root for events in a thread ('' for the main timeline).
-    thread_id       TEXT NOT NULL DEFAULT '',
     -- JSON array of the matched rule's actions.
     actions         TEXT NOT NULL,
-    ts              BIGINT NOT NULL,
-    PRIMARY KEY (user_id, event_id)
+    PRIMARY KEY (room_id, stream_ordering)
 );
-CREATE INDEX event_push_actions_room ON event_push_actions (user_id, room_id, stream_ordering);
-CREATE INDEX event_push_actions_user ON event_push_actions (user_id, stream_ordering);
+
+CREATE TABLE event_push_exceptions (
+    user_id         TEXT NOT NULL,
+    room_id         TEXT NOT NULL,
+    stream_ordering BIGINT NOT NULL,
+    notify          BOOLEAN NOT NULL,
+    highlight       BOOLEAN NOT NULL,
+    actions         TEXT NOT NULL,
+    PRIMARY KEY (user_id, room_id, stream_ordering)
+);
 
 -- How far the push worker has evaluated the event stream (one row).
 CREATE TABLE push_position (
@@ -56,3 +69,6 @@ CREATE TABLE push_queue (
     created_ts      BIGINT NOT NULL
 );
 CREATE INDEX push_queue_due ON push_queue (next_attempt_ts, id);
+
+-- The push worker follows the whole stream in order.
+CREATE INDEX events_stream ON events (stream_ordering);

@@ -31,7 +31,8 @@ pub use push::{PushAction, PushStore, Pusher, QueuedPush};
 pub use relations::{RelationQuery, Relations, ThreadRow};
 pub use reports::{Report, Reports};
 pub use rooms::{
-    EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, RoomEvents, RoomRow, TransactionRow,
+    EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, PushWrite, RoomEvents, RoomRow,
+    TransactionRow,
 };
 pub use search::{EventSearch, SearchPage, SearchQuery};
 pub use territories::{Territories, TerritoryRow};

@@ -9,14 +9,17 @@ use crate::repos::rooms::EVENT_COLUMNS;
 use crate::store::on_pool;
 use crate::{Result, Store};
 
-/// What the rules said about one event for one user.
+/// What the rules said about one event: for every member without an exception (`user_id`
+/// empty), or for one member (an exception).
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PushAction {
-    /// The local user.
+    /// The local user of an exception; empty for the event's verdict.
     pub user_id: String,
+    /// The event's sender (the event's verdict; empty in exceptions).
+    pub sender: String,
     /// The event's room.
     pub room_id: String,
-    /// The event.
+    /// The event (not stored: read from `events` by its stream position).
     pub event_id: String,
     /// The event's stream position.
     pub stream_ordering: i64,
@@ -28,7 +31,7 @@ pub struct PushAction {
     pub thread_id: String,
     /// The actions, as a JSON array.
     pub actions: String,
-    /// When the event was sent (ms).
+    /// When the event was sent (ms; not stored: read from `events`).
     pub ts: i64,
 }
 
@@ -92,7 +95,8 @@ pub trait PushStore {
         after: i64,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<EventRow>>> + Send;
-    /// Stores a batch of verdicts and notifications and the new position, in one transaction.
+    /// Stores a batch of verdicts and notifications and the new position, in one transaction
+    /// (the node sends these through the room writer instead: [`crate::EventBatch::push`]).
     fn save_push_batch(
         &self,
         actions: &[PushAction],
@@ -117,14 +121,13 @@ pub trait PushStore {
         room_id: &str,
         after: i64,
     ) -> impl Future<Output = Result<Vec<(String, i64, i64)>>> + Send;
-    /// How many rooms have notifications the user has not read (a push's badge count).
-    fn count_unread_rooms(&self, user_id: &str) -> impl Future<Output = Result<i64>> + Send;
-    /// The user's notifications before stream position `before` (all when `None`), newest
-    /// first, highlights only when asked.
+    /// The user's notifications in a room between stream positions `after` (their membership)
+    /// and `before`, newest first, highlights only when asked; each with its event ID and time.
     fn list_notifications(
         &self,
         user_id: &str,
-        before: Option<i64>,
+        room_id: &str,
+        window: (i64, i64),
         limit: i64,
         only_highlight: bool,
     ) -> impl Future<Output = Result<Vec<PushAction>>> + Send;
@@ -158,19 +161,16 @@ pub trait PushStore {
     ) -> impl Future<Output = Result<()>> + Send;
 }
 
-const ACTION_COLUMNS: &str =
-    "user_id, room_id, event_id, stream_ordering, notify, highlight, thread_id, actions, ts";
+/// A member's verdict on the events of `event_push c` (SQL, user `$1`): their exception, else
+/// the event's, never for their own events.
+const VERDICT: &str = "FROM event_push c
+    LEFT JOIN event_push_exceptions x
+      ON x.user_id = $1 AND x.room_id = c.room_id AND x.stream_ordering = c.stream_ordering
+    WHERE c.sender <> $1";
 const PUSHER_COLUMNS: &str = "user_id, app_id, pushkey, kind, app_display_name, \
     device_display_name, profile_tag, lang, data, device_id, created_ts";
 const QUEUE_COLUMNS: &str =
     "id, user_id, app_id, pushkey, url, body, attempts, next_attempt_ts, created_ts";
-
-/// The stream position of the user's read receipt for the room's main timeline (unthreaded or
-/// `main`) in the row's room (SQL).
-const READ_UP_TO: &str = "COALESCE((SELECT MAX(e.stream_ordering) FROM receipts r
-      JOIN events e ON e.event_id = r.event_id
-      WHERE r.room_id = a.room_id AND r.user_id = a.user_id
-        AND r.receipt_type IN ('m.read', 'm.read.private') AND r.thread_id IN ('', 'main')), 0)";
 
 impl PushStore for Store {
     async fn get_push_position(&self) -> Result<Option<i64>> {
@@ -198,53 +198,15 @@ impl PushStore for Store {
         queue: &[QueuedPush],
         position: i64,
     ) -> Result<()> {
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            for chunk in actions.chunks(500) {
-                let mut q = sqlx::QueryBuilder::new(format!(
-                    "INSERT INTO event_push_actions ({ACTION_COLUMNS}) "
-                ));
-                q.push_values(chunk, |mut b, a| {
-                    b.push_bind(&a.user_id)
-                        .push_bind(&a.room_id)
-                        .push_bind(&a.event_id)
-                        .push_bind(a.stream_ordering)
-                        .push_bind(a.notify)
-                        .push_bind(a.highlight)
-                        .push_bind(&a.thread_id)
-                        .push_bind(&a.actions)
-                        .push_bind(a.ts);
-                });
-                q.push(" ON CONFLICT (user_id, event_id) DO NOTHING");
-                q.build().execute(&mut *tx).await?;
-            }
-            for chunk in queue.chunks(500) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO push_queue (user_id, app_id, pushkey, url, body, attempts, \
-                     next_attempt_ts, created_ts) ",
-                );
-                q.push_values(chunk, |mut b, p| {
-                    b.push_bind(&p.user_id)
-                        .push_bind(&p.app_id)
-                        .push_bind(&p.pushkey)
-                        .push_bind(&p.url)
-                        .push_bind(&p.body)
-                        .push_bind(0_i64)
-                        .push_bind(p.next_attempt_ts)
-                        .push_bind(p.created_ts);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
-            sqlx::query(
-                "INSERT INTO push_position (id, position) VALUES (1, $1)
-                 ON CONFLICT (id) DO UPDATE SET position = excluded.position",
-            )
-            .bind(position)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await
-        })?;
-        Ok(())
+        let batch = crate::repos::EventBatch {
+            push: crate::repos::PushWrite {
+                actions: actions.to_vec(),
+                queue: queue.to_vec(),
+                position: Some(position),
+            },
+            ..Default::default()
+        };
+        crate::repos::RoomEvents::persist_events(self, &batch).await
     }
 
     async fn count_notifications(
@@ -256,11 +218,16 @@ impl PushStore for Store {
     ) -> Result<(i64, i64)> {
         let sql = format!(
             "SELECT COUNT(*), SUM(h) FROM (
-               SELECT CASE WHEN highlight THEN 1 ELSE 0 END AS h FROM event_push_actions
-               WHERE user_id = $1 AND room_id = $2 AND stream_ordering > $3 AND notify {}
+               SELECT CASE WHEN COALESCE(x.highlight, c.highlight) THEN 1 ELSE 0 END AS h
+               {VERDICT} AND c.room_id = $2 AND c.stream_ordering > $3
+                 AND COALESCE(x.notify, c.notify) {}
                LIMIT 100
              ) unread",
-            if main_only { "AND thread_id = ''" } else { "" }
+            if main_only {
+                "AND c.thread_id = ''"
+            } else {
+                ""
+            }
         );
         let (total, highlights): (i64, Option<i64>) = on_pool!(self, pool => {
             sqlx::query_as(&sql)
@@ -279,24 +246,25 @@ impl PushStore for Store {
         room_id: &str,
         after: i64,
     ) -> Result<Vec<(String, i64, i64)>> {
+        let sql = format!(
+            "SELECT c.thread_id, COUNT(*),
+                    SUM(CASE WHEN COALESCE(x.highlight, c.highlight) THEN 1 ELSE 0 END)
+             {VERDICT} AND c.room_id = $2 AND c.thread_id <> '' AND c.stream_ordering > $3
+               AND COALESCE(x.notify, c.notify)
+               AND c.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
+                   FROM receipts r JOIN events e ON e.event_id = r.event_id
+                   WHERE r.room_id = c.room_id AND r.user_id = $1
+                     AND r.receipt_type IN ('m.read', 'm.read.private')
+                     AND (r.thread_id = c.thread_id OR r.thread_id = '')), 0)
+             GROUP BY c.thread_id ORDER BY c.thread_id LIMIT 100"
+        );
         let rows: Vec<(String, i64, Option<i64>)> = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT a.thread_id, COUNT(*), SUM(CASE WHEN a.highlight THEN 1 ELSE 0 END)
-                 FROM event_push_actions a
-                 WHERE a.user_id = $1 AND a.room_id = $2 AND a.notify AND a.thread_id <> ''
-                   AND a.stream_ordering > $3
-                   AND a.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
-                       FROM receipts r JOIN events e ON e.event_id = r.event_id
-                       WHERE r.room_id = a.room_id AND r.user_id = a.user_id
-                         AND r.receipt_type IN ('m.read', 'm.read.private')
-                         AND (r.thread_id = a.thread_id OR r.thread_id = '')), 0)
-                 GROUP BY a.thread_id ORDER BY a.thread_id LIMIT 100",
-            )
-            .bind(user_id)
-            .bind(room_id)
-            .bind(after)
-            .fetch_all(pool)
-            .await
+            sqlx::query_as(&sql)
+                .bind(user_id)
+                .bind(room_id)
+                .bind(after)
+                .fetch_all(pool)
+                .await
         })?;
         Ok(rows
             .into_iter()
@@ -304,33 +272,39 @@ impl PushStore for Store {
             .collect())
     }
 
-    async fn count_unread_rooms(&self, user_id: &str) -> Result<i64> {
-        let sql = format!(
-            "SELECT COUNT(DISTINCT a.room_id) FROM event_push_actions a
-             WHERE a.user_id = $1 AND a.notify AND a.stream_ordering > {READ_UP_TO}"
-        );
-        Ok(on_pool!(self, pool => {
-            sqlx::query_scalar(&sql).bind(user_id).fetch_one(pool).await
-        })?)
-    }
-
     async fn list_notifications(
         &self,
         user_id: &str,
-        before: Option<i64>,
+        room_id: &str,
+        (after, before): (i64, i64),
         limit: i64,
         only_highlight: bool,
     ) -> Result<Vec<PushAction>> {
         let sql = format!(
-            "SELECT {ACTION_COLUMNS} FROM event_push_actions
-             WHERE user_id = $1 AND stream_ordering < $2 AND notify {}
-             ORDER BY stream_ordering DESC LIMIT $3",
-            if only_highlight { "AND highlight" } else { "" }
+            "SELECT $1 AS user_id, c.sender, c.room_id, c.stream_ordering,
+                    COALESCE(x.notify, c.notify) AS notify,
+                    COALESCE(x.highlight, c.highlight) AS highlight, c.thread_id,
+                    COALESCE(x.actions, c.actions) AS actions, e.event_id,
+                    e.origin_server_ts AS ts
+             {VERDICT} AND c.room_id = $2 AND c.stream_ordering > $3 AND c.stream_ordering < $4
+               AND COALESCE(x.notify, c.notify) {}
+             ORDER BY c.stream_ordering DESC LIMIT $5",
+            if only_highlight {
+                "AND COALESCE(x.highlight, c.highlight)"
+            } else {
+                ""
+            }
+        )
+        .replace(
+            "FROM event_push c",
+            "FROM event_push c JOIN events e ON e.stream_ordering = c.stream_ordering",
         );
         Ok(on_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(user_id)
-                .bind(before.unwrap_or(i64::MAX))
+                .bind(room_id)
+                .bind(after)
+                .bind(before)
                 .bind(limit)
                 .fetch_all(pool)
                 .await

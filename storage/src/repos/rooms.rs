@@ -92,6 +92,20 @@ pub struct EventBatch {
     pub transactions: Vec<TransactionRow>,
     /// Events to deliver to other servers, queued durably with the events themselves.
     pub outbound: Vec<OutboundRow>,
+    /// The push rules' verdicts on earlier events, written by the same writer (SQLite has one
+    /// writer at a time: a second one would make the event path wait for its lock).
+    pub push: PushWrite,
+}
+
+/// Push verdicts, notifications for gateways and the push worker's new position.
+#[derive(Debug, Clone, Default)]
+pub struct PushWrite {
+    /// Verdicts: the events' (empty `user_id`) and members' exceptions.
+    pub actions: Vec<crate::repos::PushAction>,
+    /// Notifications for push gateways.
+    pub queue: Vec<crate::repos::QueuedPush>,
+    /// How far the worker got (the highest wins).
+    pub position: Option<i64>,
 }
 
 /// `(origin, destination, event_id, created_ts)`: an event of our territory `origin` that
@@ -109,11 +123,17 @@ impl EventBatch {
         self.events.extend(other.events);
         self.transactions.extend(other.transactions);
         self.outbound.extend(other.outbound);
+        self.push.actions.extend(other.push.actions);
+        self.push.queue.extend(other.push.queue);
+        self.push.position = self.push.position.max(other.push.position);
     }
 
     /// True when there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.rooms.is_empty() && self.state_groups.is_empty() && self.events.is_empty()
+        self.rooms.is_empty()
+            && self.state_groups.is_empty()
+            && self.events.is_empty()
+            && self.push.position.is_none()
     }
 }
 
@@ -394,6 +414,44 @@ impl RoomEvents for Store {
                 q.push_values(chunk, |mut b, (origin, destination, event, ts)| {
                     b.push_bind(origin).push_bind(destination).push_bind(event).push_bind(*ts);
                 });
+                end_statement!(q, queries, single);
+            }
+            let (common, exceptions): (Vec<_>, Vec<_>) =
+                batch.push.actions.iter().partition(|a| a.user_id.is_empty());
+            for chunk in common.chunks(CHUNK) {
+                q.push("INSERT INTO event_push (room_id, stream_ordering, sender, thread_id, notify, highlight, actions) ");
+                q.push_values(chunk, |mut b, a| {
+                    b.push_bind(&a.room_id).push_bind(a.stream_ordering).push_bind(&a.sender)
+                        .push_bind(&a.thread_id).push_bind(a.notify).push_bind(a.highlight)
+                        .push_bind(&a.actions);
+                });
+                q.push(" ON CONFLICT (room_id, stream_ordering) DO NOTHING");
+                end_statement!(q, queries, single);
+            }
+            for chunk in exceptions.chunks(CHUNK) {
+                q.push("INSERT INTO event_push_exceptions (user_id, room_id, stream_ordering, notify, highlight, actions) ");
+                q.push_values(chunk, |mut b, a| {
+                    b.push_bind(&a.user_id).push_bind(&a.room_id).push_bind(a.stream_ordering)
+                        .push_bind(a.notify).push_bind(a.highlight).push_bind(&a.actions);
+                });
+                q.push(" ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING");
+                end_statement!(q, queries, single);
+            }
+            for chunk in batch.push.queue.chunks(CHUNK) {
+                q.push("INSERT INTO push_queue (user_id, app_id, pushkey, url, body, attempts, next_attempt_ts, created_ts) ");
+                q.push_values(chunk, |mut b, p| {
+                    b.push_bind(&p.user_id).push_bind(&p.app_id).push_bind(&p.pushkey)
+                        .push_bind(&p.url).push_bind(&p.body).push_bind(0_i64)
+                        .push_bind(p.next_attempt_ts).push_bind(p.created_ts);
+                });
+                end_statement!(q, queries, single);
+            }
+            if let Some(position) = batch.push.position {
+                q.push("INSERT INTO push_position (id, position) VALUES (1, ");
+                q.push_bind(position);
+                q.push(") ON CONFLICT (id) DO UPDATE SET position = CASE
+                    WHEN excluded.position > push_position.position THEN excluded.position
+                    ELSE push_position.position END");
                 end_statement!(q, queries, single);
             }
             if single {

@@ -4,7 +4,7 @@ use unitas_storage::{
     EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, RoomEvents, RoomRow, Store,
 };
 
-fn event(id: &str, stream: i64) -> NewEvent {
+pub fn event(id: &str, stream: i64) -> NewEvent {
     NewEvent {
         row: EventRow {
             event_id: id.to_owned(),
@@ -69,6 +69,7 @@ pub async fn failed_batch_writes_nothing(store: Store) {
             1,
         )],
         outbound: vec![("example.org".into(), "peer.example".into(), "$b".into(), 1)],
+        push: Default::default(),
     };
     assert!(store.persist_events(&clash).await.is_err());
     assert!(store.get_event("$b").await.unwrap().is_none());

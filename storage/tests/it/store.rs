@@ -10,10 +10,28 @@ pub async fn migrating_twice_is_a_no_op(store: Store) {
 }
 
 pub async fn push_actions_pushers_and_queue(store: Store) {
-    use unitas_storage::{ClientExtras, PushAction, PushStore, Pusher, QueuedPush};
+    use unitas_storage::RoomEvents;
+    use unitas_storage::{ClientExtras, EventBatch, PushAction, PushStore, Pusher, QueuedPush};
     assert_eq!(store.get_push_position().await.unwrap(), None);
-    let action = |event: &str, pos: i64, highlight: bool| PushAction {
-        user_id: "@u:a.test".into(),
+    // The events the verdicts are about (a verdict names its event by stream position).
+    let events = (1..=4)
+        .map(|n| crate::rooms::event(&format!("${n}"), n))
+        .collect();
+    store
+        .persist_events(&EventBatch {
+            events,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    // The events' verdicts (everyone notified), and one member's own: a highlight.
+    let action = |event: &str, pos: i64, user: &str, highlight: bool| PushAction {
+        user_id: user.into(),
+        sender: if user.is_empty() {
+            "@s:a.test".into()
+        } else {
+            String::new()
+        },
         room_id: "!r:a.test".into(),
         event_id: event.into(),
         stream_ordering: pos,
@@ -34,12 +52,13 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
         next_attempt_ts: 10,
         created_ts: 10,
     };
-    let mut threaded = action("$4", 4, false);
+    let mut threaded = action("$4", 4, "", false);
     threaded.thread_id = "$root".into();
     let actions = [
-        action("$1", 1, false),
-        action("$2", 2, true),
-        action("$3", 3, false),
+        action("$1", 1, "", false),
+        action("$2", 2, "", false),
+        action("$2", 2, "@u:a.test", true),
+        action("$3", 3, "", false),
         threaded,
     ];
     store
@@ -49,21 +68,25 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     // Saving the same batch again changes nothing but the queue.
     store.save_push_batch(&actions[..1], &[], 3).await.unwrap();
     assert_eq!(store.get_push_position().await.unwrap(), Some(3));
+    let counts = |user: &'static str, after: i64, main_only: bool| {
+        let store = store.clone();
+        async move {
+            store
+                .count_notifications(user, "!r:a.test", after, main_only)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(counts("@u:a.test", 0, false).await, (4, 1));
+    assert_eq!(counts("@v:a.test", 0, false).await, (4, 0));
     assert_eq!(
-        store
-            .count_notifications("@u:a.test", "!r:a.test", 0, false)
-            .await
-            .unwrap(),
-        (4, 1)
+        counts("@s:a.test", 0, false).await,
+        (0, 0),
+        "not for one's own events"
     );
+    assert_eq!(counts("@u:a.test", 2, false).await, (2, 0));
     // The thread's event counts in the room, and on its own when threads are apart.
-    assert_eq!(
-        store
-            .count_notifications("@u:a.test", "!r:a.test", 2, true)
-            .await
-            .unwrap(),
-        (1, 0)
-    );
+    assert_eq!(counts("@u:a.test", 2, true).await, (1, 0));
     assert_eq!(
         store
             .list_thread_notifications("@u:a.test", "!r:a.test", 0)
@@ -73,37 +96,26 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     );
     assert_eq!(
         store
-            .count_notifications("@u:a.test", "!r:a.test", 2, false)
-            .await
-            .unwrap(),
-        (2, 0)
-    );
-    assert_eq!(store.count_unread_rooms("@u:a.test").await.unwrap(), 1);
-    assert_eq!(
-        store
             .get_read_receipt("!r:a.test", "@u:a.test")
             .await
             .unwrap(),
         None
     );
-    let page = store
-        .list_notifications("@u:a.test", None, 2, false)
-        .await
-        .unwrap();
-    assert_eq!(
-        page.iter().map(|a| a.event_id.as_str()).collect::<Vec<_>>(),
-        ["$4", "$3"]
-    );
-    let older = store
-        .list_notifications("@u:a.test", Some(2), 10, false)
-        .await
-        .unwrap();
-    assert_eq!(older.len(), 1);
-    let highlights = store
-        .list_notifications("@u:a.test", None, 10, true)
-        .await
-        .unwrap();
-    assert_eq!(highlights.len(), 1);
+    let list = |before: i64, limit: i64, only_highlight: bool| {
+        let store = store.clone();
+        async move {
+            store
+                .list_notifications("@u:a.test", "!r:a.test", (0, before), limit, only_highlight)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|a| a.event_id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(list(i64::MAX, 2, false).await, ["$4", "$3"]);
+    assert_eq!(list(2, 10, false).await, ["$1"]);
+    assert_eq!(list(i64::MAX, 10, true).await, ["$2"]);
 
     // Pushers: without `append`, another user's pusher with the same key goes.
     let pusher = |user: &str| Pusher {
