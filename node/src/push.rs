@@ -4,7 +4,8 @@
 //!  room writer commits -> position watch -> evaluate_loop: for each new timeline event and each
 //!    local member of its room (not the sender), the member's push rules (ruma's evaluator)
 //!    -> event_push_actions (unread counts, /notifications) + push_queue rows for the
-//!       member's pushers, with the worker's position, in one transaction
+//!       member's pushers, with the worker's position, in one transaction written by the room
+//!       writer (SQLite has one writer at a time: a second would make sends wait for its lock)
 //!  deliver_loop: due push_queue rows -> POST <pusher url> (/_matrix/push/v1/notify)
 //!    -> 200: row deleted (rejected pushkeys: pusher deleted); else retried with backoff
 //! ```
@@ -17,13 +18,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ruma::push::{Action, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset};
+use ruma::push::{
+    Action, FlattenedJson, PushConditionPowerLevelsCtx, PushConditionRoomCtx, Ruleset,
+};
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use unitas_federation::discovery::{FilteringResolver, IpFilter};
-use unitas_storage::{EventRow, PushAction, PushStore, Pusher, QueuedPush};
+use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush};
 
 use crate::api::restricted::{power_levels, state_content};
 use crate::config::PushConfig;
@@ -45,6 +48,8 @@ pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 #[derive(Debug)]
 pub struct Push {
     evaluated: watch::Sender<i64>,
+    /// Bumped when a user's rules or pushers change (the worker drops its copies).
+    generation: std::sync::atomic::AtomicU64,
     queued: Notify,
     http: reqwest::Client,
     filter: IpFilter,
@@ -73,11 +78,22 @@ impl Push {
             .map_err(|e| e.to_string())?;
         Ok(Push {
             evaluated: watch::channel(0).0,
+            generation: Default::default(),
             queued: Notify::new(),
             http,
             filter,
             config: config.clone(),
         })
+    }
+
+    /// Tells the worker that some user's push rules or pushers changed.
+    pub fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits until the worker has evaluated every event up to `position` (at most a short
@@ -112,13 +128,46 @@ impl Push {
     }
 }
 
+/// A local member as the rules see them in one room.
+struct Member {
+    user: OwnedUserId,
+    ctx: PushConditionRoomCtx,
+}
+
+/// The unnamed member whose default rules give an event's verdict for everyone without an
+/// exception (no real user: it is never mentioned, invited or the sender).
+const ANYONE: &str = "@_:unitas.invalid";
+
 /// One room as the rules need it.
 struct RoomContext {
+    /// The unnamed member's rule context.
+    common: PushConditionRoomCtx,
+    /// Local joined members, each with their rule context (display name, member count, power
+    /// levels).
+    members: Vec<Member>,
     joined: usize,
-    /// Local joined members and their display names.
-    members: Vec<(OwnedUserId, String)>,
     power: Option<PushConditionPowerLevelsCtx>,
     name: Option<String>,
+}
+
+impl RoomContext {
+    fn member_ctx(
+        &self,
+        room_id: &RoomId,
+        user: &OwnedUserId,
+        name: String,
+    ) -> PushConditionRoomCtx {
+        let ctx = PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            ruma::UInt::try_from(self.joined).unwrap_or(ruma::UInt::MAX),
+            user.clone(),
+            name,
+        );
+        match &self.power {
+            Some(power) => ctx.with_power_levels(power.clone()),
+            None => ctx,
+        }
+    }
 }
 
 async fn room_context(
@@ -128,7 +177,23 @@ async fn room_context(
     let Some((joined, local)) = state.rooms.member_summary(room_id).await? else {
         return Ok(None);
     };
-    let mut members = Vec::new();
+    let power = power_levels(state, room_id).await?.map(Into::into);
+    let name = state_content(state, room_id, "m.room.name", "")
+        .await?
+        .and_then(|(_, c)| c["name"].as_str().map(str::to_owned));
+    let anyone = OwnedUserId::try_from(ANYONE).map_err(|e| crate::api::ApiError::internal(&e))?;
+    let mut context = RoomContext {
+        common: PushConditionRoomCtx::new(
+            room_id.to_owned(),
+            ruma::UInt::MIN,
+            anyone,
+            String::new(),
+        ),
+        members: Vec::new(),
+        joined,
+        power,
+        name,
+    };
     for user in local {
         let Some((_, content)) =
             state_content(state, room_id, "m.room.member", user.as_str()).await?
@@ -140,19 +205,12 @@ async fn room_context(
                 .as_str()
                 .unwrap_or(user.localpart())
                 .to_owned();
-            members.push((user, name));
+            let ctx = context.member_ctx(room_id, &user, name);
+            context.members.push(Member { user, ctx });
         }
     }
-    let power = power_levels(state, room_id).await?.map(Into::into);
-    let name = state_content(state, room_id, "m.room.name", "")
-        .await?
-        .and_then(|(_, c)| c["name"].as_str().map(str::to_owned));
-    Ok(Some(RoomContext {
-        joined,
-        members,
-        power,
-        name,
-    }))
+    context.common = context.member_ctx(room_id, &context.common.user_id.clone(), String::new());
+    Ok(Some(context))
 }
 
 /// The gateway's `tweaks` from a rule's actions (`set_tweak` -> value; highlight without a
@@ -230,12 +288,18 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
         // First start: rules apply from now on (history is not evaluated).
         _ => *committed.borrow(),
     };
-    let _ = state.store.save_push_batch(&[], &[], position).await;
+    let _ = state
+        .rooms
+        .write_push(PushWrite {
+            position: Some(position),
+            ..Default::default()
+        })
+        .await;
     state.push.evaluated.send_replace(position);
-    let mut rooms: HashMap<OwnedRoomId, Arc<RoomContext>> = HashMap::new();
+    let mut caches = Caches::default();
     loop {
         let target = *committed.borrow_and_update();
-        match evaluate_batch(&state, position, &mut rooms).await {
+        match evaluate_batch(&state, position, &mut caches).await {
             Ok(Some(last)) => {
                 position = last;
                 state.push.evaluated.send_replace(position);
@@ -269,29 +333,33 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
 async fn evaluate_batch(
     state: &AppState,
     after: i64,
-    rooms: &mut HashMap<OwnedRoomId, Arc<RoomContext>>,
+    caches: &mut Caches,
 ) -> Result<Option<i64>, crate::api::ApiError> {
     let events = state.store.list_stream_events(after, BATCH).await?;
     let Some(last) = events.last().and_then(|e| e.stream_ordering) else {
         return Ok(None);
     };
-    let mut rulesets: HashMap<OwnedUserId, Ruleset> = HashMap::new();
-    let mut pushers: HashMap<OwnedUserId, Vec<Pusher>> = HashMap::new();
+    let generation = state.push.generation();
+    if generation != caches.generation {
+        caches.rulesets.clear();
+        caches.pushers.clear();
+        caches.generation = generation;
+    }
     let mut actions = Vec::new();
     let mut queue = Vec::new();
     for row in &events {
         let Ok(room_id) = OwnedRoomId::try_from(row.room_id.as_str()) else {
             continue;
         };
-        if rooms.len() > ROOM_CACHE {
-            rooms.clear();
+        if caches.rooms.len() > ROOM_CACHE {
+            caches.rooms.clear();
         }
-        let context = match rooms.get(&room_id) {
+        let context = match caches.rooms.get(&room_id) {
             Some(c) => c.clone(),
             None => match room_context(state, &room_id).await? {
                 Some(c) => {
                     let c = Arc::new(c);
-                    rooms.insert(room_id.clone(), c.clone());
+                    caches.rooms.insert(room_id.clone(), c.clone());
                     c
                 }
                 None => continue,
@@ -302,17 +370,23 @@ async fn evaluate_batch(
             row,
             &room_id,
             &context,
-            &mut rulesets,
-            &mut pushers,
+            caches,
             (&mut actions, &mut queue),
         )
         .await?;
         // A state event may change members, names or power levels.
         if row.state_key.is_some() {
-            rooms.remove(&room_id);
+            caches.rooms.remove(&room_id);
         }
     }
-    state.store.save_push_batch(&actions, &queue, last).await?;
+    state
+        .rooms
+        .write_push(PushWrite {
+            actions,
+            queue,
+            position: Some(last),
+        })
+        .await?;
     Ok(Some(last))
 }
 
@@ -320,23 +394,21 @@ async fn evaluate_batch(
 fn invitee(
     state: &AppState,
     row: &EventRow,
+    event: &FlattenedJson,
+    room_id: &RoomId,
     context: &RoomContext,
-) -> Option<(OwnedUserId, String)> {
-    if row.event_type != "m.room.member" {
+) -> Option<Member> {
+    if row.event_type != "m.room.member" || event.get_str("content.membership") != Some("invite") {
         return None;
     }
     let user = OwnedUserId::try_from(row.state_key.as_deref()?).ok()?;
     if !state.rooms.is_local_server(user.server_name().as_str())
-        || context.members.iter().any(|(m, _)| *m == user)
+        || context.members.iter().any(|m| m.user == user)
     {
         return None;
     }
-    let event: Value = serde_json::from_str(&row.json).ok()?;
-    if event["content"]["membership"] != "invite" {
-        return None;
-    }
-    let name = user.localpart().to_owned();
-    Some((user, name))
+    let ctx = context.member_ctx(room_id, &user, user.localpart().to_owned());
+    Some(Member { user, ctx })
 }
 
 async fn evaluate_event(
@@ -344,8 +416,7 @@ async fn evaluate_event(
     row: &EventRow,
     room_id: &OwnedRoomId,
     context: &RoomContext,
-    rulesets: &mut HashMap<OwnedUserId, Ruleset>,
-    pushers: &mut HashMap<OwnedUserId, Vec<Pusher>>,
+    caches: &mut Caches,
     (actions, queue): (&mut Vec<PushAction>, &mut Vec<QueuedPush>),
 ) -> Result<(), crate::api::ApiError> {
     let Some(position) = row.stream_ordering else {
@@ -354,67 +425,64 @@ async fn evaluate_event(
     let Ok(raw) = serde_json::value::RawValue::from_string(row.json.clone()) else {
         return Ok(());
     };
-    let raw: Raw<Value> = Raw::from_json(raw);
+    let event = FlattenedJson::from_raw(&Raw::<Value>::from_json(raw));
     // Events in a thread count towards the thread (clients may ask for them apart).
-    let thread_id = serde_json::from_str::<Value>(&row.json)
-        .ok()
-        .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.thread")
-        .and_then(|e| {
-            e["content"]["m.relates_to"]["event_id"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .unwrap_or_default();
+    let thread_id = match event.get_str("content.m\\.relates_to.rel_type") {
+        Some("m.thread") => event
+            .get_str("content.m\\.relates_to.event_id")
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    };
+    // The verdict for everyone whose rules are the defaults and who is not named by the event.
+    let default_rules = caches.default_rules(&context.common.user_id);
+    let common = first_match(&default_rules, &event, &context.common).await;
+    let common_json = serde_json::to_value(common).unwrap_or(Value::Array(Vec::new()));
+    let common_notify = common.iter().any(Action::should_notify);
+    let common_highlight = common.iter().any(Action::is_highlight);
+    let mut exceptions = Vec::new();
     let mut client_event = None;
-    let invited = invitee(state, row, context);
-    for (user, display_name) in context.members.iter().chain(invited.iter()) {
+    let invited = invitee(state, row, &event, room_id, context);
+    for member in context.members.iter().chain(invited.iter()) {
+        let user = &member.user;
         if user.as_str() == row.sender {
             continue;
         }
-        if !rulesets.contains_key(user) {
-            let rules = crate::api::client::push::ruleset(state, user).await?;
-            rulesets.insert(user.clone(), rules);
-        }
-        let Some(rules) = rulesets.get(user) else {
-            continue;
+        // A member with rules of their own, or named by the event (a mention, an invite), gets
+        // their own verdict; it is stored when it differs from the event's.
+        let own = caches.own_rules(state, user).await?;
+        let named = row.json.contains(user.as_str());
+        let (actions_json, notify, _) = if own.is_some() || named {
+            let rules = own.unwrap_or_else(|| Arc::new(Ruleset::server_default(user)));
+            let matched = first_match(&rules, &event, &member.ctx).await;
+            let matched_json = serde_json::to_value(matched).unwrap_or(Value::Array(Vec::new()));
+            let notify = matched.iter().any(Action::should_notify);
+            let highlight = matched.iter().any(Action::is_highlight);
+            if matched_json != common_json {
+                exceptions.push(PushAction {
+                    user_id: user.to_string(),
+                    sender: String::new(),
+                    room_id: row.room_id.clone(),
+                    event_id: row.event_id.clone(),
+                    stream_ordering: position,
+                    notify,
+                    highlight,
+                    thread_id: thread_id.clone(),
+                    actions: matched_json.to_string(),
+                    ts: row.origin_server_ts,
+                });
+            }
+            (matched_json, notify, highlight)
+        } else {
+            (common_json.clone(), common_notify, common_highlight)
         };
-        let mut ctx = PushConditionRoomCtx::new(
-            room_id.clone(),
-            ruma::UInt::try_from(context.joined).unwrap_or(ruma::UInt::MAX),
-            user.clone(),
-            display_name.clone(),
-        );
-        if let Some(power) = &context.power {
-            ctx = ctx.with_power_levels(power.clone());
-        }
-        let matched: Vec<Action> = rules.get_actions(&raw, &ctx).await.to_vec();
-        if matched.is_empty() {
-            continue;
-        }
-        let notify = matched.iter().any(Action::should_notify);
-        let highlight = matched.iter().any(Action::is_highlight);
-        let actions_json = serde_json::to_value(&matched).unwrap_or(Value::Array(Vec::new()));
-        actions.push(PushAction {
-            user_id: user.to_string(),
-            room_id: row.room_id.clone(),
-            event_id: row.event_id.clone(),
-            stream_ordering: position,
-            notify,
-            highlight,
-            thread_id: thread_id.clone(),
-            actions: actions_json.to_string(),
-            ts: row.origin_server_ts,
-        });
         if !notify || !state.push.config.enabled {
             continue;
         }
-        if !pushers.contains_key(user) {
-            let list = state.store.list_pushers(user.as_str()).await?;
-            pushers.insert(user.clone(), list);
-        }
-        let Some(list) = pushers.get(user).filter(|l| !l.is_empty()) else {
+        let list = caches.pushers(state, user).await?;
+        if list.is_empty() {
             continue;
-        };
+        }
         if client_event.is_none() {
             let sender_name = state_content(state, room_id, "m.room.member", &row.sender)
                 .await?
@@ -431,7 +499,7 @@ async fn evaluate_event(
             continue;
         };
         let now = now_ms();
-        for pusher in list {
+        for pusher in list.iter() {
             let Ok(data) = serde_json::from_str::<Value>(&pusher.data) else {
                 continue;
             };
@@ -461,7 +529,89 @@ async fn evaluate_event(
             });
         }
     }
+    if common_notify || common_highlight || !exceptions.is_empty() {
+        actions.push(PushAction {
+            user_id: String::new(),
+            sender: row.sender.clone(),
+            room_id: row.room_id.clone(),
+            event_id: row.event_id.clone(),
+            stream_ordering: position,
+            notify: common_notify,
+            highlight: common_highlight,
+            thread_id,
+            actions: common_json.to_string(),
+            ts: row.origin_server_ts,
+        });
+        actions.extend(exceptions);
+    }
     Ok(())
+}
+
+/// What the evaluating worker keeps between batches.
+#[derive(Default)]
+struct Caches {
+    /// Rooms' members and power levels, dropped on the room's next state event.
+    rooms: HashMap<OwnedRoomId, Arc<RoomContext>>,
+    /// The default rules of the unnamed member.
+    default_rules: Option<Arc<Ruleset>>,
+    /// Users' own rules (`None`: the defaults) and pushers, dropped when any changes
+    /// ([`Push::changed`]).
+    rulesets: HashMap<OwnedUserId, Option<Arc<Ruleset>>>,
+    pushers: HashMap<OwnedUserId, Arc<Vec<Pusher>>>,
+    generation: u64,
+}
+
+impl Caches {
+    /// The rules the user changed (`None`: the defaults).
+    async fn own_rules(
+        &mut self,
+        state: &AppState,
+        user: &OwnedUserId,
+    ) -> Result<Option<Arc<Ruleset>>, crate::api::ApiError> {
+        if let Some(rules) = self.rulesets.get(user) {
+            return Ok(rules.clone());
+        }
+        let rules = crate::api::client::push::stored_ruleset(state, user)
+            .await?
+            .map(Arc::new);
+        self.rulesets.insert(user.clone(), rules.clone());
+        Ok(rules)
+    }
+
+    fn default_rules(&mut self, anyone: &UserId) -> Arc<Ruleset> {
+        self.default_rules
+            .get_or_insert_with(|| Arc::new(Ruleset::server_default(anyone)))
+            .clone()
+    }
+
+    async fn pushers(
+        &mut self,
+        state: &AppState,
+        user: &OwnedUserId,
+    ) -> Result<Arc<Vec<Pusher>>, crate::api::ApiError> {
+        if let Some(list) = self.pushers.get(user) {
+            return Ok(list.clone());
+        }
+        let list = Arc::new(state.store.list_pushers(user.as_str()).await?);
+        self.pushers.insert(user.clone(), list.clone());
+        Ok(list)
+    }
+}
+
+/// The actions of the first rule of `rules` that applies (none: the event does not notify).
+/// The event is flattened once for all the room's members (ruma's `get_actions` would flatten
+/// it for each).
+async fn first_match<'a>(
+    rules: &'a Ruleset,
+    event: &FlattenedJson,
+    ctx: &PushConditionRoomCtx,
+) -> &'a [Action] {
+    for rule in rules {
+        if rule.applies(event, ctx).await {
+            return rule.actions();
+        }
+    }
+    &[]
 }
 
 /// What became of one delivery attempt.
@@ -510,13 +660,27 @@ async fn deliver(push: &Push, item: &QueuedPush) -> Delivery {
     Delivery::Retry(format!("gateway answered {status}"))
 }
 
+async fn pusher_exists(
+    state: &AppState,
+    item: &QueuedPush,
+) -> Result<bool, unitas_storage::StorageError> {
+    Ok(state
+        .store
+        .list_pushers(&item.user_id)
+        .await?
+        .iter()
+        .any(|p| p.app_id == item.app_id && p.pushkey == item.pushkey))
+}
+
 /// The queued notification with the user's current badge count (rooms with unread
 /// notifications).
 async fn with_counts(
     state: &AppState,
     item: &QueuedPush,
-) -> Result<QueuedPush, unitas_storage::StorageError> {
-    let unread = state.store.count_unread_rooms(&item.user_id).await?;
+) -> Result<QueuedPush, crate::api::ApiError> {
+    let user = OwnedUserId::try_from(item.user_id.as_str())
+        .map_err(|e| crate::api::ApiError::internal(&e))?;
+    let unread = crate::api::client::push::unread_rooms(state, &user).await?;
     let mut body: Value = serde_json::from_str(&item.body).unwrap_or(Value::Null);
     if body["notification"].is_object() {
         body["notification"]["counts"]["unread"] = json!(unread);
@@ -554,8 +718,13 @@ pub async fn deliver_loop(state: AppState, shutdown: impl std::future::Future<Ou
             }
         };
         for item in &due {
-            let outcome = match with_counts(&state, item).await {
-                Ok(item) => deliver(&push, &item).await,
+            // The pusher may have gone since (its device was deleted): nothing to send then.
+            let outcome = match pusher_exists(&state, item).await {
+                Ok(false) => Delivery::Drop("the pusher is gone".into()),
+                Ok(true) => match with_counts(&state, item).await {
+                    Ok(item) => deliver(&push, &item).await,
+                    Err(error) => Delivery::Retry(format!("{error:?}")),
+                },
                 Err(error) => Delivery::Retry(error.to_string()),
             };
             let result = match outcome {
@@ -566,6 +735,7 @@ pub async fn deliver_loop(state: AppState, shutdown: impl std::future::Future<Ou
                             .store
                             .delete_pusher(&item.user_id, &item.app_id, &key)
                             .await;
+                        state.push.changed();
                     }
                     state.store.delete_queued_push(item.id).await
                 }

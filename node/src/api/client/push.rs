@@ -33,14 +33,23 @@ pub fn default_content(user: &UserId) -> Value {
 
 /// A user's rule set: the stored one, else the spec's defaults.
 pub async fn ruleset(state: &AppState, user: &UserId) -> std::result::Result<Ruleset, ApiError> {
+    Ok(stored_ruleset(state, user)
+        .await?
+        .unwrap_or_else(|| Ruleset::server_default(user)))
+}
+
+/// The rule set a user changed (`None`: they use the spec's defaults).
+pub async fn stored_ruleset(
+    state: &AppState,
+    user: &UserId,
+) -> std::result::Result<Option<Ruleset>, ApiError> {
     let stored = state
         .store
         .get_account_data(user.as_str(), "", PUSH_RULES)
         .await?;
     Ok(stored
         .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok())
-        .unwrap_or_else(|| Ruleset::server_default(user)))
+        .and_then(|v| serde_json::from_value::<Ruleset>(v["global"].clone()).ok()))
 }
 
 async fn save(
@@ -49,7 +58,10 @@ async fn save(
     rules: &Ruleset,
 ) -> std::result::Result<(), ApiError> {
     let content = json!({ "global": rules });
-    crate::api::client::ephemeral::store_account_data(state, user, "", PUSH_RULES, &content).await
+    crate::api::client::ephemeral::store_account_data(state, user, "", PUSH_RULES, &content)
+        .await?;
+    state.push.changed();
+    Ok(())
 }
 
 fn not_found() -> ApiError {
@@ -200,10 +212,24 @@ pub async fn notifications_route(
     let limit = req.body.limit.map(u64::from).unwrap_or(20).clamp(1, 100);
     let limit = i64::try_from(limit).unwrap_or(100);
     let only_highlight = req.body.only.as_deref() == Some("highlight");
-    let rows = state
-        .store
-        .list_notifications(user.as_str(), before, limit, only_highlight)
-        .await?;
+    // Each joined room's notifications since the user joined it, newest first across rooms.
+    let mut rows = Vec::new();
+    for (room_id, joined_at) in joined_with_positions(&state, &user).await? {
+        rows.extend(
+            state
+                .store
+                .list_notifications(
+                    user.as_str(),
+                    room_id.as_str(),
+                    (joined_at, before.unwrap_or(i64::MAX)),
+                    limit,
+                    only_highlight,
+                )
+                .await?,
+        );
+    }
+    rows.sort_by_key(|a| std::cmp::Reverse(a.stream_ordering));
+    rows.truncate(usize::try_from(limit).unwrap_or(100));
     let mut read_up_to: HashMap<String, i64> = HashMap::new();
     let mut notifications = Vec::with_capacity(rows.len());
     for row in &rows {
@@ -251,6 +277,44 @@ pub async fn notifications_route(
         body["next_token"] = json!(last.stream_ordering.to_string());
     }
     Ok(Json(body))
+}
+
+/// The rooms the user is joined to, with the stream position of their membership.
+pub async fn joined_with_positions(
+    state: &AppState,
+    user: &UserId,
+) -> std::result::Result<Vec<(ruma::OwnedRoomId, i64)>, ApiError> {
+    let mut out = Vec::new();
+    for room_id in crate::api::client::rooms::joined_rooms(state, user).await? {
+        let Some(id) = state
+            .rooms
+            .current_state_event_id(&room_id, "m.room.member", user.as_str())
+            .await?
+        else {
+            continue;
+        };
+        let position = state
+            .store
+            .get_event(id.as_str())
+            .await?
+            .and_then(|e| e.stream_ordering)
+            .unwrap_or(0);
+        out.push((room_id, position));
+    }
+    Ok(out)
+}
+
+/// The badge count of a push: how many of the user's rooms have unread notifications.
+pub async fn unread_rooms(state: &AppState, user: &UserId) -> std::result::Result<i64, ApiError> {
+    let mut count = 0;
+    for (room_id, joined_at) in joined_with_positions(state, user).await? {
+        let (notifications, _) =
+            crate::api::client::sync::unread_counts(state, user, &room_id, joined_at).await?;
+        if notifications > 0 {
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// `GET /_matrix/client/v3/pushers`.
@@ -333,5 +397,6 @@ pub async fn set_pusher_route(
         }
         _ => return Err(ApiError::invalid_param("unknown pusher action")),
     }
+    state.push.changed();
     Ok(set_pusher::v3::Response::new().into())
 }
