@@ -11,17 +11,23 @@
 // extensions (to_device, account_data, typing, receipts) plus e2ee.
 //
 // - First response: the list's count is 4; the four rooms come with `initial`, A-C with their
-//   names, the newest event and bob's own membership, "Invite" with invite_state (its name and
-//   bob's invite); bump_stamp orders them Invite, C, B, A. The SDK names the rooms and knows the
-//   invite.
+//   names, the newest event and, in required_state (the room's current state, as the SDK takes
+//   room state from it alone), m.room.create and bob's own membership ($ME, though his join is
+//   also the timeline's event); "Invite" with invite_state (its name and bob's invite);
+//   bump_stamp orders them Invite, C, B, A. The SDK names the rooms, knows bob's membership and
+//   the invite.
 // - A message by alice in A: the next response has room A alone, not initial, with the message,
 //   num_live >= 1, notification_count 1 and the highest bump_stamp; the SDK's timeline and count
 //   agree and A sorts first.
-// - Extensions: alice's typing and read receipt in A reach bob's SDK (RoomMember.typing,
-//   getEventReadUpTo) and the raw typing / receipts extensions; account data bob sets comes back
-//   in account_data.global (setAccountData waits for that echo); a to-device message alice sends
-//   to bob's device arrives once, through the to_device extension, and is not sent again once
-//   the SDK passes next_batch back as `since`.
+// - Extensions: alice's typing and read receipt in A reach bob's SDK (RoomMember.typing, the
+//   receipt from the server rather than the one the SDK infers) and the raw typing / receipts
+//   extensions.
+// - A state change: alice makes A public; the m.room.join_rules event comes in A's timeline and
+//   required_state, and the SDK's join rule becomes "public".
+// - More extensions: account data bob sets comes back in account_data.global (setAccountData
+//   waits for that echo); a to-device message alice sends to bob's device arrives once, through
+//   the to_device extension, and is not sent again once the SDK passes next_batch back as
+//   `since`.
 // - Room subscription: subscribing to B with timeline_limit 5 returns B's five newest events
 //   (the same as /messages), which the SDK merges into its timeline.
 // - Window: with the range narrowed to [0, 0], a message in B followed by one in C; after the
@@ -32,12 +38,14 @@
 //   with its message (not initial: the connection keeps B's place while it is out of view). A
 //   long-poll returns when a message arrives, and after its timeout when nothing does; an
 //   unknown pos is 400 M_UNKNOWN_POS.
+// - Discovery: /versions advertises org.matrix.simplified_msc3575 (what Element X's
+//   matrix-rust-sdk and Element Web look for before using sliding sync).
 //
 // Waits are event-driven (SDK events, each sliding sync request and response) and bounded
 // (20 s). Prints a JSON line of facts (the last line of stdout); exits 1 on the first failure.
 
 import * as sdk from "matrix-js-sdk-43";
-import { ExtensionState, SlidingSync, SlidingSyncEvent } from "matrix-js-sdk-43/lib/sliding-sync.js";
+import { ExtensionState, SlidingSync } from "matrix-js-sdk-43/lib/sliding-sync.js";
 
 const base = process.argv[2];
 const check = (ok, message) => {
@@ -280,7 +288,7 @@ for (const name of ["A", "B", "C"]) {
   check(data.name === name, `room ${name} named ${JSON.stringify(data.name)}`);
   check(data.timeline?.length === 1, `room ${name}: ${data.timeline?.length} timeline events, want 1 (timeline_limit)`);
   const state = data.required_state ?? [];
-  if (process.env.SOFT) console.error("SOFT", name, brief(state.map((e) => [e.type, e.state_key]))); else check(
+  check(
     state.some((e) => e.type === "m.room.create") &&
       state.some((e) => e.type === "m.room.member" && e.state_key === bobId && e.content?.membership === "join"),
     `room ${name}'s required_state lacks m.room.create or bob's own membership ($ME): ${brief(state.map((e) => [e.type, e.state_key]))}`,
@@ -303,7 +311,13 @@ check(
   `bump_stamp order ${initialOrder} (${brief(bumps)}), want Invite, C, B, A`,
 );
 for (const name of ["A", "B", "C"]) {
-  check(bob.getRoom(rooms[name])?.name === name, `bob's SDK names room ${name} "${bob.getRoom(rooms[name])?.name}"`);
+  const room = bob.getRoom(rooms[name]);
+  check(room?.name === name, `bob's SDK names room ${name} "${room?.name}"`);
+  // The SDK takes room state from required_state only (timeline events do not change it).
+  check(
+    room.getMember(bobId)?.membership === "join",
+    `bob's SDK does not know his own membership of ${name}: ${room.getMember(bobId)?.membership}`,
+  );
 }
 check(
   bob.getRoom(rooms.Invite)?.getMyMembership() === "invite" && bob.getRoom(rooms.Invite)?.name === "Invite",
@@ -367,11 +381,26 @@ const helloEvent = new sdk.MatrixEvent({ event_id: helloId, room_id: rooms.A, ty
 await alice.sendReadReceipt(helloEvent);
 await waitFor(
   () =>
-    bobA.getEventReadUpTo(aliceId) === helloId &&
+    bobA.getReadReceiptForUserId(aliceId, true)?.eventId === helloId &&
     findResponse((r) => r.extensions?.receipts?.rooms?.[rooms.A]?.content?.[helloId]?.["m.read"]?.[aliceId]),
   "alice's read receipt in bob's receipts extension and SDK",
-  () => `(SDK read up to: ${bobA.getEventReadUpTo(aliceId)})`,
+  () => `(SDK: ${brief(bobA.getReadReceiptForUserId(aliceId, true))})`,
 );
+
+// ---- A state change: required_state carries the room's current state ----
+const { event_id: joinRulesId } = await alice.sendStateEvent(rooms.A, "m.room.join_rules", { join_rule: "public" }, "");
+check(joinRulesId, "setting A's join rules returned no event_id");
+await waitFor(
+  () => answered().find((x) => hasEvent(x.resp.rooms?.[rooms.A], joinRulesId)),
+  "A's join rules change in bob's sliding sync",
+);
+const joinRulesRoom = answered().find((x) => hasEvent(x.resp.rooms?.[rooms.A], joinRulesId)).resp.rooms[rooms.A];
+check(
+  (joinRulesRoom.required_state ?? []).some((e) => e.event_id === joinRulesId),
+  `A's new join rules are in the timeline but not in required_state (["m.room.join_rules", ""] is requested): ` +
+    brief({ timeline: joinRulesRoom.timeline?.map((e) => [e.type, e.state_key]), required_state: joinRulesRoom.required_state?.map((e) => [e.type, e.state_key]) }),
+);
+await waitFor(() => bobA.getJoinRule() === "public", "A's public join rule in bob's SDK", () => `(SDK: ${bobA.getJoinRule()})`);
 
 // ---- Account data ----
 const marker = `set by bob ${suffix}`;
@@ -442,9 +471,6 @@ await waitFor(
   "B's last five events in bob's SDK timeline",
   () => brief(bobB.getLiveTimeline().getEvents().map((e) => e.getId())),
 );
-// The SDK sends a subscription once; was B sent again (as initial) once it was no longer asked for?
-const afterSubscription = answered().slice(answered().indexOf(subscribed) + 1);
-const resentAfterSubscription = afterSubscription.find((x) => x.resp.rooms?.[rooms.B]?.initial === true);
 
 // ---- Window: [0, 0], a message outside it, then [0, 9] (bob's SDK) ----
 slidingSync.setListRanges(LIST, [[0, 0]]);
@@ -569,6 +595,20 @@ check(
   `unknown pos: ${unknown.status} ${brief(unknown.json)}`,
 );
 
+// Discovery: clients look for simplified sliding sync in /versions (matrix-rust-sdk's
+// DiscoverNative, as Element X logs in; Element Web's native sliding sync check).
+const versions = await fetch(`${base}/_matrix/client/versions`).then((r) => r.json());
+check(
+  versions.unstable_features?.["org.matrix.simplified_msc3575"] === true,
+  `/versions does not advertise org.matrix.simplified_msc3575: ${brief(versions)}`,
+);
+
+// The SDK sends a room subscription once; B sent again as initial after that (its combined room
+// config shrank back to the list's)?
+const resentAfterSubscription = answered()
+  .slice(answered().indexOf(subscribed) + 1)
+  .some((x) => x.resp.rooms?.[rooms.B]?.initial === true);
+
 bob.stopClient();
 alice.stopClient();
 console.log(
@@ -586,7 +626,7 @@ console.log(
     account_data: true,
     to_device: pingDeliveries,
     subscription_timeline: subscribedIds.length,
-    resent_as_initial_after_subscription: Boolean(resentAfterSubscription),
+    resent_as_initial_after_subscription: resentAfterSubscription,
     sdk_late_message_in_narrow_window: lateInNarrowWindow,
     window_rooms: keys(r4).length,
     late_message_delivered: true,

@@ -291,6 +291,7 @@ def main():
     if rules is not None and not any(r.get("rule_id") == ".m.rule.master" for r in rules["global"].get("override", [])):
         failures.append(f"the default push rules lack .m.rule.master: {rules}")
     call("GET", f"{c}/pushrules/global/", token=a)
+    call("PUT", f"{c}/user/{{userId}}/account_data/{{type}}", {"userId": ua, "type": "m.push_rules"}, body={"global": {}}, token=a, status=405)
     p = f"{c}/pushrules/global/{{kind}}/{{ruleId}}"
     call("PUT", p, {"kind": "content", "ruleId": "cats"}, body={"pattern": "cat", "actions": ["notify"]}, token=a)
     call("GET", p, {"kind": "content", "ruleId": "cats"}, token=a)

@@ -103,6 +103,36 @@ async fn matrix_js_sdk_sees_push_counts_a_thread_an_edit_and_a_reaction() {
     node.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_sliding_sync_lists_rooms_and_follows_them() {
+    let Some(node_js) = unitas_conformance_tests::node_js() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::foundation::config(dir.path());
+    config.registration.enabled = true;
+    config.rate_limits.enabled = false;
+    let node = Node::start(config).await.unwrap();
+    let base = format!("http://{}", node.client_addr);
+    let script = unitas_conformance_tests::js_script("sliding_sync.mjs");
+    let (ok, stdout, stderr) =
+        crate::run_to_end(node_js, vec![script.display().to_string(), base]).await;
+    assert!(ok, "matrix-js-sdk sliding sync failed:\n{stderr}\n{stdout}");
+    let facts: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
+    assert_eq!(facts["client"], "matrix-js-sdk 43", "{facts}");
+    assert_eq!(facts["count"], 4, "{facts}");
+    assert_eq!(facts["notification_count"], 1, "{facts}");
+    assert_eq!(facts["typing"], true, "{facts}");
+    assert_eq!(facts["receipts"], true, "{facts}");
+    assert_eq!(facts["account_data"], true, "{facts}");
+    assert_eq!(facts["to_device"], 1, "{facts}");
+    assert_eq!(facts["subscription_timeline"], 5, "{facts}");
+    assert_eq!(facts["late_message_delivered"], true, "{facts}");
+    assert_eq!(facts["unknown_pos"], "M_UNKNOWN_POS", "{facts}");
+    node.shutdown().await;
+}
+
 /// A node named `127.0.0.1:<federation port>` that federates with loopback peers.
 async fn federating_node(dir: &std::path::Path) -> Node {
     let client = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -22,7 +22,10 @@ async fn versions_and_health() {
             .iter()
             .any(|v| v == "v1.12")
     );
-    assert_eq!(body["unstable_features"], json!({}));
+    assert_eq!(
+        body["unstable_features"],
+        json!({"org.matrix.simplified_msc3575": true})
+    );
 
     for path in ["/health", "/live"] {
         assert_eq!(get_json(&t.client(path), None).await.0, 200, "{path}");

@@ -5,12 +5,13 @@
 //! ```text
 //!  request (pos, lists with ranges, room_subscriptions, extensions)
 //!    -> the connection's snapshot at `pos`: which rooms the client has, up to which stream
-//!       position and with which settings (unknown pos: 400 M_UNKNOWN_POS, the client starts over)
+//!       position and which state (unknown pos: 400 M_UNKNOWN_POS, the client starts over)
 //!    -> rooms of the user sorted by recency (newest event first), filtered per list; the rooms
 //!       in the lists' ranges and the subscribed rooms are "in view"
-//!    -> each room in view: new to the client (or its settings changed) -> `initial` with the
-//!       newest events and the required state; known -> the events since the snapshot
-//!       (`limited` + `prev_batch` when more than the timeline limit); unchanged -> left out
+//!    -> each room in view: new to the client (or the user's membership changed) -> `initial`
+//!       with the newest events and the required state; known -> the events since the snapshot
+//!       (`limited` + `prev_batch` when more than the timeline limit), the state that changed,
+//!       the state of patterns asked for the first time; unchanged -> left out
 //!    -> extensions (to-device, e2ee, account data, receipts, typing) since the snapshot's
 //!       positions
 //!    -> a new snapshot under a new `pos`; nothing new: long-poll (woken like /sync v3)
@@ -59,8 +60,12 @@ const STATE_DELTA_CAP: i64 = 500;
 struct RoomSent {
     /// Stream position its timeline was sent up to.
     position: i64,
-    /// The settings it was sent with (required state, timeline limit).
-    settings: String,
+    /// Every `required_state` pattern sent for it so far (new patterns add their state).
+    required: Vec<(String, String)>,
+    /// Members sent for `$LAZY` (not sent again).
+    lazy_sent: HashSet<String>,
+    /// The timeline limit of the last response that had the room in view.
+    timeline_limit: i64,
     /// The user's membership when sent.
     membership: String,
 }
@@ -169,12 +174,19 @@ impl Wanted {
         let limit = i64::try_from(limit).unwrap_or(MAX_TIMELINE);
         self.timeline_limit = self.timeline_limit.max(limit.min(MAX_TIMELINE));
     }
+}
 
-    fn settings(&self) -> String {
-        let mut required = self.required_state.clone();
-        required.sort();
-        format!("{}|{required:?}", self.timeline_limit)
-    }
+/// What a room's response needs to know of what the client already has.
+struct Known<'a> {
+    /// Events up to this position (`None`: the room is new to the client).
+    since: Option<i64>,
+    /// Patterns whose state was sent.
+    required: &'a [(String, String)],
+    /// `$LAZY` members sent.
+    lazy_sent: &'a HashSet<String>,
+    /// The timeline limit grew: send the newest events again, as many as asked
+    /// (`expanded_timeline`).
+    expand: bool,
 }
 
 /// `POST /_matrix/client/unstable/org.matrix.simplified_msc3575/sync`.
@@ -481,27 +493,43 @@ async fn build(
         let Some(w) = wanted.get(&room.room_id) else {
             continue;
         };
-        let settings = w.settings();
-        let fresh = sent.is_none_or(|s| s.settings != settings || s.membership != room.membership);
-        if !fresh && sent.is_some_and(|s| room.bump <= s.position) {
+        // New to the client (or its membership changed): everything. Else: the events since,
+        // and the state of patterns asked for the first time. Fewer patterns or another
+        // timeline limit change nothing the client has.
+        let sent = sent.filter(|s| s.membership == room.membership);
+        let no_lazy = HashSet::new();
+        let known = Known {
+            since: sent.map(|s| s.position),
+            required: sent.map(|s| s.required.as_slice()).unwrap_or(&[]),
+            lazy_sent: sent.map(|s| &s.lazy_sent).unwrap_or(&no_lazy),
+            expand: sent.is_some_and(|s| w.timeline_limit > s.timeline_limit),
+        };
+        let new_patterns = w.required_state.iter().any(|p| !known.required.contains(p));
+        if sent.is_some_and(|s| room.bump <= s.position) && !new_patterns && !known.expand {
+            if let Some(kept) = next.rooms.get_mut(&room.room_id) {
+                kept.timeline_limit = w.timeline_limit;
+            }
             continue;
         }
-        let since = if fresh {
-            None
+        let mut required = known.required.to_vec();
+        for pattern in &w.required_state {
+            if !required.contains(pattern) {
+                required.push(pattern.clone());
+            }
+        }
+        let (entry, lazy_sent) = if room.membership == "invite" {
+            (invite_room(state, user, room).await?, HashSet::new())
         } else {
-            sent.map(|s| s.position)
-        };
-        let entry = if room.membership == "invite" {
-            invite_room(state, user, room).await?
-        } else {
-            joined_room(state, user, room, w, since, now).await?
+            joined_room(state, user, room, w, &known, now).await?
         };
         out_rooms.insert(room.room_id.to_string(), entry);
         next.rooms.insert(
             room.room_id.clone(),
             RoomSent {
                 position: now.max(room.bump),
-                settings,
+                required,
+                lazy_sent,
+                timeline_limit: w.timeline_limit,
                 membership: room.membership.clone(),
             },
         );
@@ -717,33 +745,43 @@ async fn invite_room(
     Ok(entry)
 }
 
-/// A joined room: everything when `since` is `None`, else what came after it.
+/// A joined room: everything when the client has none of it, else what came after what it has;
+/// also the `$LAZY` members the client now has.
 async fn joined_room(
     state: &AppState,
     user: &ClientUser,
     room: &Candidate,
     w: &Wanted,
-    since: Option<i64>,
+    known: &Known<'_>,
     now: i64,
-) -> Result<Value, ApiError> {
+) -> Result<(Value, HashSet<String>), ApiError> {
     let room_id = &room.room_id;
+    let since = known.since;
     let limit = w.timeline_limit.max(0);
     let mut rows = state
         .store
         .get_room_events_before(room_id.as_str(), now + 1, limit + 1)
         .await?;
-    rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
+    if !known.expand {
+        rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
+    }
     let limited = rows.len() as i64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(0));
     rows.reverse();
+    let live = rows
+        .iter()
+        .filter(|r| since.is_some_and(|s| r.stream_ordering.unwrap_or(0) > s))
+        .count();
     let prev_batch = rows
         .first()
         .and_then(|r| r.stream_ordering)
         .map(|s| format!("s{}", s - 1))
         .unwrap_or(format!("s{now}"));
     let senders: HashSet<&str> = rows.iter().map(|r| r.sender.as_str()).collect();
-    // The state slots to send: all the wanted ones for a room new to the client; else the ones
-    // that changed since (when too many changed, all of them again).
+    // The state slots to send (the timeline's state events too: clients take the room's state
+    // from here): all the wanted ones for a room new to the client; else the ones that changed
+    // since (when too many changed, all of them again), those of patterns asked for the first
+    // time, and timeline senders not yet sent for `$LAZY`.
     let changed_slots: Option<HashSet<(String, String)>> = match since {
         None => None,
         Some(s) => {
@@ -763,28 +801,36 @@ async fn joined_room(
             }
         }
     };
-    let in_timeline: HashSet<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+    let new_patterns: Vec<(String, String)> = w
+        .required_state
+        .iter()
+        .filter(|p| !known.required.contains(p))
+        .cloned()
+        .collect();
+    let me = user.user_id.as_str();
+    let mut lazy_sent = known.lazy_sent.clone();
     let current = current_state_events(state, room_id).await?;
     let mut required_state = Vec::new();
     for event in &current {
         let kind = event.kind.to_string();
         let key = event.state_key.as_deref().unwrap_or("");
-        if in_timeline.contains(event.event_id.as_str()) {
+        if !wanted_slot(&w.required_state, &kind, key, me, &senders) {
             continue;
         }
-        let lazy_member_new = kind == "m.room.member" && senders.contains(key);
-        let changed = changed_slots
-            .as_ref()
-            .is_none_or(|c| c.contains(&(kind.clone(), key.to_owned())) || lazy_member_new);
-        if changed
-            && wanted_slot(
-                &w.required_state,
-                &kind,
-                key,
-                user.user_id.as_str(),
-                &senders,
-            )
-        {
+        let lazy_new =
+            kind == "m.room.member" && senders.contains(key) && !known.lazy_sent.contains(key);
+        let send = match &changed_slots {
+            None => true,
+            Some(changed) => {
+                changed.contains(&(kind.clone(), key.to_owned()))
+                    || lazy_new
+                    || wanted_slot(&new_patterns, &kind, key, me, &senders)
+            }
+        };
+        if send {
+            if kind == "m.room.member" && senders.contains(key) {
+                lazy_sent.insert(key.to_owned());
+            }
             required_state.push(super::rooms::client_event(event));
         }
     }
@@ -801,7 +847,7 @@ async fn joined_room(
         "required_state": required_state,
         "prev_batch": prev_batch,
         "limited": limited,
-        "num_live": if since.is_some() { rows.len() } else { 0 },
+        "num_live": live,
         "joined_count": joined_count,
         "notification_count": notifications,
         "highlight_count": highlights,
@@ -809,6 +855,8 @@ async fn joined_room(
     });
     if since.is_none() {
         entry["initial"] = json!(true);
+    } else if known.expand {
+        entry["expanded_timeline"] = json!(true);
     }
     let name = current
         .iter()
@@ -847,5 +895,5 @@ async fn joined_room(
     {
         entry["avatar"] = json!(avatar);
     }
-    Ok(entry)
+    Ok((entry, lazy_sent))
 }
