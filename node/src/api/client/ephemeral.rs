@@ -384,6 +384,19 @@ pub async fn set_read_marker_route(
     Ok(set_read_marker::v3::Response::new().into())
 }
 
+/// Account data the server keeps (push rules, read markers) is changed through its own
+/// endpoints only (spec: 405 `M_BAD_JSON`).
+fn server_managed(kind: &str) -> std::result::Result<(), ApiError> {
+    if matches!(kind, "m.push_rules" | "m.fully_read") {
+        return Err(ApiError::new(
+            http::StatusCode::METHOD_NOT_ALLOWED,
+            "M_BAD_JSON",
+            format!("{kind} is kept by the server; use its own endpoints"),
+        ));
+    }
+    Ok(())
+}
+
 fn json_of<T>(raw: &Raw<T>) -> std::result::Result<Value, ApiError> {
     let value: Value =
         serde_json::from_str(raw.json().get()).map_err(|e| ApiError::bad_json(e.to_string()))?;
@@ -407,15 +420,10 @@ pub async fn set_global_account_data_route(
 ) -> Result<set_global_account_data::v3::Response> {
     let user = req.user()?.clone();
     own(&user.user_id, &req.body.user_id)?;
+    let kind = req.body.event_type.to_string();
+    server_managed(&kind)?;
     let content = json_of(&req.body.data)?;
-    store_account_data(
-        &state,
-        &user.user_id,
-        "",
-        &req.body.event_type.to_string(),
-        &content,
-    )
-    .await?;
+    store_account_data(&state, &user.user_id, "", &kind, &content).await?;
     Ok(set_global_account_data::v3::Response::new().into())
 }
 
@@ -441,6 +449,7 @@ pub async fn set_room_account_data_route(
 ) -> Result<set_room_account_data::v3::Response> {
     let user = req.user()?.clone();
     own(&user.user_id, &req.body.user_id)?;
+    server_managed(&req.body.event_type.to_string())?;
     let content = json_of(&req.body.data)?;
     store_account_data(
         &state,
