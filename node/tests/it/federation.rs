@@ -614,7 +614,7 @@ async fn private_addresses_are_refused_by_default() {
 }
 
 /// A message from `sender` (of `signer`'s server) placed on A's current room state, built and
-/// signed with `key` under `signer`'s name; `tamper` may change the signed object.
+/// signed with `key` under `signer`'s name.
 async fn crafted(
     a: &Peer,
     room: &str,
@@ -623,51 +623,43 @@ async fn crafted(
     key: &SigningKey,
     body: &str,
 ) -> unitas_federation::rooms::Pdu {
+    let template = unitas_federation::rooms::EventTemplate::message(
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": body}),
+    );
+    let auth = [("m.room.power_levels", ""), ("m.room.member", sender)];
+    placed_on(a, room, &template, sender, (origin, key), &auth).await
+}
+
+/// `template` from `sender` placed on A's current room state with the auth events in the
+/// `auth` slots, built and signed with `key` under `origin`'s name.
+async fn placed_on(
+    a: &Peer,
+    room: &str,
+    template: &unitas_federation::rooms::EventTemplate,
+    sender: &str,
+    (origin, key): (&str, &SigningKey),
+    auth: &[(&str, &str)],
+) -> unitas_federation::rooms::Pdu {
     use unitas_federation::rooms::build::{Placement, build_pdu};
     let room_id = ruma::OwnedRoomId::try_from(room).unwrap();
-    let version = a
-        .node
-        .state
-        .rooms
-        .room_version(&room_id)
-        .await
-        .unwrap()
-        .unwrap();
-    let state = a
-        .node
-        .state
-        .rooms
-        .current_state(&room_id)
-        .await
-        .unwrap()
-        .unwrap();
-    let slot = |kind: &str, key: &str| state.get(&(kind.to_owned(), key.to_owned())).cloned();
-    let auth: Vec<_> = [
-        slot("m.room.power_levels", ""),
-        slot("m.room.member", sender),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let prev = a
-        .node
-        .state
-        .rooms
-        .forward_extremities(&room_id)
-        .await
-        .unwrap();
+    let rooms = &a.node.state.rooms;
+    let version = rooms.room_version(&room_id).await.unwrap().unwrap();
+    let state = rooms.current_state(&room_id).await.unwrap().unwrap();
+    let auth_events: Vec<_> = auth
+        .iter()
+        .filter_map(|(kind, key)| state.get(&((*kind).to_owned(), (*key).to_owned())).cloned())
+        .collect();
+    let prev = rooms.forward_extremities(&room_id).await.unwrap();
     let sender = ruma::OwnedUserId::try_from(sender).unwrap();
     build_pdu(
         &version,
-        &unitas_federation::rooms::EventTemplate::message(
-            "m.room.message",
-            json!({"msgtype": "m.text", "body": body}),
-        ),
+        template,
         Placement {
             room_id: Some(&room_id),
             sender: &sender,
             prev_events: prev,
-            auth_events: auth,
+            auth_events,
             depth: 1_000,
             origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
             origin,
@@ -1339,58 +1331,24 @@ async fn restricted_rooms_let_in_members_of_the_space_on_both_nodes() {
     assert!(on_c["signatures"].get(a.name()).is_some(), "{on_c}");
 
     // A forged vouch: C sends Erin's join naming Alice straight to send_join; A refuses it.
-    let version = a
-        .node
-        .state
-        .rooms
-        .room_version(&room_id)
-        .await
-        .unwrap()
-        .unwrap();
-    let state = a
-        .node
-        .state
-        .rooms
-        .current_state(&room_id)
-        .await
-        .unwrap()
-        .unwrap();
-    let slot = |kind: &str, key: &str| state.get(&(kind.to_owned(), key.to_owned())).cloned();
-    let auth: Vec<_> = [
-        slot("m.room.create", ""),
-        slot("m.room.power_levels", ""),
-        slot("m.room.join_rules", ""),
-        slot("m.room.member", &alice),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let erin_id = ruma::OwnedUserId::try_from(erin.as_str()).unwrap();
-    let forged = unitas_federation::rooms::build::build_pdu(
-        &version,
+    let forged = placed_on(
+        &a,
+        &room,
         &unitas_federation::rooms::EventTemplate::state(
             "m.room.member",
             &erin,
             json!({"membership": "join", "join_authorised_via_users_server": alice}),
         ),
-        unitas_federation::rooms::build::Placement {
-            room_id: Some(&room_id),
-            sender: &erin_id,
-            prev_events: a
-                .node
-                .state
-                .rooms
-                .forward_extremities(&room_id)
-                .await
-                .unwrap(),
-            auth_events: auth,
-            depth: 1_000,
-            origin_server_ts: ruma::MilliSecondsSinceUnixEpoch::now(),
-            origin: &c.name(),
-            key: c.key(),
-        },
+        &erin,
+        (&c.name(), c.key()),
+        &[
+            ("m.room.create", ""),
+            ("m.room.power_levels", ""),
+            ("m.room.join_rules", ""),
+            ("m.room.member", &alice),
+        ],
     )
-    .unwrap();
+    .await;
     let refused = c
         .node
         .state

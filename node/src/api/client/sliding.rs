@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Json;
 use axum::extract::State;
@@ -36,8 +36,8 @@ use unitas_storage::{ClientData, ClientExtras, RemoteInvite, RemoteInvites, Room
 
 use super::rooms::{current_state_events, stripped_state};
 use super::sync::{
-    DeviceListDelta, data_event, events_of, key_counts, receipt_event, to_device_events,
-    unread_counts,
+    DeviceListDelta, SyncWaiter, data_event, events_of, key_counts, receipt_event,
+    to_device_events, unread_counts,
 };
 use crate::api::ApiError;
 use crate::api::restricted::state_content;
@@ -48,8 +48,6 @@ use crate::state::AppState;
 const SNAPSHOTS: usize = 4;
 /// Connections kept in memory; the least recently used go first.
 const CONNECTIONS: usize = 10_000;
-/// Longest long-poll.
-const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most timeline events per room and response.
 const MAX_TIMELINE: i64 = 100;
 /// New state events of a room looked at for a delta's `required_state`; more: sent as initial.
@@ -209,35 +207,14 @@ pub async fn sliding_sync_route(
         ));
     };
     let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
-    let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut mine = state.rooms.subscribe_user(&user.user_id);
-    let position = state.rooms.subscribe();
-    let mut aux = state.ephemeral.subscribe();
+    let mut waiter = SyncWaiter::new(&state, &user.user_id, body.timeout.unwrap_or_default());
     loop {
-        mine.borrow_and_update();
-        let now = *position.borrow();
-        let now_aux = *aux.borrow_and_update();
-        state.push.caught_up(now).await;
+        let (now, now_aux) = waiter.positions(&state).await;
         let (mut response, next, has_updates) =
             build(&state, &user, &body, &snapshot, now, now_aux).await?;
-        let waited_out = body.pos.is_some() && !has_updates;
-        if !waited_out || tokio::time::Instant::now() >= deadline {
+        // Nothing new for a connection in progress: wait for a change, or the timeout.
+        if body.pos.is_none() || has_updates || !waiter.changed().await {
             response["pos"] = json!(state.sliding.store(key, body.pos.is_none(), next));
-            if let Some(txn) = &body.txn_id {
-                response["txn_id"] = json!(txn);
-            }
-            return Ok(Json(response));
-        }
-        let woken = tokio::time::timeout_at(deadline, async {
-            tokio::select! {
-                r = mine.changed() => r.is_ok(),
-                r = aux.changed() => r.is_ok(),
-            }
-        })
-        .await;
-        if !matches!(woken, Ok(true)) {
-            response["pos"] = json!(state.sliding.store(key, false, next));
             if let Some(txn) = &body.txn_id {
                 response["txn_id"] = json!(txn);
             }

@@ -51,19 +51,9 @@ pub async fn sync_events_route(
         sync_filter(&state, &user, body.filter.as_ref()).await?;
     // The user is online while a client syncs (unless it asks otherwise), until the guard drops.
     let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
-    let timeout = body.timeout.unwrap_or_default().min(MAX_TIMEOUT);
-    let deadline = tokio::time::Instant::now() + timeout;
-    // Subscribe before reading positions: a commit in between still wakes the wait below.
-    // Only events that concern this user wake it (not every commit on the node).
-    let mut mine = state.rooms.subscribe_user(&user.user_id);
-    let position = state.rooms.subscribe();
-    let mut aux = state.ephemeral.subscribe();
+    let mut waiter = SyncWaiter::new(&state, &user.user_id, body.timeout.unwrap_or_default());
     loop {
-        mine.borrow_and_update();
-        let now = *position.borrow();
-        let now_aux = *aux.borrow_and_update();
-        // Unread counts up to `now` need the push rules to have seen every event up to it.
-        state.push.caught_up(now).await;
+        let (now, now_aux) = waiter.positions(&state).await;
         let window = Window {
             since,
             now,
@@ -78,20 +68,55 @@ pub async fn sync_events_route(
             threads,
         };
         let (response, has_updates) = build(&state, &user, window, options).await?;
-        if since.is_none() || has_updates || body.full_state {
+        // Nothing new: wait for the next commit or change, or the timeout.
+        if since.is_none() || has_updates || body.full_state || !waiter.changed().await {
             return Ok(Json(response));
         }
-        // Nothing new: wait for the next commit or change, or the timeout.
-        let woken = tokio::time::timeout_at(deadline, async {
+    }
+}
+
+/// What a long-polling sync waits on: commits that concern the user (the append path bumps
+/// the user's own watch, so unrelated rooms wake nobody) and changes of receipts, account data,
+/// typing and the like. Subscribed before the first positions are read: a commit in between
+/// still wakes the wait.
+pub(crate) struct SyncWaiter {
+    mine: tokio::sync::watch::Receiver<u64>,
+    position: tokio::sync::watch::Receiver<i64>,
+    aux: tokio::sync::watch::Receiver<i64>,
+    deadline: tokio::time::Instant,
+}
+
+impl SyncWaiter {
+    /// A waiter for `user` that gives up after `timeout` (at most a minute).
+    pub(crate) fn new(state: &AppState, user: &ruma::UserId, timeout: Duration) -> SyncWaiter {
+        SyncWaiter {
+            mine: state.rooms.subscribe_user(user),
+            position: state.rooms.subscribe(),
+            aux: state.ephemeral.subscribe(),
+            deadline: tokio::time::Instant::now() + timeout.min(MAX_TIMEOUT),
+        }
+    }
+
+    /// The stream and aux positions to answer up to, once the push rules have seen every event
+    /// up to them (unread counts include what the response shows).
+    pub(crate) async fn positions(&mut self, state: &AppState) -> (i64, i64) {
+        self.mine.borrow_and_update();
+        let now = *self.position.borrow();
+        let now_aux = *self.aux.borrow_and_update();
+        state.push.caught_up(now).await;
+        (now, now_aux)
+    }
+
+    /// Waits for the next change; false when the timeout came first.
+    pub(crate) async fn changed(&mut self) -> bool {
+        let woken = tokio::time::timeout_at(self.deadline, async {
             tokio::select! {
-                r = mine.changed() => r.is_ok(),
-                r = aux.changed() => r.is_ok(),
+                r = self.mine.changed() => r.is_ok(),
+                r = self.aux.changed() => r.is_ok(),
             }
         })
         .await;
-        if !matches!(woken, Ok(true)) {
-            return Ok(Json(response));
-        }
+        matches!(woken, Ok(true))
     }
 }
 
