@@ -54,72 +54,54 @@ async fn client_api_responses_match_the_spec() {
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
-    let Some(node_js) = unitas_conformance_tests::node_js() else {
-        return;
-    };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::foundation::config(dir.path());
-    config.registration.enabled = true;
-    let node = Node::start(config).await.unwrap();
-    let base = format!("http://{}", node.client_addr);
-    let script = unitas_conformance_tests::js_script("chat.mjs");
-    let (ok, stdout, stderr) =
-        crate::run_to_end(node_js, vec![script.display().to_string(), base]).await;
-    assert!(ok, "matrix-js-sdk failed:\n{stderr}\n{stdout}");
-    // The SDK logs to stdout; the facts are the last line.
-    let facts: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
-    assert_eq!(facts["messages"], 101);
-    assert_eq!(facts["typing"], true);
-    assert_eq!(facts["receipts"], true);
-    node.shutdown().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn matrix_js_sdk_sees_push_counts_a_thread_an_edit_and_a_reaction() {
-    let Some(node_js) = unitas_conformance_tests::node_js() else {
-        return;
-    };
+/// Runs a matrix-js-sdk script against a fresh node (open registration, no rate limits) and
+/// returns the facts it printed last (the SDK logs to stdout before them); `None` when
+/// Node.js is not there (outside CI, said loudly by `node_js`).
+async fn js_facts(script: &str) -> Option<serde_json::Value> {
+    let node_js = unitas_conformance_tests::node_js()?;
     let dir = tempfile::tempdir().unwrap();
     let mut config = crate::foundation::config(dir.path());
     config.registration.enabled = true;
     config.rate_limits.enabled = false;
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.client_addr);
-    let script = unitas_conformance_tests::js_script("push_threads.mjs");
+    let path = unitas_conformance_tests::js_script(script);
     let (ok, stdout, stderr) =
-        crate::run_to_end(node_js, vec![script.display().to_string(), base]).await;
-    assert!(ok, "matrix-js-sdk failed:\n{stderr}\n{stdout}");
-    let facts: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
+        crate::run_to_end(node_js, vec![path.display().to_string(), base]).await;
+    assert!(ok, "matrix-js-sdk {script} failed:\n{stderr}\n{stdout}");
+    let facts = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
+    node.shutdown().await;
+    Some(facts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_registers_chats_syncs_and_reads_history() {
+    let Some(facts) = js_facts("chat.mjs").await else {
+        return;
+    };
+    assert_eq!(facts["messages"], 101);
+    assert_eq!(facts["typing"], true);
+    assert_eq!(facts["receipts"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_js_sdk_sees_push_counts_a_thread_an_edit_and_a_reaction() {
+    let Some(facts) = js_facts("push_threads.mjs").await else {
+        return;
+    };
     assert_eq!(facts["notifications"], 3, "{facts}");
     assert_eq!(facts["highlights"], 1, "{facts}");
     assert_eq!(facts["cleared"], true, "{facts}");
     assert_eq!(facts["thread_replies"], 2, "{facts}");
     assert_eq!(facts["edited_body"], "edited body", "{facts}");
     assert_eq!(facts["reaction_key"], "👍", "{facts}");
-    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn matrix_js_sdk_sliding_sync_lists_rooms_and_follows_them() {
-    let Some(node_js) = unitas_conformance_tests::node_js() else {
+    let Some(facts) = js_facts("sliding_sync.mjs").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::foundation::config(dir.path());
-    config.registration.enabled = true;
-    config.rate_limits.enabled = false;
-    let node = Node::start(config).await.unwrap();
-    let base = format!("http://{}", node.client_addr);
-    let script = unitas_conformance_tests::js_script("sliding_sync.mjs");
-    let (ok, stdout, stderr) =
-        crate::run_to_end(node_js, vec![script.display().to_string(), base]).await;
-    assert!(ok, "matrix-js-sdk sliding sync failed:\n{stderr}\n{stdout}");
-    let facts: serde_json::Value =
-        serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap();
     assert_eq!(facts["client"], "matrix-js-sdk 43", "{facts}");
     assert_eq!(facts["count"], 4, "{facts}");
     assert_eq!(facts["notification_count"], 1, "{facts}");
@@ -130,7 +112,6 @@ async fn matrix_js_sdk_sliding_sync_lists_rooms_and_follows_them() {
     assert_eq!(facts["subscription_timeline"], 5, "{facts}");
     assert_eq!(facts["late_message_delivered"], true, "{facts}");
     assert_eq!(facts["unknown_pos"], "M_UNKNOWN_POS", "{facts}");
-    node.shutdown().await;
 }
 
 /// A node named `127.0.0.1:<federation port>` that federates with loopback peers.
