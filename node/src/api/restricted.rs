@@ -89,6 +89,19 @@ pub async fn power_levels(
     Ok(Some(RoomPowerLevels::new(source, rules, creators)))
 }
 
+/// Whether one of this node's users is joined to the room (so its state is kept current).
+async fn has_local_member(state: &AppState, room_id: &RoomId) -> Result<bool, ApiError> {
+    let Some((_, local)) = state.rooms.member_summary(room_id).await? else {
+        return Ok(false);
+    };
+    for member in local {
+        if membership_of(state, room_id, &member).await?.as_deref() == Some("join") {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// What a join needs under the room's join rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JoinAuthorisation {
@@ -143,7 +156,9 @@ pub async fn authorise_join(
     let mut known_any = false;
     let mut allowed = false;
     for allowed_room in &allowed_rooms {
-        if state.rooms.room_version(allowed_room).await?.is_none() {
+        // Only a room this node is still in tells the truth about its members: a copy kept
+        // after every local member left no longer hears of bans.
+        if !has_local_member(state, allowed_room).await? {
             continue;
         }
         known_any = true;
