@@ -26,7 +26,7 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use unitas_federation::discovery::{FilteringResolver, IpFilter};
-use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush};
+use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush, RoomEvents};
 
 use crate::api::restricted::{power_levels, state_content};
 use crate::config::PushConfig;
@@ -41,6 +41,8 @@ const CATCH_UP: Duration = Duration::from_secs(2);
 const ROOM_CACHE: usize = 1_000;
 /// Longest wait between two delivery attempts of one notification.
 const MAX_BACKOFF_MS: u64 = 60 * 60 * 1000;
+/// Bytes of a gateway's answer read.
+const MAX_ANSWER: usize = 64 * 1024;
 /// The path every push gateway URL must have (spec).
 pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 
@@ -132,6 +134,8 @@ impl Push {
 struct Member {
     user: OwnedUserId,
     ctx: PushConditionRoomCtx,
+    /// Stream position of their membership: events before it were not theirs to see.
+    since: i64,
 }
 
 /// The unnamed member whose default rules give an event's verdict for everyone without an
@@ -195,18 +199,24 @@ async fn room_context(
         name,
     };
     for user in local {
-        let Some((_, content)) =
+        let Some((member, content)) =
             state_content(state, room_id, "m.room.member", user.as_str()).await?
         else {
             continue;
         };
         if content["membership"] == "join" {
+            let since = state
+                .store
+                .get_event(member.event_id.as_str())
+                .await?
+                .and_then(|e| e.stream_ordering)
+                .unwrap_or(0);
             let name = content["displayname"]
                 .as_str()
                 .unwrap_or(user.localpart())
                 .to_owned();
             let ctx = context.member_ctx(room_id, &user, name);
-            context.members.push(Member { user, ctx });
+            context.members.push(Member { user, ctx, since });
         }
     }
     context.common = context.member_ctx(room_id, &context.common.user_id.clone(), String::new());
@@ -402,13 +412,15 @@ fn invitee(
         return None;
     }
     let user = OwnedUserId::try_from(row.state_key.as_deref()?).ok()?;
-    if !state.rooms.is_local_server(user.server_name().as_str())
-        || context.members.iter().any(|m| m.user == user)
-    {
+    if !state.rooms.is_local_server(user.server_name().as_str()) {
         return None;
     }
     let ctx = context.member_ctx(room_id, &user, user.localpart().to_owned());
-    Some(Member { user, ctx })
+    Some(Member {
+        user,
+        ctx,
+        since: row.stream_ordering.unwrap_or(0),
+    })
 }
 
 async fn evaluate_event(
@@ -443,9 +455,16 @@ async fn evaluate_event(
     let mut exceptions = Vec::new();
     let mut client_event = None;
     let invited = invitee(state, row, &event, room_id, context);
-    for member in context.members.iter().chain(invited.iter()) {
+    // The invitee is evaluated as such even when the worker already sees them joined.
+    let members = context
+        .members
+        .iter()
+        .filter(|m| invited.as_ref().is_none_or(|i| i.user != m.user));
+    for member in members.chain(invited.iter()) {
         let user = &member.user;
-        if user.as_str() == row.sender {
+        // Not the sender's own events, and not events from before the member joined (the
+        // worker may be behind the room's current members).
+        if user.as_str() == row.sender || member.since > position {
             continue;
         }
         // A member with rules of their own, or named by the event (a mention, an invite), gets
@@ -642,7 +661,16 @@ async fn deliver(push: &Push, item: &QueuedPush) -> Delivery {
     };
     let status = response.status();
     if status.is_success() {
-        let body: Value = response.json().await.unwrap_or(Value::Null);
+        // Only the `rejected` list matters: a gateway's answer is read up to a small size.
+        let mut bytes = Vec::new();
+        let mut response = response;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if bytes.len() + chunk.len() > MAX_ANSWER {
+                break;
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let rejected = body["rejected"]
             .as_array()
             .into_iter()

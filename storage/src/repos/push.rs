@@ -216,18 +216,22 @@ impl PushStore for Store {
         after: i64,
         main_only: bool,
     ) -> Result<(i64, i64)> {
+        // Notifications and highlights each counted up to 100 (a mention among many unread
+        // messages still counts).
+        let thread = if main_only {
+            "AND c.thread_id = ''"
+        } else {
+            ""
+        };
         let sql = format!(
-            "SELECT COUNT(*), SUM(h) FROM (
-               SELECT CASE WHEN COALESCE(x.highlight, c.highlight) THEN 1 ELSE 0 END AS h
-               {VERDICT} AND c.room_id = $2 AND c.stream_ordering > $3
-                 AND COALESCE(x.notify, c.notify) {}
-               LIMIT 100
-             ) unread",
-            if main_only {
-                "AND c.thread_id = ''"
-            } else {
-                ""
-            }
+            "SELECT
+               (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
+                  AND c.stream_ordering > $3 AND COALESCE(x.notify, c.notify) {thread}
+                  LIMIT 100) notifications),
+               (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
+                  AND c.stream_ordering > $3 AND COALESCE(x.notify, c.notify)
+                  AND COALESCE(x.highlight, c.highlight) {thread}
+                  LIMIT 100) highlights)"
         );
         let (total, highlights): (i64, Option<i64>) = on_pool!(self, pool => {
             sqlx::query_as(&sql)

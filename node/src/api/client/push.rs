@@ -23,6 +23,9 @@ use crate::state::AppState;
 
 type Result<T> = std::result::Result<RumaResponse<T>, ApiError>;
 
+/// Pushers one user may have.
+const MAX_PUSHERS: usize = 100;
+
 /// The account data type the rules live in.
 pub const PUSH_RULES: &str = "m.push_rules";
 
@@ -380,6 +383,15 @@ pub async fn set_pusher_route(
                 .push
                 .check_url(&data.url)
                 .map_err(ApiError::invalid_param)?;
+            let existing = state.store.list_pushers(user).await?;
+            let replaces = existing
+                .iter()
+                .any(|p| p.app_id == pusher.ids.app_id && p.pushkey == pusher.ids.pushkey);
+            if !replaces && existing.len() >= MAX_PUSHERS {
+                return Err(ApiError::invalid_param(format!(
+                    "at most {MAX_PUSHERS} pushers per user"
+                )));
+            }
             let stored = unitas_storage::Pusher {
                 user_id: user.to_owned(),
                 app_id: pusher.ids.app_id.clone(),
