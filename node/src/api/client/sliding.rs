@@ -53,6 +53,24 @@ const MAX_TIMELINE: i64 = 100;
 /// New state events of a room looked at for a delta's `required_state`; more: sent as initial.
 const STATE_DELTA_CAP: i64 = 500;
 
+/// Event types that make a room more recent (MSC4186's bump event types).
+const BUMP_TYPES: &[&str] = &[
+    "m.room.create",
+    "m.room.message",
+    "m.room.encrypted",
+    "m.sticker",
+    "m.call.invite",
+    "m.poll.start",
+    "m.beacon_info",
+];
+/// Newest events looked at for a room's recency.
+const BUMP_LOOKBACK: i64 = 20;
+/// Connections kept per user (a client choosing new `conn_id`s pushes out its own oldest).
+const CONNECTIONS_PER_USER: usize = 20;
+/// `required_state` patterns kept per room (more: the oldest are forgotten, and sent again
+/// when asked again).
+const MAX_PATTERNS: usize = 100;
+
 /// What the client has of one room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RoomSent {
@@ -113,6 +131,18 @@ impl Connections {
     /// Keeps `snapshot` under a new position; returns it.
     fn store(&self, key: (OwnedUserId, String, String), fresh: bool, snapshot: Snapshot) -> String {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(&key) {
+            let mine: Vec<_> = map
+                .iter()
+                .filter(|(k, _)| k.0 == key.0)
+                .map(|(k, c)| (c.used, k.clone()))
+                .collect();
+            if mine.len() >= CONNECTIONS_PER_USER
+                && let Some((_, oldest)) = mine.into_iter().min_by_key(|(used, _)| *used)
+            {
+                map.remove(&oldest);
+            }
+        }
         if map.len() >= CONNECTIONS && !map.contains_key(&key) {
             let oldest = map
                 .iter()
@@ -142,8 +172,11 @@ impl Connections {
 struct Candidate {
     room_id: OwnedRoomId,
     membership: String,
-    /// Recency: the stream position of its newest event (of the invite for invites).
+    /// Recency: the stream position of its newest event of a bump type (of the invite for
+    /// invites).
     bump: i64,
+    /// The stream position of its newest event of any type (what the client may lack).
+    latest: i64,
     /// Where the user's membership event is.
     member_position: i64,
     /// An invite into a room this node is not in.
@@ -255,16 +288,26 @@ async fn candidates(
             continue;
         }
         let membership = content["membership"].as_str().unwrap_or("leave").to_owned();
-        let bump = if membership == "join" {
-            state
+        // Recency: the newest event of the kinds that move a room up (MSC4186), among the last
+        // few; a reaction or a profile change does not.
+        let (bump, latest) = if membership == "join" {
+            let recent = state
                 .store
-                .get_room_events_before(room_id.as_str(), now + 1, 1)
-                .await?
-                .first()
+                .get_room_events_before(room_id.as_str(), now + 1, BUMP_LOOKBACK)
+                .await?;
+            let bump = recent
+                .iter()
+                .find(|r| BUMP_TYPES.contains(&r.event_type.as_str()))
                 .and_then(|r| r.stream_ordering)
                 .unwrap_or(member_position)
+                .max(member_position);
+            let latest = recent
+                .first()
+                .and_then(|r| r.stream_ordering)
+                .unwrap_or(member_position);
+            (bump, latest)
         } else {
-            member_position
+            (member_position, member_position)
         };
         let room_type = state_content(state, &room_id, "m.room.create", "")
             .await?
@@ -279,6 +322,7 @@ async fn candidates(
             room_id,
             membership,
             bump,
+            latest,
             member_position,
             remote: None,
             room_type,
@@ -301,6 +345,7 @@ async fn candidates(
             membership: "invite".into(),
             // Invites from elsewhere sort first among the newest.
             bump: now,
+            latest: now,
             member_position: now,
             remote: Some(pending),
             room_type: None,
@@ -436,8 +481,26 @@ async fn build(
     for room in &rooms {
         let sent = snapshot.rooms.get(&room.room_id);
         if matches!(room.membership.as_str(), "leave" | "ban") {
-            // Left since the client last had the room: the events up to the leave, once.
+            // Left since the client last had the room: the events up to the leave, once; a
+            // room the user was only invited to shows just the leave (no history they never
+            // could read).
             if let Some(sent) = sent
+                && room.member_position > sent.position
+                && sent.membership != "join"
+            {
+                let Some((leave, _)) =
+                    state_content(state, &room.room_id, "m.room.member", user.user_id.as_str())
+                        .await?
+                else {
+                    next.rooms.remove(&room.room_id);
+                    continue;
+                };
+                out_rooms.insert(
+                    room.room_id.to_string(),
+                    json!({"timeline": [super::rooms::client_event(&leave)], "limited": false,
+                           "num_live": 1, "bump_stamp": room.bump}),
+                );
+            } else if let Some(sent) = sent
                 && room.member_position > sent.position
             {
                 let limit = MAX_TIMELINE.min(20);
@@ -482,7 +545,14 @@ async fn build(
             expand: sent.is_some_and(|s| w.timeline_limit > s.timeline_limit),
         };
         let new_patterns = w.required_state.iter().any(|p| !known.required.contains(p));
-        if sent.is_some_and(|s| room.bump <= s.position) && !new_patterns && !known.expand {
+        // An invite from another server does not change while it stands: sent once.
+        let unchanged = match &room.remote {
+            Some(_) => sent.is_some(),
+            None => {
+                sent.is_some_and(|s| room.latest <= s.position) && !new_patterns && !known.expand
+            }
+        };
+        if unchanged {
             if let Some(kept) = next.rooms.get_mut(&room.room_id) {
                 kept.timeline_limit = w.timeline_limit;
             }
@@ -494,6 +564,9 @@ async fn build(
                 required.push(pattern.clone());
             }
         }
+        if required.len() > MAX_PATTERNS {
+            required.drain(..required.len() - MAX_PATTERNS);
+        }
         let (entry, lazy_sent) = if room.membership == "invite" {
             (invite_room(state, user, room).await?, HashSet::new())
         } else {
@@ -503,7 +576,7 @@ async fn build(
         next.rooms.insert(
             room.room_id.clone(),
             RoomSent {
-                position: now.max(room.bump),
+                position: now.max(room.latest),
                 required,
                 lazy_sent,
                 timeline_limit: w.timeline_limit,
@@ -609,7 +682,26 @@ async fn build(
                 "content": crate::api::client::push::default_content(&user.user_id)}));
         }
         let mut per_room = serde_json::Map::new();
-        for (room, kind, content) in data.iter().filter(|(r, _, _)| !r.is_empty()) {
+        // A room new to the client gets all its account data (tags, read markers), not only
+        // what changed since the connection's last response.
+        let initial_rooms: HashSet<&str> = out_rooms
+            .iter()
+            .filter(|(_, r)| r["initial"] == true)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        let all = if initial_connection || initial_rooms.is_empty() {
+            Vec::new()
+        } else {
+            state
+                .store
+                .list_account_data_since(user.user_id.as_str(), 0)
+                .await?
+        };
+        let earlier = all
+            .iter()
+            .filter(|(r, _, _)| initial_rooms.contains(r.as_str()))
+            .filter(|entry| !data.contains(entry));
+        for (room, kind, content) in data.iter().filter(|(r, _, _)| !r.is_empty()).chain(earlier) {
             let Ok(room_id) = OwnedRoomId::try_from(room.as_str()) else {
                 continue;
             };
@@ -639,7 +731,13 @@ async fn build(
     if ext.receipts.enabled == Some(true) || ext.typing.enabled == Some(true) {
         let mut receipts = serde_json::Map::new();
         let mut typing = serde_json::Map::new();
-        for (room_id, w) in &wanted {
+        // Only for joined rooms: an invitee does not see who reads or types.
+        let joined: HashSet<&OwnedRoomId> = rooms
+            .iter()
+            .filter(|r| r.membership == "join")
+            .map(|r| &r.room_id)
+            .collect();
+        for (room_id, w) in wanted.iter().filter(|(r, _)| joined.contains(r)) {
             // A room new to the client gets all its receipts.
             let room_since = if out_rooms
                 .get(room_id.as_str())
