@@ -26,9 +26,9 @@ use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 use unitas_federation::discovery::{FilteringResolver, IpFilter};
-use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush, RoomEvents};
+use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush};
 
-use crate::api::restricted::{power_levels, state_content};
+use crate::api::restricted::{member_event, power_levels, state_content};
 use crate::config::PushConfig;
 use crate::node::now_ms;
 use crate::state::AppState;
@@ -199,18 +199,10 @@ async fn room_context(
         name,
     };
     for user in local {
-        let Some((member, content)) =
-            state_content(state, room_id, "m.room.member", user.as_str()).await?
-        else {
+        let Some((_, content, since)) = member_event(state, room_id, &user).await? else {
             continue;
         };
         if content["membership"] == "join" {
-            let since = state
-                .store
-                .get_event(member.event_id.as_str())
-                .await?
-                .and_then(|e| e.stream_ordering)
-                .unwrap_or(0);
             let name = content["displayname"]
                 .as_str()
                 .unwrap_or(user.localpart())

@@ -40,6 +40,25 @@ pub async fn state_content(
     Ok(Some((pdu, content)))
 }
 
+/// A user's membership event in a room's current state, its content and its stream position
+/// (`None`: never a member here).
+pub async fn member_event(
+    state: &AppState,
+    room_id: &RoomId,
+    user: &UserId,
+) -> Result<Option<(Arc<Pdu>, Value, i64)>, ApiError> {
+    let Some((event, content)) =
+        state_content(state, room_id, "m.room.member", user.as_str()).await?
+    else {
+        return Ok(None);
+    };
+    let position = unitas_storage::RoomEvents::get_event(&state.store, event.event_id.as_str())
+        .await?
+        .and_then(|r| r.stream_ordering)
+        .unwrap_or(0);
+    Ok(Some((event, content, position)))
+}
+
 /// A user's membership in a room's current state (`None`: never a member here).
 pub async fn membership_of(
     state: &AppState,

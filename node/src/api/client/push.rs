@@ -289,20 +289,11 @@ pub async fn joined_with_positions(
 ) -> std::result::Result<Vec<(ruma::OwnedRoomId, i64)>, ApiError> {
     let mut out = Vec::new();
     for room_id in crate::api::client::rooms::joined_rooms(state, user).await? {
-        let Some(id) = state
-            .rooms
-            .current_state_event_id(&room_id, "m.room.member", user.as_str())
-            .await?
-        else {
-            continue;
-        };
-        let position = state
-            .store
-            .get_event(id.as_str())
-            .await?
-            .and_then(|e| e.stream_ordering)
-            .unwrap_or(0);
-        out.push((room_id, position));
+        if let Some((_, _, position)) =
+            crate::api::restricted::member_event(state, &room_id, user).await?
+        {
+            out.push((room_id, position));
+        }
     }
     Ok(out)
 }

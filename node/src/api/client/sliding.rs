@@ -40,7 +40,7 @@ use super::sync::{
     to_device_events, unread_counts,
 };
 use crate::api::ApiError;
-use crate::api::restricted::state_content;
+use crate::api::restricted::{member_event, state_content};
 use crate::api::ruma::{ClientUser, Ruma};
 use crate::state::AppState;
 
@@ -273,17 +273,11 @@ async fn candidates(
         let Ok(room_id) = OwnedRoomId::try_from(room) else {
             continue;
         };
-        let Some((member, content)) =
-            state_content(state, &room_id, "m.room.member", user.user_id.as_str()).await?
+        let Some((_, content, member_position)) =
+            member_event(state, &room_id, &user.user_id).await?
         else {
             continue;
         };
-        let member_position = state
-            .store
-            .get_event(member.event_id.as_str())
-            .await?
-            .and_then(|r| r.stream_ordering)
-            .unwrap_or(0);
         if member_position > now {
             continue;
         }
