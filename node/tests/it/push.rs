@@ -312,7 +312,7 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
 
     // A reply in a thread: one count for clients that mix threads in; apart for those that
     // ask (`unread_thread_notifications`).
-    send(
+    let reply = send(
         "5",
         json!({"msgtype": "m.text", "body": "in thread",
             "m.relates_to": {"rel_type": "m.thread", "event_id": plain}}),
@@ -331,5 +331,19 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
         joined["unread_thread_notifications"][&plain]["notification_count"], 1,
         "{joined}"
     );
+    // Read in the thread (on some device): the thread no longer counts, anywhere.
+    let (status, _) = post_json(
+        &v3(&format!(
+            "/rooms/{}/receipt/m.read/{}",
+            enc(&room),
+            enc(&reply)
+        )),
+        HOST,
+        Some(&bob),
+        json!({"thread_id": plain}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(counts(&t, &bob, &room).await, (1, 0));
     t.node.shutdown().await;
 }

@@ -483,20 +483,25 @@ async fn build(
     Ok((response, has_updates))
 }
 
-/// Notifying events after the user's read receipt (or `member_position`, their membership,
+/// Notifying events after the user's read receipts (or `member_position`, their membership,
 /// when they sent none): `(notifications, highlights)`, from the push rules' verdicts (see
-/// [`crate::push`]).
+/// [`crate::push`]), threads included.
 pub(crate) async fn unread_counts(
     state: &AppState,
     user: &ruma::UserId,
     room_id: &ruma::RoomId,
     member_position: i64,
 ) -> Result<(i64, i64), ApiError> {
-    let read_up_to = read_position(state, user, room_id, member_position).await?;
-    Ok(state
-        .store
-        .count_notifications(user.as_str(), room_id.as_str(), read_up_to, false)
-        .await?)
+    // The main timeline after its receipt, and each thread after its own (or an unthreaded)
+    // receipt: what one client read in a thread does not count on another.
+    let ((main, main_highlights), threads) =
+        thread_counts(state, user, room_id, member_position).await?;
+    let mut counts = (main, main_highlights);
+    for thread in threads.as_object().into_iter().flat_map(|t| t.values()) {
+        counts.0 += thread["notification_count"].as_i64().unwrap_or(0);
+        counts.1 += thread["highlight_count"].as_i64().unwrap_or(0);
+    }
+    Ok(counts)
 }
 
 /// Where the user read the room's main timeline up to (their receipt, else their membership).
