@@ -1,4 +1,5 @@
-//! Simplified sliding sync (MSC4186): lists by recency, windows, deltas that lose nothing.
+//! Syncing: simplified sliding sync (MSC4186: lists by recency, windows, deltas that lose
+//! nothing) and what a left room shows in /sync.
 
 use serde_json::{Value, json};
 
@@ -148,5 +149,41 @@ async fn sliding_sync_windows_deltas_and_positions() {
         (status, body["errcode"].as_str()),
         (400, Some("M_UNKNOWN_POS"))
     );
+    t.node.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invitee_who_declines_sees_no_history() {
+    let (t, alice, bob) = node_with_two_users().await;
+    let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+    let (_, created) = post_json(
+        &v3("/createRoom"),
+        HOST,
+        Some(&alice),
+        json!({"invite": ["@bob:localhost:8448"]}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let enc = unitas_federation::inbound::percent;
+    let (status, first) = crate::support::get_json_as(&v3("/sync"), &bob).await;
+    assert_eq!(status, 200);
+    assert!(first["rooms"]["invite"].get(&room).is_some(), "{first}");
+    let since = first["next_batch"].as_str().unwrap().to_owned();
+    send(&t, &alice, &room, "m1", "not for bob").await;
+    let (status, _) = post_json(
+        &v3(&format!("/rooms/{}/leave", enc(&room))),
+        HOST,
+        Some(&bob),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (_, after) = crate::support::get_json_as(&v3(&format!("/sync?since={since}")), &bob).await;
+    let timeline = after["rooms"]["leave"][&room]["timeline"]["events"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{after}"))
+        .clone();
+    assert_eq!(timeline.len(), 1, "{timeline:?}");
+    assert_eq!(timeline[0]["content"]["membership"], "leave");
     t.node.shutdown().await;
 }

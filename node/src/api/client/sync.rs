@@ -403,6 +403,11 @@ async fn build(
                     .get_room_events_before(room_id.as_str(), member_position + 1, limit)
                     .await?;
                 rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
+                // Someone who was only invited (or knocking) sees just their leave, not the
+                // room's messages.
+                if !was_joined_before(state, &member_id, &user.user_id).await? {
+                    rows.retain(|r| r.event_id == member_id.as_str());
+                }
                 rows.reverse();
                 let timeline = events_of(state, &rows, &user.user_id).await?;
                 leave.insert(
@@ -743,6 +748,18 @@ impl DeviceListDelta {
         }
         Ok((changed.into_iter().collect(), left))
     }
+}
+
+/// Whether `user` was joined in the state before their membership event `member_id`.
+async fn was_joined_before(
+    state: &AppState,
+    member_id: &ruma::EventId,
+    user: &ruma::UserId,
+) -> Result<bool, ApiError> {
+    let Some(before) = state.rooms.state_before(member_id).await? else {
+        return Ok(false);
+    };
+    is_joined(state, &before, user.as_str()).await
 }
 
 /// The users with a membership event in a room's state.
