@@ -21,6 +21,10 @@ CREATE TABLE event_push (
     PRIMARY KEY (room_id, stream_ordering)
 ) WITHOUT ROWID;
 
+-- Threads' events alone (thread counts look only at them).
+CREATE INDEX event_push_threads ON event_push (room_id, thread_id, stream_ordering)
+    WHERE thread_id <> '';
+
 CREATE TABLE event_push_exceptions (
     user_id         TEXT NOT NULL,
     room_id         TEXT NOT NULL,

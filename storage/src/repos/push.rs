@@ -253,7 +253,7 @@ impl PushStore for Store {
         let sql = format!(
             "SELECT c.thread_id, COUNT(*),
                     SUM(CASE WHEN COALESCE(x.highlight, c.highlight) THEN 1 ELSE 0 END)
-             {VERDICT} AND c.room_id = $2 AND c.thread_id <> '' AND c.stream_ordering > $3
+             {VERDICT} AND c.room_id = $2 AND c.thread_id <> '' AND c.stream_ordering + 0 > $3
                AND COALESCE(x.notify, c.notify)
                AND c.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
                    FROM receipts r JOIN events e ON e.event_id = r.event_id
@@ -262,6 +262,8 @@ impl PushStore for Store {
                      AND (r.thread_id = c.thread_id OR r.thread_id = '')), 0)
              GROUP BY c.thread_id ORDER BY c.thread_id LIMIT 100"
         );
+        // `+ 0` keeps SQLite off the primary key's range (every event of the room since the
+        // user joined) and on the index of threads' events.
         let rows: Vec<(String, i64, Option<i64>)> = on_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(user_id)
