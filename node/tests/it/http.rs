@@ -6,8 +6,8 @@ use unitas::{Config, Node};
 use unitas_territory::TerritoryCode;
 
 use crate::support::{
-    TestNode, get_json, http, node_with_two_users, node_with_two_users_on, post_json, test_config,
-    verify_server_keys,
+    TestNode, get_json, http, join_room, node_with_two_users, node_with_two_users_on, post_json,
+    test_config, verify_server_keys,
 };
 
 #[tokio::test]
@@ -704,17 +704,7 @@ async fn cross_signing_keys_and_signatures() {
     )
     .await;
     let room_id = room["room_id"].as_str().unwrap().to_owned();
-    let (status, _) = post_json(
-        &url(&format!(
-            "/join/{}",
-            unitas_federation::inbound::percent(&room_id)
-        )),
-        host,
-        Some(&alice_token),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    join_room(&t, host, &alice_token, &room_id).await;
     let next_batch = |token: String| {
         let url = url("/sync?timeout=0");
         async move {

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::support::{TestNode, http, node_with_two_users_on, post_json};
+use crate::support::{TestNode, http, join_room, node_with_two_users_on, post_json};
 
 const HOST: &str = "localhost:8448";
 
@@ -175,14 +175,7 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
     )
     .await;
     let room = created["room_id"].as_str().unwrap().to_owned();
-    let (status, _) = post_json(
-        &v3(&format!("/join/{}", enc(&room))),
-        HOST,
-        Some(&bob),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 200);
+    join_room(&t, HOST, &bob, &room).await;
     // The invite notified bob (the default rule for invites to him): the gateway saw it.
     let invite = gw.next().await;
     assert_eq!(invite["notification"]["type"], "m.room.member");

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestNode, http, node_with_two_users, post_json};
+use crate::support::{TestNode, http, join_room, node_with_two_users, post_json};
 
 const HOST: &str = "localhost:8448";
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
@@ -57,17 +57,7 @@ async fn sliding_sync_windows_deltas_and_positions() {
         )
         .await;
         let room = created["room_id"].as_str().unwrap().to_owned();
-        let (status, _) = post_json(
-            &v3(&format!(
-                "/join/{}",
-                unitas_federation::inbound::percent(&room)
-            )),
-            HOST,
-            Some(&bob),
-            json!({}),
-        )
-        .await;
-        assert_eq!(status, 200);
+        join_room(&t, HOST, &bob, &room).await;
         rooms.push(room);
     }
     let (a, b, c) = (&rooms[0], &rooms[1], &rooms[2]);

@@ -140,3 +140,13 @@ pub async fn get_json_as(url: &str, token: &str) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// The holder of `token` joins `room` on `t` (Host `host`); the join must succeed.
+pub async fn join_room(t: &TestNode, host: &str, token: &str, room: &str) {
+    let path = format!(
+        "/_matrix/client/v3/join/{}",
+        unitas_federation::inbound::percent(room)
+    );
+    let (status, body) = post_json(&t.client(&path), host, Some(token), json!({})).await;
+    assert_eq!(status, 200, "joining {room}: {body}");
+}
