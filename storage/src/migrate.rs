@@ -121,6 +121,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "push",
         include_str!("../migrations/sqlite/0022_push.sql"),
     ),
+    (
+        23,
+        "push_highlights",
+        include_str!("../migrations/sqlite/0023_push_highlights.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -233,6 +238,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         22,
         "push",
         include_str!("../migrations/postgres/0022_push.sql"),
+    ),
+    (
+        23,
+        "push_highlights",
+        include_str!("../migrations/postgres/0023_push_highlights.sql"),
     ),
 ];
 

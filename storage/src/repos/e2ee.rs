@@ -353,7 +353,20 @@ impl DeviceInbox for Store {
         acked: Option<i64>,
         up_to: i64,
     ) -> Result<Vec<(String, String, String)>> {
-        if let Some(acked) = acked {
+        // Read first: the delete (a write, waiting for SQLite's one writer) runs only when the
+        // last response delivered something.
+        let rows: Vec<(i64, String, String, String)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT position, sender, event_type, content FROM to_device_inbox
+                 WHERE user_id = $1 AND device_id = $2 AND position <= $3 ORDER BY position",
+            )
+            .bind(user_id).bind(device_id).bind(up_to).fetch_all(pool).await
+        })?;
+        let acked = acked.unwrap_or(i64::MIN);
+        if rows
+            .first()
+            .is_some_and(|(position, ..)| *position <= acked)
+        {
             on_pool!(self, pool => {
                 sqlx::query(
                     "DELETE FROM to_device_inbox
@@ -362,13 +375,11 @@ impl DeviceInbox for Store {
                 .bind(user_id).bind(device_id).bind(acked).execute(pool).await.map(|_| ())
             })?;
         }
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT sender, event_type, content FROM to_device_inbox
-                 WHERE user_id = $1 AND device_id = $2 AND position <= $3 ORDER BY position",
-            )
-            .bind(user_id).bind(device_id).bind(up_to).fetch_all(pool).await
-        })?)
+        Ok(rows
+            .into_iter()
+            .filter(|(position, ..)| *position > acked)
+            .map(|(_, sender, kind, content)| (sender, kind, content))
+            .collect())
     }
 
     async fn add_device_list_change(&self, user_id: &str, position: i64) -> Result<()> {

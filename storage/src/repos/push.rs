@@ -228,16 +228,29 @@ impl PushStore for Store {
                (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
                   AND c.stream_ordering > $3 AND COALESCE(x.notify, c.notify) {thread}
                   LIMIT 100) notifications),
-               (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
-                  AND c.stream_ordering > $3 AND COALESCE(x.notify, c.notify)
-                  AND COALESCE(x.highlight, c.highlight) {thread}
+               (SELECT COUNT(*) FROM (
+                  SELECT 1 AS n FROM event_push c
+                  WHERE c.room_id = $2 AND c.highlight = $4 AND c.stream_ordering > $3
+                    AND c.sender <> $1 AND c.notify {thread}
+                    AND NOT EXISTS (SELECT 1 FROM event_push_exceptions x WHERE x.user_id = $1
+                      AND x.room_id = c.room_id AND x.stream_ordering = c.stream_ordering)
+                  UNION ALL
+                  SELECT 1 AS n FROM event_push_exceptions x
+                  JOIN event_push c
+                    ON c.room_id = x.room_id AND c.stream_ordering = x.stream_ordering
+                  WHERE x.user_id = $1 AND x.room_id = $2 AND x.stream_ordering > $3
+                    AND x.highlight AND x.notify AND c.sender <> $1 {thread}
                   LIMIT 100) highlights)"
         );
+        // Highlights are the events everyone's verdict highlights (their own index) that the
+        // user has no exception for, and the user's exceptions that highlight: neither reads
+        // every event since the receipt (a room without mentions has no highlights to find).
         let (total, highlights): (i64, Option<i64>) = on_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(user_id)
                 .bind(room_id)
                 .bind(after)
+                .bind(true)
                 .fetch_one(pool)
                 .await
         })?;
