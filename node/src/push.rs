@@ -11,8 +11,10 @@
 //! ```
 //!
 //! Evaluation runs beside the append path, not in it: sending stays as fast as before, and a
-//! sync waits (briefly) until the worker has caught up with the position it answers for, so
-//! the counts it shows include the events it shows.
+//! sync never waits for it. A sync's counts hold for the events the worker had evaluated when
+//! it answered (the token carries that position); when the worker gets further, it wakes the
+//! syncs of the members an event notifies, and their next response carries the room's new
+//! counts (sliding sync: the room with its counts alone).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,7 +26,8 @@ use ruma::push::{
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
-use tokio::sync::{Notify, watch};
+use std::sync::atomic::{AtomicI64, Ordering};
+use tokio::sync::Notify;
 use unitas_federation::discovery::{FilteringResolver, IpFilter};
 use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush};
 
@@ -35,8 +38,6 @@ use crate::state::AppState;
 
 /// Events evaluated per transaction.
 const BATCH: i64 = 200;
-/// Longest a sync waits for the worker to catch up before answering with older counts.
-const CATCH_UP: Duration = Duration::from_secs(2);
 /// Rooms whose members and power levels are kept between batches.
 const ROOM_CACHE: usize = 1_000;
 /// Longest wait between two delivery attempts of one notification.
@@ -49,7 +50,8 @@ pub const NOTIFY_PATH: &str = "/_matrix/push/v1/notify";
 /// The push worker's shared half: how far evaluation got, and the delivery client.
 #[derive(Debug)]
 pub struct Push {
-    evaluated: watch::Sender<i64>,
+    /// The last stream position evaluated (`i64::MIN` until the worker starts).
+    evaluated: AtomicI64,
     /// Bumped when a user's rules or pushers change (the worker drops its copies).
     generation: std::sync::atomic::AtomicU64,
     queued: Notify,
@@ -79,7 +81,7 @@ impl Push {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Push {
-            evaluated: watch::channel(0).0,
+            evaluated: AtomicI64::new(i64::MIN),
             generation: Default::default(),
             queued: Notify::new(),
             http,
@@ -98,11 +100,11 @@ impl Push {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Waits until the worker has evaluated every event up to `position` (at most a short
-    /// while: a stuck worker delays counts, never a sync).
-    pub async fn caught_up(&self, position: i64) {
-        let mut rx = self.evaluated.subscribe();
-        let _ = tokio::time::timeout(CATCH_UP, rx.wait_for(|p| *p >= position)).await;
+    /// How far the rules have seen the event stream: counts read now include every event up
+    /// to it. `None` before the worker started (nothing to wait for: counts are what they are).
+    pub fn evaluated(&self) -> Option<i64> {
+        let position = self.evaluated.load(Ordering::SeqCst);
+        (position != i64::MIN).then_some(position)
     }
 
     /// Checks a pusher's URL: `https`, the spec's notify path, and not an address the filter
@@ -297,14 +299,17 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
             ..Default::default()
         })
         .await;
-    state.push.evaluated.send_replace(position);
+    state.push.evaluated.store(position, Ordering::SeqCst);
     let mut caches = Caches::default();
     loop {
         let target = *committed.borrow_and_update();
         match evaluate_batch(&state, position, &mut caches).await {
-            Ok(Some(last)) => {
+            Ok(Some((last, notified))) => {
                 position = last;
-                state.push.evaluated.send_replace(position);
+                state.push.evaluated.store(position, Ordering::SeqCst);
+                // Their counts changed: their syncs answer again (after the position moved,
+                // so the woken sync reads counts that include the batch).
+                state.rooms.wake(notified.iter());
                 state.push.queued.notify_one();
                 continue;
             }
@@ -312,7 +317,7 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
                 // Nothing after `position` up to `target` (read before the query): caught up.
                 if target > position {
                     position = target;
-                    state.push.evaluated.send_replace(position);
+                    state.push.evaluated.store(position, Ordering::SeqCst);
                 }
             }
             Err(error) => {
@@ -330,13 +335,13 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
     }
 }
 
-/// Evaluates the events after `after`; returns the last position evaluated (`None` when there
-/// was nothing).
+/// Evaluates the events after `after`; returns the last position evaluated and the users some
+/// event notified (`None` when there was nothing).
 async fn evaluate_batch(
     state: &AppState,
     after: i64,
     caches: &mut Caches,
-) -> Result<Option<i64>, crate::api::ApiError> {
+) -> Result<Option<(i64, std::collections::HashSet<OwnedUserId>)>, crate::api::ApiError> {
     let events = state.store.list_stream_events(after, BATCH).await?;
     let Some(last) = events.last().and_then(|e| e.stream_ordering) else {
         return Ok(None);
@@ -349,6 +354,7 @@ async fn evaluate_batch(
     }
     let mut actions = Vec::new();
     let mut queue = Vec::new();
+    let mut notified = std::collections::HashSet::new();
     for row in &events {
         let Ok(room_id) = OwnedRoomId::try_from(row.room_id.as_str()) else {
             continue;
@@ -373,7 +379,7 @@ async fn evaluate_batch(
             &room_id,
             &context,
             caches,
-            (&mut actions, &mut queue),
+            (&mut actions, &mut queue, &mut notified),
         )
         .await?;
         // A state event may change members, names or power levels.
@@ -389,7 +395,7 @@ async fn evaluate_batch(
             position: Some(last),
         })
         .await?;
-    Ok(Some(last))
+    Ok(Some((last, notified)))
 }
 
 /// A local user this event invites (not a member yet, but the invite is for them).
@@ -421,7 +427,11 @@ async fn evaluate_event(
     room_id: &OwnedRoomId,
     context: &RoomContext,
     caches: &mut Caches,
-    (actions, queue): (&mut Vec<PushAction>, &mut Vec<QueuedPush>),
+    (actions, queue, notified): (
+        &mut Vec<PushAction>,
+        &mut Vec<QueuedPush>,
+        &mut std::collections::HashSet<OwnedUserId>,
+    ),
 ) -> Result<(), crate::api::ApiError> {
     let Some(position) = row.stream_ordering else {
         return Ok(());
@@ -463,7 +473,7 @@ async fn evaluate_event(
         // their own verdict; it is stored when it differs from the event's.
         let own = caches.own_rules(state, user).await?;
         let named = row.json.contains(user.as_str());
-        let (actions_json, notify, _) = if own.is_some() || named {
+        let (actions_json, notify, highlight) = if own.is_some() || named {
             let rules = own.unwrap_or_else(|| Arc::new(Ruleset::server_default(user)));
             let matched = first_match(&rules, &event, &member.ctx).await;
             let matched_json = serde_json::to_value(matched).unwrap_or(Value::Array(Vec::new()));
@@ -487,6 +497,9 @@ async fn evaluate_event(
         } else {
             (common_json.clone(), common_notify, common_highlight)
         };
+        if notify || highlight {
+            notified.insert(user.clone());
+        }
         if !notify || !state.push.config.enabled {
             continue;
         }

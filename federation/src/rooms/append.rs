@@ -398,6 +398,21 @@ impl Rooms {
             .subscribe()
     }
 
+    /// Wakes the waiting syncs of `users` (something of theirs changed outside the event
+    /// stream, such as their unread counts).
+    pub fn wake<'a>(&self, users: impl Iterator<Item = &'a OwnedUserId>) {
+        let watches = self
+            .inner
+            .user_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for user in users {
+            if let Some(tx) = watches.get(user) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
     /// Wakes the syncs of a room's local members and of `extra` users: whichever is smaller
     /// is walked, the users with a waiting sync or the members (a room of 10,000 local members
     /// with a few syncing costs a few lookups per event).

@@ -10,7 +10,9 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::support::{TestNode, http, join_room, node_with_two_users_on, post_json};
+use crate::support::{
+    TestNode, http, join_room, node_with_two_users_on, post_json, settled_sync, sync_settled,
+};
 
 const HOST: &str = "localhost:8448";
 
@@ -109,10 +111,11 @@ async fn get(url: &str, token: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-/// The room's `unread_notifications` in a sync of `token` after `since` (or initial).
+/// The room's `unread_notifications` in an initial sync of `token`, once the push rules have
+/// seen every event the sync shows (its token's last part, the position the counts hold for,
+/// has reached its first, the stream's).
 async fn counts(t: &TestNode, token: &str, room: &str) -> (i64, i64) {
-    let (status, body) = get(&t.client("/_matrix/client/v3/sync"), token).await;
-    assert_eq!(status, 200, "{body}");
+    let body = settled_sync(t, HOST, token).await;
     let unread = &body["rooms"]["join"][room]["unread_notifications"];
     (
         unread["notification_count"].as_i64().unwrap(),
@@ -314,7 +317,13 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
     assert_eq!(counts(&t, &bob, &room).await, (2, 0));
     let filter =
         enc(&json!({"room": {"timeline": {"unread_thread_notifications": true}}}).to_string());
-    let (_, synced) = get(&v3(&format!("/sync?filter={filter}")), &bob).await;
+    let synced = loop {
+        let (_, synced) = get(&v3(&format!("/sync?filter={filter}")), &bob).await;
+        if sync_settled(&synced) {
+            break synced;
+        }
+        tokio::task::yield_now().await;
+    };
     let joined = &synced["rooms"]["join"][&room];
     assert_eq!(
         joined["unread_notifications"]["notification_count"], 1,
@@ -339,4 +348,67 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
     assert_eq!(status, 200);
     assert_eq!(counts(&t, &bob, &room).await, (1, 0));
     t.node.shutdown().await;
+}
+
+/// A sync answers as soon as a message is committed, whether or not the push rules have seen
+/// it yet; when they have, the waiting sync is woken again and carries the room's new counts.
+/// No long-poll here may run into its timeout: each returns because something changed.
+#[tokio::test]
+async fn counts_that_come_after_the_message_wake_the_sync() {
+    let (t, alice, bob) = node_with_two_users_on(|_| {}).await;
+    let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+    let (_, created) = post_json(
+        &v3("/createRoom"),
+        HOST,
+        Some(&alice),
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    join_room(&t, HOST, &bob, &room).await;
+    let initial = settled_sync(&t, HOST, &bob).await;
+    let mut since = initial["next_batch"].as_str().unwrap().to_owned();
+    assert_eq!(
+        initial["rooms"]["join"][&room]["unread_notifications"]["notification_count"],
+        0
+    );
+
+    let url = v3(&format!(
+        "/rooms/{}/send/m.room.message/wake",
+        unitas_federation::inbound::percent(&room)
+    ));
+    let (status, _) = put_json(&url, &alice, json!({"msgtype": "m.text", "body": "hi"})).await;
+    assert_eq!(status, 200);
+
+    let started = std::time::Instant::now();
+    let mut saw_message = false;
+    let mut responses = 0;
+    loop {
+        let (status, body) = get(&v3(&format!("/sync?since={since}&timeout=30000")), &bob).await;
+        assert_eq!(status, 200, "{body}");
+        responses += 1;
+        since = body["next_batch"].as_str().unwrap().to_owned();
+        let joined = &body["rooms"]["join"][&room];
+        saw_message |= joined["timeline"]["events"]
+            .as_array()
+            .is_some_and(|events| events.iter().any(|e| e["content"]["body"] == "hi"));
+        // (A response may carry a count the worker committed after the sync read how far it
+        // had got: the count is right, the token says less; the next sync sends it again.)
+        if joined["unread_notifications"]["notification_count"] == 1
+            && saw_message
+            && sync_settled(&body)
+        {
+            break;
+        }
+        assert!(
+            responses < 5,
+            "no count after {responses} responses: {body}"
+        );
+    }
+    // Well below the long-poll's 30 s: every response was a wake-up, not a timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    // Settled: the next sync has nothing to say until something happens.
+    let (status, body) = get(&v3(&format!("/sync?since={since}&timeout=0")), &bob).await;
+    assert_eq!(status, 200);
+    assert!(body["rooms"]["join"].get(&room).is_none(), "{body}");
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{TestNode, http, join_room, node_with_two_users, post_json};
+use crate::support::{TestNode, http, join_room, node_with_two_users, post_json, settled_sync};
 
 const HOST: &str = "localhost:8448";
 const PATH: &str = "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync";
@@ -31,6 +31,8 @@ async fn send(t: &TestNode, token: &str, room: &str, txn: &str, body: &str) -> S
         .json()
         .await
         .unwrap();
+    // The push rules see it before the test looks (its counts come with the message).
+    settled_sync(t, HOST, token).await;
     reply["event_id"].as_str().unwrap().to_owned()
 }
 

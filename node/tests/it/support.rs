@@ -150,3 +150,44 @@ pub async fn join_room(t: &TestNode, host: &str, token: &str, room: &str) {
     let (status, body) = post_json(&t.client(&path), host, Some(token), json!({})).await;
     assert_eq!(status, 200, "joining {room}: {body}");
 }
+
+/// Whether a `/sync` answer's unread counts include every event it shows: its token
+/// (`s<stream>_<aux>_<counted>`) says how far the push rules had seen the stream.
+pub fn sync_settled(sync: &Value) -> bool {
+    let token = sync["next_batch"].as_str().unwrap_or_default();
+    let mut parts = token.trim_start_matches('s').split('_');
+    let stream: i64 = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(i64::MAX);
+    let counted: i64 = parts
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(i64::MIN);
+    counted >= stream
+}
+
+/// An initial `/sync` of the holder of `token` once the push rules have seen every event it
+/// shows (counts read after it include everything sent before it).
+pub async fn settled_sync(t: &TestNode, host: &str, token: &str) -> Value {
+    let settled = async {
+        loop {
+            let response = http()
+                .get(t.client("/_matrix/client/v3/sync"))
+                .header("host", host)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            let body: Value = response.json().await.unwrap();
+            if sync_settled(&body) {
+                return body;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), settled)
+        .await
+        .expect("the push rules catch up with the stream")
+}

@@ -503,12 +503,13 @@ async fn sign_one(
     Ok(())
 }
 
-/// The aux position of a sync token (`s<stream>_<aux>`).
+/// The stream and aux positions of a sync token (`s<stream>_<aux>[_<counted>]`).
 fn aux_of(token: &str) -> Result<(i64, i64), ApiError> {
     let stream = crate::api::client::rooms::parse_token(token)?;
     let aux = token
-        .split_once('_')
-        .and_then(|(_, aux)| aux.parse().ok())
+        .split('_')
+        .nth(1)
+        .and_then(|aux| aux.parse().ok())
         .ok_or_else(|| ApiError::invalid_param(format!("Invalid sync token {token:?}")))?;
     Ok((stream, aux))
 }

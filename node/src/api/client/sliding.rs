@@ -84,6 +84,10 @@ struct RoomSent {
     timeline_limit: i64,
     /// The user's membership when sent.
     membership: String,
+    /// The unread counts sent (notifications, highlights), and how far the push rules had
+    /// seen the stream then (the counts are looked at again when they get further).
+    counts: (i64, i64),
+    counted: i64,
 }
 
 /// A connection's state after one response.
@@ -242,9 +246,9 @@ pub async fn sliding_sync_route(
     let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
     let mut waiter = SyncWaiter::new(&state, &user.user_id, body.timeout.unwrap_or_default());
     loop {
-        let (now, now_aux) = waiter.positions(&state).await;
+        let (now, now_aux, counted) = waiter.positions(&state);
         let (mut response, next, has_updates) =
-            build(&state, &user, &body, &snapshot, now, now_aux).await?;
+            build(&state, &user, &body, &snapshot, (now, now_aux, counted)).await?;
         // Nothing new for a connection in progress: wait for a change, or the timeout.
         if body.pos.is_none() || has_updates || !waiter.changed().await {
             response["pos"] = json!(state.sliding.store(key, body.pos.is_none(), next));
@@ -424,8 +428,7 @@ async fn build(
     user: &ClientUser,
     body: &v5::Request,
     snapshot: &Snapshot,
-    now: i64,
-    now_aux: i64,
+    (now, now_aux, counted): (i64, i64, i64),
 ) -> Result<(Value, Snapshot, bool), ApiError> {
     let initial_connection = body.pos.is_none();
     let rooms = candidates(state, user, now).await?;
@@ -549,6 +552,22 @@ async fn build(
         if unchanged {
             if let Some(kept) = next.rooms.get_mut(&room.room_id) {
                 kept.timeline_limit = w.timeline_limit;
+                // The push rules saw more of the room since its counts were sent: the counts
+                // alone, when they changed.
+                if room.remote.is_none() && room.latest > kept.counted && counted > kept.counted {
+                    kept.counted = counted;
+                    let counts =
+                        unread_counts(state, &user.user_id, &room.room_id, room.member_position)
+                            .await?;
+                    if counts != kept.counts {
+                        kept.counts = counts;
+                        out_rooms.insert(
+                            room.room_id.to_string(),
+                            json!({"notification_count": counts.0, "highlight_count": counts.1,
+                                   "bump_stamp": room.bump}),
+                        );
+                    }
+                }
             }
             continue;
         }
@@ -566,6 +585,10 @@ async fn build(
         } else {
             joined_room(state, user, room, w, &known, now).await?
         };
+        let counts = (
+            entry["notification_count"].as_i64().unwrap_or(0),
+            entry["highlight_count"].as_i64().unwrap_or(0),
+        );
         out_rooms.insert(room.room_id.to_string(), entry);
         next.rooms.insert(
             room.room_id.clone(),
@@ -575,6 +598,8 @@ async fn build(
                 lazy_sent,
                 timeline_limit: w.timeline_limit,
                 membership: room.membership.clone(),
+                counts,
+                counted,
             },
         );
     }

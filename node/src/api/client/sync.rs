@@ -42,23 +42,24 @@ pub async fn sync_events_route(
     let user = req.user()?.clone();
     let body = req.body;
     let since = body.since.as_deref().map(parse_token).transpose()?;
-    let since_aux = body
-        .since
-        .as_deref()
-        .and_then(|t| t.split_once('_'))
-        .and_then(|(_, a)| a.parse::<i64>().ok());
+    // `s<stream>_<aux>_<counted>`; a token without the last part had counts up to its stream.
+    let mut parts = body.since.as_deref().unwrap_or_default().split('_').skip(1);
+    let since_aux = parts.next().and_then(|a| a.parse::<i64>().ok());
+    let since_counted = since.map(|s| parts.next().and_then(|c| c.parse().ok()).unwrap_or(s));
     let (limit, lazy_members, presence, threads) =
         sync_filter(&state, &user, body.filter.as_ref()).await?;
     // The user is online while a client syncs (unless it asks otherwise), until the guard drops.
     let _syncing = crate::presence::syncing(&state, &user.user_id, &body.set_presence).await?;
     let mut waiter = SyncWaiter::new(&state, &user.user_id, body.timeout.unwrap_or_default());
     loop {
-        let (now, now_aux) = waiter.positions(&state).await;
+        let (now, now_aux, counted) = waiter.positions(&state);
         let window = Window {
             since,
             now,
             since_aux: since.map(|_| since_aux.unwrap_or(0)),
             now_aux,
+            since_counted,
+            counted,
         };
         let options = Options {
             full_state: body.full_state,
@@ -97,14 +98,15 @@ impl SyncWaiter {
         }
     }
 
-    /// The stream and aux positions to answer up to, once the push rules have seen every event
-    /// up to them (unread counts include what the response shows).
-    pub(crate) async fn positions(&mut self, state: &AppState) -> (i64, i64) {
+    /// The stream and aux positions to answer up to, and how far the push rules have seen
+    /// the stream (unread counts read after this include every event up to it; the push
+    /// worker wakes the sync again when it gets further and someone's counts change).
+    pub(crate) fn positions(&mut self, state: &AppState) -> (i64, i64, i64) {
         self.mine.borrow_and_update();
         let now = *self.position.borrow();
         let now_aux = *self.aux.borrow_and_update();
-        state.push.caught_up(now).await;
-        (now, now_aux)
+        let counted = state.push.evaluated().unwrap_or(now);
+        (now, now_aux, counted)
     }
 
     /// Waits for the next change; false when the timeout came first.
@@ -120,13 +122,16 @@ impl SyncWaiter {
     }
 }
 
-/// What a sync covers: events in `(since, now]`, other changes in `(since_aux, now_aux]`.
+/// What a sync covers: events in `(since, now]`, other changes in `(since_aux, now_aux]`, and
+/// unread counts of rooms with events the push rules saw in `(since_counted, counted]`.
 #[derive(Debug, Clone, Copy)]
 struct Window {
     since: Option<i64>,
     now: i64,
     since_aux: Option<i64>,
     now_aux: i64,
+    since_counted: Option<i64>,
+    counted: i64,
 }
 
 /// What a sync asks for besides its window.
@@ -216,6 +221,8 @@ async fn build(
         now,
         since_aux,
         now_aux,
+        since_counted,
+        counted,
     } = window;
     let Options {
         full_state,
@@ -224,10 +231,40 @@ async fn build(
         presence: wants_presence,
         threads,
     } = options;
-    let account_data = state
-        .store
-        .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
-        .await?;
+    // What does not depend on the rooms is read at once, beside the rooms' reads (each read is
+    // a round trip to a database connection; the pool has several).
+    let (
+        account_data,
+        mut devices,
+        rooms,
+        remote_invites,
+        (one_time_keys, fallback_types),
+        to_device,
+    ) = tokio::try_join!(
+        async {
+            let data = state
+                .store
+                .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
+                .await?;
+            Ok::<_, ApiError>(data)
+        },
+        DeviceListDelta::new(state, &user.user_id, since.and(since_aux), now_aux),
+        async {
+            let rooms = state
+                .store
+                .list_membership_rooms(user.user_id.as_str())
+                .await?;
+            Ok(rooms)
+        },
+        async {
+            Ok(state
+                .store
+                .list_remote_invites(user.user_id.as_str())
+                .await?)
+        },
+        key_counts(state, user),
+        to_device_events(state, user, since.and(since_aux), now_aux),
+    )?;
     let mut global_data: Vec<Value> = account_data
         .iter()
         .filter(|(room, _, _)| room.is_empty())
@@ -248,13 +285,7 @@ async fn build(
     let mut invite = serde_json::Map::new();
     let mut leave = serde_json::Map::new();
     let mut knock = serde_json::Map::new();
-    let mut devices =
-        DeviceListDelta::new(state, &user.user_id, since.and(since_aux), now_aux).await?;
     let mut joined_rooms = Vec::new();
-    let rooms = state
-        .store
-        .list_membership_rooms(user.user_id.as_str())
-        .await?;
     for room in rooms {
         let Ok(room_id) = OwnedRoomId::try_from(room) else {
             continue;
@@ -293,11 +324,18 @@ async fn build(
                         changed_since,
                     )
                     .await?;
-                // The newest `limit` events of (since, now], oldest first.
-                let mut rows = state
-                    .store
-                    .get_room_events_before(room_id.as_str(), now + 1, limit + 1)
-                    .await?;
+                // The newest `limit` events of (since, now], oldest first, and the receipts.
+                let (mut rows, receipts) = tokio::try_join!(
+                    async {
+                        let rows = state
+                            .store
+                            .get_room_events_before(room_id.as_str(), now + 1, limit + 1)
+                            .await?;
+                        Ok::<_, ApiError>(rows)
+                    },
+                    receipt_event(state, &room_id, since_aux),
+                )?;
+                let recounted = recounted(&rows, limit, since_counted, counted);
                 rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
                 let limited = rows.len() as i64 > limit;
                 rows.truncate(limit as usize);
@@ -308,7 +346,7 @@ async fn build(
                     .map(|(_, k, c)| data_event(k, c))
                     .collect();
                 let mut ephemeral = Vec::new();
-                if let Some(receipts) = receipt_event(state, &room_id, since_aux).await? {
+                if let Some(receipts) = receipts {
                     ephemeral.push(receipts);
                 }
                 if let Some(typing) = state.ephemeral.typing_since(&room_id, since_aux) {
@@ -317,12 +355,26 @@ async fn build(
                 if rows.is_empty()
                     && ephemeral.is_empty()
                     && room_data.is_empty()
+                    && !recounted
                     && !full_state
                     && since.is_some()
                 {
                     continue;
                 }
-                let timeline = events_of(state, &rows, &user.user_id).await?;
+                let counts = async {
+                    Ok(if threads {
+                        let (main, per_thread) =
+                            thread_counts(state, &user.user_id, &room_id, member_position).await?;
+                        (main, Some(per_thread))
+                    } else {
+                        (
+                            unread_counts(state, &user.user_id, &room_id, member_position).await?,
+                            None,
+                        )
+                    })
+                };
+                let (timeline, (unread, thread_unread)) =
+                    tokio::try_join!(events_of(state, &rows, &user.user_id), counts)?;
                 let prev_batch = rows
                     .first()
                     .and_then(|r| r.stream_ordering)
@@ -333,16 +385,6 @@ async fn build(
                     rows.iter().map(|r| r.event_id.as_str()).collect();
                 let senders: std::collections::HashSet<&str> =
                     rows.iter().map(|r| r.sender.as_str()).collect();
-                let (unread, thread_unread) = if threads {
-                    let (main, per_thread) =
-                        thread_counts(state, &user.user_id, &room_id, member_position).await?;
-                    (main, Some(per_thread))
-                } else {
-                    (
-                        unread_counts(state, &user.user_id, &room_id, member_position).await?,
-                        None,
-                    )
-                };
                 let state_events = if since.is_none() || full_state || limited || changed_since {
                     current_state_events(state, &room_id)
                         .await?
@@ -430,11 +472,7 @@ async fn build(
         }
     }
     // Invites into rooms this node is not in (received over federation).
-    for pending in state
-        .store
-        .list_remote_invites(user.user_id.as_str())
-        .await?
-    {
+    for pending in remote_invites {
         let fresh = since_aux.is_none_or(|s| pending.position > s) && pending.position <= now_aux;
         if !fresh || join.contains_key(&pending.room_id) || invite.contains_key(&pending.room_id) {
             continue;
@@ -458,9 +496,6 @@ async fn build(
             );
         }
     }
-    // What the device's encryption needs to keep enough keys on the server.
-    let (one_time_keys, fallback_types) = key_counts(state, user).await?;
-    let to_device = to_device_events(state, user, since.and(since_aux), now_aux).await?;
     let has_updates = !(join.is_empty()
         && invite.is_empty()
         && knock.is_empty()
@@ -476,7 +511,7 @@ async fn build(
     rooms.insert("leave", Value::Object(leave));
     rooms.insert("knock", Value::Object(knock));
     let response = json!({
-        "next_batch": format!("s{now}_{now_aux}"),
+        "next_batch": format!("s{now}_{now_aux}_{counted}"),
         "rooms": rooms,
         "account_data": {"events": global_data},
         "presence": {"events": presence},
@@ -486,6 +521,23 @@ async fn build(
         "device_unused_fallback_key_types": fallback_types,
     });
     Ok((response, has_updates))
+}
+
+/// Whether the push rules saw events of a room (its newest `rows`, `limit + 1` at most,
+/// newest first) in `(since_counted, counted]`: the counts the last response carried did not
+/// include them, so the room's counts are sent again, even without new events. Only events the
+/// worker saw since count (a worker still behind wakes nobody over and over).
+fn recounted(rows: &[EventRow], limit: i64, since_counted: Option<i64>, counted: i64) -> bool {
+    let Some(since) = since_counted else {
+        return false;
+    };
+    let seen = |p: i64| p > since && p <= counted;
+    let position = |r: &EventRow| r.stream_ordering.unwrap_or(0);
+    rows.iter().any(|r| seen(position(r)))
+        // More events than were read: older ones may be among those seen.
+        || (rows.len() as i64 > limit
+            && counted > since
+            && rows.last().is_some_and(|r| position(r) > since))
 }
 
 /// Notifying events after the user's read receipts (or `member_position`, their membership,
@@ -542,17 +594,24 @@ async fn thread_counts(
     room_id: &ruma::RoomId,
     member_position: i64,
 ) -> Result<((i64, i64), Value), ApiError> {
-    let read_up_to = read_position(state, user, room_id, member_position).await?;
-    let main = state
-        .store
-        .count_notifications(user.as_str(), room_id.as_str(), read_up_to, true)
-        .await?;
+    let main = async {
+        let read_up_to = read_position(state, user, room_id, member_position).await?;
+        let main = state
+            .store
+            .count_notifications(user.as_str(), room_id.as_str(), read_up_to, true)
+            .await?;
+        Ok::<_, ApiError>(main)
+    };
+    let per_thread = async {
+        let list = state
+            .store
+            .list_thread_notifications(user.as_str(), room_id.as_str(), member_position)
+            .await?;
+        Ok(list)
+    };
+    let (main, per_thread) = tokio::try_join!(main, per_thread)?;
     let mut threads = serde_json::Map::new();
-    for (root, notifications, highlights) in state
-        .store
-        .list_thread_notifications(user.as_str(), room_id.as_str(), member_position)
-        .await?
-    {
+    for (root, notifications, highlights) in per_thread {
         threads.insert(
             root,
             json!({"notification_count": notifications, "highlight_count": highlights}),
