@@ -87,6 +87,10 @@ pub struct CheckpointStats {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
+    /// Where the room writer's commits go: on SQLite a connection of its own (one writer at a
+    /// time anyway), which keeps the prepared statements of small commits; on PostgreSQL the
+    /// pool.
+    pub(crate) writer: Pool,
     /// The URL with any password removed, for messages.
     display_url: String,
     /// The SQLite database file, for WAL size checks.
@@ -158,11 +162,19 @@ impl Store {
             .test_before_acquire(false)
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.connect_timeout.max(options.sqlite_busy_timeout))
+            .connect_with(connect_options.clone())
+            .await
+            .map_err(connect_err)?;
+        let writer = SqlitePoolOptions::new()
+            .test_before_acquire(false)
+            .max_connections(1)
+            .acquire_timeout(options.connect_timeout.max(options.sqlite_busy_timeout))
             .connect_with(connect_options)
             .await
             .map_err(connect_err)?;
         Ok(Store {
             pool: Pool::Sqlite(pool),
+            writer: Pool::Sqlite(writer),
             display_url: url.to_owned(),
             sqlite_path: Some(path),
         })
@@ -186,6 +198,7 @@ impl Store {
             .await
             .map_err(connect_err)?;
         Ok(Store {
+            writer: Pool::Postgres(pool.clone()),
             pool: Pool::Postgres(pool),
             display_url,
             sqlite_path: None,
@@ -302,6 +315,9 @@ impl Store {
         match &self.pool {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,
+        }
+        if let Pool::Sqlite(writer) = &self.writer {
+            writer.close().await;
         }
     }
 }

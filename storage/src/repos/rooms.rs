@@ -278,6 +278,11 @@ pub trait RoomEvents {
     fn count_rows(&self, table: &str) -> impl Future<Output = Result<i64>> + Send;
 }
 
+/// The pool the room writer commits through (see [`Store`]'s `writer`).
+struct Writer {
+    pool: crate::store::Pool,
+}
+
 impl RoomEvents for Store {
     async fn persist_events(&self, batch: &EventBatch) -> Result<()> {
         if batch.is_empty() {
@@ -320,7 +325,11 @@ impl RoomEvents for Store {
                 }
             };
         }
-        on_pool!(self, pool => {
+        // The writer's own connection (SQLite), or the pool (PostgreSQL).
+        let writer = Writer {
+            pool: self.writer.clone(),
+        };
+        on_pool!(writer, pool => {
             let mut queries = Vec::new();
             let mut q = QueryBuilder::new(if single { "BEGIN IMMEDIATE; " } else { "" });
             for room in &rooms {
@@ -457,7 +466,11 @@ impl RoomEvents for Store {
             if single {
                 q.push("COMMIT");
                 let mut conn = pool.acquire().await?;
-                let result = q.build().persistent(false).execute(&mut *conn).await;
+                // A small batch (one message, a push verdict) has one of a few shapes: its
+                // prepared statements are kept on the writer's connection for the next one.
+                // Larger batches vary too much in shape for a cache to help.
+                let small = batch.events.len() <= 1 && batch.state_groups.len() <= 1;
+                let result = q.build().persistent(small).execute(&mut *conn).await;
                 if result.is_err() {
                     // A statement failed inside the transaction: undo it before the connection
                     // goes back to the pool; a connection that cannot roll back is closed.
