@@ -41,7 +41,10 @@ pub use repos::{
 };
 pub use repos::{EventSearch, RelationQuery, Relations, SearchPage, SearchQuery, ThreadRow};
 pub use repos::{PushAction, PushStore, PushWrite, Pusher, QueuedPush};
-pub use store::{BackendKind, CheckpointStats, SqliteSynchronous, Store, StoreOptions, redact_url};
+pub use store::{
+    BackendKind, CHECKPOINT_EVERY, CheckpointStats, RESTART_FRAMES, SqliteSynchronous, Store,
+    StoreOptions, redact_url,
+};
 
 /// Result of every storage operation.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -57,6 +59,21 @@ impl Default for StoreOptions {
     }
 }
 
+/// Room writer commits between two passive WAL checkpoints (a message commit writes about 20
+/// pages; SQLite's own automatic checkpoint would run every 1,000 pages, in the committing
+/// connection).
+pub const CHECKPOINT_EVERY: u64 = 32;
+/// WAL frames (pages) past which a checkpoint makes the WAL start over (32 MiB of 4 KiB
+/// pages).
+pub const RESTART_FRAMES: i64 = 8_192;
+
+/// The room writer's commit count and whether a checkpoint is running.
+#[derive(Debug, Default)]
+struct Checkpoints {
+    commits: AtomicU64,
+    running: AtomicBool,
+}
+
 /// Which backend a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -91,6 +108,8 @@ pub struct Store {
     /// time anyway), which keeps the prepared statements of small commits; on PostgreSQL the
     /// pool.
     pub(crate) writer: Pool,
+    /// Checkpoints run beside the writer (SQLite).
+    checkpoints: Arc<Checkpoints>,
     /// The URL with any password removed, for messages.
     display_url: String,
     /// The SQLite database file, for WAL size checks.
@@ -165,16 +184,19 @@ impl Store {
             .connect_with(connect_options.clone())
             .await
             .map_err(connect_err)?;
+        // The writer never checkpoints after its own commits (that would put the checkpoint's
+        // fsync of the database file into a send's latency): see `after_writer_commit`.
         let writer = SqlitePoolOptions::new()
             .test_before_acquire(false)
             .max_connections(1)
             .acquire_timeout(options.connect_timeout.max(options.sqlite_busy_timeout))
-            .connect_with(connect_options)
+            .connect_with(connect_options.pragma("wal_autocheckpoint", "0"))
             .await
             .map_err(connect_err)?;
         Ok(Store {
             pool: Pool::Sqlite(pool),
             writer: Pool::Sqlite(writer),
+            checkpoints: Arc::default(),
             display_url: url.to_owned(),
             sqlite_path: Some(path),
         })
@@ -199,6 +221,7 @@ impl Store {
             .map_err(connect_err)?;
         Ok(Store {
             writer: Pool::Postgres(pool.clone()),
+            checkpoints: Arc::default(),
             pool: Pool::Postgres(pool),
             display_url,
             sqlite_path: None,
@@ -256,6 +279,46 @@ impl Store {
             _ => Err(err),
         })?;
         Ok(applied == Some(latest))
+    }
+
+    /// Counts a commit of the room writer; every [`CHECKPOINT_EVERY`] commits a passive
+    /// checkpoint copies the WAL into the database file on another connection, one at a time,
+    /// while the writer goes on (SQLite: the writer's connection does not checkpoint itself).
+    pub(crate) fn after_writer_commit(&self) {
+        let Pool::Sqlite(pool) = &self.pool else {
+            return;
+        };
+        let commits = self.checkpoints.commits.fetch_add(1, Ordering::Relaxed) + 1;
+        if !commits.is_multiple_of(CHECKPOINT_EVERY)
+            || self.checkpoints.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let (pool, checkpoints) = (pool.clone(), self.checkpoints.clone());
+        tokio::spawn(async move {
+            let passive: std::result::Result<(i64, i64, i64), _> =
+                sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(&pool)
+                    .await;
+            // A passive checkpoint never catches up with a writer that goes on writing, and
+            // SQLite starts the WAL over only once one did: past RESTART_FRAMES one checkpoint
+            // holds new writes back until it copied the rest (little, after the passive one)
+            // and the readers moved on, so the WAL starts over (and is cut back to the size
+            // limit).
+            let result = match passive {
+                Ok((_, frames, _)) if frames > RESTART_FRAMES => {
+                    sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+                        .execute(&pool)
+                        .await
+                        .map(|_| ())
+                }
+                other => other.map(|_| ()),
+            };
+            if let Err(error) = result {
+                tracing::warn!(%error, "WAL checkpoint failed; retrying after more commits");
+            }
+            checkpoints.running.store(false, Ordering::Release);
+        });
     }
 
     /// Checkpoints the SQLite WAL into the database file and truncates the WAL to zero bytes

@@ -478,6 +478,9 @@ impl RoomEvents for Store {
                         conn.detach();
                     }
                 }
+                if result.is_ok() {
+                    self.after_writer_commit();
+                }
                 result.map(|_| ())
             } else {
                 let mut tx = pool.begin().await?;

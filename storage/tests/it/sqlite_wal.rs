@@ -81,3 +81,37 @@ async fn postgres_has_no_wal_to_manage() {
     assert_eq!(db.store.checkpoint().await.unwrap(), None);
     assert_eq!(db.store.wal_size(), None);
 }
+
+/// The room writer does not checkpoint after its own commits (a checkpoint's fsync would land in
+/// a send's latency); checkpoints beside it keep the WAL bounded all the same.
+#[tokio::test]
+async fn the_writers_wal_is_checkpointed_beside_it() {
+    use unitas_storage::{EventBatch, RoomEvents};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/writer.db", dir.path().display());
+    let options = StoreOptions {
+        sqlite_wal_size_limit: 256 * 1024,
+        ..Default::default()
+    };
+    let store = Store::connect(&url, &options).await.unwrap();
+    store.migrate().await.unwrap();
+    // Big enough events that the commits' pages pass the restart threshold several times
+    // (without checkpoints the WAL would hold every one of them: over 100 MiB).
+    let body = "x".repeat(8 * 1024);
+    let mut largest = 0;
+    for n in 1..=4_000 {
+        let mut event = crate::rooms::event(&format!("${n}"), n);
+        event.row.json = format!("{{\"body\":\"{body}\"}}");
+        store
+            .persist_events(&EventBatch {
+                events: vec![event],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        largest = largest.max(store.wal_size().unwrap());
+    }
+    let limit = 2 * unitas_storage::RESTART_FRAMES as u64 * 4096;
+    assert!(largest < limit, "the WAL grew to {largest} bytes");
+    store.close().await;
+}
