@@ -178,40 +178,33 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     // 3. Sync wake-up: user 1 long-polls, user 0 sends; how long until the sync returns it.
     let sync_url = format!("{c}/sync");
     let filter = json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}, "presence": {"types": []}}).to_string();
-    let initial = client
-        .get(&sync_url)
-        .query(&[("filter", filter.as_str()), ("timeout", "0")])
-        .bearer_auth(&users[1].token)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut since = initial.json::<Value>().await.map_err(|e| e.to_string())?["next_batch"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    // The second user's sync after `since` (initial without), waiting up to `timeout` ms.
+    let sync = |since: Option<&str>, timeout: &str| {
+        let mut query = vec![("filter", filter.as_str()), ("timeout", timeout)];
+        query.extend(since.map(|s| ("since", s)));
+        client
+            .get(&sync_url)
+            .query(&query)
+            .bearer_auth(&users[1].token)
+            .send()
+    };
+    let answer = |response: Result<reqwest::Response, reqwest::Error>| async move {
+        let body: Value = response
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        let next = body["next_batch"].as_str().unwrap_or_default().to_owned();
+        Ok::<_, String>((body, next))
+    };
+    let (_, mut since) = answer(sync(None, "0").await).await?;
     let mut wakeups = Vec::with_capacity(options.wakeups);
     for i in 0..options.wakeups {
         // Catch up first (a server may still have something to say about the last message,
         // such as its unread counts): the long-poll below then waits for the new message alone.
         loop {
-            let caught_up: Value = client
-                .get(&sync_url)
-                .query(&[
-                    ("filter", filter.as_str()),
-                    ("timeout", "0"),
-                    ("since", since.as_str()),
-                ])
-                .bearer_auth(&users[1].token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            since = caught_up["next_batch"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
+            let (caught_up, next) = answer(sync(Some(&since), "0").await).await?;
+            since = next;
             if caught_up["rooms"]["join"]
                 .as_object()
                 .is_none_or(|rooms| rooms.is_empty())
@@ -219,16 +212,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
                 break;
             }
         }
-        let poll = client
-            .get(&sync_url)
-            .query(&[
-                ("filter", filter.as_str()),
-                ("timeout", "30000"),
-                ("since", since.as_str()),
-            ])
-            .bearer_auth(&users[1].token)
-            .send();
-        let poll = tokio::spawn(poll);
+        let mut poll = tokio::spawn(sync(Some(&since), "30000"));
         // Let the long-poll reach the server before sending.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent_at = Instant::now();
@@ -243,15 +227,10 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
         // Until a response has the message (a server may answer first with something else,
         // such as new unread counts).
         let wanted = format!("wake {i}");
-        let mut poll = poll;
         let woke = loop {
-            let response = poll
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            let body: Value = response.json().await.map_err(|e| e.to_string())?;
+            let (body, next) = answer(poll.await.map_err(|e| e.to_string())?).await?;
             let at = sent_at.elapsed();
-            since = body["next_batch"].as_str().unwrap_or_default().to_owned();
+            since = next;
             let has_it = body["rooms"]["join"]
                 .as_object()
                 .into_iter()
@@ -261,17 +240,7 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
             if has_it {
                 break at;
             }
-            poll = tokio::spawn(
-                client
-                    .get(&sync_url)
-                    .query(&[
-                        ("filter", filter.as_str()),
-                        ("timeout", "30000"),
-                        ("since", since.as_str()),
-                    ])
-                    .bearer_auth(&users[1].token)
-                    .send(),
-            );
+            poll = tokio::spawn(sync(Some(&since), "30000"));
         };
         wakeups.push(woke);
     }
