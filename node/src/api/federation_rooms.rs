@@ -140,13 +140,29 @@ pub async fn send_transaction_route(
             "The transaction's origin is not the server that signed the request",
         ));
     }
+    // To-device messages first: they carry the room keys of the encrypted events beside them,
+    // and a client that syncs between the two would get a message it cannot decrypt yet.
+    // The other EDUs (receipts, typing, ...) after the events they may name.
+    let (to_device, others): (Vec<Value>, Vec<Value>) = body
+        .get("edus")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .cloned()
+        .partition(|edu| edu.get("edu_type").and_then(Value::as_str) == Some("m.direct_to_device"));
+    // (Only from a transaction within the spec's limits: the checks below refuse the others.)
+    let within_limits =
+        to_device.len() + others.len() <= unitas_federation::inbound::MAX_TRANSACTION_EDUS;
+    if !to_device.is_empty() && within_limits {
+        super::client::ephemeral::apply_edus(&state, &peer.origin, &to_device).await?;
+    }
     let answer = state
         .inbound
         .handle_transaction(&peer.territory.local_server(), &peer.origin, &txn_id, &body)
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "M_BAD_JSON", e.to_string()))?;
-    if let Some(edus) = body.get("edus").and_then(Value::as_array) {
-        super::client::ephemeral::apply_edus(&state, &peer.origin, edus).await?;
+    if !others.is_empty() {
+        super::client::ephemeral::apply_edus(&state, &peer.origin, &others).await?;
     }
     Ok(Json(answer))
 }
