@@ -101,7 +101,7 @@ impl Push {
     }
 
     /// How far the rules have seen the event stream: counts read now include every event up
-    /// to it. `None` before the worker started (nothing to wait for: counts are what they are).
+    /// to it. `None` before the worker started.
     pub fn evaluated(&self) -> Option<i64> {
         let position = self.evaluated.load(Ordering::SeqCst);
         (position != i64::MIN).then_some(position)

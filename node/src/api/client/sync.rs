@@ -105,7 +105,9 @@ impl SyncWaiter {
         self.mine.borrow_and_update();
         let now = *self.position.borrow();
         let now_aux = *self.aux.borrow_and_update();
-        let counted = state.push.evaluated().unwrap_or(now);
+        // Before the worker started (just after a restart) nothing is known to be counted:
+        // the rooms' counts are sent again once it has caught up.
+        let counted = state.push.evaluated().unwrap_or(0);
         (now, now_aux, counted)
     }
 
