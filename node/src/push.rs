@@ -16,8 +16,9 @@
 //! syncs of the members an event notifies, and their next response carries the room's new
 //! counts (sliding sync: the room with its counts alone).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use ruma::push::{
@@ -26,7 +27,6 @@ use ruma::push::{
 use ruma::serde::Raw;
 use ruma::{OwnedRoomId, OwnedUserId, RoomId, UserId};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicI64, Ordering};
 use tokio::sync::Notify;
 use unitas_federation::discovery::{FilteringResolver, IpFilter};
 use unitas_storage::{EventRow, PushAction, PushStore, PushWrite, Pusher, QueuedPush};
@@ -53,7 +53,7 @@ pub struct Push {
     /// The last stream position evaluated (`i64::MIN` until the worker starts).
     evaluated: AtomicI64,
     /// Bumped when a user's rules or pushers change (the worker drops its copies).
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
     queued: Notify,
     http: reqwest::Client,
     filter: IpFilter,
@@ -92,12 +92,11 @@ impl Push {
 
     /// Tells the worker that some user's push rules or pushers changed.
     pub fn changed(&self) {
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// How far the rules have seen the event stream: counts read now include every event up
@@ -341,7 +340,7 @@ async fn evaluate_batch(
     state: &AppState,
     after: i64,
     caches: &mut Caches,
-) -> Result<Option<(i64, std::collections::HashSet<OwnedUserId>)>, crate::api::ApiError> {
+) -> Result<Option<(i64, HashSet<OwnedUserId>)>, crate::api::ApiError> {
     let events = state.store.list_stream_events(after, BATCH).await?;
     let Some(last) = events.last().and_then(|e| e.stream_ordering) else {
         return Ok(None);
@@ -354,7 +353,7 @@ async fn evaluate_batch(
     }
     let mut actions = Vec::new();
     let mut queue = Vec::new();
-    let mut notified = std::collections::HashSet::new();
+    let mut notified = HashSet::new();
     for row in &events {
         let Ok(room_id) = OwnedRoomId::try_from(row.room_id.as_str()) else {
             continue;
@@ -430,7 +429,7 @@ async fn evaluate_event(
     (actions, queue, notified): (
         &mut Vec<PushAction>,
         &mut Vec<QueuedPush>,
-        &mut std::collections::HashSet<OwnedUserId>,
+        &mut HashSet<OwnedUserId>,
     ),
 ) -> Result<(), crate::api::ApiError> {
     let Some(position) = row.stream_ordering else {

@@ -116,14 +116,18 @@ pub struct Store {
     sqlite_path: Option<PathBuf>,
 }
 
-/// Runs the same query-building expression against whichever pool the store has.
+/// Runs the same query-building expression against whichever pool the store has (or, with
+/// `pool:`, against the given [`Pool`], such as the writer's).
 /// `$pool` is bound to `&SqlitePool` or `&PgPool`; the expression's SQL must suit both.
 macro_rules! on_pool {
-    ($store:expr, $pool:ident => $body:expr) => {
-        match &$store.pool {
+    (pool: $which:expr, $pool:ident => $body:expr) => {
+        match $which {
             $crate::store::Pool::Sqlite($pool) => $body,
             $crate::store::Pool::Postgres($pool) => $body,
         }
+    };
+    ($store:expr, $pool:ident => $body:expr) => {
+        on_pool!(pool: &$store.pool, $pool => $body)
     };
 }
 pub(crate) use on_pool;

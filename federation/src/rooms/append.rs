@@ -408,7 +408,7 @@ impl Rooms {
             .unwrap_or_else(|e| e.into_inner());
         for user in users {
             if let Some(tx) = watches.get(user) {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
+                bump(tx);
             }
         }
     }
@@ -422,7 +422,6 @@ impl Rooms {
             .user_watches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        let bump = |tx: &watch::Sender<u64>| tx.send_modify(|n| *n = n.wrapping_add(1));
         let members = wake
             .members
             .as_ref()
@@ -2210,6 +2209,11 @@ struct Staged {
 /// A room's local members, shared by the room and the writes that wake them (changed in place:
 /// a join in a room of 30,000 members copies nothing).
 type Members = Arc<std::sync::RwLock<HashSet<OwnedUserId>>>;
+
+/// Wakes whoever waits on a user's watch.
+fn bump(tx: &watch::Sender<u64>) {
+    tx.send_modify(|n| *n = n.wrapping_add(1));
+}
 
 /// Whose syncs a committed event wakes: the room's local members (as they are when the write
 /// commits) and the target of a membership change (who may have just left).

@@ -278,11 +278,6 @@ pub trait RoomEvents {
     fn count_rows(&self, table: &str) -> impl Future<Output = Result<i64>> + Send;
 }
 
-/// The pool the room writer commits through (see [`Store`]'s `writer`).
-struct Writer {
-    pool: crate::store::Pool,
-}
-
 impl RoomEvents for Store {
     async fn persist_events(&self, batch: &EventBatch) -> Result<()> {
         if batch.is_empty() {
@@ -326,10 +321,7 @@ impl RoomEvents for Store {
             };
         }
         // The writer's own connection (SQLite), or the pool (PostgreSQL).
-        let writer = Writer {
-            pool: self.writer.clone(),
-        };
-        on_pool!(writer, pool => {
+        on_pool!(pool: &self.writer, pool => {
             let mut queries = Vec::new();
             let mut q = QueryBuilder::new(if single { "BEGIN IMMEDIATE; " } else { "" });
             for room in &rooms {
