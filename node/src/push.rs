@@ -303,14 +303,24 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
     loop {
         let target = *committed.borrow_and_update();
         match evaluate_batch(&state, position, &mut caches).await {
-            Ok(Some((last, notified))) => {
-                position = last;
+            Ok(Some(done)) => {
+                position = done.last;
+                // A batch that was not full held everything committed when it was read, and
+                // `target` was read before: caught up to it without asking again.
+                let caught_up = !done.full;
+                if caught_up && target > position {
+                    position = target;
+                }
                 state.push.evaluated.store(position, Ordering::SeqCst);
                 // Their counts changed: their syncs answer again (after the position moved,
                 // so the woken sync reads counts that include the batch).
-                state.rooms.wake(notified.iter());
-                state.push.queued.notify_one();
-                continue;
+                state.rooms.wake(done.notified.iter());
+                if done.queued {
+                    state.push.queued.notify_one();
+                }
+                if !caught_up {
+                    continue;
+                }
             }
             Ok(None) => {
                 // Nothing after `position` up to `target` (read before the query): caught up.
@@ -334,17 +344,29 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
     }
 }
 
-/// Evaluates the events after `after`; returns the last position evaluated and the users some
-/// event notified (`None` when there was nothing).
+/// What one batch of evaluation did.
+struct Evaluated {
+    /// The last position evaluated.
+    last: i64,
+    /// The batch had as many events as asked for: more may follow.
+    full: bool,
+    /// The users some event notified.
+    notified: HashSet<OwnedUserId>,
+    /// Notifications were queued for delivery.
+    queued: bool,
+}
+
+/// Evaluates the events after `after` (`None` when there were none).
 async fn evaluate_batch(
     state: &AppState,
     after: i64,
     caches: &mut Caches,
-) -> Result<Option<(i64, HashSet<OwnedUserId>)>, crate::api::ApiError> {
+) -> Result<Option<Evaluated>, crate::api::ApiError> {
     let events = state.store.list_stream_events(after, BATCH).await?;
     let Some(last) = events.last().and_then(|e| e.stream_ordering) else {
         return Ok(None);
     };
+    let full = i64::try_from(events.len()).unwrap_or(i64::MAX) >= BATCH;
     let generation = state.push.generation();
     if generation != caches.generation {
         caches.rulesets.clear();
@@ -386,6 +408,7 @@ async fn evaluate_batch(
             caches.rooms.remove(&room_id);
         }
     }
+    let queued = !queue.is_empty();
     state
         .rooms
         .write_push(PushWrite {
@@ -394,7 +417,12 @@ async fn evaluate_batch(
             position: Some(last),
         })
         .await?;
-    Ok(Some((last, notified)))
+    Ok(Some(Evaluated {
+        last,
+        full,
+        notified,
+        queued,
+    }))
 }
 
 /// A local user this event invites (not a member yet, but the invite is for them).
