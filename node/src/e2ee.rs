@@ -21,6 +21,7 @@ use serde_json::{Map, Value, json};
 use unitas_storage::{ClientData, DeviceInbox, DeviceKeys, Devices, ToDeviceMessage};
 
 use crate::api::ApiError;
+use crate::ephemeral::Mark;
 use crate::state::{AppState, HostedTerritory};
 
 /// Users (with the devices asked for; empty: all) of each server.
@@ -446,6 +447,7 @@ pub async fn signing_keys_changed(state: &AppState, user_id: &str) -> Result<(),
 /// when they share a room with the user) and wakes syncing clients.
 pub async fn record_change(state: &AppState, user_id: &str) -> Result<(), ApiError> {
     let at = state.ephemeral.reserve();
+    at.mark(Mark::DeviceLists);
     state.store.add_device_list_change(user_id, at.at()).await?;
     drop(at);
     Ok(())
@@ -486,6 +488,7 @@ pub async fn deliver_to_device(
             };
             for device_id in targets {
                 let at = state.ephemeral.reserve();
+                at.mark(Mark::ToDevice(user_id.clone()));
                 rows.push(ToDeviceMessage {
                     user_id: user_id.clone(),
                     device_id: device_id.clone(),

@@ -25,6 +25,63 @@ impl Reserved<'_> {
     pub fn at(&self) -> i64 {
         self.at
     }
+
+    /// Notes that the change at this position is about `mark` (before it becomes visible, so
+    /// a sync that reads up to the position also sees the mark).
+    pub fn mark(&self, mark: Mark) {
+        self.owner.marks.note(mark, self.at);
+    }
+}
+
+/// What a stored change is about, for [`Ephemeral::changed_since`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Mark {
+    /// A user's account data (global or in a room), by user ID.
+    AccountData(String),
+    /// To-device messages for one of the user's devices, by user ID.
+    ToDevice(String),
+    /// A user's invites and knocks in rooms this node is not in, by user ID.
+    RemoteInvites(String),
+    /// Read receipts in a room, by room ID.
+    Receipts(String),
+    /// Any user's device list.
+    DeviceLists,
+}
+
+/// The last aux position of each [`Mark`] (a stream change cache): a sync skips the reads
+/// whose answer would be empty. Bounded: past [`MAX_MARKS`] entries they are forgotten and
+/// the floor rises, below which everything counts as changed.
+#[derive(Debug)]
+struct Marks {
+    inner: Mutex<MarksInner>,
+}
+
+#[derive(Debug)]
+struct MarksInner {
+    /// Changes at or below this position are not remembered.
+    floor: i64,
+    last: HashMap<Mark, i64>,
+}
+
+/// Most marks remembered.
+const MAX_MARKS: usize = 100_000;
+
+impl Marks {
+    fn note(&self, mark: Mark, at: i64) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if inner.last.len() >= MAX_MARKS && !inner.last.contains_key(&mark) {
+            let highest = inner.last.values().copied().max().unwrap_or(inner.floor);
+            inner.floor = inner.floor.max(highest);
+            inner.last.clear();
+        }
+        let last = inner.last.entry(mark).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    fn changed_since(&self, mark: &Mark, since: i64) -> bool {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        since < inner.floor || inner.last.get(mark).is_some_and(|at| *at > since)
+    }
 }
 
 impl Drop for Reserved<'_> {
@@ -41,6 +98,10 @@ pub struct Ephemeral {
     pending: Mutex<std::collections::BTreeSet<i64>>,
     position: watch::Sender<i64>,
     typing: Mutex<HashMap<OwnedRoomId, RoomTyping>>,
+    marks: Marks,
+    /// Per `(user, device)`: a position up to which its to-device inbox was read empty (and
+    /// what earlier responses delivered was deleted).
+    inbox_empty: Mutex<HashMap<(String, String), i64>>,
 }
 
 #[derive(Debug, Default)]
@@ -69,7 +130,41 @@ impl Ephemeral {
             pending: Mutex::default(),
             position: watch::channel(start).0,
             typing: Mutex::default(),
+            // What was stored before this start is not known: changed, for any position
+            // before it.
+            marks: Marks {
+                inner: Mutex::new(MarksInner {
+                    floor: start,
+                    last: HashMap::new(),
+                }),
+            },
+            inbox_empty: Mutex::default(),
         }
+    }
+
+    /// Whether the device's to-device inbox is known to hold nothing: read empty at some
+    /// position, with no message for the user stored after it.
+    pub fn inbox_empty(&self, user: &str, device: &str) -> bool {
+        let empty_at = {
+            let inbox = self.inbox_empty.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.get(&(user.to_owned(), device.to_owned())).copied()
+        };
+        empty_at.is_some_and(|at| !self.changed_since(&Mark::ToDevice(user.to_owned()), at))
+    }
+
+    /// Notes that the device's inbox held nothing up to aux position `at`.
+    pub fn set_inbox_empty(&self, user: &str, device: &str, at: i64) {
+        let mut inbox = self.inbox_empty.lock().unwrap_or_else(|e| e.into_inner());
+        if inbox.len() >= MAX_MARKS {
+            inbox.clear();
+        }
+        inbox.insert((user.to_owned(), device.to_owned()), at);
+    }
+
+    /// Whether a change about `mark` may have been stored after aux position `since` (false
+    /// only when none was: the read can be skipped).
+    pub fn changed_since(&self, mark: &Mark, since: i64) -> bool {
+        self.marks.changed_since(mark, since)
     }
 
     /// Reserves the position for a change about to be stored. The change becomes visible to
@@ -153,7 +248,48 @@ impl Ephemeral {
 
 #[cfg(test)]
 mod position_tests {
-    use super::Ephemeral;
+    use super::{Ephemeral, MAX_MARKS, Mark};
+
+    #[test]
+    fn marks_tell_which_changes_came_after_a_position() {
+        let aux = Ephemeral::new(0);
+        let start = *aux.subscribe().borrow();
+        let alice = "@alice:a.test".to_owned();
+        let bob = "@bob:a.test".to_owned();
+        // Before the start nothing is known.
+        assert!(aux.changed_since(&Mark::AccountData(alice.clone()), start - 1));
+        assert!(!aux.changed_since(&Mark::AccountData(alice.clone()), start));
+        let at = aux.reserve();
+        at.mark(Mark::AccountData(alice.clone()));
+        let position = at.at();
+        drop(at);
+        assert!(aux.changed_since(&Mark::AccountData(alice.clone()), position - 1));
+        assert!(!aux.changed_since(&Mark::AccountData(alice.clone()), position));
+        assert!(!aux.changed_since(&Mark::AccountData(bob.clone()), start));
+        assert!(!aux.changed_since(&Mark::ToDevice(alice.clone()), start));
+        // An inbox read empty stays known empty until a message for the user comes.
+        assert!(!aux.inbox_empty(&alice, "PHONE"));
+        aux.set_inbox_empty(&alice, "PHONE", position);
+        assert!(aux.inbox_empty(&alice, "PHONE"));
+        assert!(!aux.inbox_empty(&alice, "LAPTOP"));
+        aux.reserve().mark(Mark::ToDevice(alice.clone()));
+        assert!(!aux.inbox_empty(&alice, "PHONE"));
+        // Too many marks: they are forgotten, and everything up to the last counts as changed.
+        let mut first_at = None;
+        for n in 0..MAX_MARKS {
+            let user = format!("@u{n}:a.test");
+            let at = aux.reserve();
+            at.mark(Mark::ToDevice(user));
+            first_at.get_or_insert(at.at());
+        }
+        let last = aux.reserve();
+        last.mark(Mark::DeviceLists);
+        let last_at = last.at();
+        drop(last);
+        assert!(aux.changed_since(&Mark::AccountData(bob.clone()), first_at.unwrap()));
+        assert!(!aux.changed_since(&Mark::AccountData(bob), last_at));
+        assert!(aux.changed_since(&Mark::DeviceLists, last_at - 1));
+    }
 
     #[test]
     fn a_change_is_visible_only_when_every_earlier_one_is_written() {

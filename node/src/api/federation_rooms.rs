@@ -751,6 +751,7 @@ pub async fn invite_route(
         stripped.push(json!({"type": "m.room.member", "state_key": invitee,
             "sender": client_view["sender"], "content": client_view["content"]}));
         let position = state.ephemeral.reserve();
+        position.mark(crate::ephemeral::Mark::RemoteInvites(invitee.clone()));
         state
             .store
             .store_remote_invite(&unitas_storage::RemoteInvite {

@@ -55,6 +55,13 @@ pub trait DeviceKeys {
         user_id: &str,
         device_id: &str,
     ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Both of the above in one read (what every sync response carries):
+    /// `(one-time key counts, unused fallback key algorithms)`.
+    fn key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> impl Future<Output = Result<(Vec<(String, i64)>, Vec<String>)>> + Send;
     /// Hands out one key of `algorithm` for a device: a one-time key (deleted), or else its
     /// fallback key (marked used, kept). `(key_id, key JSON)`.
     fn claim_key(
@@ -184,6 +191,27 @@ impl DeviceKeys for Store {
             .bind(user_id).bind(device_id).fetch_all(pool).await
         })?;
         Ok(rows.into_iter().map(|(a,)| a).collect())
+    }
+
+    async fn key_counts(
+        &self,
+        user_id: &str,
+        device_id: &str,
+    ) -> Result<(Vec<(String, i64)>, Vec<String>)> {
+        // One-time key counts (count > 0) and unused fallback keys (count 0), in one round trip.
+        let rows: Vec<(String, i64)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT algorithm, COUNT(*) FROM one_time_keys
+                 WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm
+                 UNION ALL
+                 SELECT algorithm, 0 FROM fallback_keys
+                 WHERE user_id = $1 AND device_id = $2 AND used = 0
+                 ORDER BY 1",
+            )
+            .bind(user_id).bind(device_id).fetch_all(pool).await
+        })?;
+        let (counts, fallback): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, n)| *n > 0);
+        Ok((counts, fallback.into_iter().map(|(a, _)| a).collect()))
     }
 
     async fn claim_key(

@@ -226,6 +226,10 @@ pub async fn one_time_keys_are_handed_out_once_then_the_fallback(store: Store) {
         store.unused_fallback_key_types(ALICE, "AAA").await.unwrap(),
         vec![otk.to_owned()]
     );
+    assert_eq!(
+        store.key_counts(ALICE, "AAA").await.unwrap(),
+        (vec![(otk.to_owned(), 2)], vec![otk.to_owned()])
+    );
 
     let first = store.claim_key(ALICE, "AAA", otk).await.unwrap().unwrap();
     let second = store.claim_key(ALICE, "AAA", otk).await.unwrap().unwrap();
@@ -244,6 +248,10 @@ pub async fn one_time_keys_are_handed_out_once_then_the_fallback(store: Store) {
             .await
             .unwrap()
             .is_empty()
+    );
+    assert_eq!(
+        store.key_counts(ALICE, "AAA").await.unwrap(),
+        (Vec::new(), Vec::new())
     );
     assert!(
         store

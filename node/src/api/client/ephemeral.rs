@@ -22,6 +22,7 @@ use unitas_storage::{ClientData, ClientExtras};
 use super::rooms::require_joined;
 use crate::api::ApiError;
 use crate::api::ruma::{Ruma, RumaResponse};
+use crate::ephemeral::Mark;
 use crate::node::now_ms;
 use crate::state::AppState;
 
@@ -169,6 +170,7 @@ async fn store_receipt(
     event_id: &str,
 ) -> std::result::Result<(), ApiError> {
     let at = state.ephemeral.reserve();
+    at.mark(Mark::Receipts(room.to_string()));
     state
         .store
         .set_receipt(&unitas_storage::NewReceipt {
@@ -295,6 +297,7 @@ pub(crate) async fn store_account_data(
     content: &Value,
 ) -> std::result::Result<(), ApiError> {
     let at = state.ephemeral.reserve();
+    at.mark(Mark::AccountData(user.to_string()));
     state
         .store
         .set_account_data(user.as_str(), room, kind, &content.to_string(), at.at())

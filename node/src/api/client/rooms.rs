@@ -30,6 +30,7 @@ use unitas_storage::{ClientData, ClientExtras, RemoteInvites, RoomEvents};
 
 use crate::api::ApiError;
 use crate::api::ruma::{ClientUser, Ruma, RumaResponse};
+use crate::ephemeral::Mark;
 use crate::state::AppState;
 
 type Result<T> = std::result::Result<RumaResponse<T>, ApiError>;
@@ -531,6 +532,7 @@ pub async fn knock_room_route(
                 Ok((knock, shown)) => {
                     // Shown in the knocker's sync (`rooms.knock`) until answered or withdrawn.
                     let position = state.ephemeral.reserve();
+                    position.mark(Mark::RemoteInvites(user.user_id.to_string()));
                     state
                         .store
                         .store_remote_invite(&unitas_storage::RemoteInvite {
@@ -704,7 +706,10 @@ pub async fn leave_room_route(
             .delete_remote_invite(user.user_id.as_str(), req.body.room_id.as_str())
             .await?;
         // Wakes syncing clients (the invite or knock is gone).
-        drop(state.ephemeral.reserve());
+        state
+            .ephemeral
+            .reserve()
+            .mark(Mark::RemoteInvites(user.user_id.to_string()));
         return Ok(leave_room::v3::Response::new().into());
     }
     set_membership(

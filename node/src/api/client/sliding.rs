@@ -659,7 +659,7 @@ async fn build(
                                 &room.room_id,
                                 &current,
                                 (Some(snapshot.stream), now),
-                                changed_since,
+                                (changed_since, None),
                             )
                             .await?;
                     }

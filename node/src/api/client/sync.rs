@@ -27,6 +27,7 @@ use super::rooms::{
 };
 use crate::api::ApiError;
 use crate::api::ruma::{ClientUser, Ruma};
+use crate::ephemeral::Mark;
 use crate::state::AppState;
 
 /// Timeline events per room when the filter does not say.
@@ -235,6 +236,8 @@ async fn build(
     } = options;
     // What does not depend on the rooms is read at once, beside the rooms' reads (each read is
     // a round trip to a database connection; the pool has several).
+    let account_mark = Mark::AccountData(user.user_id.to_string());
+    let invites_mark = Mark::RemoteInvites(user.user_id.to_string());
     let (
         account_data,
         mut devices,
@@ -244,6 +247,10 @@ async fn build(
         to_device,
     ) = tokio::try_join!(
         async {
+            // A read is skipped when the aux marks say it would find nothing new.
+            if since_aux.is_some_and(|s| !state.ephemeral.changed_since(&account_mark, s)) {
+                return Ok(Vec::new());
+            }
             let data = state
                 .store
                 .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
@@ -259,6 +266,9 @@ async fn build(
             Ok(rooms)
         },
         async {
+            if since_aux.is_some_and(|s| !state.ephemeral.changed_since(&invites_mark, s)) {
+                return Ok(Vec::new());
+            }
             Ok(state
                 .store
                 .list_remote_invites(user.user_id.as_str())
@@ -316,16 +326,6 @@ async fn build(
                 // device_lists: users who started sharing this room with the user (everyone in
                 // it when the user is the one who joined) are `changed`; who left may be `left`.
                 joined_rooms.push(room_id.clone());
-                devices
-                    .joined_room(
-                        state,
-                        &user.user_id,
-                        &room_id,
-                        &current,
-                        (since, now),
-                        changed_since,
-                    )
-                    .await?;
                 // The newest `limit` events of (since, now], oldest first, and the receipts.
                 let (mut rows, receipts) = tokio::try_join!(
                     async {
@@ -340,6 +340,24 @@ async fn build(
                 let recounted = recounted(&rows, limit, since_counted, counted);
                 rows.retain(|r| since.is_none_or(|s| r.stream_ordering.unwrap_or(0) > s));
                 let limited = rows.len() as i64 > limit;
+                // Not limited: the rows are the whole window, and its membership changes are
+                // theirs (no read needed).
+                let window_members = (!limited).then(|| {
+                    rows.iter()
+                        .filter(|r| r.event_type == "m.room.member")
+                        .filter_map(|r| r.state_key.clone())
+                        .collect()
+                });
+                devices
+                    .joined_room(
+                        state,
+                        &user.user_id,
+                        &room_id,
+                        &current,
+                        (since, now),
+                        (changed_since, window_members),
+                    )
+                    .await?;
                 rows.truncate(limit as usize);
                 rows.reverse();
                 let room_data: Vec<Value> = account_data
@@ -629,6 +647,13 @@ pub(crate) async fn receipt_event(
     room_id: &ruma::RoomId,
     since: Option<i64>,
 ) -> Result<Option<Value>, ApiError> {
+    if since.is_some_and(|s| {
+        !state
+            .ephemeral
+            .changed_since(&Mark::Receipts(room_id.to_string()), s)
+    }) {
+        return Ok(None);
+    }
     let receipts = state
         .store
         .list_receipts_since(room_id.as_str(), since.unwrap_or(0))
@@ -655,17 +680,11 @@ pub(crate) async fn key_counts(
     user: &ClientUser,
 ) -> Result<(serde_json::Map<String, Value>, Vec<String>), ApiError> {
     let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
-    let one_time_keys = state
-        .store
-        .count_one_time_keys(user_id, device_id)
-        .await?
+    let (counts, fallback_types) = state.store.key_counts(user_id, device_id).await?;
+    let one_time_keys = counts
         .into_iter()
         .map(|(algorithm, count)| (algorithm, count.into()))
         .collect();
-    let fallback_types = state
-        .store
-        .unused_fallback_key_types(user_id, device_id)
-        .await?;
     Ok((one_time_keys, fallback_types))
 }
 
@@ -677,15 +696,20 @@ pub(crate) async fn to_device_events(
     delivered: Option<i64>,
     now_aux: i64,
 ) -> Result<Vec<Value>, ApiError> {
-    Ok(state
+    let (user_id, device_id) = (user.user_id.as_str(), user.device_id.as_str());
+    // Read empty before (what was delivered is deleted) and nothing came since: no read.
+    if state.ephemeral.inbox_empty(user_id, device_id) {
+        return Ok(Vec::new());
+    }
+    let messages = state
         .store
-        .take_to_device(
-            user.user_id.as_str(),
-            user.device_id.as_str(),
-            delivered,
-            now_aux,
-        )
-        .await?
+        .take_to_device(user_id, device_id, delivered, now_aux)
+        .await?;
+    if messages.is_empty() {
+        // Nothing up to `now_aux`, and what `delivered` covers is deleted now.
+        state.ephemeral.set_inbox_empty(user_id, device_id, now_aux);
+    }
+    Ok(messages
         .into_iter()
         .map(|(sender, kind, content)| {
             json!({"sender": sender, "type": kind,
@@ -722,6 +746,9 @@ impl DeviceListDelta {
     ) -> Result<DeviceListDelta, ApiError> {
         let mut delta = DeviceListDelta::default();
         if let Some(from) = since_aux {
+            if !state.ephemeral.changed_since(&Mark::DeviceLists, from) {
+                return Ok(delta);
+            }
             delta.device_changes = state.store.list_device_list_changes(from, now_aux).await?;
             if delta.device_changes.iter().any(|u| u == user.as_str()) {
                 delta.changed.insert(user.to_string());
@@ -732,7 +759,8 @@ impl DeviceListDelta {
 
     /// A room the user is joined to, with its current state; `window` is the stream window
     /// `(since, now]` (`since` `None`: initial), `changed_since` whether the user's own
-    /// membership changed in it (then everyone in the room is new to them).
+    /// membership changed in it (then everyone in the room is new to them), and `in_window`
+    /// the users whose membership changed in the window when the caller knows them.
     pub(crate) async fn joined_room(
         &mut self,
         state: &AppState,
@@ -740,11 +768,13 @@ impl DeviceListDelta {
         room_id: &ruma::RoomId,
         current: &unitas_federation::rooms::auth::State,
         (since, now): (Option<i64>, i64),
-        changed_since: bool,
+        (changed_since, in_window): (bool, Option<Vec<String>>),
     ) -> Result<(), ApiError> {
         if let Some(since) = since {
             let others = if changed_since {
                 member_keys(current)
+            } else if let Some(known) = in_window {
+                known
             } else {
                 state
                     .store
