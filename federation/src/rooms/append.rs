@@ -185,6 +185,10 @@ type Preloaded = HashMap<OwnedEventId, Arc<Pdu>>;
 
 /// Most appends one group commit carries.
 const MAX_BATCH_EVENTS: usize = 2_000;
+/// How long push verdicts written alone wait for an append to share its commit (one commit per
+/// message instead of two while messages keep coming; counts lag by at most this when they
+/// stop).
+const PUSH_DEFER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Most prev_events a new local event names.
 const MAX_PREV_EVENTS_LOCAL: usize = 10;
 
@@ -249,6 +253,10 @@ pub struct RoomWriter {
     next_stream: i64,
     /// Published after each commit.
     position: Arc<watch::Sender<i64>>,
+    /// A write of push verdicts alone, held until the next append's commit or its deadline.
+    deferred: Option<(WriteRequest, tokio::time::Instant)>,
+    /// How long such a write waits ([`PUSH_DEFER`]).
+    push_defer: std::time::Duration,
 }
 
 impl std::fmt::Debug for RoomWriter {
@@ -258,41 +266,84 @@ impl std::fmt::Debug for RoomWriter {
 }
 
 impl RoomWriter {
+    /// How long push verdicts written alone wait for an append to share its commit (zero:
+    /// written at once).
+    pub fn with_push_defer(mut self, defer: std::time::Duration) -> RoomWriter {
+        self.push_defer = defer;
+        self
+    }
+
     /// Writes batches until every [`Rooms`] handle is dropped or `shutdown` completes; on
     /// shutdown, what is already queued is still written. Requests that queued up while a
     /// transaction was open are merged into the next one (group commit).
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         loop {
+            let deadline = self.deferred.as_ref().map(|(_, at)| *at);
             let first = tokio::select! {
                 request = self.requests.recv() => match request {
                     Some(request) => request,
-                    None => return,
+                    None => break,
                 },
                 () = &mut shutdown => {
                     while let Ok(request) = self.requests.try_recv() {
                         self.write(request).await;
                     }
-                    return;
+                    break;
+                }
+                () = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if deadline.is_some() => {
+                    if let Some((deferred, _)) = self.deferred.take() {
+                        self.commit(deferred).await;
+                    }
+                    continue;
                 }
             };
             self.write(first).await;
         }
+        if let Some((deferred, _)) = self.deferred.take() {
+            self.commit(deferred).await;
+        }
     }
 
-    /// Writes `first` and everything queued behind it, in one transaction.
+    /// Writes `first` and everything queued behind it, in one transaction; push verdicts alone
+    /// wait for the next append (or [`PUSH_DEFER`]).
     async fn write(&mut self, first: WriteRequest) {
-        let mut waiters = first.done;
-        let mut batch = first.batch;
-        while batch.events.len() < MAX_BATCH_EVENTS {
+        let mut request = first;
+        while request.batch.events.len() < MAX_BATCH_EVENTS {
             match self.requests.try_recv() {
-                Ok(next) => {
-                    waiters.extend(next.done);
-                    batch.extend(next.batch);
-                }
+                Ok(next) => request = request.merge(next),
                 Err(_) => break,
             }
         }
+        let push_only = {
+            let b = &request.batch;
+            b.events.is_empty()
+                && b.rooms.is_empty()
+                && b.state_groups.is_empty()
+                && b.transactions.is_empty()
+                && b.outbound.is_empty()
+        };
+        if push_only && !self.push_defer.is_zero() {
+            self.deferred = Some(match self.deferred.take() {
+                Some((held, at)) => (held.merge(request), at),
+                None => (request, tokio::time::Instant::now() + self.push_defer),
+            });
+            return;
+        }
+        // The held verdicts go first (their waiters wait for no events).
+        if let Some((held, _)) = self.deferred.take() {
+            request = held.merge(request);
+        }
+        self.commit(request).await;
+    }
+
+    /// One transaction.
+    async fn commit(&mut self, request: WriteRequest) {
+        let WriteRequest {
+            done: waiters,
+            mut batch,
+        } = request;
         // Positions in commit order: everything below a published position is durable.
         let first = self.next_stream;
         for event in &mut batch.events {
@@ -371,6 +422,8 @@ impl Rooms {
             requests,
             next_stream: max_stream + 1,
             position,
+            deferred: None,
+            push_defer: PUSH_DEFER,
         };
         Ok((
             Rooms {

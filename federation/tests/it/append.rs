@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use unitas_federation::rooms::{AppendError, Appended, EventError, EventTemplate};
-use unitas_storage::{RoomEvents, Store};
+use unitas_storage::{PushStore, RoomEvents, Store};
 
 use crate::support::{World, member};
 
@@ -495,4 +495,40 @@ pub async fn rooms_made_at_once_are_different_rooms(store: Store) {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "{ids:?}");
+}
+
+/// Push verdicts written alone wait for the next append and share its commit (one commit per
+/// message, not two).
+pub async fn push_verdicts_ride_with_the_next_append(store: Store) {
+    // Held for an hour: the write can only complete with an append's commit.
+    let w = World::with_push_defer(store, Some(std::time::Duration::from_secs(3600))).await;
+    let alice = w.a.user("alice");
+    let room = w.public_room("12").await;
+    let first = w.message(&room, &alice, "one").await;
+    let position = w
+        .store
+        .get_event(first.event_id.as_str())
+        .await
+        .unwrap()
+        .unwrap()
+        .stream_ordering
+        .unwrap();
+    let push = w.rooms.write_push(unitas_storage::PushWrite {
+        position: Some(position),
+        ..Default::default()
+    });
+    tokio::pin!(push);
+    // The first poll queues the write; it cannot be done yet.
+    tokio::select! {
+        biased;
+        _ = &mut push => panic!("push verdicts written before any append"),
+        () = std::future::ready(()) => {}
+    }
+    assert_eq!(w.store.get_push_position().await.unwrap(), None);
+    w.message(&room, &alice, "two").await;
+    tokio::time::timeout(std::time::Duration::from_secs(60), push)
+        .await
+        .expect("the verdicts were written with the append")
+        .unwrap();
+    assert_eq!(w.store.get_push_position().await.unwrap(), Some(position));
 }

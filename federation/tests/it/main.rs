@@ -22,6 +22,7 @@ unitas_storage::both_backends!(
     append::bad_events_change_nothing,
     append::waiters_wake_and_other_servers_get_the_event,
     append::only_concerned_users_are_woken,
+    append::push_verdicts_ride_with_the_next_append,
     resolution::concurrent_ban_and_join,
     resolution::power_level_race,
     resolution::join_rule_change_against_a_join,

@@ -66,10 +66,19 @@ pub struct World {
 impl World {
     /// A rooms service hosting `a.test`; `b.test` plays a remote server.
     pub async fn new(store: Store) -> World {
+        World::with_push_defer(store, None).await
+    }
+
+    /// The same, with push verdicts written alone held for `defer` (the default when `None`).
+    pub async fn with_push_defer(store: Store, defer: Option<std::time::Duration>) -> World {
         let outbound = Arc::new(Recorded::default());
-        let (rooms, writer) = Rooms::new(store.clone(), ["a.test".to_owned()], outbound.clone())
-            .await
-            .unwrap();
+        let (rooms, mut writer) =
+            Rooms::new(store.clone(), ["a.test".to_owned()], outbound.clone())
+                .await
+                .unwrap();
+        if let Some(defer) = defer {
+            writer = writer.with_push_defer(defer);
+        }
         tokio::spawn(writer.run(std::future::pending()));
         World {
             rooms,
