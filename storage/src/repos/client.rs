@@ -39,11 +39,13 @@ pub trait ClientData {
         event_id: &str,
         now_ms: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// The transaction IDs a device used, with their events (to warm a cache).
+    /// The latest `limit` transaction IDs a device used, with their events, oldest first (to
+    /// warm a cache).
     fn list_transactions(
         &self,
         user_id: &str,
         device_id: &str,
+        limit: i64,
     ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
     /// Stores a filter; returns its ID.
     fn create_filter(&self, user_id: &str, json: &str) -> impl Future<Output = Result<i64>> + Send;
@@ -165,14 +167,21 @@ impl ClientData for Store {
         &self,
         user_id: &str,
         device_id: &str,
+        limit: i64,
     ) -> Result<Vec<(String, String)>> {
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as("SELECT txn_id, event_id FROM transaction_ids WHERE user_id = $1 AND device_id = $2")
-                .bind(user_id)
-                .bind(device_id)
-                .fetch_all(pool)
-                .await
-        })?)
+        let mut rows: Vec<(String, String)> = on_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT txn_id, event_id FROM transaction_ids WHERE user_id = $1 AND device_id = $2
+                 ORDER BY created_ts DESC LIMIT $3",
+            )
+            .bind(user_id)
+            .bind(device_id)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+        })?;
+        rows.reverse();
+        Ok(rows)
     }
 
     async fn create_filter(&self, user_id: &str, json: &str) -> Result<i64> {

@@ -835,7 +835,14 @@ async fn transaction_event(
             state.transactions.load(
                 user_id,
                 device,
-                state.store.list_transactions(user_id, device).await?,
+                state
+                    .store
+                    .list_transactions(
+                        user_id,
+                        device,
+                        i64::try_from(crate::tokens::TXNS_PER_DEVICE).unwrap_or(i64::MAX),
+                    )
+                    .await?,
             );
             state.transactions.get(user_id, device, txn).flatten()
         }
