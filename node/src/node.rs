@@ -262,7 +262,7 @@ impl Node {
                 dht_parts = Some((client, event_loop, identity));
             }
         }
-        let state = AppState {
+        let state = AppState::new(crate::state::Services {
             inbound,
             federation,
             sender: sender.clone(),
@@ -281,7 +281,7 @@ impl Node {
             rate_limiter,
             tokens: Default::default(),
             transactions: Default::default(),
-        };
+        });
         let mut tasks = JoinSet::new();
         sender
             .start()
