@@ -1156,8 +1156,7 @@ impl Inbound {
         &self,
         items: Vec<(CanonicalJsonObject, RoomVersion, OwnedRoomId)>,
     ) -> Vec<Result<Pdu, EventError>> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per_task = items.len().div_ceil(cores).max(1);
+        let per_task = items.len().div_ceil(cores()).max(1);
         let mut items = items;
         let mut tasks = Vec::new();
         while !items.is_empty() {
@@ -1184,6 +1183,12 @@ impl Inbound {
         }
         all
     }
+}
+
+/// The machine's cores, read once (each read opens three cgroup and proc files).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Most events asked for in one `/backfill`.
