@@ -26,7 +26,7 @@ pub mod testing;
 pub use error::StorageError;
 pub use repos::{
     AccessToken, AccessTokens, Account, Accounts, Device, DeviceInbox, DeviceKeys, Devices,
-    KeyUpload, NewAccessToken, NewAccount, NewDevice, RemoteServerKey, RemoteServerKeys,
+    KeyCounts, KeyUpload, NewAccessToken, NewAccount, NewDevice, RemoteServerKey, RemoteServerKeys,
     SigningKeyRecord, SigningKeys, Territories, TerritoryRow, ToDeviceMessage,
 };
 pub use repos::{BackupKey, BackupScope, BackupVersion, KeyBackups, Report, Reports};

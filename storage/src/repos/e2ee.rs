@@ -15,6 +15,9 @@ pub struct KeyUpload {
     pub key_json: String,
 }
 
+/// A device's one-time key counts per algorithm and its unused fallback key algorithms.
+pub type KeyCounts = (Vec<(String, i64)>, Vec<String>);
+
 /// End-to-end encryption keys of our users' devices (stored as uploaded, handed out as stored).
 pub trait DeviceKeys {
     /// Sets a device's identity keys and moves the user's device list version on.
@@ -61,7 +64,7 @@ pub trait DeviceKeys {
         &self,
         user_id: &str,
         device_id: &str,
-    ) -> impl Future<Output = Result<(Vec<(String, i64)>, Vec<String>)>> + Send;
+    ) -> impl Future<Output = Result<KeyCounts>> + Send;
     /// Hands out one key of `algorithm` for a device: a one-time key (deleted), or else its
     /// fallback key (marked used, kept). `(key_id, key JSON)`.
     fn claim_key(
@@ -193,11 +196,7 @@ impl DeviceKeys for Store {
         Ok(rows.into_iter().map(|(a,)| a).collect())
     }
 
-    async fn key_counts(
-        &self,
-        user_id: &str,
-        device_id: &str,
-    ) -> Result<(Vec<(String, i64)>, Vec<String>)> {
+    async fn key_counts(&self, user_id: &str, device_id: &str) -> Result<KeyCounts> {
         // One-time key counts (count > 0) and unused fallback keys (count 0), in one round trip.
         let rows: Vec<(String, i64)> = on_pool!(self, pool => {
             sqlx::query_as(

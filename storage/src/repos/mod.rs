@@ -24,7 +24,7 @@ pub use backup::{BackupKey, BackupScope, BackupVersion, KeyBackups};
 pub use client::{ClientData, ProfileField, ProfileRow};
 pub use client_more::{ClientExtras, MediaRow, NewReceipt, ReceiptRow, RemoteMediaRow};
 pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, NewDevice};
-pub use e2ee::{DeviceInbox, DeviceKeys, KeyUpload, ToDeviceMessage};
+pub use e2ee::{DeviceInbox, DeviceKeys, KeyCounts, KeyUpload, ToDeviceMessage};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
 pub use push::{PushAction, PushStore, Pusher, QueuedPush};
