@@ -281,6 +281,7 @@ impl Node {
             rate_limiter,
             tokens: Default::default(),
             transactions: Default::default(),
+            event_positions: Default::default(),
         });
         let mut tasks = JoinSet::new();
         sender

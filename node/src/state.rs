@@ -189,6 +189,8 @@ pub struct Services {
     pub moves: Arc<std::sync::RwLock<crate::moves::Moves>>,
     /// The registry's DHT, when `[dht] listen` is set.
     pub dht: Option<unitas_territory::dht::DhtClient>,
+    /// Stream positions of timeline events read by syncs.
+    pub event_positions: crate::api::client::sync::EventPositions,
     /// Transaction IDs of the devices that sent since start.
     pub transactions: Arc<crate::tokens::TransactionCache>,
     /// Access tokens already looked up.

@@ -30,6 +30,48 @@ use crate::api::ruma::{ClientUser, Ruma};
 use crate::ephemeral::Mark;
 use crate::state::AppState;
 
+/// Stream positions of timeline events (a user's membership events, read by every sync for
+/// every room), kept once read: a timeline event's position never changes. Bounded: past
+/// [`MAX_POSITIONS`] entries the map starts over.
+#[derive(Debug, Default)]
+pub struct EventPositions {
+    map: std::sync::Mutex<HashMap<String, i64>>,
+}
+
+/// Most positions kept.
+const MAX_POSITIONS: usize = 100_000;
+
+impl EventPositions {
+    /// The event's stream position (`None`: not stored, or not in the timeline).
+    pub(crate) async fn position(
+        &self,
+        state: &AppState,
+        event_id: &str,
+    ) -> Result<Option<i64>, ApiError> {
+        if let Some(at) = self
+            .map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(event_id)
+        {
+            return Ok(Some(*at));
+        }
+        let Some(row) = state.store.get_event(event_id).await? else {
+            return Ok(None);
+        };
+        // Outliers have no position yet (they may get one when promoted): not kept.
+        let (false, Some(at)) = (row.outlier, row.stream_ordering) else {
+            return Ok(row.stream_ordering);
+        };
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_POSITIONS {
+            map.clear();
+        }
+        map.insert(event_id.to_owned(), at);
+        Ok(Some(at))
+    }
+}
+
 /// Timeline events per room when the filter does not say.
 const DEFAULT_TIMELINE_LIMIT: i64 = 10;
 /// Longest long-poll a client may ask for.
@@ -311,10 +353,10 @@ async fn build(
         else {
             continue;
         };
-        let member_row = state.store.get_event(member_id.as_str()).await?;
-        let member_position = member_row
-            .as_ref()
-            .and_then(|r| r.stream_ordering)
+        let member_position = state
+            .event_positions
+            .position(state, member_id.as_str())
+            .await?
             .unwrap_or(0);
         if member_position > now {
             // Not yet published: the next sync has it.
