@@ -1,9 +1,10 @@
 """Runs a Synapse homeserver from PyPI as a federation peer on 127.0.0.1 for the tests.
 
-Usage: synapse_peer.py DIR PORT
+Usage: synapse_peer.py DIR PORT [--plain]
 
 Writes a self-signed TLS certificate, a config and a signing key into DIR, then replaces this
-process with Synapse. One HTTPS listener on PORT serves the client and federation APIs. The
+process with Synapse. One HTTPS listener on PORT serves the client and federation APIs (plain
+HTTP with --plain: what the client load run of scripts/bench-client talks to). The
 config lets Synapse call loopback peers with self-signed certificates (test networks only),
 opens registration and raises the rate limits so the tests measure federation, not limits.
 """
@@ -57,6 +58,7 @@ def write_certificate(directory):
 
 def main():
     directory, port = sys.argv[1], int(sys.argv[2])
+    plain = "--plain" in sys.argv[3:]
     cert, key = write_certificate(directory)
     fast = {"per_second": 10000, "burst_count": 10000}
     config = {
@@ -67,7 +69,7 @@ def main():
                 "port": port,
                 "bind_addresses": ["127.0.0.1"],
                 "type": "http",
-                "tls": True,
+                "tls": not plain,
                 "x_forwarded": False,
                 "resources": [{"names": ["client", "federation", "keys"], "compress": False}],
             }
