@@ -683,10 +683,16 @@ async fn build(
         );
     }
     if ext.account_data.enabled == Some(true) {
-        let data = state
-            .store
-            .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
-            .await?;
+        // Skipped when the aux marks show nothing of the user's came since (see sync).
+        let mark = crate::ephemeral::Mark::AccountData(user.user_id.to_string());
+        let data = if since_aux.is_some_and(|s| !state.ephemeral.changed_since(&mark, s)) {
+            Vec::new()
+        } else {
+            state
+                .store
+                .list_account_data_since(user.user_id.as_str(), since_aux.unwrap_or(0))
+                .await?
+        };
         let mut global: Vec<Value> = data
             .iter()
             .filter(|(room, _, _)| room.is_empty())
