@@ -30,8 +30,9 @@ use crate::api::ruma::{ClientUser, Ruma};
 use crate::ephemeral::Mark;
 use crate::state::AppState;
 
-/// Stream positions of timeline events (a user's membership events, read by every sync for
-/// every room), kept once read: a timeline event's position never changes. Bounded: past
+/// Stream positions of timeline events (a user's membership event and read receipt's event,
+/// read by every sync for every room), kept once read: a timeline event's position never
+/// changes. Bounded: past
 /// [`MAX_POSITIONS`] entries the map starts over.
 #[derive(Debug, Default)]
 pub struct EventPositions {
@@ -637,10 +638,9 @@ async fn read_position(
             .await?
         {
             Some(event_id) => state
-                .store
-                .get_event(&event_id)
+                .event_positions
+                .position(state, &event_id)
                 .await?
-                .and_then(|r| r.stream_ordering)
                 .unwrap_or(0),
             None => member_position,
         },
