@@ -126,6 +126,16 @@ pub(crate) const SQLITE: &[Step] = &[
         "push_highlights",
         include_str!("../migrations/sqlite/0023_push_highlights.sql"),
     ),
+    (
+        24,
+        "narrower_event_indexes",
+        include_str!("../migrations/sqlite/0024_narrower_event_indexes.sql"),
+    ),
+    (
+        25,
+        "transaction_ids_keyed",
+        include_str!("../migrations/sqlite/0025_transaction_ids_keyed.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -243,6 +253,16 @@ pub(crate) const POSTGRES: &[Step] = &[
         23,
         "push_highlights",
         include_str!("../migrations/postgres/0023_push_highlights.sql"),
+    ),
+    (
+        24,
+        "narrower_event_indexes",
+        include_str!("../migrations/postgres/0024_narrower_event_indexes.sql"),
+    ),
+    (
+        25,
+        "transaction_ids_keyed",
+        include_str!("../migrations/postgres/0025_transaction_ids_keyed.sql"),
     ),
 ];
 
