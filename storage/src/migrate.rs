@@ -322,4 +322,26 @@ mod tests {
             assert!(steps.windows(2).all(|w| w[0].0 < w[1].0));
         }
     }
+
+    /// Every file in the migrations folders is in its list, under its number and name (a new
+    /// file that is not listed is never applied).
+    #[test]
+    fn every_migration_file_is_listed() {
+        for (folder, steps) in [("sqlite", SQLITE), ("postgres", POSTGRES)] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(folder);
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|name| name.ends_with(".sql"))
+                .collect();
+            files.sort();
+            let listed: Vec<String> = steps
+                .iter()
+                .map(|(version, name, _)| format!("{version:04}_{name}.sql"))
+                .collect();
+            assert_eq!(files, listed, "{folder}");
+        }
+    }
 }
