@@ -167,6 +167,12 @@ impl Ephemeral {
         self.marks.changed_since(mark, since)
     }
 
+    /// Whether a read about `mark` after `since` can be skipped: an incremental read (`since`
+    /// given) and no change about it stored after that position.
+    pub fn unchanged_since(&self, mark: &Mark, since: Option<i64>) -> bool {
+        since.is_some_and(|s| !self.changed_since(mark, s))
+    }
+
     /// Reserves the position for a change about to be stored. The change becomes visible to
     /// syncs when the returned guard is dropped (stored or failed, either way), and only once
     /// every position before it is done too: a sync never reads past a change still being

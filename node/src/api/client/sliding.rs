@@ -685,7 +685,7 @@ async fn build(
     if ext.account_data.enabled == Some(true) {
         // Skipped when the aux marks show nothing of the user's came since (see sync).
         let mark = crate::ephemeral::Mark::AccountData(user.user_id.to_string());
-        let data = if since_aux.is_some_and(|s| !state.ephemeral.changed_since(&mark, s)) {
+        let data = if state.ephemeral.unchanged_since(&mark, since_aux) {
             Vec::new()
         } else {
             state

@@ -291,7 +291,7 @@ async fn build(
     ) = tokio::try_join!(
         async {
             // A read is skipped when the aux marks say it would find nothing new.
-            if since_aux.is_some_and(|s| !state.ephemeral.changed_since(&account_mark, s)) {
+            if state.ephemeral.unchanged_since(&account_mark, since_aux) {
                 return Ok(Vec::new());
             }
             let data = state
@@ -309,7 +309,7 @@ async fn build(
             Ok(rooms)
         },
         async {
-            if since_aux.is_some_and(|s| !state.ephemeral.changed_since(&invites_mark, s)) {
+            if state.ephemeral.unchanged_since(&invites_mark, since_aux) {
                 return Ok(Vec::new());
             }
             Ok(state
@@ -689,11 +689,10 @@ pub(crate) async fn receipt_event(
     room_id: &ruma::RoomId,
     since: Option<i64>,
 ) -> Result<Option<Value>, ApiError> {
-    if since.is_some_and(|s| {
-        !state
-            .ephemeral
-            .changed_since(&Mark::Receipts(room_id.to_string()), s)
-    }) {
+    if state
+        .ephemeral
+        .unchanged_since(&Mark::Receipts(room_id.to_string()), since)
+    {
         return Ok(None);
     }
     let receipts = state
