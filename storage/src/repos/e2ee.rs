@@ -52,14 +52,8 @@ pub trait DeviceKeys {
         user_id: &str,
         device_id: &str,
     ) -> impl Future<Output = Result<Vec<(String, i64)>>> + Send;
-    /// The algorithms of a device's fallback keys not handed out yet.
-    fn unused_fallback_key_types(
-        &self,
-        user_id: &str,
-        device_id: &str,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
-    /// Both of the above in one read (what every sync response carries):
-    /// `(one-time key counts, unused fallback key algorithms)`.
+    /// The one-time key counts and the algorithms of the fallback keys not handed out yet, in
+    /// one read (what every sync response carries).
     fn key_counts(
         &self,
         user_id: &str,
@@ -179,21 +173,6 @@ impl DeviceKeys for Store {
             )
             .bind(user_id).bind(device_id).fetch_all(pool).await
         })?)
-    }
-
-    async fn unused_fallback_key_types(
-        &self,
-        user_id: &str,
-        device_id: &str,
-    ) -> Result<Vec<String>> {
-        let rows: Vec<(String,)> = on_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT algorithm FROM fallback_keys
-                 WHERE user_id = $1 AND device_id = $2 AND used = 0 ORDER BY algorithm",
-            )
-            .bind(user_id).bind(device_id).fetch_all(pool).await
-        })?;
-        Ok(rows.into_iter().map(|(a,)| a).collect())
     }
 
     async fn key_counts(&self, user_id: &str, device_id: &str) -> Result<KeyCounts> {
