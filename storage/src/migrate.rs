@@ -136,6 +136,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "transaction_ids_keyed",
         include_str!("../migrations/sqlite/0025_transaction_ids_keyed.sql"),
     ),
+    (
+        26,
+        "appended_keys",
+        include_str!("../migrations/sqlite/0026_appended_keys.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -263,6 +268,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         25,
         "transaction_ids_keyed",
         include_str!("../migrations/postgres/0025_transaction_ids_keyed.sql"),
+    ),
+    (
+        26,
+        "appended_keys",
+        include_str!("../migrations/postgres/0026_appended_keys.sql"),
     ),
 ];
 

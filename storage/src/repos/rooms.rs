@@ -176,14 +176,15 @@ fn relations_of(events: &[NewEvent]) -> Vec<RelationRow<'_>> {
         .collect()
 }
 
-/// The searchable text of new timeline events: `(event_id, room_id, key, text)` for
+/// The searchable text of new timeline events: `(position, event_id, room_id, key, text)` for
 /// `m.room.message` (`content.body`), `m.room.name` (`content.name`) and `m.room.topic`
 /// (`content.topic`); outliers and soft-failed events are not searchable.
-fn searchable_text(events: &[NewEvent]) -> Vec<(&str, &str, &'static str, String)> {
+fn searchable_text(events: &[NewEvent]) -> Vec<(i64, &str, &str, &'static str, String)> {
     events
         .iter()
         .filter(|e| !e.row.outlier && !e.row.soft_failed && e.row.redacted_by.is_none())
         .filter_map(|e| {
+            let position = e.row.stream_ordering?;
             let (key, field) = match e.row.event_type.as_str() {
                 "m.room.message" => ("content.body", "body"),
                 "m.room.name" => ("content.name", "name"),
@@ -198,6 +199,7 @@ fn searchable_text(events: &[NewEvent]) -> Vec<(&str, &str, &'static str, String
                 .as_str()?
                 .replace('\0', "");
             (!text.is_empty()).then_some((
+                position,
                 e.row.event_id.as_str(),
                 e.row.room_id.as_str(),
                 key,
@@ -295,13 +297,14 @@ impl RoomEvents for Store {
             .iter()
             .flat_map(|g| g.delta.iter().map(move |d| (g.id, d)))
             .collect();
-        let edges: Vec<(&str, &str, &str)> = batch
+        let edges: Vec<(&str, i64, &str, &str)> = batch
             .events
             .iter()
             .flat_map(|e| {
-                e.prev_events
-                    .iter()
-                    .map(move |p| (e.row.event_id.as_str(), p.as_str(), e.row.room_id.as_str()))
+                e.prev_events.iter().map(move |p| {
+                    let r = &e.row;
+                    (r.room_id.as_str(), r.depth, r.event_id.as_str(), p.as_str())
+                })
             })
             .collect();
         // SQLite runs the whole batch as ONE multi-statement query: a single round trip to the
@@ -397,19 +400,29 @@ impl RoomEvents for Store {
                 end_statement!(q, queries, single);
             }
             for chunk in searchable.chunks(CHUNK) {
-                q.push(format!("{insert} event_search (event_id, room_id, key, body) "));
-                q.push_values(chunk, |mut b, (id, room, key, body)| {
-                    b.push_bind(*id).push_bind(*room).push_bind(*key).push_bind(body);
-                });
-                q.push(" ON CONFLICT (event_id) DO NOTHING");
+                // SQLite keys the rows by stream position (appended, migration 0026);
+                // PostgreSQL by event ID.
+                if single {
+                    q.push(format!("{insert} event_search (stream_ordering, event_id, room_id, key, body) "));
+                    q.push_values(chunk, |mut b, (position, id, room, key, body)| {
+                        b.push_bind(*position).push_bind(*id).push_bind(*room).push_bind(*key).push_bind(body);
+                    });
+                    q.push(" ON CONFLICT (stream_ordering) DO NOTHING");
+                } else {
+                    q.push(format!("{insert} event_search (event_id, room_id, key, body) "));
+                    q.push_values(chunk, |mut b, (_, id, room, key, body)| {
+                        b.push_bind(*id).push_bind(*room).push_bind(*key).push_bind(body);
+                    });
+                    q.push(" ON CONFLICT (event_id) DO NOTHING");
+                }
                 end_statement!(q, queries, single);
             }
             for chunk in edges.chunks(CHUNK) {
-                q.push(format!("{insert} event_edges (event_id, prev_event_id, room_id) "));
-                q.push_values(chunk, |mut b, (id, prev, room)| {
-                    b.push_bind(*id).push_bind(*prev).push_bind(*room);
+                q.push(format!("{insert} event_edges (room_id, depth, event_id, prev_event_id) "));
+                q.push_values(chunk, |mut b, (room, depth, id, prev)| {
+                    b.push_bind(*room).push_bind(*depth).push_bind(*id).push_bind(*prev);
                 });
-                q.push(" ON CONFLICT (event_id, prev_event_id) DO NOTHING");
+                q.push(" ON CONFLICT DO NOTHING");
                 end_statement!(q, queries, single);
             }
             for chunk in batch.transactions.chunks(CHUNK) {
@@ -625,7 +638,13 @@ impl RoomEvents for Store {
                 .execute(&mut *tx)
                 .await?;
             // A redacted event's text is no longer searchable, and its relation is gone.
-            sqlx::query("DELETE FROM event_search WHERE event_id = $1")
+            // SQLite's rows are keyed by the event's stream position (migration 0026).
+            sqlx::query(if self.kind() == crate::BackendKind::Sqlite {
+                "DELETE FROM event_search
+                 WHERE stream_ordering = (SELECT stream_ordering FROM events WHERE event_id = $1)"
+            } else {
+                "DELETE FROM event_search WHERE event_id = $1"
+            })
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?;

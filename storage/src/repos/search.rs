@@ -78,8 +78,10 @@ impl EventSearch for Store {
                 let mut q = QueryBuilder::new(select);
                 if sqlite {
                     q.push(
-                        " FROM event_search_fts JOIN event_search s ON s.rowid = event_search_fts.rowid
-                          JOIN events e ON e.event_id = s.event_id WHERE event_search_fts MATCH ",
+                        " FROM event_search_fts
+                          JOIN event_search s ON s.stream_ordering = event_search_fts.rowid
+                          JOIN events e ON e.stream_ordering = s.stream_ordering
+                          WHERE event_search_fts MATCH ",
                     );
                     q.push_bind(term.clone());
                 } else {
