@@ -28,6 +28,7 @@ pub async fn with_territory(store: &Store, code: &str, server_name: &str) {
 
 unitas_storage::both_backends!(
     rooms::failed_batch_writes_nothing,
+    rooms::an_event_written_twice_is_found_once,
     rooms::outbound_queue_follows_its_events,
     rooms::outbound_edus_wait_per_destination,
     store::migrations_make_the_store_ready,

@@ -1,7 +1,8 @@
 //! The event batch write: all of a batch or nothing, and the connection usable afterwards.
 
 use unitas_storage::{
-    EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, RoomEvents, RoomRow, Store,
+    EventBatch, EventRow, EventSearch, FederationQueue, NewEvent, NewStateGroup, RoomEvents,
+    RoomRow, SearchQuery, Store,
 };
 
 pub fn event(id: &str, stream: i64) -> NewEvent {
@@ -90,6 +91,50 @@ pub async fn failed_batch_writes_nothing(store: Store) {
     let stored = store.get_room("!r:example.org").await.unwrap().unwrap();
     assert_eq!(stored.forward_extremities, "[\"$e\"]");
     assert_eq!(store.count_rows("events").await.unwrap(), 4);
+}
+
+/// An event written a second time (another batch, another position) leaves one row, one edge
+/// and one search hit (edges are keyed by room and depth, SQLite's search rows by position);
+/// its redaction takes the hit away.
+pub async fn an_event_written_twice_is_found_once(store: Store) {
+    let searchable = |stream: i64| {
+        let mut e = event("$s", stream);
+        e.row.depth = 7;
+        e.row.json = r#"{"content":{"body":"hello there","msgtype":"m.text"}}"#.to_owned();
+        e.prev_events = vec!["$p".to_owned()];
+        e
+    };
+    let rooms = ["!r:example.org".to_owned()];
+    let search = || {
+        store.search_events(SearchQuery {
+            term: "hello",
+            rooms: &rooms,
+            keys: &["content.body"],
+            recent: false,
+            limit: 10,
+            offset: 0,
+        })
+    };
+    for stream in [1, 2] {
+        let batch = EventBatch {
+            rooms: vec![room("$s")],
+            state_groups: if stream == 1 { vec![group(1)] } else { vec![] },
+            events: vec![searchable(stream)],
+            ..Default::default()
+        };
+        store.persist_events(&batch).await.unwrap();
+    }
+    assert_eq!(store.count_rows("events").await.unwrap(), 1);
+    assert_eq!(store.count_rows("event_edges").await.unwrap(), 1);
+    let found = search().await.unwrap();
+    let ids: Vec<&str> = found.hits.iter().map(|h| h.0.as_str()).collect();
+    assert_eq!(ids, ["$s"]);
+    assert_eq!(found.count, 1);
+
+    store.set_redacted_by("$s", "$redaction").await.unwrap();
+    let found = search().await.unwrap();
+    assert!(found.hits.is_empty());
+    assert_eq!(found.count, 0);
 }
 
 /// Outbound rows are written with their events, listed per pair, read oldest first with the
