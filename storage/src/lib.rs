@@ -37,7 +37,7 @@ pub use repos::{
 pub use repos::{Column, ExportedEvent, Owner, SERVER_KEYS, TABLES, TableSpec, TerritoryTransfer};
 pub use repos::{
     EventBatch, EventRow, FederationQueue, NewEvent, NewStateGroup, OutboundRow, RemoteInvite,
-    RemoteInvites, RoomEvents, RoomRow, TransactionRow,
+    RemoteInvites, RoomEvents, RoomRow, SEARCH_BATCH, TransactionRow,
 };
 pub use repos::{EventSearch, RelationQuery, Relations, SearchPage, SearchQuery, ThreadRow};
 pub use repos::{PushAction, PushStore, PushWrite, Pusher, QueuedPush};

@@ -141,6 +141,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "appended_keys",
         include_str!("../migrations/sqlite/0026_appended_keys.sql"),
     ),
+    (
+        27,
+        "search_indexed_in_batches",
+        include_str!("../migrations/sqlite/0027_search_indexed_in_batches.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -273,6 +278,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         26,
         "appended_keys",
         include_str!("../migrations/postgres/0026_appended_keys.sql"),
+    ),
+    (
+        27,
+        "search_indexed_in_batches",
+        include_str!("../migrations/postgres/0027_search_indexed_in_batches.sql"),
     ),
 ];
 

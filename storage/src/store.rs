@@ -110,6 +110,9 @@ pub struct Store {
     pub(crate) writer: Pool,
     /// Checkpoints run beside the writer (SQLite).
     checkpoints: Arc<Checkpoints>,
+    /// Searchable rows written since the SQLite full-text index last took the pending ones in
+    /// (0: none; it starts at 1, as rows of an earlier run may wait).
+    pub(crate) search_pending: Arc<AtomicU64>,
     /// The URL with any password removed, for messages.
     display_url: String,
     /// The SQLite database file, for WAL size checks.
@@ -201,6 +204,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             writer: Pool::Sqlite(writer),
             checkpoints: Arc::default(),
+            search_pending: Arc::new(AtomicU64::new(1)),
             display_url: url.to_owned(),
             sqlite_path: Some(path),
         })
@@ -226,6 +230,7 @@ impl Store {
         Ok(Store {
             writer: Pool::Postgres(pool.clone()),
             checkpoints: Arc::default(),
+            search_pending: Arc::new(AtomicU64::new(0)),
             pool: Pool::Postgres(pool),
             display_url,
             sqlite_path: None,

@@ -32,7 +32,7 @@ pub use relations::{RelationQuery, Relations, ThreadRow};
 pub use reports::{Report, Reports};
 pub use rooms::{
     EventBatch, EventRow, NewEvent, NewStateGroup, OutboundRow, PushWrite, RoomEvents, RoomRow,
-    TransactionRow,
+    SEARCH_BATCH, TransactionRow,
 };
 pub use search::{EventSearch, SearchPage, SearchQuery};
 pub use territories::{Territories, TerritoryRow};

@@ -1,4 +1,5 @@
 use std::future::Future;
+use std::sync::atomic::Ordering;
 
 use sqlx::QueryBuilder;
 
@@ -139,6 +140,16 @@ impl EventBatch {
 
 pub(crate) const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, state_key, sender, depth, \
      origin_server_ts, json, state_group_before, state_group_after, outlier, soft_failed, redacted_by";
+/// Searchable rows that wait for SQLite's full-text index before an event batch moves them in
+/// (a search moves whatever waits first; migration 0027).
+pub const SEARCH_BATCH: u64 = 256;
+/// Moves the searchable rows that wait into SQLite's full-text index (one FTS5 segment for
+/// all of them).
+pub(crate) const INDEX_PENDING_SEARCH: &str = "INSERT INTO event_search_fts (rowid, body)
+     SELECT s.stream_ordering, s.body FROM search_pending p
+     JOIN event_search s ON s.stream_ordering = p.stream_ordering;
+     DELETE FROM search_pending; ";
+
 /// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
 const CHUNK: usize = 500;
 
@@ -500,6 +511,11 @@ impl RoomEvents for Store {
                 end_statement!(q, queries, single);
             }
             if single {
+                let waiting = self.search_pending.load(Ordering::Relaxed) + searchable.len() as u64;
+                let index_search = waiting >= SEARCH_BATCH;
+                if index_search {
+                    q.push(INDEX_PENDING_SEARCH);
+                }
                 q.push("COMMIT");
                 let mut conn = pool.acquire().await?;
                 // A small batch (one message, a push verdict) has one of a few shapes: its
@@ -515,6 +531,11 @@ impl RoomEvents for Store {
                     }
                 }
                 if result.is_ok() {
+                    if index_search {
+                        self.search_pending.store(0, Ordering::Relaxed);
+                    } else if !searchable.is_empty() {
+                        self.search_pending.fetch_add(searchable.len() as u64, Ordering::Relaxed);
+                    }
                     self.after_writer_commit();
                 }
                 result.map(|_| ())

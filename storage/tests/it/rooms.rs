@@ -95,7 +95,8 @@ pub async fn failed_batch_writes_nothing(store: Store) {
 
 /// An event written a second time (another batch, another position) leaves one row, one edge
 /// and one search hit (edges are keyed by room and depth, SQLite's search rows by position);
-/// its redaction takes the hit away.
+/// its redaction takes the hit away, also while the row waits for SQLite's index, and a full
+/// batch of rows is indexed by its own commit; the index stays consistent throughout.
 pub async fn an_event_written_twice_is_found_once(store: Store) {
     let searchable = |stream: i64| {
         let mut e = event("$s", stream);
@@ -131,10 +132,40 @@ pub async fn an_event_written_twice_is_found_once(store: Store) {
     assert_eq!(ids, ["$s"]);
     assert_eq!(found.count, 1);
 
+    // Redacted while it waits for the index (SQLite indexes in batches, and before a search).
+    let mut waiting = searchable(3);
+    waiting.row.event_id = "$t".to_owned();
+    let batch = EventBatch {
+        rooms: vec![room("$t")],
+        events: vec![waiting],
+        ..Default::default()
+    };
+    store.persist_events(&batch).await.unwrap();
+    store.set_redacted_by("$t", "$redaction").await.unwrap();
+    let found = search().await.unwrap();
+    assert_eq!(found.hits.len(), 1);
+    assert_eq!(found.hits[0].0, "$s");
+
     store.set_redacted_by("$s", "$redaction").await.unwrap();
     let found = search().await.unwrap();
     assert!(found.hits.is_empty());
     assert_eq!(found.count, 0);
+
+    // A batch of a full index batch's rows goes into the index with its own commit.
+    let mut batch = EventBatch {
+        rooms: vec![room("$u0")],
+        ..Default::default()
+    };
+    for n in 0..unitas_storage::SEARCH_BATCH as i64 {
+        let mut e = searchable(10 + n);
+        e.row.event_id = format!("$u{n}");
+        batch.events.push(e);
+    }
+    store.persist_events(&batch).await.unwrap();
+    assert_eq!(store.search_index_check().await.unwrap(), 0);
+    let found = search().await.unwrap();
+    assert_eq!(found.count, unitas_storage::SEARCH_BATCH as i64);
+    assert_eq!(store.search_index_check().await.unwrap(), 0);
 }
 
 /// Outbound rows are written with their events, listed per pair, read oldest first with the
