@@ -91,18 +91,7 @@ async fn prepare_pdu(
         .custom_redacted_root_fields(&["signatures", "unsigned"])
         .serialize(&object)
         .map_err(|e| EventError::Format(e.to_string()))?;
-    // Room versions 3+ name events by URL-safe base64 of the hash; older ones the slow way.
-    let reference = (!matches!(
-        rules.event_id_format,
-        ruma::room_version_rules::EventIdFormatVersion::V1
-            | ruma::room_version_rules::EventIdFormatVersion::V2
-    ))
-    .then(|| {
-        use base64::Engine as _;
-        use sha2::Digest as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(signed.as_bytes()))
-    });
+    let reference = crate::rooms::pdu::reference_hash_of_signed(version, &signed);
     let computed = content_hash(&object)?;
     let hash_ok = match object.get("hashes") {
         Some(CanonicalJsonValue::Object(hashes)) => match hashes.get("sha256") {
@@ -181,7 +170,7 @@ async fn prepare_pdu(
 /// The SHA-256 of the event's canonical JSON without `signatures`, `unsigned` and `hashes`
 /// (spec: "Calculating the content hash"), serialised straight from the object (ruma's
 /// `content_hash` copies the whole object first).
-fn content_hash(object: &CanonicalJsonObject) -> Result<[u8; 32], EventError> {
+pub(crate) fn content_hash(object: &CanonicalJsonObject) -> Result<[u8; 32], EventError> {
     struct Hashed<'a>(&'a CanonicalJsonObject);
     impl serde::Serialize for Hashed<'_> {
         fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

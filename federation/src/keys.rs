@@ -13,8 +13,8 @@ use base64::alphabet;
 use base64::engine::DecodePaddingMode;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD_NO_PAD};
 use ed25519_dalek::pkcs8::EncodePrivateKey;
-use ruma::CanonicalJsonObject;
 use ruma::signatures::Ed25519KeyPair;
+use ruma::{CanonicalJsonObject, CanonicalJsonValue};
 
 /// Problems with a key or its file.
 #[derive(Debug, thiserror::Error)]
@@ -256,6 +256,52 @@ impl SigningKey {
             .map_err(|e| KeyError::Sign(e.to_string()))
     }
 
+    /// [`SigningKey::hash_and_sign_event`] that also answers the bytes the signature covers:
+    /// the redacted event without `signatures` and `unsigned`, whose SHA-256 is the event's
+    /// reference hash. Each serialisation happens once (ruma's content hash copies the whole
+    /// event first, and the reference hash would serialise the redacted event again).
+    pub fn hash_and_sign_event_once(
+        &self,
+        origin: &str,
+        object: &mut CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RedactionRules,
+    ) -> Result<String, KeyError> {
+        use ruma::signatures::KeyPair as _;
+        let hash =
+            crate::inbound::content_hash(object).map_err(|e| KeyError::Sign(e.to_string()))?;
+        let mut hashes = CanonicalJsonObject::new();
+        hashes.insert(
+            "sha256".to_owned(),
+            CanonicalJsonValue::String(STANDARD_NO_PAD.encode(hash)),
+        );
+        object.insert("hashes".to_owned(), CanonicalJsonValue::Object(hashes));
+        let signed = ruma::canonical_json::RedactingSerializer::new()
+            .rules(rules)
+            .custom_redacted_root_fields(&["signatures", "unsigned"])
+            .serialize(object)
+            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        let signature = self.pair.sign(signed.as_bytes());
+        let servers = object
+            .entry("signatures".to_owned())
+            .or_insert_with(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+        let CanonicalJsonValue::Object(servers) = servers else {
+            return Err(KeyError::Sign("signatures is not an object".to_owned()));
+        };
+        let keys = servers
+            .entry(origin.to_owned())
+            .or_insert_with(|| CanonicalJsonValue::Object(CanonicalJsonObject::new()));
+        let CanonicalJsonValue::Object(keys) = keys else {
+            return Err(KeyError::Sign(format!(
+                "signatures of {origin} are not an object"
+            )));
+        };
+        keys.insert(
+            signature.id(),
+            CanonicalJsonValue::String(signature.base64()),
+        );
+        Ok(signed)
+    }
+
     /// Adds `server`'s signature to a PDU that already carries its hash and its origin's
     /// signature (a resident server vouching for a restricted join).
     pub fn cosign_event(
@@ -299,6 +345,48 @@ mod tests {
     fn spec_key() -> SigningKey {
         let text = "ed25519 1 YJDBA9Xnr2sVqXD9Vj7XVUnmFZcZrlw8Md7kMW+3XA1";
         SigningKey::from_key_file(text, Path::new("<spec>")).unwrap()
+    }
+
+    /// The one-serialisation signing gives exactly ruma's hashes and signature (room versions
+    /// 12 and 1, an event that carries another server's signature already), and in version 12
+    /// the bytes it answers hash to ruma's reference hash.
+    #[test]
+    fn signing_once_matches_ruma() {
+        let key = spec_key();
+        for rules in [
+            ruma::room_version_rules::RoomVersionRules::V12,
+            ruma::room_version_rules::RoomVersionRules::V1,
+        ] {
+            let text = r#"{"room_id":"!r:a.example","sender":"@u:a.example","type":"m.room.member",
+                "state_key":"@u:a.example","content":{"membership":"join","displayname":"U"},
+                "prev_events":[],"auth_events":[],"depth":3,"origin_server_ts":1000,
+                "unsigned":{"age":5},"signatures":{"b.example":{"ed25519:x":"c2ln"}}}"#;
+            let mut ours: CanonicalJsonObject = serde_json::from_str(text).unwrap();
+            let mut theirs = ours.clone();
+            let signed = key
+                .hash_and_sign_event_once("a.example", &mut ours, &rules.redaction)
+                .unwrap();
+            ruma::signatures::hash_and_sign_event(
+                "a.example",
+                &key.pair,
+                &mut theirs,
+                &rules.redaction,
+            )
+            .unwrap();
+            assert_eq!(ours, theirs);
+            if rules.event_id_format != ruma::room_version_rules::EventIdFormatVersion::V3 {
+                continue; // no URL-safe hashed event IDs in this version
+            }
+            use sha2::Digest as _;
+            let hashed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(signed.as_bytes()));
+            let mut without_unsigned = theirs.clone();
+            without_unsigned.remove("unsigned");
+            assert_eq!(
+                hashed,
+                ruma::signatures::reference_hash(&without_unsigned, &rules).unwrap()
+            );
+        }
     }
 
     #[test]

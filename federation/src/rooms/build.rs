@@ -82,10 +82,12 @@ pub fn build_pdu(
     at: Placement<'_>,
 ) -> Result<Pdu, EventError> {
     let mut object = unsigned_event(version, template, &at)?;
-    at.key
-        .hash_and_sign_event(at.origin, &mut object, &version.rules().redaction)
+    let signed = at
+        .key
+        .hash_and_sign_event_once(at.origin, &mut object, &version.rules().redaction)
         .map_err(|e| EventError::Signature(e.to_string()))?;
-    Pdu::from_object(object, version, at.room_id)
+    let reference = super::pdu::reference_hash_of_signed(version, &signed);
+    Pdu::from_object_with_hash(object, version, at.room_id, reference)
 }
 
 /// `pdu` with `server`'s signature added (the event ID does not change: signatures are not

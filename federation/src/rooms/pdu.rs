@@ -89,6 +89,24 @@ pub struct Pdu {
     pub carries_room_id: bool,
 }
 
+/// The reference hash (room versions 3+: URL-safe base64 of the SHA-256) of an event from the
+/// bytes its signatures cover (the redacted event without `signatures` and `unsigned`), which
+/// signing and verifying serialise anyway; `None` for older versions, whose event IDs are not
+/// hashes ([`Pdu::from_object_with_hash`] then works them out).
+pub(crate) fn reference_hash_of_signed(version: &RoomVersion, signed: &str) -> Option<String> {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    (!matches!(
+        version.rules().event_id_format,
+        ruma::room_version_rules::EventIdFormatVersion::V1
+            | ruma::room_version_rules::EventIdFormatVersion::V2
+    ))
+    .then(|| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(signed.as_bytes()))
+    })
+}
+
 impl Pdu {
     /// Checks and parses an event's canonical JSON (see the module doc for the steps).
     /// `expected_room` is the room the event arrived for, when known.
