@@ -319,11 +319,12 @@ impl Inbound {
         {
             return Ok(answer.clone());
         }
-        let pdus = body
+        // Borrowed: each PDU is read into its canonical form once (a copy of the array copied
+        // every event's JSON tree).
+        let pdus: &[Value] = body
             .get("pdus")
             .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
+            .map_or(&[], Vec::as_slice);
         let edus = body
             .get("edus")
             .and_then(Value::as_array)
