@@ -86,11 +86,8 @@ async fn prepare_pdu(
     expected_room: Option<&RoomId>,
 ) -> Result<Prepared, EventError> {
     let rules = version.rules();
-    let signed = ruma::canonical_json::RedactingSerializer::new()
-        .rules(&rules.redaction)
-        .custom_redacted_root_fields(&["signatures", "unsigned"])
-        .serialize(&object)
-        .map_err(|e| EventError::Format(e.to_string()))?;
+    let signed =
+        crate::rooms::pdu::signed_bytes(&object, &rules.redaction).map_err(EventError::Format)?;
     let reference = crate::rooms::pdu::reference_hash_of_signed(version, &signed);
     let computed = content_hash(&object)?;
     let hash_ok = match object.get("hashes") {

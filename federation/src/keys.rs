@@ -275,11 +275,7 @@ impl SigningKey {
             CanonicalJsonValue::String(STANDARD_NO_PAD.encode(hash)),
         );
         object.insert("hashes".to_owned(), CanonicalJsonValue::Object(hashes));
-        let signed = ruma::canonical_json::RedactingSerializer::new()
-            .rules(rules)
-            .custom_redacted_root_fields(&["signatures", "unsigned"])
-            .serialize(object)
-            .map_err(|e| KeyError::Sign(e.to_string()))?;
+        let signed = crate::rooms::pdu::signed_bytes(object, rules).map_err(KeyError::Sign)?;
         let signature = self.pair.sign(signed.as_bytes());
         let servers = object
             .entry("signatures".to_owned())

@@ -89,6 +89,20 @@ pub struct Pdu {
     pub carries_room_id: bool,
 }
 
+/// The bytes an event's signatures cover: its redacted canonical JSON without `signatures` and
+/// `unsigned`, serialised straight from the event (no redacted copy is built). Their SHA-256
+/// is the reference hash ([`reference_hash_of_signed`]).
+pub(crate) fn signed_bytes(
+    object: &CanonicalJsonObject,
+    rules: &ruma::room_version_rules::RedactionRules,
+) -> Result<String, String> {
+    ruma::canonical_json::RedactingSerializer::new()
+        .rules(rules)
+        .custom_redacted_root_fields(&["signatures", "unsigned"])
+        .serialize(object)
+        .map_err(|e| e.to_string())
+}
+
 /// The reference hash (room versions 3+: URL-safe base64 of the SHA-256) of an event from the
 /// bytes its signatures cover (the redacted event without `signatures` and `unsigned`), which
 /// signing and verifying serialise anyway; `None` for older versions, whose event IDs are not
