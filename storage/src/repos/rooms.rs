@@ -211,21 +211,18 @@ fn searchable_text(events: &[NewEvent]) -> Vec<(i64, &str, &str, &'static str, S
         .filter(|e| !e.row.outlier && !e.row.soft_failed && e.row.redacted_by.is_none())
         .filter_map(|e| {
             let position = e.row.stream_ordering?;
-            let key = match e.row.event_type.as_str() {
-                "m.room.message" => "content.body",
-                "m.room.name" => "content.name",
-                "m.room.topic" => "content.topic",
-                _ => return None,
-            };
             // Only the three fields are read from the JSON; the rest is skipped unbuilt (the
             // whole event as a `Value` tree was a parse and ~30 allocations per message).
-            let content = serde_json::from_str::<TextFields>(&e.row.json)
-                .ok()?
-                .content;
-            let text = match key {
-                "content.body" => content.body,
-                "content.name" => content.name,
-                _ => content.topic,
+            let content = || {
+                serde_json::from_str::<TextFields>(&e.row.json)
+                    .ok()
+                    .map(|t| t.content)
+            };
+            let (key, text) = match e.row.event_type.as_str() {
+                "m.room.message" => ("content.body", content()?.body),
+                "m.room.name" => ("content.name", content()?.name),
+                "m.room.topic" => ("content.topic", content()?.topic),
+                _ => return None,
             };
             // PostgreSQL text cannot hold NUL: a body with one is indexed without it.
             let text = text?.as_str()?.replace('\0', "");
