@@ -198,12 +198,16 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
         Ok::<_, String>((body, next))
     };
     let (_, mut since) = answer(sync(None, "0").await).await?;
+    // How long the catch-up waits for anything more before it counts the server as quiet.
+    const SETTLE_MS: &str = "25";
     let mut wakeups = Vec::with_capacity(options.wakeups);
     for i in 0..options.wakeups {
         // Catch up first (a server may still have something to say about the last message,
-        // such as its unread counts): the long-poll below then waits for the new message alone.
+        // such as its unread counts, which may come a few milliseconds after the message):
+        // until a short long-poll comes back empty. The long-poll below then waits for the new
+        // message alone.
         loop {
-            let (caught_up, next) = answer(sync(Some(&since), "0").await).await?;
+            let (caught_up, next) = answer(sync(Some(&since), SETTLE_MS).await).await?;
             since = next;
             if caught_up["rooms"]["join"]
                 .as_object()
