@@ -17,6 +17,7 @@
 //! - Secrets (access tokens) are stored only as digests computed by the caller.
 
 mod error;
+mod memo;
 mod migrate;
 mod repos;
 mod store;

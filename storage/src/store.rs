@@ -13,7 +13,11 @@ use sqlx::sqlite::{
 };
 
 use crate::error::BackendName;
-use crate::{Result, StorageError, migrate};
+use crate::memo::Memo;
+use crate::{KeyCounts, Result, StorageError, migrate};
+
+/// Users (and devices) whose hot answers each memo keeps.
+const MEMO_KEYS: usize = 10_000;
 
 /// How SQLite makes commits durable (`PRAGMA synchronous`, in WAL mode).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,6 +117,12 @@ pub struct Store {
     /// Searchable rows written since the SQLite full-text index last took the pending ones in
     /// (0: none; it starts at 1, as rows of an earlier run may wait).
     pub(crate) search_pending: Arc<AtomicU64>,
+    /// Each user's rooms with a membership (`list_membership_rooms`), dropped when one of
+    /// their membership events is written.
+    pub(crate) member_rooms: Arc<Memo<Vec<String>>>,
+    /// Each device's one-time key counts and unused fallback keys (`key_counts`), dropped by
+    /// uploads, claims and the device's deletion.
+    pub(crate) key_counts: Arc<Memo<KeyCounts>>,
     /// The URL with any password removed, for messages.
     display_url: String,
     /// The SQLite database file, for WAL size checks.
@@ -205,6 +215,8 @@ impl Store {
             writer: Pool::Sqlite(writer),
             checkpoints: Arc::default(),
             search_pending: Arc::new(AtomicU64::new(1)),
+            member_rooms: Arc::new(Memo::new(MEMO_KEYS)),
+            key_counts: Arc::new(Memo::new(MEMO_KEYS)),
             display_url: url.to_owned(),
             sqlite_path: Some(path),
         })
@@ -231,6 +243,8 @@ impl Store {
             writer: Pool::Postgres(pool.clone()),
             checkpoints: Arc::default(),
             search_pending: Arc::new(AtomicU64::new(0)),
+            member_rooms: Arc::new(Memo::new(MEMO_KEYS)),
+            key_counts: Arc::new(Memo::new(MEMO_KEYS)),
             pool: Pool::Postgres(pool),
             display_url,
             sqlite_path: None,

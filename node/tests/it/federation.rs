@@ -1762,6 +1762,11 @@ async fn encryption_keys_are_queried_and_claimed_across_nodes() {
         "{body}"
     );
 
+    // Before any upload, sync shows no keys (the node keeps that answer until keys change).
+    let (status, sync) = call(&a, &alice_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(sync["device_unused_fallback_key_types"], json!([]));
+
     let otk = |n: &str| json!({"key": format!("otk-{n}"), "signatures": {alice.clone(): {format!("ed25519:{device}"): "sig"}}});
     let (status, body) = call(
         &a,
@@ -1777,6 +1782,13 @@ async fn encryption_keys_are_queried_and_claimed_across_nodes() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["one_time_key_counts"]["signed_curve25519"], 2);
+    let (status, sync) = call(&a, &alice_token, reqwest::Method::GET, "/sync", Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(sync["device_one_time_keys_count"]["signed_curve25519"], 2);
+    assert_eq!(
+        sync["device_unused_fallback_key_types"],
+        json!(["signed_curve25519"])
+    );
 
     // Bob, on B, reads Alice's device keys through his server.
     let (status, body) = call(

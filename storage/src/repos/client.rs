@@ -234,7 +234,11 @@ impl ClientData for Store {
     }
 
     async fn list_membership_rooms(&self, user_id: &str) -> Result<Vec<String>> {
-        Ok(on_pool!(self, pool => {
+        let generation = match self.member_rooms.get(user_id) {
+            Ok(rooms) => return Ok(rooms),
+            Err(generation) => generation,
+        };
+        let rooms: Vec<String> = on_pool!(self, pool => {
             sqlx::query_scalar(
                 "SELECT DISTINCT room_id FROM events
                  WHERE state_key = $1 AND event_type = 'm.room.member' AND outlier = FALSE",
@@ -242,7 +246,10 @@ impl ClientData for Store {
             .bind(user_id)
             .fetch_all(pool)
             .await
-        })?)
+        })?;
+        self.member_rooms
+            .fill(user_id.to_owned(), rooms.clone(), generation);
+        Ok(rooms)
     }
 
     async fn list_rooms_with_member_event(&self, user_id: &str) -> Result<Vec<String>> {

@@ -228,8 +228,10 @@ impl Devices for Store {
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(deleted)
-        })?;
-        Ok(deleted > 0)
+        });
+        self.key_counts
+            .forget(&crate::memo::device_key(user_id, device_id));
+        Ok(deleted? > 0)
     }
 }
 

@@ -2,6 +2,7 @@ use std::future::Future;
 
 use crate::Result;
 use crate::Store;
+use crate::memo::device_key;
 use crate::store::on_pool;
 
 /// A one-time or fallback key to store: algorithm, key ID (without the algorithm), signed JSON.
@@ -120,7 +121,7 @@ impl DeviceKeys for Store {
         device_id: &str,
         keys: &[KeyUpload],
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        let written = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for key in keys {
                 sqlx::query(
@@ -133,8 +134,9 @@ impl DeviceKeys for Store {
                 .execute(&mut *tx).await?;
             }
             tx.commit().await
-        })?;
-        Ok(())
+        });
+        self.key_counts.forget(&device_key(user_id, device_id));
+        Ok(written?)
     }
 
     async fn set_fallback_keys(
@@ -143,7 +145,7 @@ impl DeviceKeys for Store {
         device_id: &str,
         keys: &[KeyUpload],
     ) -> Result<()> {
-        on_pool!(self, pool => {
+        let written = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for key in keys {
                 sqlx::query(
@@ -157,8 +159,9 @@ impl DeviceKeys for Store {
                 .execute(&mut *tx).await?;
             }
             tx.commit().await
-        })?;
-        Ok(())
+        });
+        self.key_counts.forget(&device_key(user_id, device_id));
+        Ok(written?)
     }
 
     async fn count_one_time_keys(
@@ -176,6 +179,11 @@ impl DeviceKeys for Store {
     }
 
     async fn key_counts(&self, user_id: &str, device_id: &str) -> Result<KeyCounts> {
+        let key = device_key(user_id, device_id);
+        let generation = match self.key_counts.get(&key) {
+            Ok(counts) => return Ok(counts),
+            Err(generation) => generation,
+        };
         // One-time key counts (count > 0) and unused fallback keys (count 0), in one round trip.
         let rows: Vec<(String, i64)> = on_pool!(self, pool => {
             sqlx::query_as(
@@ -189,7 +197,9 @@ impl DeviceKeys for Store {
             .bind(user_id).bind(device_id).fetch_all(pool).await
         })?;
         let (counts, fallback): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, n)| *n > 0);
-        Ok((counts, fallback.into_iter().map(|(a, _)| a).collect()))
+        let counts = (counts, fallback.into_iter().map(|(a, _)| a).collect());
+        self.key_counts.fill(key, Clone::clone(&counts), generation);
+        Ok(counts)
     }
 
     async fn claim_key(
@@ -198,41 +208,9 @@ impl DeviceKeys for Store {
         device_id: &str,
         algorithm: &str,
     ) -> Result<Option<(String, String)>> {
-        // Two claims racing for the same key: the loser deletes nothing and tries the next one.
-        for _ in 0..3 {
-            let one_time: Option<(String, String)> = on_pool!(self, pool => {
-                sqlx::query_as(
-                    "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2
-                       AND algorithm = $3
-                       AND key_id = (SELECT key_id FROM one_time_keys
-                                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
-                                     ORDER BY key_id LIMIT 1)
-                     RETURNING key_id, key_json",
-                )
-                .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
-            })?;
-            if one_time.is_some() {
-                return Ok(one_time);
-            }
-            let left: i64 = on_pool!(self, pool => {
-                sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM one_time_keys
-                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-                )
-                .bind(user_id).bind(device_id).bind(algorithm).fetch_one(pool).await
-            })?;
-            if left == 0 {
-                break;
-            }
-        }
-        Ok(on_pool!(self, pool => {
-            sqlx::query_as(
-                "UPDATE fallback_keys SET used = 1
-                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
-                 RETURNING key_id, key_json",
-            )
-            .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
-        })?)
+        let claimed = self.take_key(user_id, device_id, algorithm).await;
+        self.key_counts.forget(&device_key(user_id, device_id));
+        claimed
     }
 
     async fn set_cross_signing_key(
@@ -408,5 +386,51 @@ impl DeviceInbox for Store {
             .bind(since).bind(up_to).fetch_all(pool).await
         })?;
         Ok(rows.into_iter().map(|(u,)| u).collect())
+    }
+}
+
+impl Store {
+    /// Takes a one-time key of `algorithm`, else the fallback key (marked used).
+    async fn take_key(
+        &self,
+        user_id: &str,
+        device_id: &str,
+        algorithm: &str,
+    ) -> Result<Option<(String, String)>> {
+        // Two claims racing for the same key: the loser deletes nothing and tries the next one.
+        for _ in 0..3 {
+            let one_time: Option<(String, String)> = on_pool!(self, pool => {
+                sqlx::query_as(
+                    "DELETE FROM one_time_keys WHERE user_id = $1 AND device_id = $2
+                       AND algorithm = $3
+                       AND key_id = (SELECT key_id FROM one_time_keys
+                                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+                                     ORDER BY key_id LIMIT 1)
+                     RETURNING key_id, key_json",
+                )
+                .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
+            })?;
+            if one_time.is_some() {
+                return Ok(one_time);
+            }
+            let left: i64 = on_pool!(self, pool => {
+                sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM one_time_keys
+                     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+                )
+                .bind(user_id).bind(device_id).bind(algorithm).fetch_one(pool).await
+            })?;
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(on_pool!(self, pool => {
+            sqlx::query_as(
+                "UPDATE fallback_keys SET used = 1
+                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3
+                 RETURNING key_id, key_json",
+            )
+            .bind(user_id).bind(device_id).bind(algorithm).fetch_optional(pool).await
+        })?)
     }
 }

@@ -363,7 +363,7 @@ impl RoomEvents for Store {
             };
         }
         // The writer's own connection (SQLite), or the pool (PostgreSQL).
-        on_pool!(pool: &self.writer, pool => {
+        let written = on_pool!(pool: &self.writer, pool => {
             let mut queries = Vec::new();
             let mut q = QueryBuilder::new(if single { "BEGIN IMMEDIATE; " } else { "" });
             for room in &rooms {
@@ -543,8 +543,15 @@ impl RoomEvents for Store {
                 }
                 tx.commit().await
             }
-        })
-        .map_err(|e| StorageError::from_sqlx(e, || "event batch".to_owned()))
+        });
+        for event in &batch.events {
+            if let ("m.room.member", Some(user)) =
+                (event.row.event_type.as_str(), &event.row.state_key)
+            {
+                self.member_rooms.forget(user);
+            }
+        }
+        written.map_err(|e| StorageError::from_sqlx(e, || "event batch".to_owned()))
     }
 
     async fn stored_event_ids(
@@ -735,7 +742,7 @@ impl RoomEvents for Store {
     }
 
     async fn promote_outliers(&self, positions: &[(String, i64)]) -> Result<u64> {
-        Ok(on_pool!(self, pool => {
+        let promoted = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut moved = 0;
             for (event_id, position) in positions {
@@ -750,7 +757,10 @@ impl RoomEvents for Store {
                 .rows_affected();
             }
             tx.commit().await.map(|()| moved)
-        })?)
+        });
+        // Some may be membership events (which rooms a user is in).
+        self.member_rooms.forget_all();
+        Ok(promoted?)
     }
 
     async fn get_min_stream_ordering(&self) -> Result<i64> {

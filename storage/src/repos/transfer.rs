@@ -540,7 +540,7 @@ impl TerritoryTransfer for Store {
                 .collect::<Result<Vec<_>>>()?;
             prepared.push((insert_sql(table), rows));
         }
-        Ok(on_pool!(self, pool => {
+        let imported = on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut counts = Vec::new();
             for (sql, rows) in &prepared {
@@ -561,7 +561,11 @@ impl TerritoryTransfer for Store {
             }
             tx.commit().await?;
             Ok::<_, sqlx::Error>(counts)
-        })?)
+        });
+        // Imported rows may be keys or membership events of anyone.
+        self.key_counts.forget_all();
+        self.member_rooms.forget_all();
+        Ok(imported?)
     }
 
     async fn rooms_with_members_of(&self, server_name: &str) -> Result<Vec<String>> {
