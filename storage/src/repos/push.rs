@@ -103,13 +103,16 @@ pub trait PushStore {
         queue: &[QueuedPush],
         position: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// `(notifications, highlights)` of `user_id` in a room after stream position `after`
-    /// (of the main timeline only when `main_only`), counted up to 100 (clients show "99+").
+    /// `(notifications, highlights)` of `user_id` in a room after what they read: the event of
+    /// their newest main-timeline read receipt (`m.read` or `m.read.private`, unthreaded or
+    /// `main`; from the start when its event is unknown), else stream position `unread_from`
+    /// (their membership). Of the main timeline only when `main_only`; counted up to 100
+    /// (clients show "99+").
     fn count_notifications(
         &self,
         user_id: &str,
         room_id: &str,
-        after: i64,
+        unread_from: i64,
         main_only: bool,
     ) -> impl Future<Output = Result<(i64, i64)>> + Send;
     /// Per thread of a room: `(thread root, notifications, highlights)` after stream position
@@ -213,7 +216,7 @@ impl PushStore for Store {
         &self,
         user_id: &str,
         room_id: &str,
-        after: i64,
+        unread_from: i64,
         main_only: bool,
     ) -> Result<(i64, i64)> {
         // Notifications and highlights each counted up to 100 (a mention among many unread
@@ -223,14 +226,24 @@ impl PushStore for Store {
         } else {
             ""
         };
+        // Where they read up to is found in the same statement: one round trip per room.
         let sql = format!(
-            "SELECT
+            "WITH r (after) AS (SELECT COALESCE((
+                 SELECT COALESCE(e.stream_ordering, 0)
+                 FROM receipts r LEFT JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = $2 AND r.user_id = $1
+                   AND r.receipt_type IN ('m.read', 'm.read.private')
+                   AND r.thread_id IN ('', 'main')
+                 ORDER BY COALESCE(e.stream_ordering, -1) DESC, r.aux_position DESC LIMIT 1), $3))
+             SELECT
                (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
-                  AND c.stream_ordering > $3 AND COALESCE(x.notify, c.notify) {thread}
+                  AND c.stream_ordering > (SELECT after FROM r)
+                  AND COALESCE(x.notify, c.notify) {thread}
                   LIMIT 100) notifications),
                (SELECT COUNT(*) FROM (
                   SELECT 1 AS n FROM event_push c
-                  WHERE c.room_id = $2 AND c.highlight = $4 AND c.stream_ordering > $3
+                  WHERE c.room_id = $2 AND c.highlight = $4
+                    AND c.stream_ordering > (SELECT after FROM r)
                     AND c.sender <> $1 AND c.notify {thread}
                     AND NOT EXISTS (SELECT 1 FROM event_push_exceptions x WHERE x.user_id = $1
                       AND x.room_id = c.room_id AND x.stream_ordering = c.stream_ordering)
@@ -238,7 +251,8 @@ impl PushStore for Store {
                   SELECT 1 AS n FROM event_push_exceptions x
                   JOIN event_push c
                     ON c.room_id = x.room_id AND c.stream_ordering = x.stream_ordering
-                  WHERE x.user_id = $1 AND x.room_id = $2 AND x.stream_ordering > $3
+                  WHERE x.user_id = $1 AND x.room_id = $2
+                    AND x.stream_ordering > (SELECT after FROM r)
                     AND x.highlight AND x.notify AND c.sender <> $1 {thread}
                   LIMIT 100) highlights)"
         );
@@ -249,7 +263,7 @@ impl PushStore for Store {
             sqlx::query_as(&sql)
                 .bind(user_id)
                 .bind(room_id)
-                .bind(after)
+                .bind(unread_from)
                 .bind(true)
                 .fetch_one(pool)
                 .await

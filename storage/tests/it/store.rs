@@ -101,6 +101,33 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
             .unwrap(),
         None
     );
+    // With a read receipt, counts start after its event, wherever the membership is.
+    let receipt = |user: &'static str, thread: &'static str, event: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .set_receipt(&unitas_storage::NewReceipt {
+                    room_id: "!r:a.test",
+                    user_id: user,
+                    receipt_type: "m.read",
+                    thread_id: thread,
+                    event_id: event,
+                    ts: 1,
+                    aux: 1,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    receipt("@u:a.test", "", "$3").await;
+    assert_eq!(counts("@u:a.test", 0, false).await, (1, 0));
+    assert_eq!(counts("@u:a.test", 0, true).await, (0, 0));
+    // A thread's receipt leaves the main timeline's alone.
+    receipt("@u:a.test", "$root", "$4").await;
+    assert_eq!(counts("@u:a.test", 0, false).await, (1, 0));
+    // A receipt for an event this server does not have: everything counts.
+    receipt("@v:a.test", "", "$unknown").await;
+    assert_eq!(counts("@v:a.test", 3, false).await, (4, 0));
     let list = |before: i64, limit: i64, only_highlight: bool| {
         let store = store.clone();
         async move {

@@ -624,29 +624,6 @@ pub(crate) async fn unread_counts(
     Ok(counts)
 }
 
-/// Where the user read the room's main timeline up to (their receipt, else their membership).
-async fn read_position(
-    state: &AppState,
-    user: &ruma::UserId,
-    room_id: &ruma::RoomId,
-    member_position: i64,
-) -> Result<i64, ApiError> {
-    Ok(
-        match state
-            .store
-            .get_read_receipt(room_id.as_str(), user.as_str())
-            .await?
-        {
-            Some(event_id) => state
-                .event_positions
-                .position(state, &event_id)
-                .await?
-                .unwrap_or(0),
-            None => member_position,
-        },
-    )
-}
-
 /// The counts of a client that keeps threads apart (`unread_thread_notifications` in its
 /// filter): the main timeline's `(notifications, highlights)` and each thread's
 /// `unread_thread_notifications` entry.
@@ -657,10 +634,10 @@ async fn thread_counts(
     member_position: i64,
 ) -> Result<((i64, i64), Value), ApiError> {
     let main = async {
-        let read_up_to = read_position(state, user, room_id, member_position).await?;
+        // After their receipt, else their membership.
         let main = state
             .store
-            .count_notifications(user.as_str(), room_id.as_str(), read_up_to, true)
+            .count_notifications(user.as_str(), room_id.as_str(), member_position, true)
             .await?;
         Ok::<_, ApiError>(main)
     };
