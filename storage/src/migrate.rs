@@ -146,6 +146,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "search_indexed_in_batches",
         include_str!("../migrations/sqlite/0027_search_indexed_in_batches.sql"),
     ),
+    (
+        28,
+        "highlights_only",
+        include_str!("../migrations/sqlite/0028_highlights_only.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -283,6 +288,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         27,
         "search_indexed_in_batches",
         include_str!("../migrations/postgres/0027_search_indexed_in_batches.sql"),
+    ),
+    (
+        28,
+        "highlights_only",
+        include_str!("../migrations/postgres/0028_highlights_only.sql"),
     ),
 ];
 

@@ -7,7 +7,7 @@ use std::future::Future;
 use crate::repos::EventRow;
 use crate::repos::rooms::EVENT_COLUMNS;
 use crate::store::on_pool;
-use crate::{Result, Store};
+use crate::{Result, StorageError, Store};
 
 /// What the rules said about one event: for every member without an exception (`user_id`
 /// empty), or for one member (an exception).
@@ -219,43 +219,7 @@ impl PushStore for Store {
         unread_from: i64,
         main_only: bool,
     ) -> Result<(i64, i64)> {
-        // Notifications and highlights each counted up to 100 (a mention among many unread
-        // messages still counts).
-        let thread = if main_only {
-            "AND c.thread_id = ''"
-        } else {
-            ""
-        };
-        // Where they read up to is found in the same statement: one round trip per room.
-        let sql = format!(
-            "WITH r (after) AS (SELECT COALESCE((
-                 SELECT COALESCE(e.stream_ordering, 0)
-                 FROM receipts r LEFT JOIN events e ON e.event_id = r.event_id
-                 WHERE r.room_id = $2 AND r.user_id = $1
-                   AND r.receipt_type IN ('m.read', 'm.read.private')
-                   AND r.thread_id IN ('', 'main')
-                 ORDER BY COALESCE(e.stream_ordering, -1) DESC, r.aux_position DESC LIMIT 1), $3))
-             SELECT
-               (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
-                  AND c.stream_ordering > (SELECT after FROM r)
-                  AND COALESCE(x.notify, c.notify) {thread}
-                  LIMIT 100) notifications),
-               (SELECT COUNT(*) FROM (
-                  SELECT 1 AS n FROM event_push c
-                  WHERE c.room_id = $2 AND c.highlight = $4
-                    AND c.stream_ordering > (SELECT after FROM r)
-                    AND c.sender <> $1 AND c.notify {thread}
-                    AND NOT EXISTS (SELECT 1 FROM event_push_exceptions x WHERE x.user_id = $1
-                      AND x.room_id = c.room_id AND x.stream_ordering = c.stream_ordering)
-                  UNION ALL
-                  SELECT 1 AS n FROM event_push_exceptions x
-                  JOIN event_push c
-                    ON c.room_id = x.room_id AND c.stream_ordering = x.stream_ordering
-                  WHERE x.user_id = $1 AND x.room_id = $2
-                    AND x.stream_ordering > (SELECT after FROM r)
-                    AND x.highlight AND x.notify AND c.sender <> $1 {thread}
-                  LIMIT 100) highlights)"
-        );
+        let sql = count_sql(main_only);
         // Highlights are the events everyone's verdict highlights (their own index) that the
         // user has no exception for, and the user's exceptions that highlight: neither reads
         // every event since the receipt (a room without mentions has no highlights to find).
@@ -264,7 +228,6 @@ impl PushStore for Store {
                 .bind(user_id)
                 .bind(room_id)
                 .bind(unread_from)
-                .bind(true)
                 .fetch_one(pool)
                 .await
         })?;
@@ -456,5 +419,66 @@ impl PushStore for Store {
             .map(|_| ())
         })?;
         Ok(())
+    }
+}
+
+/// The statement of [`PushStore::count_notifications`] (user `$1`, room `$2`, `unread_from`
+/// `$3`).
+fn count_sql(main_only: bool) -> String {
+    // Notifications and highlights each counted up to 100 (a mention among many unread
+    // messages still counts).
+    let thread = if main_only {
+        "AND c.thread_id = ''"
+    } else {
+        ""
+    };
+    // Where they read up to is found in the same statement: one round trip per room.
+    format!(
+        "WITH r (after) AS (SELECT COALESCE((
+             SELECT COALESCE(e.stream_ordering, 0)
+             FROM receipts r LEFT JOIN events e ON e.event_id = r.event_id
+             WHERE r.room_id = $2 AND r.user_id = $1
+               AND r.receipt_type IN ('m.read', 'm.read.private')
+               AND r.thread_id IN ('', 'main')
+             ORDER BY COALESCE(e.stream_ordering, -1) DESC, r.aux_position DESC LIMIT 1), $3))
+         SELECT
+           (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
+              AND c.stream_ordering > (SELECT after FROM r)
+              AND COALESCE(x.notify, c.notify) {thread}
+              LIMIT 100) notifications),
+           (SELECT COUNT(*) FROM (
+              SELECT 1 AS n FROM event_push c
+              WHERE c.room_id = $2 AND c.highlight = TRUE
+                AND c.stream_ordering > (SELECT after FROM r)
+                AND c.sender <> $1 AND c.notify {thread}
+                AND NOT EXISTS (SELECT 1 FROM event_push_exceptions x WHERE x.user_id = $1
+                  AND x.room_id = c.room_id AND x.stream_ordering = c.stream_ordering)
+              UNION ALL
+              SELECT 1 AS n FROM event_push_exceptions x
+              JOIN event_push c
+                ON c.room_id = x.room_id AND c.stream_ordering = x.stream_ordering
+              WHERE x.user_id = $1 AND x.room_id = $2
+                AND x.stream_ordering > (SELECT after FROM r)
+                AND x.highlight AND x.notify AND c.sender <> $1 {thread}
+              LIMIT 100) highlights)"
+    )
+}
+
+impl Store {
+    /// Tests: how SQLite plans the unread count (`EXPLAIN QUERY PLAN`, one line per step; empty
+    /// on PostgreSQL).
+    pub async fn count_notifications_plan(&self) -> Result<Vec<String>> {
+        let crate::store::Pool::Sqlite(pool) = &self.pool else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", count_sql(true)))
+                .bind("@u:a.test")
+                .bind("!r:a.test")
+                .bind(0_i64)
+                .fetch_all(pool)
+                .await
+                .map_err(|e| StorageError::from_sqlx(e, || "query plan".to_owned()))?;
+        Ok(rows.into_iter().map(|(_, _, _, detail)| detail).collect())
     }
 }

@@ -101,6 +101,16 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
             .unwrap(),
         None
     );
+    // SQLite counts highlights from the index that holds only highlights (its condition is
+    // repeated word for word in the query, or SQLite would walk every verdict since the receipt).
+    let plan = store.count_notifications_plan().await.unwrap();
+    if store.kind() == unitas_storage::BackendKind::Sqlite {
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("INDEX event_push_highlights (room_id=? AND highlight=?")),
+            "{plan:?}"
+        );
+    }
     // With a read receipt, counts start after its event, wherever the membership is.
     let receipt = |user: &'static str, thread: &'static str, event: &'static str| {
         let store = store.clone();
