@@ -254,9 +254,32 @@ pub async fn acl_allows(
 
 /// Parses a JSON value into a canonical JSON object (floats and out-of-range integers fail).
 pub fn canonical_object(value: &Value) -> Result<CanonicalJsonObject, EventError> {
-    // Deserialised from the borrowed value: no copy of the event first.
-    <CanonicalJsonObject as serde::Deserialize>::deserialize(value)
+    // Read from the borrowed value into the canonical tree: no copy of the event first.
+    crate::canonical::object_from_value(value)
         .map_err(|e| EventError::Format(format!("not canonical JSON: {e}")))
+}
+
+/// A `/send` transaction's body as it came: each PDU stays raw text until it is read into its
+/// canonical form (no JSON tree of the whole body first). A missing `pdus` or `edus` is empty;
+/// one of another type fails the whole body.
+#[derive(Debug, serde::Deserialize)]
+pub struct TransactionBody<'a> {
+    /// The sending server.
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// The PDUs, unread.
+    #[serde(borrow, default)]
+    pub pdus: Vec<&'a serde_json::value::RawValue>,
+    /// The EDUs.
+    #[serde(default)]
+    pub edus: Vec<Value>,
+}
+
+impl<'a> TransactionBody<'a> {
+    /// Reads a body (JSON text).
+    pub fn parse(body: &'a [u8]) -> Result<TransactionBody<'a>, serde_json::Error> {
+        serde_json::from_slice(body)
+    }
 }
 
 /// One of our territories, to sign requests with.

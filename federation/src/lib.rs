@@ -20,6 +20,7 @@
 //!   [`keys::SigningKey::to_key_file`] (for the key file and territory export).
 
 pub mod acl;
+pub mod canonical;
 pub mod client;
 pub mod discovery;
 pub mod inbound;
