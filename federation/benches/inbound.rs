@@ -19,7 +19,7 @@ use ruma::{CanonicalJsonObject, OwnedEventId, UserId};
 use serde_json::json;
 use unitas_federation::SigningKey;
 use unitas_federation::client::{ClientOptions, FederationClient};
-use unitas_federation::inbound::{verify_batch, verify_pdu};
+use unitas_federation::inbound::{TransactionBody, verify_batch, verify_pdu};
 use unitas_federation::key_ring::KeyRing;
 use unitas_federation::rooms::build::{Placement, build_pdu};
 use unitas_federation::rooms::{EventTemplate, NewRoom, NoOutbound, RoomVersion, Rooms, Signer};
@@ -229,9 +229,19 @@ async fn main() {
     };
     let origin = ruma::ServerName::parse(REMOTE).expect("server name");
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    // The bodies as they come off the wire.
+    let bodies: Vec<Vec<u8>> = second
+        .chunks(50)
+        .map(|batch| {
+            serde_json::to_vec(
+                &json!({"origin": REMOTE, "origin_server_ts": 1, "pdus": batch, "edus": []}),
+            )
+            .expect("body")
+        })
+        .collect();
     let started = Instant::now();
-    for (n, batch) in second.chunks(50).enumerate() {
-        let body = json!({"origin": REMOTE, "origin_server_ts": 1, "pdus": batch, "edus": []});
+    for (n, body) in bodies.iter().enumerate() {
+        let body = TransactionBody::parse(body).expect("body");
         let answer = inbound
             .handle_transaction(&local, &origin, &format!("t{n}"), &body)
             .await
@@ -256,18 +266,26 @@ async fn main() {
             per_origin,
         )
         .await;
-        senders.push((remote, objects));
+        let bodies: Vec<Vec<u8>> = objects
+            .chunks(50)
+            .map(|batch| {
+                serde_json::to_vec(
+                    &json!({"origin": remote, "origin_server_ts": 1, "pdus": batch, "edus": []}),
+                )
+                .expect("body")
+            })
+            .collect();
+        senders.push((remote, bodies));
     }
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for (remote, objects) in senders {
+    for (remote, bodies) in senders {
         let inbound = inbound.clone();
         let local = local.clone();
         tasks.spawn(async move {
             let origin = ruma::ServerName::parse(&remote).expect("server name");
-            for (n, batch) in objects.chunks(50).enumerate() {
-                let body =
-                    json!({"origin": remote, "origin_server_ts": 1, "pdus": batch, "edus": []});
+            for (n, body) in bodies.iter().enumerate() {
+                let body = TransactionBody::parse(body).expect("body");
                 let answer = inbound
                     .handle_transaction(&local, &origin, &format!("t{n}"), &body)
                     .await

@@ -328,7 +328,7 @@ impl Inbound {
         local: &LocalServer,
         origin: &ServerName,
         txn_id: &str,
-        body: &Value,
+        body: &TransactionBody<'_>,
     ) -> Result<Value, EventError> {
         let key = (origin.to_string(), txn_id.to_owned());
         if let Some(answer) = self
@@ -339,16 +339,8 @@ impl Inbound {
         {
             return Ok(answer.clone());
         }
-        // Borrowed: each PDU is read into its canonical form once (a copy of the array copied
-        // every event's JSON tree).
-        let pdus: &[Value] = body
-            .get("pdus")
-            .and_then(Value::as_array)
-            .map_or(&[], Vec::as_slice);
-        let edus = body
-            .get("edus")
-            .and_then(Value::as_array)
-            .map_or(0, Vec::len);
+        let pdus = body.pdus.as_slice();
+        let edus = body.edus.len();
         if pdus.len() > MAX_TRANSACTION_PDUS || edus > MAX_TRANSACTION_EDUS {
             return Err(EventError::TooLarge(format!(
                 "{} PDUs and {edus} EDUs (at most {MAX_TRANSACTION_PDUS} and {MAX_TRANSACTION_EDUS})",
@@ -360,8 +352,8 @@ impl Inbound {
         //    Signatures are checked on every core: each PDU stands on its own.
         let mut results = serde_json::Map::new();
         let mut prepared = Vec::new();
-        for (index, value) in pdus.iter().enumerate() {
-            match self.check_pdu(origin, value).await {
+        for (index, raw) in pdus.iter().enumerate() {
+            match self.check_pdu(origin, raw).await {
                 Ok(checked) => prepared.push((index, checked)),
                 Err(err) => tracing::info!(%origin, error = %err, "PDU refused before its checks"),
             }
@@ -443,11 +435,13 @@ impl Inbound {
     async fn check_pdu(
         &self,
         origin: &ServerName,
-        value: &Value,
+        raw: &serde_json::value::RawValue,
     ) -> Result<(CanonicalJsonObject, RoomVersion, OwnedRoomId), AppendError> {
-        let room_id = value
+        let object = crate::canonical::object_from_str(raw.get())
+            .map_err(|e| EventError::Format(format!("not canonical JSON: {e}")))?;
+        let room_id = object
             .get("room_id")
-            .and_then(Value::as_str)
+            .and_then(|r| r.as_str())
             .and_then(|r| RoomId::parse(r).ok());
         let Some(room_id) = room_id else {
             return Err(EventError::Format("no valid room_id".into()).into());
@@ -463,14 +457,16 @@ impl Inbound {
             ))
             .into());
         }
-        let object = canonical_object(value)?;
         Ok((object, version, room_id))
     }
 
     /// The event ID a PDU claims (when it can be computed): names an error in the answer. Only
     /// computed for PDUs that failed (a verified PDU carries its ID).
-    fn claimed_id(value: &Value, version: &RoomVersion) -> Option<OwnedEventId> {
-        let object = canonical_object(value).ok()?;
+    fn claimed_id(
+        raw: &serde_json::value::RawValue,
+        version: &RoomVersion,
+    ) -> Option<OwnedEventId> {
+        let object = crate::canonical::object_from_str(raw.get()).ok()?;
         let hash = ruma::signatures::reference_hash(&object, version.rules()).ok()?;
         OwnedEventId::try_from(format!("${hash}")).ok()
     }

@@ -133,9 +133,10 @@ pub async fn send_transaction_route(
     Path(txn_id): Path<String>,
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
-    let body: Value =
-        serde_json::from_slice(&peer.body).map_err(|e| ApiError::not_json(e.to_string()))?;
-    if body.get("origin").and_then(Value::as_str) != Some(peer.origin.as_str()) {
+    // Each PDU stays raw text until it is read into its canonical form.
+    let body = unitas_federation::inbound::TransactionBody::parse(&peer.body)
+        .map_err(|e| ApiError::not_json(e.to_string()))?;
+    if body.origin.as_deref() != Some(peer.origin.as_str()) {
         return Err(ApiError::forbidden(
             "The transaction's origin is not the server that signed the request",
         ));
@@ -143,13 +144,10 @@ pub async fn send_transaction_route(
     // To-device messages first: they carry the room keys of the encrypted events beside them,
     // and a client that syncs between the two would get a message it cannot decrypt yet.
     // The other EDUs (receipts, typing, ...) after the events they may name.
-    let (to_device, others): (Vec<Value>, Vec<Value>) = body
-        .get("edus")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .cloned()
-        .partition(|edu| edu.get("edu_type").and_then(Value::as_str) == Some("m.direct_to_device"));
+    let (to_device, others): (Vec<Value>, Vec<Value>) =
+        body.edus.iter().cloned().partition(|edu| {
+            edu.get("edu_type").and_then(Value::as_str) == Some("m.direct_to_device")
+        });
     // (Only from a transaction within the spec's limits: the checks below refuse the others.)
     let within_limits =
         to_device.len() + others.len() <= unitas_federation::inbound::MAX_TRANSACTION_EDUS;
