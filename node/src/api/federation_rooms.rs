@@ -134,8 +134,13 @@ pub async fn send_transaction_route(
     peer: Peer,
 ) -> Result<Json<Value>, ApiError> {
     // Each PDU stays raw text until it is read into its canonical form.
-    let body = unitas_federation::inbound::TransactionBody::parse(&peer.body)
-        .map_err(|e| ApiError::not_json(e.to_string()))?;
+    let body = unitas_federation::inbound::TransactionBody::parse(&peer.body).map_err(|e| {
+        if e.is_data() {
+            ApiError::bad_json(e.to_string())
+        } else {
+            ApiError::not_json(e.to_string())
+        }
+    })?;
     if body.origin.as_deref() != Some(peer.origin.as_str()) {
         return Err(ApiError::forbidden(
             "The transaction's origin is not the server that signed the request",

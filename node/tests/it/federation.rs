@@ -832,6 +832,29 @@ async fn hostile_events_are_rejected_and_leave_the_room_intact() {
         "{refused:?}"
     );
 
+    // A transaction whose `pdus` is not a list is refused whole (400 M_BAD_JSON).
+    let malformed = c
+        .node
+        .state
+        .federation
+        .request(
+            &ServerName::parse(c.name()).unwrap(),
+            c.key(),
+            &ServerName::parse(a.name()).unwrap(),
+            http::Method::PUT,
+            "/_matrix/federation/v1/send/malformed",
+            Some(&json!({"origin": c.name(), "origin_server_ts": 1, "pdus": "none", "edus": []})),
+        )
+        .await;
+    assert!(
+        matches!(
+            &malformed,
+            Err(unitas_federation::client::FederationError::Status { status: 400, errcode, .. })
+                if errcode == "M_BAD_JSON"
+        ),
+        "{malformed:?}"
+    );
+
     for peer in [a, b, c] {
         peer.stop().await;
     }
