@@ -219,8 +219,8 @@ pub async fn verify_batch(
             keys.push(*key);
         }
     }
-    let all_good =
-        !messages.is_empty() && ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+    // One equation for the batch, each server key's terms summed (see `signature_batch`).
+    let all_good = crate::signature_batch::verify_grouped(&messages, &signatures, &keys);
     prepared
         .into_iter()
         .map(|ready| {

@@ -30,5 +30,6 @@ pub mod request_auth;
 pub mod rooms;
 pub mod sender;
 pub mod server_keys;
+pub mod signature_batch;
 
 pub use keys::{KeyError, SigningKey};
