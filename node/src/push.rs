@@ -132,6 +132,7 @@ impl Push {
 }
 
 /// A local member as the rules see them in one room.
+#[derive(Clone)]
 struct Member {
     user: OwnedUserId,
     ctx: PushConditionRoomCtx,
@@ -144,6 +145,7 @@ struct Member {
 const ANYONE: &str = "@_:unitas.invalid";
 
 /// One room as the rules need it.
+#[derive(Clone)]
 struct RoomContext {
     /// The unnamed member's rule context.
     common: PushConditionRoomCtx,
@@ -214,6 +216,54 @@ async fn room_context(
     }
     context.common = context.member_ctx(room_id, &context.common.user_id.clone(), String::new());
     Ok(Some(context))
+}
+
+/// Brings a cached room up to date after a membership event of `user`: the joined count, and
+/// the user's own entry when they are local (a room's context is read member by member, so
+/// reading it again after every join made a join storm quadratic). False when the room is not
+/// cached in a form this can update (the caller drops it).
+async fn member_changed(
+    state: &AppState,
+    room_id: &OwnedRoomId,
+    user: &str,
+    caches: &mut Caches,
+) -> Result<bool, crate::api::ApiError> {
+    if !caches.rooms.contains_key(room_id) {
+        return Ok(true);
+    }
+    let Ok(user) = OwnedUserId::try_from(user) else {
+        return Ok(false);
+    };
+    let Some(joined) = state.rooms.joined_count(room_id).await? else {
+        return Ok(false);
+    };
+    let entry = if state.rooms.is_local_server(user.server_name().as_str()) {
+        member_event(state, room_id, &user).await?
+    } else {
+        None
+    };
+    let Some(cached) = caches.rooms.get_mut(room_id) else {
+        return Ok(true);
+    };
+    let context = Arc::make_mut(cached);
+    context.joined = joined;
+    context.members.retain(|m| m.user != user);
+    if let Some((_, content, since)) = entry
+        && content["membership"] == "join"
+    {
+        let name = content["displayname"]
+            .as_str()
+            .unwrap_or(user.localpart())
+            .to_owned();
+        let ctx = context.member_ctx(room_id, &user, name);
+        context.members.push(Member { user, ctx, since });
+    }
+    let count = ruma::UInt::try_from(joined).unwrap_or(ruma::UInt::MAX);
+    context.common.member_count = count;
+    for member in &mut context.members {
+        member.ctx.member_count = count;
+    }
+    Ok(true)
 }
 
 /// The gateway's `tweaks` from a rule's actions (`set_tweak` -> value; highlight without a
@@ -319,7 +369,12 @@ pub async fn evaluate_loop(state: AppState, shutdown: impl std::future::Future<O
                     state.push.queued.notify_one();
                 }
                 if !caught_up {
-                    continue;
+                    // A long catch-up still stops at shutdown (its position is saved).
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => return,
+                        () = std::future::ready(()) => continue,
+                    }
                 }
             }
             Ok(None) => {
@@ -404,8 +459,13 @@ async fn evaluate_batch(
         )
         .await?;
         // A state event may change members, names or power levels.
-        if row.state_key.is_some() {
-            caches.rooms.remove(&room_id);
+        if let Some(user) = &row.state_key {
+            drop(context);
+            if !(row.event_type == "m.room.member"
+                && member_changed(state, &room_id, user, caches).await?)
+            {
+                caches.rooms.remove(&room_id);
+            }
         }
     }
     let queued = !queue.is_empty();

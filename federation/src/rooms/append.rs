@@ -743,6 +743,12 @@ impl Rooms {
         }))
     }
 
+    /// How many members a room has joined (`None`: not a room here).
+    pub async fn joined_count(&self, room_id: &RoomId) -> Result<Option<usize>, AppendError> {
+        let (_slot, guard) = self.lock_room(room_id).await?;
+        Ok(guard.as_ref().map(|entry| entry.servers.values().sum()))
+    }
+
     /// The event ID in one slot of a room's current state, without copying the state.
     pub async fn current_state_event_id(
         &self,
