@@ -412,3 +412,74 @@ async fn counts_that_come_after_the_message_wake_the_sync() {
     assert_eq!(status, 200);
     assert!(body["rooms"]["join"].get(&room).is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn membership_changes_reach_the_rules_of_a_room_already_read() {
+    let (t, alice, bob) = node_with_two_users_on(|_| {}).await;
+    let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
+    let (_, created) = post_json(
+        &v3("/createRoom"),
+        HOST,
+        Some(&alice),
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    let room = created["room_id"].as_str().unwrap().to_owned();
+    let send = |txn: &str, body: &str| {
+        let url = v3(&format!(
+            "/rooms/{}/send/m.room.message/{txn}",
+            unitas_federation::inbound::percent(&room)
+        ));
+        let (token, content) = (alice.clone(), json!({"msgtype": "m.text", "body": body}));
+        async move {
+            let (status, body) = put_json(&url, &token, content).await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    // The push worker reads the room's members once, for this message.
+    send("1", "before bob").await;
+    assert_eq!(counts(&t, &alice, &room).await, (0, 0));
+    // Bob's join updates what it read: his first message counts for him.
+    join_room(&t, HOST, &bob, &room).await;
+    send("2", "hello").await;
+    assert_eq!(counts(&t, &bob, &room).await, (1, 0));
+    // A new display name is a membership event too: with a rule of his that highlights his
+    // name (the spec's defaults no longer do), a message naming him highlights.
+    let (status, body) = put_json(
+        &v3("/pushrules/global/override/my.name"),
+        &bob,
+        json!({"conditions": [{"kind": "contains_display_name"}],
+            "actions": ["notify", {"set_tweak": "highlight"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = put_json(
+        &v3("/profile/@bob:localhost:8448/displayname"),
+        &bob,
+        json!({"displayname": "Robert"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // (The room's members see the new name: it is in his membership event.)
+    let (status, member) = get(
+        &v3(&format!(
+            "/rooms/{}/state/m.room.member/@bob:localhost:8448",
+            unitas_federation::inbound::percent(&room)
+        )),
+        &alice,
+    )
+    .await;
+    assert_eq!(
+        (
+            status,
+            member["displayname"].as_str(),
+            member["membership"].as_str()
+        ),
+        (200, Some("Robert"), Some("join")),
+        "{member}"
+    );
+    send("3", "hey Robert, look").await;
+    // (Without a read receipt, counts start after his latest membership event, as Synapse's
+    // do: the name change's.)
+    assert_eq!(counts(&t, &bob, &room).await, (1, 1));
+}

@@ -342,6 +342,8 @@ pub async fn set_display_name_route(
             req.body.displayname.as_deref(),
         )
         .await?;
+    super::rooms::profile_to_rooms(&state, user, "displayname", req.body.displayname.as_deref())
+        .await?;
     Ok(set_display_name::v3::Response::new().into())
 }
 
@@ -363,6 +365,7 @@ pub async fn set_avatar_url_route(
             url.as_deref(),
         )
         .await?;
+    super::rooms::profile_to_rooms(&state, user, "avatar_url", url.as_deref()).await?;
     Ok(set_avatar_url::v3::Response::new().into())
 }
 

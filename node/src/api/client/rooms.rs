@@ -188,6 +188,58 @@ async fn join_content(
     Ok(content)
 }
 
+/// Puts a changed profile field (`displayname` or `avatar_url`; `None`: removed) into the user's
+/// membership in every room they are joined to, as a new `m.room.member` event, as Synapse does:
+/// other members see names and avatars from the room's state. A room that refuses it is
+/// logged and skipped; the profile itself is already changed.
+pub(crate) async fn profile_to_rooms(
+    state: &AppState,
+    user: &ClientUser,
+    field: &str,
+    value: Option<&str>,
+) -> std::result::Result<(), ApiError> {
+    let rooms = state
+        .store
+        .list_membership_rooms(user.user_id.as_str())
+        .await?;
+    for room in rooms {
+        let Ok(room_id) = ruma::OwnedRoomId::try_from(room.as_str()) else {
+            continue;
+        };
+        let Some((_, current)) = crate::api::restricted::state_content(
+            state,
+            &room_id,
+            "m.room.member",
+            user.user_id.as_str(),
+        )
+        .await?
+        else {
+            continue;
+        };
+        if current["membership"] != "join" {
+            continue;
+        }
+        let mut content = current.clone();
+        match (value, content.as_object_mut()) {
+            (Some(value), Some(map)) => {
+                map.insert(field.to_owned(), json!(value));
+            }
+            (None, Some(map)) => {
+                map.remove(field);
+            }
+            (_, None) => continue,
+        }
+        if content == current {
+            continue;
+        }
+        let template = EventTemplate::state("m.room.member", user.user_id.as_str(), content);
+        if let Err(error) = send(state, user, &room_id, template).await {
+            tracing::warn!(%room_id, ?error, "profile change not sent into the room");
+        }
+    }
+    Ok(())
+}
+
 /// Sets `target`'s membership with an optional reason.
 async fn set_membership(
     state: &AppState,
