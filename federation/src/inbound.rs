@@ -366,7 +366,7 @@ impl Inbound {
             match outcome {
                 Ok(pdu) => verified.push((pdu, version)),
                 Err(err) => {
-                    if let Some(id) = Self::claimed_id(&pdus[index], &version) {
+                    if let Some(id) = Self::claimed_id(pdus[index], &version) {
                         results.insert(id.to_string(), json!({"error": err.to_string()}));
                     }
                 }
