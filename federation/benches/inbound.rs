@@ -139,6 +139,18 @@ async fn origin_room(
     (room_id, objects)
 }
 
+/// `/send` bodies of 50 PDUs each from `origin`, as they come off the wire.
+fn send_bodies(origin: &str, pdus: &[CanonicalJsonObject]) -> Vec<Vec<u8>> {
+    pdus.chunks(50)
+        .map(|batch| {
+            serde_json::to_vec(
+                &json!({"origin": origin, "origin_server_ts": 1, "pdus": batch, "edus": []}),
+            )
+            .expect("body")
+        })
+        .collect()
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     // RUST_LOG (e.g. sqlx=debug) shows what the run does.
@@ -229,16 +241,7 @@ async fn main() {
     };
     let origin = ruma::ServerName::parse(REMOTE).expect("server name");
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    // The bodies as they come off the wire.
-    let bodies: Vec<Vec<u8>> = second
-        .chunks(50)
-        .map(|batch| {
-            serde_json::to_vec(
-                &json!({"origin": REMOTE, "origin_server_ts": 1, "pdus": batch, "edus": []}),
-            )
-            .expect("body")
-        })
-        .collect();
+    let bodies = send_bodies(REMOTE, second);
     let started = Instant::now();
     for (n, body) in bodies.iter().enumerate() {
         let body = TransactionBody::parse(body).expect("body");
@@ -266,15 +269,7 @@ async fn main() {
             per_origin,
         )
         .await;
-        let bodies: Vec<Vec<u8>> = objects
-            .chunks(50)
-            .map(|batch| {
-                serde_json::to_vec(
-                    &json!({"origin": remote, "origin_server_ts": 1, "pdus": batch, "edus": []}),
-                )
-                .expect("body")
-            })
-            .collect();
+        let bodies = send_bodies(&remote, &objects);
         senders.push((remote, bodies));
     }
     let started = Instant::now();

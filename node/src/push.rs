@@ -158,6 +158,19 @@ struct RoomContext {
 }
 
 impl RoomContext {
+    /// Adds `user` as a member when `content` (their membership) is a join.
+    fn add_joined(&mut self, room_id: &RoomId, user: OwnedUserId, content: &Value, since: i64) {
+        if content["membership"] != "join" {
+            return;
+        }
+        let name = content["displayname"]
+            .as_str()
+            .unwrap_or(user.localpart())
+            .to_owned();
+        let ctx = self.member_ctx(room_id, &user, name);
+        self.members.push(Member { user, ctx, since });
+    }
+
     fn member_ctx(
         &self,
         room_id: &RoomId,
@@ -205,14 +218,7 @@ async fn room_context(
         let Some((_, content, since)) = member_event(state, room_id, &user).await? else {
             continue;
         };
-        if content["membership"] == "join" {
-            let name = content["displayname"]
-                .as_str()
-                .unwrap_or(user.localpart())
-                .to_owned();
-            let ctx = context.member_ctx(room_id, &user, name);
-            context.members.push(Member { user, ctx, since });
-        }
+        context.add_joined(room_id, user, &content, since);
     }
     context.common = context.member_ctx(room_id, &context.common.user_id.clone(), String::new());
     Ok(Some(context))
@@ -248,15 +254,8 @@ async fn member_changed(
     let context = Arc::make_mut(cached);
     context.joined = joined;
     context.members.retain(|m| m.user != user);
-    if let Some((_, content, since)) = entry
-        && content["membership"] == "join"
-    {
-        let name = content["displayname"]
-            .as_str()
-            .unwrap_or(user.localpart())
-            .to_owned();
-        let ctx = context.member_ctx(room_id, &user, name);
-        context.members.push(Member { user, ctx, since });
+    if let Some((_, content, since)) = entry {
+        context.add_joined(room_id, user, &content, since);
     }
     let count = ruma::UInt::try_from(joined).unwrap_or(ruma::UInt::MAX);
     context.common.member_count = count;

@@ -88,19 +88,23 @@ impl Peer {
         to: &Peer,
         path: &str,
     ) -> Result<Value, unitas_federation::client::FederationError> {
+        self.call(to, http::Method::GET, path, None).await
+    }
+
+    /// A signed request of this peer to `to`.
+    async fn call(
+        &self,
+        to: &Peer,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, unitas_federation::client::FederationError> {
         let origin = ServerName::parse(self.name()).unwrap();
         let destination = ServerName::parse(to.name()).unwrap();
         self.node
             .state
             .federation
-            .request(
-                &origin,
-                self.key(),
-                &destination,
-                http::Method::GET,
-                path,
-                None,
-            )
+            .request(&origin, self.key(), &destination, method, path, body)
             .await
     }
 }
@@ -671,22 +675,15 @@ async fn placed_on(
 
 /// `peer` sends `pdus` to `to` in one transaction; the per-PDU answer.
 async fn transmit(peer: &Peer, to: &Peer, txn: &str, pdus: Vec<Value>) -> Value {
-    let origin = ServerName::parse(peer.name()).unwrap();
-    let destination = ServerName::parse(to.name()).unwrap();
     let body = json!({"origin": peer.name(), "origin_server_ts": 1, "pdus": pdus, "edus": []});
-    peer.node
-        .state
-        .federation
-        .request(
-            &origin,
-            peer.key(),
-            &destination,
-            http::Method::PUT,
-            &format!("/_matrix/federation/v1/send/{txn}"),
-            Some(&body),
-        )
-        .await
-        .unwrap()
+    peer.call(
+        to,
+        http::Method::PUT,
+        &format!("/_matrix/federation/v1/send/{txn}"),
+        Some(&body),
+    )
+    .await
+    .unwrap()
 }
 
 fn as_json(pdu: &unitas_federation::rooms::Pdu) -> Value {
@@ -834,13 +831,8 @@ async fn hostile_events_are_rejected_and_leave_the_room_intact() {
 
     // A transaction whose `pdus` is not a list is refused whole (400 M_BAD_JSON).
     let malformed = c
-        .node
-        .state
-        .federation
-        .request(
-            &ServerName::parse(c.name()).unwrap(),
-            c.key(),
-            &ServerName::parse(a.name()).unwrap(),
+        .call(
+            &a,
             http::Method::PUT,
             "/_matrix/federation/v1/send/malformed",
             Some(&json!({"origin": c.name(), "origin_server_ts": 1, "pdus": "none", "edus": []})),
@@ -1373,13 +1365,8 @@ async fn restricted_rooms_let_in_members_of_the_space_on_both_nodes() {
     )
     .await;
     let refused = c
-        .node
-        .state
-        .federation
-        .request(
-            &ServerName::parse(c.name()).unwrap(),
-            c.key(),
-            &ServerName::parse(a.name()).unwrap(),
+        .call(
+            &a,
             http::Method::PUT,
             &format!(
                 "/_matrix/federation/v2/send_join/{}/{}",

@@ -353,18 +353,24 @@ async fn push_rules_count_notify_and_reach_the_gateway() {
 /// A sync answers as soon as a message is committed, whether or not the push rules have seen
 /// it yet; when they have, the waiting sync is woken again and carries the room's new counts.
 /// No long-poll here may run into its timeout: each returns because something changed.
+/// A public room of `token`'s user.
+async fn public_room(t: &TestNode, token: &str) -> String {
+    let (status, created) = post_json(
+        &t.client("/_matrix/client/v3/createRoom"),
+        HOST,
+        Some(token),
+        json!({"preset": "public_chat"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    created["room_id"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
 async fn counts_that_come_after_the_message_wake_the_sync() {
     let (t, alice, bob) = node_with_two_users_on(|_| {}).await;
     let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
-    let (_, created) = post_json(
-        &v3("/createRoom"),
-        HOST,
-        Some(&alice),
-        json!({"preset": "public_chat"}),
-    )
-    .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room = public_room(&t, &alice).await;
     join_room(&t, HOST, &bob, &room).await;
     let initial = settled_sync(&t, HOST, &bob).await;
     let mut since = initial["next_batch"].as_str().unwrap().to_owned();
@@ -417,14 +423,7 @@ async fn counts_that_come_after_the_message_wake_the_sync() {
 async fn membership_changes_reach_the_rules_of_a_room_already_read() {
     let (t, alice, bob) = node_with_two_users_on(|_| {}).await;
     let v3 = |path: &str| t.client(&format!("/_matrix/client/v3{path}"));
-    let (_, created) = post_json(
-        &v3("/createRoom"),
-        HOST,
-        Some(&alice),
-        json!({"preset": "public_chat"}),
-    )
-    .await;
-    let room = created["room_id"].as_str().unwrap().to_owned();
+    let room = public_room(&t, &alice).await;
     let send = |txn: &str, body: &str| {
         let url = v3(&format!(
             "/rooms/{}/send/m.room.message/{txn}",
