@@ -243,7 +243,8 @@ async fn member_changed(
     let Some(joined) = state.rooms.joined_count(room_id).await? else {
         return Ok(false);
     };
-    let entry = if state.rooms.is_local_server(user.server_name().as_str()) {
+    let local = state.rooms.is_local_server(user.server_name().as_str());
+    let entry = if local {
         member_event(state, room_id, &user).await?
     } else {
         None
@@ -252,15 +253,20 @@ async fn member_changed(
         return Ok(true);
     };
     let context = Arc::make_mut(cached);
-    context.joined = joined;
-    context.members.retain(|m| m.user != user);
-    if let Some((_, content, since)) = entry {
-        context.add_joined(room_id, user, &content, since);
+    // Only local members have entries.
+    if local {
+        context.members.retain(|m| m.user != user);
+        if let Some((_, content, since)) = entry {
+            context.add_joined(room_id, user, &content, since);
+        }
     }
-    let count = ruma::UInt::try_from(joined).unwrap_or(ruma::UInt::MAX);
-    context.common.member_count = count;
-    for member in &mut context.members {
-        member.ctx.member_count = count;
+    if context.joined != joined {
+        context.joined = joined;
+        let count = ruma::UInt::try_from(joined).unwrap_or(ruma::UInt::MAX);
+        context.common.member_count = count;
+        for member in &mut context.members {
+            member.ctx.member_count = count;
+        }
     }
     Ok(true)
 }

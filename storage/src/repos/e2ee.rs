@@ -198,7 +198,7 @@ impl DeviceKeys for Store {
         })?;
         let (counts, fallback): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, n)| *n > 0);
         let counts = (counts, fallback.into_iter().map(|(a, _)| a).collect());
-        self.key_counts.fill(key, Clone::clone(&counts), generation);
+        self.key_counts.fill(key, counts.clone(), generation);
         Ok(counts)
     }
 
