@@ -41,7 +41,7 @@ pub use repos::{
     RemoteInvites, RoomEvents, RoomRow, SEARCH_BATCH, TransactionRow,
 };
 pub use repos::{EventSearch, RelationQuery, Relations, SearchPage, SearchQuery, ThreadRow};
-pub use repos::{PushAction, PushStore, PushWrite, Pusher, QueuedPush};
+pub use repos::{PushAction, PushStore, PushWrite, Pusher, QueuedPush, UnreadCounts};
 pub use store::{
     BackendKind, CHECKPOINT_EVERY, CheckpointStats, RESTART_FRAMES, SqliteSynchronous, Store,
     StoreOptions, redact_url,

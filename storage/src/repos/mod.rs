@@ -27,7 +27,7 @@ pub use devices::{AccessToken, AccessTokens, Device, Devices, NewAccessToken, Ne
 pub use e2ee::{DeviceInbox, DeviceKeys, KeyCounts, KeyUpload, ToDeviceMessage};
 pub use keys::{RemoteServerKey, RemoteServerKeys, SigningKeyRecord, SigningKeys};
 pub use outbound::{FederationQueue, RemoteInvite, RemoteInvites};
-pub use push::{PushAction, PushStore, Pusher, QueuedPush};
+pub use push::{PushAction, PushStore, Pusher, QueuedPush, UnreadCounts};
 pub use relations::{RelationQuery, Relations, ThreadRow};
 pub use reports::{Report, Reports};
 pub use rooms::{

@@ -103,27 +103,18 @@ pub trait PushStore {
         queue: &[QueuedPush],
         position: i64,
     ) -> impl Future<Output = Result<()>> + Send;
-    /// `(notifications, highlights)` of `user_id` in a room after what they read: the event of
-    /// their newest main-timeline read receipt (`m.read` or `m.read.private`, unthreaded or
-    /// `main`; from the start when its event is unknown), else stream position `unread_from`
-    /// (their membership). Of the main timeline only when `main_only`; counted up to 100
-    /// (clients show "99+").
-    fn count_notifications(
+    /// The unread counts of `user_id` in a room, in one read: the main timeline's
+    /// `(notifications, highlights)` after their newest main-timeline read receipt (`m.read` or
+    /// `m.read.private`, unthreaded or `main`; from the start when its event is unknown), else
+    /// after stream position `unread_from` (their membership); and each thread's `(root,
+    /// notifications, highlights)` after `unread_from` and after their receipt in that thread
+    /// or an unthreaded one. Each counted up to 100 (clients show "99+").
+    fn count_unread(
         &self,
         user_id: &str,
         room_id: &str,
         unread_from: i64,
-        main_only: bool,
-    ) -> impl Future<Output = Result<(i64, i64)>> + Send;
-    /// Per thread of a room: `(thread root, notifications, highlights)` after stream position
-    /// `after` (the user's membership) and after the user's receipts in that thread or
-    /// unthreaded.
-    fn list_thread_notifications(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        after: i64,
-    ) -> impl Future<Output = Result<Vec<(String, i64, i64)>>> + Send;
+    ) -> impl Future<Output = Result<UnreadCounts>> + Send;
     /// The user's notifications in a room between stream positions `after` (their membership)
     /// and `before`, newest first, highlights only when asked; each with its event ID and time.
     fn list_notifications(
@@ -163,6 +154,10 @@ pub trait PushStore {
         next_attempt_ts: i64,
     ) -> impl Future<Output = Result<()>> + Send;
 }
+
+/// A room's unread counts: the main timeline's `(notifications, highlights)`, and each thread's
+/// `(root, notifications, highlights)`.
+pub type UnreadCounts = ((i64, i64), Vec<(String, i64, i64)>);
 
 /// A member's verdict on the events of `event_push c` (SQL, user `$1`): their exception, else
 /// the event's, never for their own events.
@@ -212,60 +207,32 @@ impl PushStore for Store {
         crate::repos::RoomEvents::persist_events(self, &batch).await
     }
 
-    async fn count_notifications(
+    async fn count_unread(
         &self,
         user_id: &str,
         room_id: &str,
         unread_from: i64,
-        main_only: bool,
-    ) -> Result<(i64, i64)> {
-        let sql = count_sql(main_only);
-        // Highlights are the events everyone's verdict highlights (their own index) that the
-        // user has no exception for, and the user's exceptions that highlight: neither reads
-        // every event since the receipt (a room without mentions has no highlights to find).
-        let (total, highlights): (i64, Option<i64>) = on_pool!(self, pool => {
-            sqlx::query_as(&sql)
-                .bind(user_id)
-                .bind(room_id)
-                .bind(unread_from)
-                .fetch_one(pool)
-                .await
-        })?;
-        Ok((total, highlights.unwrap_or(0)))
-    }
-
-    async fn list_thread_notifications(
-        &self,
-        user_id: &str,
-        room_id: &str,
-        after: i64,
-    ) -> Result<Vec<(String, i64, i64)>> {
-        let sql = format!(
-            "SELECT c.thread_id, COUNT(*),
-                    SUM(CASE WHEN COALESCE(x.highlight, c.highlight) THEN 1 ELSE 0 END)
-             {VERDICT} AND c.room_id = $2 AND c.thread_id <> '' AND c.stream_ordering + 0 > $3
-               AND COALESCE(x.notify, c.notify)
-               AND c.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
-                   FROM receipts r JOIN events e ON e.event_id = r.event_id
-                   WHERE r.room_id = c.room_id AND r.user_id = $1
-                     AND r.receipt_type IN ('m.read', 'm.read.private')
-                     AND (r.thread_id = c.thread_id OR r.thread_id = '')), 0)
-             GROUP BY c.thread_id ORDER BY c.thread_id LIMIT 100"
-        );
-        // `+ 0` keeps SQLite off the primary key's range (every event of the room since the
-        // user joined) and on the index of threads' events.
+    ) -> Result<UnreadCounts> {
+        let sql = unread_sql();
+        // The main timeline's row has thread '' (no thread's does).
         let rows: Vec<(String, i64, Option<i64>)> = on_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(user_id)
                 .bind(room_id)
-                .bind(after)
+                .bind(unread_from)
                 .fetch_all(pool)
                 .await
         })?;
-        Ok(rows
-            .into_iter()
-            .map(|(thread, n, h)| (thread, n, h.unwrap_or(0)))
-            .collect())
+        let mut main = (0, 0);
+        let mut threads = Vec::with_capacity(rows.len());
+        for (thread, n, h) in rows {
+            if thread.is_empty() {
+                main = (n, h.unwrap_or(0));
+            } else {
+                threads.push((thread, n, h.unwrap_or(0)));
+            }
+        }
+        Ok((main, threads))
     }
 
     async fn list_notifications(
@@ -422,35 +389,28 @@ impl PushStore for Store {
     }
 }
 
-/// The statement of [`PushStore::count_notifications`] (user `$1`, room `$2`, `unread_from`
-/// `$3`).
-fn count_sql(main_only: bool) -> String {
-    // Notifications and highlights each counted up to 100 (a mention among many unread
-    // messages still counts).
-    let thread = if main_only {
-        "AND c.thread_id = ''"
-    } else {
-        ""
-    };
-    // Where they read up to is found in the same statement: one round trip per room.
+/// The statement of [`PushStore::count_unread`] (user `$1`, room `$2`, `unread_from` `$3`):
+/// the main timeline's row (thread `''`) and one per thread.
+fn unread_sql() -> String {
+    // Where they read the main timeline up to is found in the same statement.
     format!(
-        "WITH r (after) AS (SELECT COALESCE((
+        "WITH read_up_to (after) AS (SELECT COALESCE((
              SELECT COALESCE(e.stream_ordering, 0)
              FROM receipts r LEFT JOIN events e ON e.event_id = r.event_id
              WHERE r.room_id = $2 AND r.user_id = $1
                AND r.receipt_type IN ('m.read', 'm.read.private')
                AND r.thread_id IN ('', 'main')
              ORDER BY COALESCE(e.stream_ordering, -1) DESC, r.aux_position DESC LIMIT 1), $3))
-         SELECT
+         SELECT '' AS thread_id,
            (SELECT COUNT(*) FROM (SELECT 1 AS n {VERDICT} AND c.room_id = $2
-              AND c.stream_ordering > (SELECT after FROM r)
-              AND COALESCE(x.notify, c.notify) {thread}
+              AND c.stream_ordering > (SELECT after FROM read_up_to)
+              AND COALESCE(x.notify, c.notify) AND c.thread_id = ''
               LIMIT 100) notifications),
            (SELECT COUNT(*) FROM (
               SELECT 1 AS n FROM event_push c
               WHERE c.room_id = $2 AND c.highlight = TRUE
-                AND c.stream_ordering > (SELECT after FROM r)
-                AND c.sender <> $1 AND c.notify {thread}
+                AND c.stream_ordering > (SELECT after FROM read_up_to)
+                AND c.sender <> $1 AND c.notify AND c.thread_id = ''
                 AND NOT EXISTS (SELECT 1 FROM event_push_exceptions x WHERE x.user_id = $1
                   AND x.room_id = c.room_id AND x.stream_ordering = c.stream_ordering)
               UNION ALL
@@ -458,21 +418,38 @@ fn count_sql(main_only: bool) -> String {
               JOIN event_push c
                 ON c.room_id = x.room_id AND c.stream_ordering = x.stream_ordering
               WHERE x.user_id = $1 AND x.room_id = $2
-                AND x.stream_ordering > (SELECT after FROM r)
-                AND x.highlight AND x.notify AND c.sender <> $1 {thread}
-              LIMIT 100) highlights)"
+                AND x.stream_ordering > (SELECT after FROM read_up_to)
+                AND x.highlight AND x.notify AND c.sender <> $1 AND c.thread_id = ''
+              LIMIT 100) highlights)
+         UNION ALL
+         SELECT * FROM (
+           SELECT c.thread_id, COUNT(*),
+                  SUM(CASE WHEN COALESCE(x.highlight, c.highlight) THEN 1 ELSE 0 END)
+           {VERDICT} AND c.room_id = $2 AND c.thread_id <> '' AND c.stream_ordering + 0 > $3
+             AND COALESCE(x.notify, c.notify)
+             AND c.stream_ordering > COALESCE((SELECT MAX(e.stream_ordering)
+                 FROM receipts r JOIN events e ON e.event_id = r.event_id
+                 WHERE r.room_id = c.room_id AND r.user_id = $1
+                   AND r.receipt_type IN ('m.read', 'm.read.private')
+                   AND (r.thread_id = c.thread_id OR r.thread_id = '')), 0)
+           GROUP BY c.thread_id ORDER BY c.thread_id LIMIT 100) threads"
     )
+    // Highlights are the events everyone's verdict highlights (their own index) that the user
+    // has no exception for, and the user's exceptions that highlight: neither reads every event
+    // since the receipt (a room without mentions has no highlights to find). In the threads'
+    // part, `+ 0` keeps SQLite off the primary key's range (every event of the room since the
+    // user joined) and on the index of threads' events.
 }
 
 impl Store {
     /// Tests: how SQLite plans the unread count (`EXPLAIN QUERY PLAN`, one line per step; empty
     /// on PostgreSQL).
-    pub async fn count_notifications_plan(&self) -> Result<Vec<String>> {
+    pub async fn count_unread_plan(&self) -> Result<Vec<String>> {
         let crate::store::Pool::Sqlite(pool) = &self.pool else {
             return Ok(Vec::new());
         };
         let rows: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", count_sql(true)))
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", unread_sql()))
                 .bind("@u:a.test")
                 .bind("!r:a.test")
                 .bind(0_i64)

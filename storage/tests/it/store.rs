@@ -68,13 +68,17 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     // Saving the same batch again changes nothing but the queue.
     store.save_push_batch(&actions[..1], &[], 3).await.unwrap();
     assert_eq!(store.get_push_position().await.unwrap(), Some(3));
+    // (The main timeline's counts alone, or with every thread's added.)
     let counts = |user: &'static str, after: i64, main_only: bool| {
         let store = store.clone();
         async move {
-            store
-                .count_notifications(user, "!r:a.test", after, main_only)
-                .await
-                .unwrap()
+            let (main, threads) = store.count_unread(user, "!r:a.test", after).await.unwrap();
+            if main_only {
+                return main;
+            }
+            threads
+                .iter()
+                .fold(main, |(n, h), (_, tn, th)| (n + tn, h + th))
         }
     };
     assert_eq!(counts("@u:a.test", 0, false).await, (4, 1));
@@ -89,9 +93,10 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     assert_eq!(counts("@u:a.test", 2, true).await, (1, 0));
     assert_eq!(
         store
-            .list_thread_notifications("@u:a.test", "!r:a.test", 0)
+            .count_unread("@u:a.test", "!r:a.test", 0)
             .await
-            .unwrap(),
+            .unwrap()
+            .1,
         vec![("$root".to_owned(), 1, 0)]
     );
     assert_eq!(
@@ -103,7 +108,7 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     );
     // SQLite counts highlights from the index that holds only highlights (its condition is
     // repeated word for word in the query, or SQLite would walk every verdict since the receipt).
-    let plan = store.count_notifications_plan().await.unwrap();
+    let plan = store.count_unread_plan().await.unwrap();
     if store.kind() == unitas_storage::BackendKind::Sqlite {
         assert!(
             plan.iter()
@@ -132,9 +137,12 @@ pub async fn push_actions_pushers_and_queue(store: Store) {
     receipt("@u:a.test", "", "$3").await;
     assert_eq!(counts("@u:a.test", 0, false).await, (1, 0));
     assert_eq!(counts("@u:a.test", 0, true).await, (0, 0));
-    // A thread's receipt leaves the main timeline's alone.
+    // A thread's receipt reads the thread, and leaves the main timeline's alone.
     receipt("@u:a.test", "$root", "$4").await;
-    assert_eq!(counts("@u:a.test", 0, false).await, (1, 0));
+    assert_eq!(counts("@u:a.test", 0, false).await, (0, 0));
+    // The main receipt moved back to $1: $2 (his highlight) and $3 count again.
+    receipt("@u:a.test", "", "$1").await;
+    assert_eq!(counts("@u:a.test", 0, true).await, (2, 1));
     // A receipt for an event this server does not have: everything counts.
     receipt("@v:a.test", "", "$unknown").await;
     assert_eq!(counts("@v:a.test", 3, false).await, (4, 0));

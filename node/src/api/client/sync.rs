@@ -633,22 +633,11 @@ async fn thread_counts(
     room_id: &ruma::RoomId,
     member_position: i64,
 ) -> Result<((i64, i64), Value), ApiError> {
-    let main = async {
-        // After their receipt, else their membership.
-        let main = state
-            .store
-            .count_notifications(user.as_str(), room_id.as_str(), member_position, true)
-            .await?;
-        Ok::<_, ApiError>(main)
-    };
-    let per_thread = async {
-        let list = state
-            .store
-            .list_thread_notifications(user.as_str(), room_id.as_str(), member_position)
-            .await?;
-        Ok(list)
-    };
-    let (main, per_thread) = tokio::try_join!(main, per_thread)?;
+    // After their receipts, else their membership; in one read.
+    let (main, per_thread) = state
+        .store
+        .count_unread(user.as_str(), room_id.as_str(), member_position)
+        .await?;
     let mut threads = serde_json::Map::new();
     for (root, notifications, highlights) in per_thread {
         threads.insert(
