@@ -151,6 +151,11 @@ pub(crate) const SQLITE: &[Step] = &[
         "highlights_only",
         include_str!("../migrations/sqlite/0028_highlights_only.sql"),
     ),
+    (
+        29,
+        "search_pending_by_position",
+        include_str!("../migrations/sqlite/0029_search_pending_by_position.sql"),
+    ),
 ];
 
 pub(crate) const POSTGRES: &[Step] = &[
@@ -293,6 +298,11 @@ pub(crate) const POSTGRES: &[Step] = &[
         28,
         "highlights_only",
         include_str!("../migrations/postgres/0028_highlights_only.sql"),
+    ),
+    (
+        29,
+        "search_pending_by_position",
+        include_str!("../migrations/postgres/0029_search_pending_by_position.sql"),
     ),
 ];
 

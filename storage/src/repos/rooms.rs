@@ -141,14 +141,16 @@ impl EventBatch {
 pub(crate) const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, event_type, state_key, sender, depth, \
      origin_server_ts, json, state_group_before, state_group_after, outlier, soft_failed, redacted_by";
 /// Searchable rows that wait for SQLite's full-text index before an event batch moves them in
-/// (a search moves whatever waits first; migration 0027).
+/// (a search moves whatever waits first; migrations 0027 and 0029: the rows after the
+/// watermark `search_indexed.upto` wait).
 pub const SEARCH_BATCH: u64 = 256;
 /// Moves the searchable rows that wait into SQLite's full-text index (one FTS5 segment for
 /// all of them).
 pub(crate) const INDEX_PENDING_SEARCH: &str = "INSERT INTO event_search_fts (rowid, body)
-     SELECT s.stream_ordering, s.body FROM search_pending p
-     JOIN event_search s ON s.stream_ordering = p.stream_ordering;
-     DELETE FROM search_pending; ";
+     SELECT stream_ordering, body FROM event_search
+     WHERE stream_ordering > (SELECT upto FROM search_indexed);
+     UPDATE search_indexed SET upto = (SELECT MAX(stream_ordering) FROM event_search)
+     WHERE upto < (SELECT MAX(stream_ordering) FROM event_search); ";
 
 /// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
 const CHUNK: usize = 500;

@@ -87,9 +87,12 @@ impl Store {
             )
             .execute(pool)
             .await?;
-            sqlx::query_scalar("SELECT COUNT(*) FROM search_pending")
-                .fetch_one(pool)
-                .await
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM event_search
+                 WHERE stream_ordering > (SELECT upto FROM search_indexed)",
+            )
+            .fetch_one(pool)
+            .await
         };
         check
             .await

@@ -166,6 +166,28 @@ pub async fn an_event_written_twice_is_found_once(store: Store) {
     let found = search().await.unwrap();
     assert_eq!(found.count, unitas_storage::SEARCH_BATCH as i64);
     assert_eq!(store.search_index_check().await.unwrap(), 0);
+
+    // History (a backfilled event) lands before what the index already holds: it goes in at
+    // once, and a redaction takes it out again.
+    let mut old = searchable(5);
+    old.row.event_id = "$old".to_owned();
+    let batch = EventBatch {
+        rooms: vec![room("$old")],
+        events: vec![old],
+        ..Default::default()
+    };
+    store.persist_events(&batch).await.unwrap();
+    assert_eq!(store.search_index_check().await.unwrap(), 0);
+    assert_eq!(
+        search().await.unwrap().count,
+        unitas_storage::SEARCH_BATCH as i64 + 1
+    );
+    store.set_redacted_by("$old", "$redaction").await.unwrap();
+    assert_eq!(store.search_index_check().await.unwrap(), 0);
+    assert_eq!(
+        search().await.unwrap().count,
+        unitas_storage::SEARCH_BATCH as i64
+    );
 }
 
 /// Outbound rows are written with their events, listed per pair, read oldest first with the
