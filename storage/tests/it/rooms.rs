@@ -132,15 +132,21 @@ pub async fn an_event_written_twice_is_found_once(store: Store) {
     assert_eq!(ids, ["$s"]);
     assert_eq!(found.count, 1);
 
-    // Redacted while it waits for the index (SQLite indexes in batches, and before a search).
-    let mut waiting = searchable(3);
-    waiting.row.event_id = "$t".to_owned();
-    let batch = EventBatch {
-        rooms: vec![room("$t")],
-        events: vec![waiting],
-        ..Default::default()
+    // One more searchable event `id` at `stream`, written alone.
+    let write_alone = |id: &'static str, stream: i64| {
+        let mut e = searchable(stream);
+        e.row.event_id = id.to_owned();
+        let batch = EventBatch {
+            rooms: vec![room(id)],
+            events: vec![e],
+            ..Default::default()
+        };
+        let store = store.clone();
+        async move { store.persist_events(&batch).await.unwrap() }
     };
-    store.persist_events(&batch).await.unwrap();
+
+    // Redacted while it waits for the index (SQLite indexes in batches, and before a search).
+    write_alone("$t", 3).await;
     store.set_redacted_by("$t", "$redaction").await.unwrap();
     let found = search().await.unwrap();
     assert_eq!(found.hits.len(), 1);
@@ -169,14 +175,7 @@ pub async fn an_event_written_twice_is_found_once(store: Store) {
 
     // History (a backfilled event) lands before what the index already holds: it goes in at
     // once, and a redaction takes it out again.
-    let mut old = searchable(5);
-    old.row.event_id = "$old".to_owned();
-    let batch = EventBatch {
-        rooms: vec![room("$old")],
-        events: vec![old],
-        ..Default::default()
-    };
-    store.persist_events(&batch).await.unwrap();
+    write_alone("$old", 5).await;
     assert_eq!(store.search_index_check().await.unwrap(), 0);
     assert_eq!(
         search().await.unwrap().count,
