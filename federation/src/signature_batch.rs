@@ -39,9 +39,8 @@ pub fn verify_grouped(messages: &[&[u8]], signatures: &[Signature], keys: &[Veri
     scalars.push(Scalar::ZERO);
     points.push(ED25519_BASEPOINT_POINT);
     let mut base = Scalar::ZERO;
-    // (key bytes, index of its coefficient)
-    let mut groups: Vec<(&[u8; 32], usize)> = Vec::new();
-    let mut key_terms: Vec<(Scalar, EdwardsPoint)> = Vec::new();
+    // Each distinct key: its bytes, its summed coefficient, its point.
+    let mut key_terms: Vec<(&[u8; 32], Scalar, EdwardsPoint)> = Vec::new();
     for (i, ((message, signature), key)) in messages.iter().zip(signatures).zip(keys).enumerate() {
         let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(*signature.s_bytes()))
         else {
@@ -61,18 +60,16 @@ pub fn verify_grouped(messages: &[&[u8]], signatures: &[Signature], keys: &[Veri
         base += z * s;
         scalars.push(z);
         points.push(r);
-        let group = match groups.iter().find(|(bytes, _)| *bytes == key.as_bytes()) {
-            Some(&(_, index)) => index,
-            None => {
-                groups.push((key.as_bytes(), key_terms.len()));
-                key_terms.push((Scalar::ZERO, key.to_edwards()));
-                key_terms.len() - 1
-            }
-        };
-        key_terms[group].0 += z * h;
+        match key_terms
+            .iter_mut()
+            .find(|(bytes, _, _)| *bytes == key.as_bytes())
+        {
+            Some((_, coefficient, _)) => *coefficient += z * h,
+            None => key_terms.push((key.as_bytes(), z * h, key.to_edwards())),
+        }
     }
     scalars[0] = -base;
-    for (coefficient, point) in key_terms {
+    for (_, coefficient, point) in key_terms {
         scalars.push(coefficient);
         points.push(point);
     }

@@ -7,7 +7,7 @@ use std::future::Future;
 use crate::repos::EventRow;
 use crate::repos::rooms::EVENT_COLUMNS;
 use crate::store::on_pool;
-use crate::{Result, StorageError, Store};
+use crate::{Result, Store};
 
 /// What the rules said about one event: for every member without an exception (`user_id`
 /// empty), or for one member (an exception).
@@ -441,6 +441,7 @@ fn unread_sql() -> String {
     // user joined) and on the index of threads' events.
 }
 
+#[cfg(feature = "testing")]
 impl Store {
     /// Tests: how SQLite plans the unread count (`EXPLAIN QUERY PLAN`, one line per step; empty
     /// on PostgreSQL).
@@ -455,7 +456,7 @@ impl Store {
                 .bind(0_i64)
                 .fetch_all(pool)
                 .await
-                .map_err(|e| StorageError::from_sqlx(e, || "query plan".to_owned()))?;
+                .map_err(|e| crate::StorageError::from_sqlx(e, || "query plan".to_owned()))?;
         Ok(rows.into_iter().map(|(_, _, _, detail)| detail).collect())
     }
 }

@@ -55,7 +55,7 @@ fn fts5_query(term: &str) -> String {
 }
 
 impl Store {
-    /// Moves the searchable rows that wait into SQLite's full-text index (migration 0027), on
+    /// Moves the searchable rows that wait into SQLite's full-text index (migrations 0027, 0029), on
     /// the writer's connection; nothing to do on PostgreSQL or when none wait.
     async fn index_pending_search(&self) -> Result<()> {
         let crate::store::Pool::Sqlite(pool) = &self.writer else {
