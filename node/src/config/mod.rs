@@ -498,7 +498,7 @@ impl Default for LogConfig {
             format: LogFormat::Human,
             // ruma's event authorization logs every allowed event at INFO, and its push-rule
             // evaluation opens an INFO span for every field of every event it flattens (about
-            // twenty per message, 3 % of the node's CPU in the client load run): neither is
+            // twenty per message, 3-6 % of the node's CPU in the client load run): neither is
             // for an operator.
             level: "info,ruma_state_res=warn,ruma_common::push=warn".to_owned(),
         }
