@@ -7,6 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderValue};
 use serde_json::{Value, json};
 
 /// What to run.
@@ -30,6 +34,129 @@ pub struct BenchOptions {
 
 struct User {
     token: String,
+}
+
+/// Where the timed sends go: host and port to connect to, the `Host` header, and the path
+/// prefix of the client API.
+#[derive(Clone)]
+struct Target {
+    address: String,
+    host: HeaderValue,
+    prefix: String,
+}
+
+impl Target {
+    fn parse(base: &str) -> Result<Target, String> {
+        let url = url::Url::parse(base).map_err(|e| format!("--url {base}: {e}"))?;
+        if url.scheme() != "http" {
+            return Err(format!(
+                "--url {base}: the load driver speaks plain HTTP (the client listener, not a TLS proxy in front of it)"
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("--url {base}: no host"))?;
+        let port = url.port_or_known_default().unwrap_or(80);
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_owned(),
+        };
+        Ok(Target {
+            address: format!("{host}:{port}"),
+            host: HeaderValue::from_str(&authority).map_err(|e| format!("--url {base}: {e}"))?,
+            prefix: url.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// One user's keep-alive HTTP/1.1 connection for the timed sends. It is hyper's bare client
+/// connection (no pool, no URL parsing per request, a successful answer's body drained but not
+/// decoded), not reqwest as for the untimed setup: the driver shares the machine's cores with
+/// the server, and every microsecond of its own per request is one the server does not get.
+/// reqwest took about 45 us of CPU per message in the concurrent run.
+struct Sender {
+    send: SendRequest<Full<Bytes>>,
+    target: Target,
+    authorization: HeaderValue,
+}
+
+impl Sender {
+    async fn connect(target: &Target, token: &str) -> Result<Sender, String> {
+        Ok(Sender {
+            send: Self::open(target).await?,
+            target: target.clone(),
+            authorization: HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|e| e.to_string())?,
+        })
+    }
+
+    async fn open(target: &Target) -> Result<SendRequest<Full<Bytes>>, String> {
+        let stream = tokio::net::TcpStream::connect(&target.address)
+            .await
+            .map_err(|e| format!("{}: {e}", target.address))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("{}: {e}", target.address))?;
+        // Ends when the sender is dropped or the server closes the connection.
+        tokio::spawn(connection);
+        Ok(send)
+    }
+
+    /// PUT `body` to `path`; an error unless the answer is a success.
+    async fn put(&mut self, path: String, body: &Value) -> Result<(), String> {
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        self.request(hyper::Method::PUT, path, body).await.map(drop)
+    }
+
+    /// The answer's body, or an error unless the status is a success.
+    async fn request(
+        &mut self,
+        method: hyper::Method,
+        path: String,
+        body: Vec<u8>,
+    ) -> Result<Bytes, String> {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(&path)
+            .header(HOST, self.target.host.clone())
+            .header(AUTHORIZATION, self.authorization.clone());
+        if !body.is_empty() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| format!("{path}: {e}"))?;
+        // A server may close a keep-alive connection that was idle (between the runs).
+        if self.send.is_closed() {
+            self.send = Self::open(&self.target).await?;
+        }
+        self.send
+            .ready()
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let response = self
+            .send
+            .send_request(request)
+            .await
+            .map_err(|e| format!("{path}: {e}"))?;
+        let status = response.status();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("{path}: {e}"))?
+            .to_bytes();
+        if status.is_success() {
+            Ok(answer)
+        } else {
+            Err(format!(
+                "{path}: {status}: {}",
+                String::from_utf8_lossy(&answer)
+            ))
+        }
+    }
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -68,13 +195,14 @@ async fn call(
     }
 }
 
-/// Runs the load and prints the figures.
-pub async fn run(options: BenchOptions) -> Result<(), String> {
+/// Runs the load and returns the figures.
+pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .map_err(|e| e.to_string())?;
     let base = options.url.trim_end_matches('/').to_owned();
+    let target = Target::parse(&base)?;
     let c = format!("{base}/_matrix/client/v3");
     let run_id: u32 = std::process::id();
     let started = Instant::now();
@@ -115,21 +243,24 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
         )
         .await?;
     }
-    let send_prefix = format!("{c}/rooms/{}/send/m.room.message/", urlencode(&room));
+    let send_prefix = format!(
+        "{}/_matrix/client/v3/rooms/{}/send/m.room.message/",
+        target.prefix,
+        urlencode(&room)
+    );
     let send_url = move |txn: String| format!("{send_prefix}{txn}");
 
     // 1. One sender, one message at a time.
+    let mut first = Sender::connect(&target, &users[0].token).await?;
     let mut sequential = Vec::with_capacity(options.sequential);
     for i in 0..options.sequential {
         let t = Instant::now();
-        call(
-            &client,
-            reqwest::Method::PUT,
-            send_url(format!("s{run_id}_{i}")),
-            Some(&users[0].token),
-            json!({"msgtype": "m.text", "body": format!("sequential {i}")}),
-        )
-        .await?;
+        first
+            .put(
+                send_url(format!("s{run_id}_{i}")),
+                &json!({"msgtype": "m.text", "body": format!("sequential {i}")}),
+            )
+            .await?;
         sequential.push(t.elapsed());
     }
 
@@ -139,30 +270,28 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for s in 0..options.senders.max(1) {
-        let (client, next, users, send_url) = (
-            client.clone(),
+        let (target, next, users, send_url) = (
+            target.clone(),
             next.clone(),
             users.clone(),
             send_url.clone(),
         );
         let total = options.messages;
         tasks.spawn(async move {
+            let mut sender = Sender::connect(&target, &users[s % users.len()].token).await?;
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
                     break;
                 }
-                let user = &users[s % users.len()];
                 let t = Instant::now();
-                call(
-                    &client,
-                    reqwest::Method::PUT,
-                    send_url(format!("c{run_id}_{i}")),
-                    Some(&user.token),
-                    json!({"msgtype": "m.text", "body": format!("concurrent {i}")}),
-                )
-                .await?;
+                sender
+                    .put(
+                        send_url(format!("c{run_id}_{i}")),
+                        &json!({"msgtype": "m.text", "body": format!("concurrent {i}")}),
+                    )
+                    .await?;
                 latencies.push(t.elapsed());
             }
             Ok::<_, String>(latencies)
@@ -176,28 +305,35 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
     let throughput = options.messages as f64 / elapsed.as_secs_f64();
 
     // 3. Sync wake-up: user 1 long-polls, user 0 sends; how long until the sync returns it.
-    let sync_url = format!("{c}/sync");
+    let sync_path = format!("{}/_matrix/client/v3/sync", target.prefix);
     let filter = json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}, "presence": {"types": []}}).to_string();
-    // The second user's sync after `since` (initial without), waiting up to `timeout` ms.
-    let sync = |since: Option<&str>, timeout: &str| {
-        let mut query = vec![("filter", filter.as_str()), ("timeout", timeout)];
-        query.extend(since.map(|s| ("since", s)));
-        client
-            .get(&sync_url)
-            .query(&query)
-            .bearer_auth(&users[1].token)
-            .send()
+    // The second user's sync after `since` (initial without), waiting up to `timeout` ms; the
+    // task hands the connection back with the time the answer was in, the answer and its
+    // `next_batch`.
+    let sync = |mut syncer: Sender, since: Option<String>, timeout: &str| {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        query
+            .append_pair("filter", &filter)
+            .append_pair("timeout", timeout);
+        if let Some(since) = &since {
+            query.append_pair("since", since);
+        }
+        let path = format!("{sync_path}?{}", query.finish());
+        tokio::spawn(async move {
+            let answer = syncer.request(hyper::Method::GET, path, Vec::new()).await;
+            let at = Instant::now();
+            let answer = answer.and_then(|body| {
+                let body: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                let next = body["next_batch"].as_str().unwrap_or_default().to_owned();
+                Ok((body, next))
+            });
+            (syncer, at, answer)
+        })
     };
-    let answer = |response: Result<reqwest::Response, reqwest::Error>| async move {
-        let body: Value = response
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        let next = body["next_batch"].as_str().unwrap_or_default().to_owned();
-        Ok::<_, String>((body, next))
-    };
-    let (_, mut since) = answer(sync(None, "0").await).await?;
+    let joined = |result: Result<_, tokio::task::JoinError>| result.map_err(|e| e.to_string());
+    let syncer = Sender::connect(&target, &users[1].token).await?;
+    let (mut syncer, _, answer) = joined(sync(syncer, None, "0").await)?;
+    let (_, mut since) = answer?;
     // How long the catch-up waits for anything more before it counts the server as quiet.
     const SETTLE_MS: &str = "25";
     let mut wakeups = Vec::with_capacity(options.wakeups);
@@ -207,8 +343,9 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
         // until a short long-poll comes back empty. The long-poll below then waits for the new
         // message alone.
         loop {
-            let (caught_up, next) = answer(sync(Some(&since), SETTLE_MS).await).await?;
-            since = next;
+            let (back, _, answer) = joined(sync(syncer, Some(since), SETTLE_MS).await)?;
+            let (caught_up, next) = answer?;
+            (syncer, since) = (back, next);
             if caught_up["rooms"]["join"]
                 .as_object()
                 .is_none_or(|rooms| rooms.is_empty())
@@ -216,25 +353,24 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
                 break;
             }
         }
-        let mut poll = tokio::spawn(sync(Some(&since), "30000"));
+        let mut poll = sync(syncer, Some(since.clone()), "30000");
         // Let the long-poll reach the server before sending.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let sent_at = Instant::now();
-        call(
-            &client,
-            reqwest::Method::PUT,
-            send_url(format!("w{run_id}_{i}")),
-            Some(&users[0].token),
-            json!({"msgtype": "m.text", "body": format!("wake {i}")}),
-        )
-        .await?;
+        first
+            .put(
+                send_url(format!("w{run_id}_{i}")),
+                &json!({"msgtype": "m.text", "body": format!("wake {i}")}),
+            )
+            .await?;
         // Until a response has the message (a server may answer first with something else,
         // such as new unread counts).
         let wanted = format!("wake {i}");
         let woke = loop {
-            let (body, next) = answer(poll.await.map_err(|e| e.to_string())?).await?;
-            let at = sent_at.elapsed();
-            since = next;
+            let (back, at, answer) = joined(poll.await)?;
+            let at = at.duration_since(sent_at);
+            let (body, next) = answer?;
+            (syncer, since) = (back, next);
             let has_it = body["rooms"]["join"]
                 .as_object()
                 .into_iter()
@@ -244,49 +380,114 @@ pub async fn run(options: BenchOptions) -> Result<(), String> {
             if has_it {
                 break at;
             }
-            poll = tokio::spawn(sync(Some(&since), "30000"));
+            poll = sync(syncer, Some(since.clone()), "30000");
         };
         wakeups.push(woke);
     }
 
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "load against {base} ({} users, one room)",
-        options.users.max(2)
-    );
-    println!(
-        "  sequential sends      {} messages   p50 {:.2} ms   p99 {:.2} ms",
-        options.sequential,
-        ms(percentile(&mut sequential, 0.5)),
-        ms(percentile(&mut sequential, 0.99))
-    );
-    println!(
-        "  concurrent sends      {} messages, {} senders   {:.0} messages/s   p50 {:.2} ms   p99 {:.2} ms",
-        options.messages,
-        options.senders,
+    Ok(BenchReport {
+        base,
+        room_id: room,
+        users: options.users.max(2),
+        senders: options.senders.max(1),
+        sequential,
+        concurrent,
         throughput,
-        ms(percentile(&mut concurrent, 0.5)),
-        ms(percentile(&mut concurrent, 0.99))
-    );
-    println!(
-        "  sync wake-up          {} round trips   p50 {:.2} ms   p99 {:.2} ms (send start to sync return)",
-        options.wakeups,
-        ms(percentile(&mut wakeups, 0.5)),
-        ms(percentile(&mut wakeups, 0.99))
-    );
-    if let Some(pid) = options.pid {
-        match rss_kib(pid) {
-            Some(kib) => println!("  server RSS            {:.1} MiB", kib as f64 / 1024.0),
-            None => println!("  server RSS            unknown (no /proc/{pid}/status)"),
+        wakeups,
+        rss_kib: options.pid.and_then(rss_kib),
+        pid: options.pid,
+        total: started.elapsed(),
+    })
+}
+
+/// What a run measured.
+#[derive(Debug)]
+pub struct BenchReport {
+    /// The server's client API base URL.
+    pub base: String,
+    /// The room the messages went to.
+    pub room_id: String,
+    /// Users registered.
+    pub users: usize,
+    /// Concurrent senders.
+    pub senders: usize,
+    /// Send latencies of the sequential run, in order.
+    pub sequential: Vec<Duration>,
+    /// Send latencies of the concurrent run.
+    pub concurrent: Vec<Duration>,
+    /// Messages per second of the concurrent run.
+    pub throughput: f64,
+    /// Sync wake-up delays, in order.
+    pub wakeups: Vec<Duration>,
+    /// The server's resident memory after the runs (with `--pid`).
+    pub rss_kib: Option<u64>,
+    /// The server process asked about.
+    pub pid: Option<u32>,
+    /// The whole run, setup included.
+    pub total: Duration,
+}
+
+impl BenchReport {
+    /// The figures, as `unitas bench` prints them.
+    pub fn print(&self) {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let p = |samples: &[Duration], at: f64| ms(percentile(&mut samples.to_vec(), at));
+        println!(
+            "load against {} ({} users, one room)",
+            self.base, self.users
+        );
+        println!(
+            "  sequential sends      {} messages   p50 {:.2} ms   p99 {:.2} ms",
+            self.sequential.len(),
+            p(&self.sequential, 0.5),
+            p(&self.sequential, 0.99)
+        );
+        println!(
+            "  concurrent sends      {} messages, {} senders   {:.0} messages/s   p50 {:.2} ms   p99 {:.2} ms",
+            self.concurrent.len(),
+            self.senders,
+            self.throughput,
+            p(&self.concurrent, 0.5),
+            p(&self.concurrent, 0.99)
+        );
+        println!(
+            "  sync wake-up          {} round trips   p50 {:.2} ms   p99 {:.2} ms (send start to sync return)",
+            self.wakeups.len(),
+            p(&self.wakeups, 0.5),
+            p(&self.wakeups, 0.99)
+        );
+        match (self.pid, self.rss_kib) {
+            (Some(_), Some(kib)) => {
+                println!("  server RSS            {:.1} MiB", kib as f64 / 1024.0)
+            }
+            (Some(pid), None) => {
+                println!("  server RSS            unknown (no /proc/{pid}/status)")
+            }
+            (None, _) => {}
         }
+        println!("  total time            {:.1} s", self.total.as_secs_f64());
     }
-    println!(
-        "  total time            {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
 }
 
 fn urlencode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Target;
+
+    #[test]
+    fn target_keeps_port_and_prefix_and_refuses_tls() {
+        let target = Target::parse("http://127.0.0.1:8008/base/").unwrap();
+        assert_eq!(target.address, "127.0.0.1:8008");
+        assert_eq!(target.host, "127.0.0.1:8008");
+        assert_eq!(target.prefix, "/base");
+        let target = Target::parse("http://matrix.example").unwrap();
+        assert_eq!(target.address, "matrix.example:80");
+        assert_eq!(target.host, "matrix.example");
+        assert_eq!(target.prefix, "");
+        let refused = Target::parse("https://matrix.example").err().unwrap();
+        assert!(refused.contains("plain HTTP"), "{refused}");
+    }
 }

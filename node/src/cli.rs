@@ -526,19 +526,23 @@ fn init(args: &InitArgs) -> Result<(), String> {
 }
 
 fn bench(args: BenchArgs) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // One thread: the driver needs well under a core, and its tasks then never wake each other
+    // across threads (fewer context switches taken from the server on a shared machine).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(crate::bench::run(crate::bench::BenchOptions {
-        url: args.url,
-        users: args.users,
-        messages: args.messages,
-        senders: args.senders,
-        sequential: args.sequential,
-        wakeups: args.wakeups,
-        pid: args.pid,
-    }))
+    runtime
+        .block_on(crate::bench::run(crate::bench::BenchOptions {
+            url: args.url,
+            users: args.users,
+            messages: args.messages,
+            senders: args.senders,
+            sequential: args.sequential,
+            wakeups: args.wakeups,
+            pid: args.pid,
+        }))
+        .map(|report| report.print())
 }
 
 fn check(file: Option<&Path>, settings: &Settings) -> Result<(), String> {

@@ -6,8 +6,8 @@ use unitas::{Config, Node};
 use unitas_territory::TerritoryCode;
 
 use crate::support::{
-    TestNode, get_json, http, join_room, node_with_two_users, node_with_two_users_on, post_json,
-    test_config, verify_server_keys,
+    TestNode, get_json, get_json_as, http, join_room, node_with_two_users, node_with_two_users_on,
+    post_json, test_config, verify_server_keys,
 };
 
 #[tokio::test]
@@ -1472,4 +1472,53 @@ async fn space_hierarchy_shows_visible_children() {
         ["Secret", "Deep"]
     );
     t.node.shutdown().await;
+}
+
+/// `unitas bench` against a node: every message it times is in the room afterwards, in the
+/// order a single sender sent it, and the report counts what it ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_driver_sends_what_it_reports() {
+    let (t, alice, _) = node_with_two_users().await;
+    let report = unitas::bench::run(unitas::bench::BenchOptions {
+        url: t.client(""),
+        users: 3,
+        messages: 40,
+        senders: 4,
+        sequential: 5,
+        wakeups: 3,
+        pid: Some(std::process::id()),
+    })
+    .await
+    .expect("the load run succeeds");
+    assert_eq!(report.sequential.len(), 5);
+    assert_eq!(report.concurrent.len(), 40);
+    assert_eq!(report.wakeups.len(), 3);
+    assert!(report.throughput > 0.0);
+    assert!(report.rss_kib.is_some_and(|kib| kib > 0));
+
+    join_room(&t, "localhost:8448", &alice, &report.room_id).await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=200",
+        unitas_federation::inbound::percent(&report.room_id)
+    );
+    let (status, body) = get_json_as(&t.client(&path), &alice).await;
+    assert_eq!(status, 200, "{body}");
+    let bodies: Vec<&str> = body["chunk"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str())
+        .collect();
+    let of = |kind: &str| -> Vec<&str> {
+        bodies
+            .iter()
+            .copied()
+            .filter(|b| b.starts_with(kind))
+            .collect()
+    };
+    let sequential: Vec<String> = (0..5).map(|i| format!("sequential {i}")).collect();
+    assert_eq!(of("sequential "), sequential);
+    assert_eq!(of("concurrent ").len(), 40);
+    assert_eq!(of("wake "), ["wake 0", "wake 1", "wake 2"]);
 }
