@@ -69,24 +69,27 @@ impl Target {
     }
 }
 
-/// One user's keep-alive HTTP/1.1 connection for the timed sends. It is hyper's bare client
-/// connection (no pool, no URL parsing per request, a successful answer's body drained but not
-/// decoded), not reqwest as for the untimed setup: the driver shares the machine's cores with
-/// the server, and every microsecond of its own per request is one the server does not get.
-/// reqwest took about 45 us of CPU per message in the concurrent run.
+/// One user's keep-alive HTTP/1.1 connection (or an anonymous one, to register). It is
+/// hyper's bare client connection (no pool, no URL parsing per request, a timed send's answer
+/// drained but not decoded): the driver shares the machine's cores with the server, and every
+/// microsecond of its own per request is one the server does not get. reqwest with JSON
+/// decoding took about 45 us of CPU per message in the concurrent run.
 struct Sender {
     send: SendRequest<Full<Bytes>>,
     target: Target,
-    authorization: HeaderValue,
+    authorization: Option<HeaderValue>,
 }
 
 impl Sender {
-    async fn connect(target: &Target, token: &str) -> Result<Sender, String> {
+    async fn connect(target: &Target, token: Option<&str>) -> Result<Sender, String> {
+        let authorization = token
+            .map(|token| HeaderValue::from_str(&format!("Bearer {token}")))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         Ok(Sender {
             send: Self::open(target).await?,
             target: target.clone(),
-            authorization: HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|e| e.to_string())?,
+            authorization,
         })
     }
 
@@ -110,6 +113,14 @@ impl Sender {
         self.request(hyper::Method::PUT, path, body).await.map(drop)
     }
 
+    /// POST `body` to the client API's `endpoint`: the answer's JSON.
+    async fn post(&mut self, endpoint: &str, body: &Value) -> Result<Value, String> {
+        let path = format!("{}/_matrix/client/v3/{endpoint}", self.target.prefix);
+        let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
+        let answer = self.request(hyper::Method::POST, path, body).await?;
+        serde_json::from_slice(&answer).map_err(|e| format!("{endpoint}: {e}"))
+    }
+
     /// The answer's body, or an error unless the status is a success.
     async fn request(
         &mut self,
@@ -120,8 +131,10 @@ impl Sender {
         let mut request = hyper::Request::builder()
             .method(method)
             .uri(&path)
-            .header(HOST, self.target.host.clone())
-            .header(AUTHORIZATION, self.authorization.clone());
+            .header(HOST, self.target.host.clone());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
         if !body.is_empty() {
             request = request.header(CONTENT_TYPE, "application/json");
         }
@@ -174,74 +187,35 @@ fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    token: Option<&str>,
-    body: Value,
-) -> Result<Value, String> {
-    let mut request = client.request(method, &url).json(&body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.map_err(|e| format!("{url}: {e}"))?;
-    let status = response.status();
-    let value: Value = response.json().await.unwrap_or(Value::Null);
-    if status.is_success() {
-        Ok(value)
-    } else {
-        Err(format!("{url}: {status}: {value}"))
-    }
-}
-
 /// Runs the load and returns the figures.
 pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()
-        .map_err(|e| e.to_string())?;
     let base = options.url.trim_end_matches('/').to_owned();
     let target = Target::parse(&base)?;
-    let c = format!("{base}/_matrix/client/v3");
     let run_id: u32 = std::process::id();
     let started = Instant::now();
 
     let mut users = Vec::new();
+    let mut anonymous = Sender::connect(&target, None).await?;
     for i in 0..options.users.max(2) {
         let body = json!({"username": format!("bench{run_id}u{i}"), "password": "bench-password", "auth": {"type": "m.login.dummy"}, "inhibit_login": false});
-        let registered = call(
-            &client,
-            reqwest::Method::POST,
-            format!("{c}/register"),
-            None,
-            body,
-        )
-        .await?;
+        let registered = anonymous.post("register", &body).await?;
         let token = registered["access_token"]
             .as_str()
             .ok_or("no access token")?
             .to_owned();
         users.push(User { token });
     }
-    let created = call(
-        &client,
-        reqwest::Method::POST,
-        format!("{c}/createRoom"),
-        Some(&users[0].token),
-        json!({"preset": "public_chat"}),
-    )
-    .await?;
+    drop(anonymous);
+    let mut first = Sender::connect(&target, Some(&users[0].token)).await?;
+    let created = first
+        .post("createRoom", &json!({"preset": "public_chat"}))
+        .await?;
     let room = created["room_id"].as_str().ok_or("no room_id")?.to_owned();
     for user in &users[1..] {
-        call(
-            &client,
-            reqwest::Method::POST,
-            format!("{c}/join/{}", urlencode(&room)),
-            Some(&user.token),
-            json!({}),
-        )
-        .await?;
+        Sender::connect(&target, Some(&user.token))
+            .await?
+            .post(&format!("join/{}", urlencode(&room)), &json!({}))
+            .await?;
     }
     let send_prefix = format!(
         "{}/_matrix/client/v3/rooms/{}/send/m.room.message/",
@@ -251,7 +225,6 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
     let send_url = move |txn: String| format!("{send_prefix}{txn}");
 
     // 1. One sender, one message at a time.
-    let mut first = Sender::connect(&target, &users[0].token).await?;
     let mut sequential = Vec::with_capacity(options.sequential);
     for i in 0..options.sequential {
         let t = Instant::now();
@@ -278,7 +251,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
         );
         let total = options.messages;
         tasks.spawn(async move {
-            let mut sender = Sender::connect(&target, &users[s % users.len()].token).await?;
+            let mut sender = Sender::connect(&target, Some(&users[s % users.len()].token)).await?;
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -331,7 +304,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
         })
     };
     let joined = |result: Result<_, tokio::task::JoinError>| result.map_err(|e| e.to_string());
-    let syncer = Sender::connect(&target, &users[1].token).await?;
+    let syncer = Sender::connect(&target, Some(&users[1].token)).await?;
     let (mut syncer, _, answer) = joined(sync(syncer, None, "0").await)?;
     let (_, mut since) = answer?;
     // How long the catch-up waits for anything more before it counts the server as quiet.
