@@ -36,13 +36,13 @@ struct User {
     token: String,
 }
 
-/// Where the timed sends go: host and port to connect to, the `Host` header, and the path
-/// prefix of the client API.
+/// Where the requests go: host and port to connect to, the `Host` header, and the path of the
+/// client API (`/_matrix/client/v3` under the URL's own path).
 #[derive(Clone)]
 struct Target {
     address: String,
     host: HeaderValue,
-    prefix: String,
+    api: String,
 }
 
 impl Target {
@@ -64,7 +64,7 @@ impl Target {
         Ok(Target {
             address: format!("{host}:{port}"),
             host: HeaderValue::from_str(&authority).map_err(|e| format!("--url {base}: {e}"))?,
-            prefix: url.path().trim_end_matches('/').to_owned(),
+            api: format!("{}/_matrix/client/v3", url.path().trim_end_matches('/')),
         })
     }
 }
@@ -115,7 +115,7 @@ impl Sender {
 
     /// POST `body` to the client API's `endpoint`: the answer's JSON.
     async fn post(&mut self, endpoint: &str, body: &Value) -> Result<Value, String> {
-        let path = format!("{}/_matrix/client/v3/{endpoint}", self.target.prefix);
+        let path = format!("{}/{endpoint}", self.target.api);
         let body = serde_json::to_vec(body).map_err(|e| e.to_string())?;
         let answer = self.request(hyper::Method::POST, path, body).await?;
         serde_json::from_slice(&answer).map_err(|e| format!("{endpoint}: {e}"))
@@ -218,8 +218,8 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
             .await?;
     }
     let send_prefix = format!(
-        "{}/_matrix/client/v3/rooms/{}/send/m.room.message/",
-        target.prefix,
+        "{}/rooms/{}/send/m.room.message/",
+        target.api,
         urlencode(&room)
     );
     let send_url = move |txn: String| format!("{send_prefix}{txn}");
@@ -278,7 +278,7 @@ pub async fn run(options: BenchOptions) -> Result<BenchReport, String> {
     let throughput = options.messages as f64 / elapsed.as_secs_f64();
 
     // 3. Sync wake-up: user 1 long-polls, user 0 sends; how long until the sync returns it.
-    let sync_path = format!("{}/_matrix/client/v3/sync", target.prefix);
+    let sync_path = format!("{}/sync", target.api);
     let filter = json!({"room": {"timeline": {"limit": 1}, "state": {"lazy_load_members": true}}, "presence": {"types": []}}).to_string();
     // The second user's sync after `since` (initial without), waiting up to `timeout` ms; the
     // task hands the connection back with the time the answer was in, the answer and its
@@ -451,15 +451,15 @@ mod tests {
     use super::Target;
 
     #[test]
-    fn target_keeps_port_and_prefix_and_refuses_tls() {
+    fn target_keeps_port_and_path_and_refuses_tls() {
         let target = Target::parse("http://127.0.0.1:8008/base/").unwrap();
         assert_eq!(target.address, "127.0.0.1:8008");
         assert_eq!(target.host, "127.0.0.1:8008");
-        assert_eq!(target.prefix, "/base");
+        assert_eq!(target.api, "/base/_matrix/client/v3");
         let target = Target::parse("http://matrix.example").unwrap();
         assert_eq!(target.address, "matrix.example:80");
         assert_eq!(target.host, "matrix.example");
-        assert_eq!(target.prefix, "");
+        assert_eq!(target.api, "/_matrix/client/v3");
         let refused = Target::parse("https://matrix.example").err().unwrap();
         assert!(refused.contains("plain HTTP"), "{refused}");
     }
