@@ -43,6 +43,9 @@ pub enum StorageError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// An error of the SQLite room writer's own connection (not through sqlx).
+    #[error("database error: {0}")]
+    Writer(#[source] rusqlite::Error),
 }
 
 /// The two backends, for messages.

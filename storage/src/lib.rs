@@ -20,6 +20,7 @@ mod error;
 mod memo;
 mod migrate;
 mod repos;
+mod sqlite_writer;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 
 use crate::error::BackendName;
 use crate::memo::Memo;
+use crate::sqlite_writer::{SqliteWriter, WriterOptions};
 use crate::{KeyCounts, Result, StorageError, migrate};
 
 /// Users (and devices) whose hot answers each memo keeps.
@@ -93,6 +94,13 @@ pub(crate) enum Pool {
     Postgres(PgPool),
 }
 
+/// The room writer's connection (SQLite) or pool (PostgreSQL).
+#[derive(Debug, Clone)]
+pub(crate) enum Writer {
+    Sqlite(Arc<SqliteWriter>),
+    Postgres(PgPool),
+}
+
 /// What a WAL checkpoint did (SQLite's `PRAGMA wal_checkpoint` result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointStats {
@@ -108,10 +116,9 @@ pub struct CheckpointStats {
 #[derive(Debug, Clone)]
 pub struct Store {
     pub(crate) pool: Pool,
-    /// Where the room writer's commits go: on SQLite a connection of its own (one writer at a
-    /// time anyway), which keeps the prepared statements of small commits; on PostgreSQL the
-    /// pool.
-    pub(crate) writer: Pool,
+    /// Where the room writer's commits go: on SQLite a connection of its own that the writing
+    /// task drives itself (`sqlite_writer`); on PostgreSQL the pool.
+    pub(crate) writer: Writer,
     /// Checkpoints run beside the writer (SQLite).
     checkpoints: Arc<Checkpoints>,
     /// Searchable rows written since the SQLite full-text index last took the pending ones in
@@ -202,17 +209,19 @@ impl Store {
             .await
             .map_err(connect_err)?;
         // The writer never checkpoints after its own commits (that would put the checkpoint's
-        // fsync of the database file into a send's latency): see `after_writer_commit`.
-        let writer = SqlitePoolOptions::new()
-            .test_before_acquire(false)
-            .max_connections(1)
-            .acquire_timeout(options.connect_timeout.max(options.sqlite_busy_timeout))
-            .connect_with(connect_options.pragma("wal_autocheckpoint", "0"))
-            .await
-            .map_err(connect_err)?;
+        // fsync of the database file into a send's latency): see `after_writer_commit`. The
+        // pool has created the file and put it into WAL mode.
+        let writer = SqliteWriter::open(WriterOptions {
+            path: path.clone(),
+            synchronous: options.sqlite_synchronous,
+            busy_timeout: options.sqlite_busy_timeout,
+            wal_size_limit: options.sqlite_wal_size_limit,
+            cache_size_kib: options.sqlite_cache_size_kib,
+        })
+        .map_err(|e| connect_err(sqlx::Error::Configuration(Box::new(e))))?;
         Ok(Store {
             pool: Pool::Sqlite(pool),
-            writer: Pool::Sqlite(writer),
+            writer: Writer::Sqlite(Arc::new(writer)),
             checkpoints: Arc::default(),
             search_pending: Arc::new(AtomicU64::new(1)),
             member_rooms: Arc::new(Memo::new(MEMO_KEYS)),
@@ -240,7 +249,7 @@ impl Store {
             .await
             .map_err(connect_err)?;
         Ok(Store {
-            writer: Pool::Postgres(pool.clone()),
+            writer: Writer::Postgres(pool.clone()),
             checkpoints: Arc::default(),
             search_pending: Arc::new(AtomicU64::new(0)),
             member_rooms: Arc::new(Memo::new(MEMO_KEYS)),
@@ -402,7 +411,7 @@ impl Store {
             Pool::Sqlite(pool) => pool.close().await,
             Pool::Postgres(pool) => pool.close().await,
         }
-        if let Pool::Sqlite(writer) = &self.writer {
+        if let Writer::Sqlite(writer) = &self.writer {
             writer.close().await;
         }
     }

@@ -14,7 +14,7 @@ mod outbound;
 mod push;
 mod relations;
 mod reports;
-mod rooms;
+pub(crate) mod rooms;
 mod search;
 mod territories;
 mod transfer;

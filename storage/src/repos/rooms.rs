@@ -3,7 +3,8 @@ use std::sync::atomic::Ordering;
 
 use sqlx::QueryBuilder;
 
-use crate::store::on_pool;
+use crate::sqlite_writer::{Derived, write_batch};
+use crate::store::{Writer, on_pool};
 use crate::{Result, StorageError, Store};
 
 /// A room as stored.
@@ -144,19 +145,15 @@ pub(crate) const EVENT_COLUMNS: &str = "event_id, room_id, stream_ordering, even
 /// (a search moves whatever waits first; migrations 0027 and 0029: the rows after the
 /// watermark `search_indexed.upto` wait).
 pub const SEARCH_BATCH: u64 = 256;
-/// Moves the searchable rows that wait into SQLite's full-text index (one FTS5 segment for
-/// all of them).
-pub(crate) const INDEX_PENDING_SEARCH: &str = "INSERT INTO event_search_fts (rowid, body)
-     SELECT stream_ordering, body FROM event_search
-     WHERE stream_ordering > (SELECT upto FROM search_indexed);
-     UPDATE search_indexed SET upto = (SELECT MAX(stream_ordering) FROM event_search)
-     WHERE upto < (SELECT MAX(stream_ordering) FROM event_search); ";
+/// Events (and state changes) of an event batch that SQLite's writer writes on the calling
+/// task's thread; larger batches go through `block_in_place` (see `SqliteWriter::run`).
+const SMALL_BATCH: usize = 32;
 
-/// Rows per multi-row INSERT (SQLite allows 32,766 parameters; 14 columns each).
+/// Rows per multi-row INSERT (PostgreSQL allows 65,535 parameters; 14 columns each).
 const CHUNK: usize = 500;
 
 /// A relation row: event, room, related event, rel_type, event type, sender, position.
-type RelationRow<'a> = (&'a str, &'a str, String, String, &'a str, &'a str, i64);
+pub(crate) type RelationRow<'a> = (&'a str, &'a str, String, String, &'a str, &'a str, i64);
 
 /// The relations (`content.m.relates_to`) of new timeline events.
 fn relations_of(events: &[NewEvent]) -> Vec<RelationRow<'_>> {
@@ -189,6 +186,9 @@ fn relations_of(events: &[NewEvent]) -> Vec<RelationRow<'_>> {
         .collect()
 }
 
+/// A searchable text: `(position, event_id, room_id, key, text)`.
+pub(crate) type SearchRow<'a> = (i64, &'a str, &'a str, &'static str, String);
+
 /// The fields of an event's content that can be searched (each any JSON: only a string counts).
 #[derive(serde::Deserialize, Default)]
 #[serde(default)]
@@ -207,7 +207,7 @@ struct SearchableContent {
 /// The searchable text of new timeline events: `(position, event_id, room_id, key, text)` for
 /// `m.room.message` (`content.body`), `m.room.name` (`content.name`) and `m.room.topic`
 /// (`content.topic`); outliers and soft-failed events are not searchable.
-fn searchable_text(events: &[NewEvent]) -> Vec<(i64, &str, &str, &'static str, String)> {
+fn searchable_text(events: &[NewEvent]) -> Vec<SearchRow<'_>> {
     events
         .iter()
         .filter(|e| !e.row.outlier && !e.row.soft_failed && e.row.redacted_by.is_none())
@@ -310,18 +310,17 @@ pub trait RoomEvents {
     fn count_rows(&self, table: &str) -> impl Future<Output = Result<i64>> + Send;
 }
 
-impl RoomEvents for Store {
-    async fn persist_events(&self, batch: &EventBatch) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        // Only the last update of each room matters.
-        let mut rooms: Vec<&RoomRow> = Vec::new();
-        for room in batch.rooms.iter().rev() {
-            if !rooms.iter().any(|r| r.room_id == room.room_id) {
-                rooms.push(room);
-            }
-        }
+impl Store {
+    /// [`RoomEvents::persist_events`] on PostgreSQL: one query per multi-row statement, in one
+    /// transaction.
+    async fn persist_postgres(
+        &self,
+        pool: &sqlx::PgPool,
+        batch: &EventBatch,
+        rooms: &[&RoomRow],
+        searchable: &[SearchRow<'_>],
+        relations: &[RelationRow<'_>],
+    ) -> std::result::Result<(), sqlx::Error> {
         let deltas: Vec<(i64, &StateDelta)> = batch
             .state_groups
             .iter()
@@ -337,215 +336,248 @@ impl RoomEvents for Store {
                 })
             })
             .collect();
-        // SQLite runs the whole batch as ONE multi-statement query: a single round trip to the
-        // connection's worker thread instead of one per statement (the hand-offs, not SQLite,
-        // dominated a small commit). PostgreSQL cannot bind parameters across statements, so
-        // there each statement is a query of its own inside a transaction.
+        let mut queries = Vec::new();
+        let mut q = QueryBuilder::new("");
+        for room in rooms {
+            q.push(
+                "INSERT INTO rooms (room_id, room_version, created_ts, forward_extremities, current_state_group) VALUES (",
+            );
+            q.separated(", ")
+                .push_bind(&room.room_id)
+                .push_bind(&room.room_version)
+                .push_bind(room.created_ts)
+                .push_bind(&room.forward_extremities)
+                .push_bind(room.current_state_group);
+            q.push(
+                ") ON CONFLICT (room_id) DO UPDATE SET
+                   forward_extremities = excluded.forward_extremities,
+                   current_state_group = excluded.current_state_group",
+            );
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in batch.state_groups.chunks(CHUNK) {
+            q.push("INSERT INTO state_groups (id, room_id, prev_group) ");
+            q.push_values(chunk, |mut b, g| {
+                b.push_bind(g.id)
+                    .push_bind(&g.room_id)
+                    .push_bind(g.prev_group);
+            });
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in deltas.chunks(CHUNK) {
+            q.push(
+                "INSERT INTO state_group_deltas (state_group, event_type, state_key, event_id) ",
+            );
+            q.push_values(chunk, |mut b, (group, (kind, key, id))| {
+                b.push_bind(*group)
+                    .push_bind(kind)
+                    .push_bind(key)
+                    .push_bind(id);
+            });
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in batch.events.chunks(CHUNK) {
+            q.push(format!("INSERT INTO events ({EVENT_COLUMNS}) "));
+            q.push_values(chunk, |mut b, e| {
+                let r = &e.row;
+                b.push_bind(&r.event_id)
+                    .push_bind(&r.room_id)
+                    .push_bind(r.stream_ordering)
+                    .push_bind(&r.event_type)
+                    .push_bind(&r.state_key)
+                    .push_bind(&r.sender)
+                    .push_bind(r.depth)
+                    .push_bind(r.origin_server_ts)
+                    .push_bind(&r.json)
+                    .push_bind(r.state_group_before)
+                    .push_bind(r.state_group_after)
+                    .push_bind(r.outlier)
+                    .push_bind(r.soft_failed)
+                    .push_bind(&r.redacted_by);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in relations.chunks(CHUNK) {
+            q.push("INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, event_type, sender, stream_ordering) ");
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.0)
+                    .push_bind(r.1)
+                    .push_bind(&r.2)
+                    .push_bind(&r.3)
+                    .push_bind(r.4)
+                    .push_bind(r.5)
+                    .push_bind(r.6);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in searchable.chunks(CHUNK) {
+            q.push("INSERT INTO event_search (event_id, room_id, key, body) ");
+            q.push_values(chunk, |mut b, (_, id, room, key, body)| {
+                b.push_bind(*id)
+                    .push_bind(*room)
+                    .push_bind(*key)
+                    .push_bind(body);
+            });
+            q.push(" ON CONFLICT (event_id) DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in edges.chunks(CHUNK) {
+            q.push("INSERT INTO event_edges (room_id, depth, event_id, prev_event_id) ");
+            q.push_values(chunk, |mut b, (room, depth, id, prev)| {
+                b.push_bind(*room)
+                    .push_bind(*depth)
+                    .push_bind(*id)
+                    .push_bind(*prev);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in batch.transactions.chunks(CHUNK) {
+            q.push(
+                "INSERT INTO transaction_ids (user_id, device_id, txn_id, event_id, created_ts) ",
+            );
+            q.push_values(chunk, |mut b, (user, device, txn, event, ts)| {
+                b.push_bind(user)
+                    .push_bind(device)
+                    .push_bind(txn)
+                    .push_bind(event)
+                    .push_bind(*ts);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in batch.outbound.chunks(CHUNK) {
+            q.push("INSERT INTO federation_outbound (origin, destination, event_id, created_ts) ");
+            q.push_values(chunk, |mut b, (origin, destination, event, ts)| {
+                b.push_bind(origin)
+                    .push_bind(destination)
+                    .push_bind(event)
+                    .push_bind(*ts);
+            });
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        let (common, exceptions): (Vec<_>, Vec<_>) = batch
+            .push
+            .actions
+            .iter()
+            .partition(|a| a.user_id.is_empty());
+        for chunk in common.chunks(CHUNK) {
+            q.push("INSERT INTO event_push (room_id, stream_ordering, sender, thread_id, notify, highlight, actions) ");
+            q.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.room_id)
+                    .push_bind(a.stream_ordering)
+                    .push_bind(&a.sender)
+                    .push_bind(&a.thread_id)
+                    .push_bind(a.notify)
+                    .push_bind(a.highlight)
+                    .push_bind(&a.actions);
+            });
+            q.push(" ON CONFLICT (room_id, stream_ordering) DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in exceptions.chunks(CHUNK) {
+            q.push("INSERT INTO event_push_exceptions (user_id, room_id, stream_ordering, notify, highlight, actions) ");
+            q.push_values(chunk, |mut b, a| {
+                b.push_bind(&a.user_id)
+                    .push_bind(&a.room_id)
+                    .push_bind(a.stream_ordering)
+                    .push_bind(a.notify)
+                    .push_bind(a.highlight)
+                    .push_bind(&a.actions);
+            });
+            q.push(" ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING");
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        for chunk in batch.push.queue.chunks(CHUNK) {
+            q.push("INSERT INTO push_queue (user_id, app_id, pushkey, url, body, attempts, next_attempt_ts, created_ts) ");
+            q.push_values(chunk, |mut b, p| {
+                b.push_bind(&p.user_id)
+                    .push_bind(&p.app_id)
+                    .push_bind(&p.pushkey)
+                    .push_bind(&p.url)
+                    .push_bind(&p.body)
+                    .push_bind(0_i64)
+                    .push_bind(p.next_attempt_ts)
+                    .push_bind(p.created_ts);
+            });
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        if let Some(position) = batch.push.position {
+            q.push("INSERT INTO push_position (id, position) VALUES (1, ");
+            q.push_bind(position);
+            q.push(
+                ") ON CONFLICT (id) DO UPDATE SET position = CASE
+                WHEN excluded.position > push_position.position THEN excluded.position
+                ELSE push_position.position END",
+            );
+            queries.push(std::mem::replace(&mut q, QueryBuilder::new("")));
+        }
+        let mut tx = pool.begin().await?;
+        for mut q in queries {
+            q.build().persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+}
+
+impl RoomEvents for Store {
+    async fn persist_events(&self, batch: &EventBatch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Only the last update of each room matters.
+        let mut rooms: Vec<&RoomRow> = Vec::new();
+        for room in batch.rooms.iter().rev() {
+            if !rooms.iter().any(|r| r.room_id == room.room_id) {
+                rooms.push(room);
+            }
+        }
         let searchable = searchable_text(&batch.events);
         let relations = relations_of(&batch.events);
-        let single = self.kind() == crate::BackendKind::Sqlite;
-        // `OR FAIL` on SQLite: a multi-row statement whose constraints default to ABORT makes
-        // SQLite copy every page it first touches into a statement journal, so that the statement
-        // alone could be undone. The whole batch is one transaction that is rolled back on any
-        // error, so that copy is never used (7 % of the inbound bench's CPU before, 3 % after:
-        // the rest is the search trigger's, whose write to a virtual table always counts as
-        // one that may abort). PostgreSQL has no such clause and no such journal.
-        let insert = if single {
-            "INSERT OR FAIL INTO"
-        } else {
-            "INSERT INTO"
-        };
-        macro_rules! end_statement {
-            ($q:ident, $queries:ident, $single:ident) => {
-                if $single {
-                    $q.push("; ");
-                } else {
-                    $queries.push(std::mem::replace(&mut $q, QueryBuilder::new("")));
-                }
-            };
-        }
-        // The writer's own connection (SQLite), or the pool (PostgreSQL).
-        let written = on_pool!(pool: &self.writer, pool => {
-            let mut queries = Vec::new();
-            let mut q = QueryBuilder::new(if single { "BEGIN IMMEDIATE; " } else { "" });
-            for room in &rooms {
-                q.push(
-                    "INSERT INTO rooms (room_id, room_version, created_ts, forward_extremities, current_state_group) VALUES (",
-                );
-                q.separated(", ")
-                    .push_bind(&room.room_id)
-                    .push_bind(&room.room_version)
-                    .push_bind(room.created_ts)
-                    .push_bind(&room.forward_extremities)
-                    .push_bind(room.current_state_group);
-                q.push(
-                    ") ON CONFLICT (room_id) DO UPDATE SET
-                       forward_extremities = excluded.forward_extremities,
-                       current_state_group = excluded.current_state_group",
-                );
-                end_statement!(q, queries, single);
-            }
-            for chunk in batch.state_groups.chunks(CHUNK) {
-                q.push(format!("{insert} state_groups (id, room_id, prev_group) "));
-                q.push_values(chunk, |mut b, g| {
-                    b.push_bind(g.id).push_bind(&g.room_id).push_bind(g.prev_group);
-                });
-                end_statement!(q, queries, single);
-            }
-            for chunk in deltas.chunks(CHUNK) {
-                q.push(format!("{insert} state_group_deltas (state_group, event_type, state_key, event_id) "));
-                q.push_values(chunk, |mut b, (group, (kind, key, id))| {
-                    b.push_bind(*group).push_bind(kind).push_bind(key).push_bind(id);
-                });
-                end_statement!(q, queries, single);
-            }
-            for chunk in batch.events.chunks(CHUNK) {
-                q.push(format!("{insert} events ({EVENT_COLUMNS}) "));
-                q.push_values(chunk, |mut b, e| {
-                    let r = &e.row;
-                    b.push_bind(&r.event_id)
-                        .push_bind(&r.room_id)
-                        .push_bind(r.stream_ordering)
-                        .push_bind(&r.event_type)
-                        .push_bind(&r.state_key)
-                        .push_bind(&r.sender)
-                        .push_bind(r.depth)
-                        .push_bind(r.origin_server_ts)
-                        .push_bind(&r.json)
-                        .push_bind(r.state_group_before)
-                        .push_bind(r.state_group_after)
-                        .push_bind(r.outlier)
-                        .push_bind(r.soft_failed)
-                        .push_bind(&r.redacted_by);
-                });
-                q.push(" ON CONFLICT (event_id) DO NOTHING");
-                end_statement!(q, queries, single);
-            }
-            for chunk in relations.chunks(CHUNK) {
-                q.push(format!("{insert} event_relations (event_id, room_id, relates_to, rel_type, event_type, sender, stream_ordering) "));
-                q.push_values(chunk, |mut b, r| {
-                    b.push_bind(r.0).push_bind(r.1).push_bind(&r.2).push_bind(&r.3)
-                        .push_bind(r.4).push_bind(r.5).push_bind(r.6);
-                });
-                q.push(" ON CONFLICT (event_id) DO NOTHING");
-                end_statement!(q, queries, single);
-            }
-            for chunk in searchable.chunks(CHUNK) {
-                // SQLite keys the rows by stream position (appended, migration 0026);
-                // PostgreSQL by event ID.
-                if single {
-                    q.push(format!("{insert} event_search (stream_ordering, event_id, room_id, key, body) "));
-                    q.push_values(chunk, |mut b, (position, id, room, key, body)| {
-                        b.push_bind(*position).push_bind(*id).push_bind(*room).push_bind(*key).push_bind(body);
-                    });
-                    q.push(" ON CONFLICT (stream_ordering) DO NOTHING");
-                } else {
-                    q.push(format!("{insert} event_search (event_id, room_id, key, body) "));
-                    q.push_values(chunk, |mut b, (_, id, room, key, body)| {
-                        b.push_bind(*id).push_bind(*room).push_bind(*key).push_bind(body);
-                    });
-                    q.push(" ON CONFLICT (event_id) DO NOTHING");
-                }
-                end_statement!(q, queries, single);
-            }
-            for chunk in edges.chunks(CHUNK) {
-                q.push(format!("{insert} event_edges (room_id, depth, event_id, prev_event_id) "));
-                q.push_values(chunk, |mut b, (room, depth, id, prev)| {
-                    b.push_bind(*room).push_bind(*depth).push_bind(*id).push_bind(*prev);
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                end_statement!(q, queries, single);
-            }
-            for chunk in batch.transactions.chunks(CHUNK) {
-                q.push(format!("{insert} transaction_ids (user_id, device_id, txn_id, event_id, created_ts) "));
-                q.push_values(chunk, |mut b, (user, device, txn, event, ts)| {
-                    b.push_bind(user).push_bind(device).push_bind(txn).push_bind(event).push_bind(*ts);
-                });
-                q.push(" ON CONFLICT DO NOTHING");
-                end_statement!(q, queries, single);
-            }
-            for chunk in batch.outbound.chunks(CHUNK) {
-                q.push(format!("{insert} federation_outbound (origin, destination, event_id, created_ts) "));
-                q.push_values(chunk, |mut b, (origin, destination, event, ts)| {
-                    b.push_bind(origin).push_bind(destination).push_bind(event).push_bind(*ts);
-                });
-                end_statement!(q, queries, single);
-            }
-            let (common, exceptions): (Vec<_>, Vec<_>) =
-                batch.push.actions.iter().partition(|a| a.user_id.is_empty());
-            for chunk in common.chunks(CHUNK) {
-                q.push(format!("{insert} event_push (room_id, stream_ordering, sender, thread_id, notify, highlight, actions) "));
-                q.push_values(chunk, |mut b, a| {
-                    b.push_bind(&a.room_id).push_bind(a.stream_ordering).push_bind(&a.sender)
-                        .push_bind(&a.thread_id).push_bind(a.notify).push_bind(a.highlight)
-                        .push_bind(&a.actions);
-                });
-                q.push(" ON CONFLICT (room_id, stream_ordering) DO NOTHING");
-                end_statement!(q, queries, single);
-            }
-            for chunk in exceptions.chunks(CHUNK) {
-                q.push(format!("{insert} event_push_exceptions (user_id, room_id, stream_ordering, notify, highlight, actions) "));
-                q.push_values(chunk, |mut b, a| {
-                    b.push_bind(&a.user_id).push_bind(&a.room_id).push_bind(a.stream_ordering)
-                        .push_bind(a.notify).push_bind(a.highlight).push_bind(&a.actions);
-                });
-                q.push(" ON CONFLICT (user_id, room_id, stream_ordering) DO NOTHING");
-                end_statement!(q, queries, single);
-            }
-            for chunk in batch.push.queue.chunks(CHUNK) {
-                q.push(format!("{insert} push_queue (user_id, app_id, pushkey, url, body, attempts, next_attempt_ts, created_ts) "));
-                q.push_values(chunk, |mut b, p| {
-                    b.push_bind(&p.user_id).push_bind(&p.app_id).push_bind(&p.pushkey)
-                        .push_bind(&p.url).push_bind(&p.body).push_bind(0_i64)
-                        .push_bind(p.next_attempt_ts).push_bind(p.created_ts);
-                });
-                end_statement!(q, queries, single);
-            }
-            if let Some(position) = batch.push.position {
-                q.push(format!("{insert} push_position (id, position) VALUES (1, "));
-                q.push_bind(position);
-                q.push(") ON CONFLICT (id) DO UPDATE SET position = CASE
-                    WHEN excluded.position > push_position.position THEN excluded.position
-                    ELSE push_position.position END");
-                end_statement!(q, queries, single);
-            }
-            if single {
+        let written = match &self.writer {
+            // SQLite: single-row statements prepared once, run by this task on the writer's
+            // own connection (`sqlite_writer`).
+            Writer::Sqlite(writer) => {
                 let waiting = self.search_pending.load(Ordering::Relaxed) + searchable.len() as u64;
                 let index_search = waiting >= SEARCH_BATCH;
-                if index_search {
-                    q.push(INDEX_PENDING_SEARCH);
-                }
-                q.push("COMMIT");
-                let mut conn = pool.acquire().await?;
-                // A small batch (one message, a push verdict) has one of a few shapes: its
-                // prepared statements are kept on the writer's connection for the next one.
-                // Larger batches vary too much in shape for a cache to help.
-                let small = batch.events.len() <= 1 && batch.state_groups.len() <= 1;
-                let result = q.build().persistent(small).execute(&mut *conn).await;
-                if result.is_err() {
-                    // A statement failed inside the transaction: undo it before the connection
-                    // goes back to the pool; a connection that cannot roll back is closed.
-                    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                        conn.detach();
-                    }
-                }
+                let count = searchable.len() as u64;
+                let derived = Derived {
+                    rooms,
+                    searchable,
+                    relations,
+                    index_search,
+                };
+                // A client's send (or a few events): written on this task's thread.
+                let small = !index_search
+                    && batch.events.len() <= SMALL_BATCH
+                    && batch
+                        .state_groups
+                        .iter()
+                        .map(|g| g.delta.len())
+                        .sum::<usize>()
+                        <= SMALL_BATCH;
+                let result = writer
+                    .run(small, |conn| write_batch(conn, batch, &derived))
+                    .await;
                 if result.is_ok() {
                     if index_search {
                         self.search_pending.store(0, Ordering::Relaxed);
-                    } else if !searchable.is_empty() {
-                        self.search_pending.fetch_add(searchable.len() as u64, Ordering::Relaxed);
+                    } else if count > 0 {
+                        self.search_pending.fetch_add(count, Ordering::Relaxed);
                     }
                     self.after_writer_commit();
                 }
-                result.map(|_| ())
-            } else {
-                let mut tx = pool.begin().await?;
-                for mut q in queries {
-                    q.build().persistent(false).execute(&mut *tx).await?;
-                }
-                tx.commit().await
+                result
             }
-        });
+            // PostgreSQL: multi-row statements, each a query of its own in one transaction
+            // (it cannot bind parameters across statements).
+            Writer::Postgres(pool) => self
+                .persist_postgres(pool, batch, &rooms, &searchable, &relations)
+                .await
+                .map_err(|e| StorageError::from_sqlx(e, || "event batch".to_owned())),
+        };
         for event in &batch.events {
             if let ("m.room.member", Some(user)) =
                 (event.row.event_type.as_str(), &event.row.state_key)
@@ -553,7 +585,7 @@ impl RoomEvents for Store {
                 self.member_rooms.forget(user);
             }
         }
-        written.map_err(|e| StorageError::from_sqlx(e, || "event batch".to_owned()))
+        written
     }
 
     async fn stored_event_ids(

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use sqlx::QueryBuilder;
 
 use crate::store::on_pool;
-use crate::{BackendKind, Result, StorageError, Store};
+use crate::{BackendKind, Result, Store};
 
 /// One page of results.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,18 +58,25 @@ impl Store {
     /// Moves the searchable rows that wait into SQLite's full-text index (migrations 0027, 0029), on
     /// the writer's connection; nothing to do on PostgreSQL or when none wait.
     async fn index_pending_search(&self) -> Result<()> {
-        let crate::store::Pool::Sqlite(pool) = &self.writer else {
+        let crate::store::Writer::Sqlite(writer) = &self.writer else {
             return Ok(());
         };
         if self.search_pending.swap(0, Ordering::AcqRel) == 0 {
             return Ok(());
         }
-        let result = index_on(pool).await;
+        let result = writer
+            .run(false, |conn| {
+                let tx =
+                    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                crate::sqlite_writer::index_pending_search(&tx)?;
+                tx.commit()
+            })
+            .await;
         if result.is_err() {
             // They still wait: the next search tries again.
             self.search_pending.fetch_add(1, Ordering::AcqRel);
         }
-        result.map_err(|e| StorageError::from_sqlx(e, || "search index".to_owned()))
+        result
     }
 }
 
@@ -78,7 +85,7 @@ impl Store {
     /// Tests: checks SQLite's full-text index against its rows (an error when they disagree)
     /// and answers how many rows wait for it (0 on PostgreSQL).
     pub async fn search_index_check(&self) -> Result<i64> {
-        let crate::store::Pool::Sqlite(pool) = &self.writer else {
+        let crate::store::Pool::Sqlite(pool) = &self.pool else {
             return Ok(0);
         };
         let check = async {
@@ -96,27 +103,8 @@ impl Store {
         };
         check
             .await
-            .map_err(|e| StorageError::from_sqlx(e, || "search index check".to_owned()))
+            .map_err(|e| crate::StorageError::from_sqlx(e, || "search index check".to_owned()))
     }
-}
-
-/// One transaction on the writer's connection that moves the waiting rows into the index; a
-/// failure is rolled back before the connection goes back (closed if it cannot roll back).
-async fn index_on(pool: &sqlx::SqlitePool) -> std::result::Result<(), sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let sql = format!(
-        "BEGIN IMMEDIATE; {}COMMIT",
-        super::rooms::INDEX_PENDING_SEARCH
-    );
-    let done = QueryBuilder::<sqlx::Sqlite>::new(sql)
-        .build()
-        .persistent(false)
-        .execute(&mut *conn)
-        .await;
-    if done.is_err() && sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-        conn.detach();
-    }
-    done.map(|_| ())
 }
 
 impl EventSearch for Store {

@@ -115,3 +115,55 @@ async fn the_writers_wal_is_checkpointed_beside_it() {
     assert!(largest < limit, "the WAL grew to {largest} bytes");
     store.close().await;
 }
+
+/// The room writer writes a message on the calling task's thread without waiting for locks; when
+/// another connection holds the write lock it waits for it (up to the busy timeout) instead of
+/// failing, and writes once the lock is free. With `synchronous = FULL` every commit takes that
+/// waiting path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_waits_for_a_lock_held_elsewhere() {
+    use sqlx::{Connection, Executor};
+    use unitas_storage::{EventBatch, RoomEvents};
+    let dir = tempfile::tempdir().unwrap();
+    for (n, setting) in [SqliteSynchronous::Normal, SqliteSynchronous::Full]
+        .into_iter()
+        .enumerate()
+    {
+        let url = format!("sqlite://{}/busy{n}.db", dir.path().display());
+        let options = StoreOptions {
+            sqlite_synchronous: setting,
+            ..Default::default()
+        };
+        let store = Store::connect(&url, &options).await.unwrap();
+        store.migrate().await.unwrap();
+        let write = |id: &str, position: i64| {
+            let store = store.clone();
+            let batch = EventBatch {
+                events: vec![crate::rooms::event(id, position)],
+                ..Default::default()
+            };
+            tokio::spawn(async move { store.persist_events(&batch).await })
+        };
+        write("$before", 1).await.unwrap().unwrap();
+
+        let mut other = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        other.execute("BEGIN IMMEDIATE").await.unwrap();
+        let mut pending = write("$during", 2);
+        // It can neither finish nor fail while the lock is held.
+        let early = tokio::time::timeout(std::time::Duration::from_millis(300), &mut pending).await;
+        assert!(
+            early.is_err(),
+            "the write ended while another connection held the lock: {early:?}"
+        );
+        other.execute("COMMIT").await.unwrap();
+        pending.await.unwrap().unwrap();
+
+        for id in ["$before", "$during"] {
+            assert!(
+                store.get_event(id).await.unwrap().is_some(),
+                "{id} is stored"
+            );
+        }
+        store.close().await;
+    }
+}
