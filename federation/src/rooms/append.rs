@@ -170,14 +170,22 @@ impl WriteRequest {
 /// real position takes: backfilled history counts down from 0).
 const POSITION_PENDING: i64 = i64::MIN;
 
-/// Events recently used, bounded (oldest dropped first).
+/// Events recently used, bounded (oldest dropped first), in two queues: state events (what auth
+/// checks and state lookups ask for again and again) and the rest (messages: asked for again
+/// only as the prev_events of the next few events), so a busy room's messages do not push its
+/// state out and are not held by the thousand.
 #[derive(Default)]
 struct EventCache {
     map: HashMap<OwnedEventId, (Arc<Pdu>, Option<i64>)>,
-    order: VecDeque<OwnedEventId>,
+    state: VecDeque<OwnedEventId>,
+    other: VecDeque<OwnedEventId>,
 }
 
-const EVENT_CACHE_SIZE: usize = 4_000;
+/// State events the cache holds.
+const EVENT_CACHE_STATE: usize = 4_000;
+/// Other events the cache holds: enough for the prev_events of a burst of concurrent appends
+/// and of a received transaction (at most 50 PDUs).
+const EVENT_CACHE_OTHER: usize = 512;
 /// Events loaded for an event's checks, held by the check itself: the shared cache may evict
 /// them meanwhile (other rooms append concurrently), and a check that misses an auth event
 /// would wrongly reject.
@@ -208,9 +216,14 @@ impl EventCache {
             .insert(pdu.event_id.clone(), (pdu.clone(), state_after))
             .is_none()
         {
-            self.order.push_back(pdu.event_id.clone());
-            while self.order.len() > EVENT_CACHE_SIZE {
-                if let Some(old) = self.order.pop_front() {
+            let (order, limit) = if pdu.state_key.is_some() {
+                (&mut self.state, EVENT_CACHE_STATE)
+            } else {
+                (&mut self.other, EVENT_CACHE_OTHER)
+            };
+            order.push_back(pdu.event_id.clone());
+            while order.len() > limit {
+                if let Some(old) = order.pop_front() {
                     self.map.remove(&old);
                 }
             }
