@@ -94,6 +94,13 @@ def main():
     room = call("POST", f"{c}/createRoom", body={"name": "Schemas", "topic": "t", "preset": "public_chat", "room_alias_name": "schemas", "visibility": "public", "invite": [ub]}, token=a)["room_id"]
     server = ua.split(":", 1)[1]
     alias = f"#schemas:{server}"
+    # A creation the rules would stop half-way (the override takes the creator's power, so the
+    # join rules event after it is refused) is refused whole: no room is left behind.
+    rooms_before = call("GET", f"{c}/joined_rooms", token=a)
+    call("POST", f"{c}/createRoom", body={"preset": "private_chat", "power_level_content_override": {"users": {ua: 0}, "state_default": 100}}, token=a, status=403)
+    rooms_after = call("GET", f"{c}/joined_rooms", token=a)
+    if rooms_before is not None and rooms_before != rooms_after:
+        failures.append(f"a refused createRoom left a room behind: {rooms_before} -> {rooms_after}")
     call("GET", f"{c}/directory/room/{{roomAlias}}", {"roomAlias": alias})
     call("PUT", f"{c}/directory/room/{{roomAlias}}", {"roomAlias": f"#second:{server}"}, body={"room_id": room}, token=a)
     call("DELETE", f"{c}/directory/room/{{roomAlias}}", {"roomAlias": f"#second:{server}"}, token=a)

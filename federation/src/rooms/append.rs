@@ -897,7 +897,6 @@ impl Rooms {
             },
         )?;
         let room_id = create.room_id.clone();
-        self.append_create(create, &version).await?;
 
         // Creators of v12 rooms have implicit power and must not be listed.
         let mut users = serde_json::Map::new();
@@ -939,6 +938,11 @@ impl Rooms {
             ),
         ];
         templates.extend(room.initial_state);
+        // A creation that the rules would stop half-way (an override that takes the creator's
+        // power, an initial state event they reject, an event too large) fails here, before
+        // anything is stored.
+        rehearse_new_room(&version, &create, creator, &templates, signer)?;
+        self.append_create(create, &version).await?;
         for template in templates {
             self.send_local(&room_id, creator, &template, signer)
                 .await?;
@@ -2211,6 +2215,51 @@ impl Rooms {
 
 /// Builds and signs an event from a local user on the room's current state: prev_events are
 /// the forward extremities, auth_events are chosen from the current state.
+/// Builds and checks a new room's events in memory, each on the state the ones before it leave,
+/// as the append path will: the same placement, the same rules. Nothing is stored or cached.
+fn rehearse_new_room(
+    version: &RoomVersion,
+    create: &Pdu,
+    creator: &UserId,
+    templates: &[EventTemplate],
+    signer: Signer<'_>,
+) -> Result<(), AppendError> {
+    auth::check_against_auth_events(version, create, &|_: &EventId| None::<Arc<Pdu>>)?;
+    let mut entry = RoomEntry {
+        version: version.clone(),
+        created_ts: i64::from(create.origin_server_ts.0),
+        state: State::new(),
+        state_group: None,
+        extremities: vec![],
+        max_depth: 0,
+        servers: HashMap::new(),
+        local_members: Members::default(),
+    };
+    let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
+    fn add(entry: &mut RoomEntry, events: &mut HashMap<OwnedEventId, Arc<Pdu>>, pdu: Arc<Pdu>) {
+        if let Some(slot) = pdu.state_slot() {
+            entry.state.insert(slot, pdu.event_id.clone());
+        }
+        entry.extremities = vec![pdu.event_id.clone()];
+        entry.max_depth = entry.max_depth.max(pdu.depth);
+        events.insert(pdu.event_id.clone(), pdu);
+    }
+    add(&mut entry, &mut events, Arc::new(create.clone()));
+    for template in templates {
+        let pdu = Arc::new(build_on(
+            &entry,
+            &create.room_id,
+            creator,
+            template,
+            signer,
+        )?);
+        let fetch = |id: &EventId| events.get(id).cloned();
+        auth::check_against_state(version, &pdu, &entry.state, &fetch)?;
+        add(&mut entry, &mut events, pdu);
+    }
+    Ok(())
+}
+
 fn build_on(
     entry: &RoomEntry,
     room_id: &RoomId,

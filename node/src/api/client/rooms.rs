@@ -394,13 +394,18 @@ pub async fn create_room_route(
             .set_room_visibility(room_id.as_str(), "public")
             .await?;
     }
+    // The room exists from here on: an invite that fails (another server that cannot be reached
+    // or refuses) leaves the room and the other invites as they are, and the creator can invite
+    // again. Failing the request would leave a room the client was told was not made.
     for invitee in &body.invite {
         let extra = if body.is_direct {
             json!({"is_direct": true})
         } else {
             json!({})
         };
-        invite(&state, &user, &room_id, invitee, extra).await?;
+        if let Err(err) = invite(&state, &user, &room_id, invitee, extra).await {
+            tracing::warn!(room = %room_id, %invitee, errcode = err.errcode, error = %err.message, "an invite of a new room failed");
+        }
     }
     Ok(create_room::v3::Response::new(room_id).into())
 }
