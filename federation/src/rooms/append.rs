@@ -135,6 +135,22 @@ struct RoomEntry {
     local_members: Members,
 }
 
+impl RoomEntry {
+    /// A room with nothing but its create event yet to be appended.
+    fn new(version: &RoomVersion, create: &Pdu) -> RoomEntry {
+        RoomEntry {
+            version: version.clone(),
+            created_ts: i64::from(create.origin_server_ts.0),
+            state: State::new(),
+            state_group: None,
+            extremities: vec![],
+            max_depth: 0,
+            servers: HashMap::new(),
+            local_members: Members::default(),
+        }
+    }
+}
+
 type RoomSlot = Arc<tokio::sync::Mutex<Option<RoomEntry>>>;
 type RoomGuard = tokio::sync::OwnedMutexGuard<Option<RoomEntry>>;
 
@@ -989,16 +1005,7 @@ impl Rooms {
         }
         let fetch = |_: &EventId| None::<Arc<Pdu>>;
         auth::check_against_auth_events(version, &create, &fetch)?;
-        *guard = Some(RoomEntry {
-            version: version.clone(),
-            created_ts: i64::from(create.origin_server_ts.0),
-            state: State::new(),
-            state_group: None,
-            extremities: vec![],
-            max_depth: 0,
-            servers: HashMap::new(),
-            local_members: Members::default(),
-        });
+        *guard = Some(RoomEntry::new(version, &create));
         let (rx, pdu) = match self.stage(
             guard.as_mut().map(|e| (e, true)),
             create,
@@ -2225,16 +2232,7 @@ fn rehearse_new_room(
     signer: Signer<'_>,
 ) -> Result<(), AppendError> {
     auth::check_against_auth_events(version, create, &|_: &EventId| None::<Arc<Pdu>>)?;
-    let mut entry = RoomEntry {
-        version: version.clone(),
-        created_ts: i64::from(create.origin_server_ts.0),
-        state: State::new(),
-        state_group: None,
-        extremities: vec![],
-        max_depth: 0,
-        servers: HashMap::new(),
-        local_members: Members::default(),
-    };
+    let mut entry = RoomEntry::new(version, create);
     let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
     fn add(entry: &mut RoomEntry, events: &mut HashMap<OwnedEventId, Arc<Pdu>>, pdu: Arc<Pdu>) {
         if let Some(slot) = pdu.state_slot() {
