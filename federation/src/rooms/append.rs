@@ -2220,10 +2220,10 @@ impl Rooms {
     }
 }
 
-/// Builds and signs an event from a local user on the room's current state: prev_events are
-/// the forward extremities, auth_events are chosen from the current state.
-/// Builds and checks a new room's events in memory, each on the state the ones before it leave,
-/// as the append path will: the same placement, the same rules. Nothing is stored or cached.
+/// Builds and checks a new room's events after its create event in memory, each on the state
+/// the ones before it leave, as the append path will: the same placement, the same rules (the
+/// create event itself is checked by [`Rooms::append_create`] before anything is stored).
+/// Nothing is stored or cached.
 fn rehearse_new_room(
     version: &RoomVersion,
     create: &Pdu,
@@ -2231,7 +2231,6 @@ fn rehearse_new_room(
     templates: &[EventTemplate],
     signer: Signer<'_>,
 ) -> Result<(), AppendError> {
-    auth::check_against_auth_events(version, create, &|_: &EventId| None::<Arc<Pdu>>)?;
     let mut entry = RoomEntry::new(version, create);
     let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
     fn add(entry: &mut RoomEntry, events: &mut HashMap<OwnedEventId, Arc<Pdu>>, pdu: Arc<Pdu>) {
@@ -2258,6 +2257,8 @@ fn rehearse_new_room(
     Ok(())
 }
 
+/// Builds and signs an event from a local user on the room's current state: prev_events are
+/// the forward extremities, auth_events are chosen from the current state.
 fn build_on(
     entry: &RoomEntry,
     room_id: &RoomId,
