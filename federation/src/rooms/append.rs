@@ -954,15 +954,11 @@ impl Rooms {
             ),
         ];
         templates.extend(room.initial_state);
-        // A creation that the rules would stop half-way (an override that takes the creator's
-        // power, an initial state event they reject, an event too large) fails here, before
-        // anything is stored.
-        rehearse_new_room(&version, &create, creator, &templates, signer)?;
-        self.append_create(create, &version).await?;
-        for template in templates {
-            self.send_local(&room_id, creator, &template, signer)
-                .await?;
-        }
+        // One commit: a creation that the rules would stop half-way (an override that takes the
+        // creator's power, an initial state event they reject, an event too large) stores
+        // nothing.
+        self.append_new_room(create, &version, creator, &templates, signer)
+            .await?;
         Ok(room_id)
     }
 
@@ -990,39 +986,91 @@ impl Rooms {
         }
     }
 
-    async fn append_create(&self, create: Pdu, version: &RoomVersion) -> Result<(), AppendError> {
-        let slot = self.slot(&create.room_id);
+    /// Appends a new room: its create event and the events after it, each built on the state
+    /// the ones before it leave and checked as the append path checks a local event, all
+    /// staged under the room's lock and written as ONE commit. A creation that the rules refuse
+    /// part-way, or whose write fails, leaves nothing behind.
+    async fn append_new_room(
+        &self,
+        create: Pdu,
+        version: &RoomVersion,
+        creator: &UserId,
+        templates: &[EventTemplate],
+        signer: Signer<'_>,
+    ) -> Result<(), AppendError> {
+        let room_id = create.room_id.clone();
+        let slot = self.slot(&room_id);
         let mut guard = slot.lock().await;
-        if guard.is_some()
-            || self
-                .inner
-                .store
-                .get_room(create.room_id.as_str())
-                .await?
-                .is_some()
-        {
-            return Err(EventError::WrongRoom(format!("room {} exists", create.room_id)).into());
+        if guard.is_some() || self.inner.store.get_room(room_id.as_str()).await?.is_some() {
+            return Err(EventError::WrongRoom(format!("room {room_id} exists")).into());
         }
         let fetch = |_: &EventId| None::<Arc<Pdu>>;
         auth::check_against_auth_events(version, &create, &fetch)?;
         *guard = Some(RoomEntry::new(version, &create));
-        let (rx, pdu) = match self.stage(
-            guard.as_mut().map(|e| (e, true)),
-            create,
-            None,
-            &Preloaded::new(),
-            Origin::Local,
-        ) {
-            Ok(staged) => staged,
-            Err(err) => {
-                *guard = None;
-                return Err(err);
+        let mut staged = Vec::with_capacity(templates.len() + 1);
+        let mut failure = self
+            .stage(
+                guard.as_mut().map(|e| (e, true)),
+                create,
+                None,
+                &Preloaded::new(),
+                Origin::Local,
+            )
+            .map(|s| staged.push(s))
+            .err();
+        for template in templates {
+            let Some(entry) = guard.as_mut().filter(|_| failure.is_none()) else {
+                break;
+            };
+            let step = async {
+                let pdu = build_on(entry, &room_id, creator, template, signer)?;
+                let preloaded = self.preload_for_auth(&pdu, entry, version).await?;
+                self.stage(Some((entry, false)), pdu, None, &preloaded, Origin::Local)
+            };
+            match step.await {
+                Ok(s) => staged.push(s),
+                Err(err) => failure = Some(err),
             }
+        }
+        if let Some(err) = failure {
+            // Nothing was submitted: the room and its staged events are forgotten.
+            *guard = None;
+            let mut cache = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, pdu) in &staged {
+                cache.map.remove(&pdu.event_id);
+            }
+            return Err(err);
+        }
+        let mut merged: Option<WriteRequest> = None;
+        for (s, _) in &mut staged {
+            if let Some(request) = s.request.take() {
+                merged = Some(match merged {
+                    Some(m) => m.merge(request),
+                    None => request,
+                });
+            }
+        }
+        let submitted = match merged {
+            Some(request) => self
+                .inner
+                .writer
+                .send(request)
+                .await
+                .map_err(|_| AppendError::WriterGone),
+            None => Err(AppendError::WriterGone),
         };
-        let mut rx = rx;
-        let submitted = self.submit(&mut rx).await;
         drop(guard);
-        self.complete(rx, submitted, pdu, &slot).await.map(|_| ())
+        let mut first_error = None;
+        for (s, pdu) in staged {
+            let submitted = submitted
+                .as_ref()
+                .map(|_| ())
+                .map_err(|_| AppendError::WriterGone);
+            if let Err(err) = self.complete(s, submitted, pdu, &slot).await {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Builds, signs and appends an event from a local user: prev_events are the room's forward
@@ -2218,43 +2266,6 @@ impl Rooms {
         }
         Ok((pdu, Appended::Timeline(stream)))
     }
-}
-
-/// Builds and checks a new room's events after its create event in memory, each on the state
-/// the ones before it leave, as the append path will: the same placement, the same rules (the
-/// create event itself is checked by [`Rooms::append_create`] before anything is stored).
-/// Nothing is stored or cached.
-fn rehearse_new_room(
-    version: &RoomVersion,
-    create: &Pdu,
-    creator: &UserId,
-    templates: &[EventTemplate],
-    signer: Signer<'_>,
-) -> Result<(), AppendError> {
-    let mut entry = RoomEntry::new(version, create);
-    let mut events: HashMap<OwnedEventId, Arc<Pdu>> = HashMap::new();
-    fn add(entry: &mut RoomEntry, events: &mut HashMap<OwnedEventId, Arc<Pdu>>, pdu: Arc<Pdu>) {
-        if let Some(slot) = pdu.state_slot() {
-            entry.state.insert(slot, pdu.event_id.clone());
-        }
-        entry.extremities = vec![pdu.event_id.clone()];
-        entry.max_depth = entry.max_depth.max(pdu.depth);
-        events.insert(pdu.event_id.clone(), pdu);
-    }
-    add(&mut entry, &mut events, Arc::new(create.clone()));
-    for template in templates {
-        let pdu = Arc::new(build_on(
-            &entry,
-            &create.room_id,
-            creator,
-            template,
-            signer,
-        )?);
-        let fetch = |id: &EventId| events.get(id).cloned();
-        auth::check_against_state(version, &pdu, &entry.state, &fetch)?;
-        add(&mut entry, &mut events, pdu);
-    }
-    Ok(())
 }
 
 /// Builds and signs an event from a local user on the room's current state: prev_events are
