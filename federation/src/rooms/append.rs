@@ -654,6 +654,16 @@ impl Rooms {
             .insert(pdu, state_after);
     }
 
+    /// Drops an event staged but never written from the cache.
+    fn forget(&self, id: &EventId) {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map
+            .remove(id);
+    }
+
     /// An event by ID (cache, then database), with the state group after it.
     async fn load_event(
         &self,
@@ -1035,30 +1045,22 @@ impl Rooms {
         if let Some(err) = failure {
             // Nothing was submitted: the room and its staged events are forgotten.
             *guard = None;
-            let mut cache = self.inner.events.lock().unwrap_or_else(|e| e.into_inner());
             for (_, pdu) in &staged {
-                cache.map.remove(&pdu.event_id);
+                self.forget(&pdu.event_id);
             }
             return Err(err);
         }
-        let mut merged: Option<WriteRequest> = None;
-        for (s, _) in &mut staged {
+        // Every event's write goes into the first one's request: one request, one commit.
+        let Some(((first, _), rest)) = staged.split_first_mut() else {
+            *guard = None;
+            return Err(AppendError::WriterGone);
+        };
+        for (s, _) in rest {
             if let Some(request) = s.request.take() {
-                merged = Some(match merged {
-                    Some(m) => m.merge(request),
-                    None => request,
-                });
+                first.request = first.request.take().map(|into| into.merge(request));
             }
         }
-        let submitted = match merged {
-            Some(request) => self
-                .inner
-                .writer
-                .send(request)
-                .await
-                .map_err(|_| AppendError::WriterGone),
-            None => Err(AppendError::WriterGone),
-        };
+        let submitted = self.submit(first).await;
         drop(guard);
         let mut first_error = None;
         for (s, pdu) in staged {
@@ -2248,12 +2250,7 @@ impl Rooms {
             Err(err) => {
                 // Memory ran ahead of the database: forget the room; it reloads from storage.
                 *slot.lock().await = None;
-                self.inner
-                    .events
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .map
-                    .remove(&pdu.event_id);
+                self.forget(&pdu.event_id);
                 return Err(err);
             }
         };
