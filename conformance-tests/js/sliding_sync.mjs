@@ -591,7 +591,19 @@ check(lateB.initial !== true && lateB.num_live >= 1, `raw: B came back as ${brie
 // Long-poll: woken by a message, else answered at the timeout.
 const polling = rawSync(bobToken, elementX([[0, 9]]), { pos: r5.pos, timeout: 15000 });
 const wakeId = await send("A", "wake up");
-const woken = await polling;
+let woken = await polling;
+// The earlier messages' counts (their push verdicts are written a moment after them) may answer
+// the poll first, with nothing but counts: poll again for the message, as a client would.
+for (
+  let again = 0;
+  again < 3 &&
+  woken.status === 200 &&
+  Object.keys(woken.json.rooms ?? {}).length > 0 &&
+  Object.values(woken.json.rooms).every(countsOnly);
+  again++
+) {
+  woken = await rawSync(bobToken, elementX([[0, 9]]), { pos: woken.json.pos, timeout: 15000 });
+}
 check(
   woken.status === 200 && hasEvent(woken.json.rooms?.[rooms.A], wakeId) && woken.ms < 15000,
   `raw long-poll: ${woken.status} after ${woken.ms} ms: ${brief(woken.json)}`,
